@@ -1,0 +1,200 @@
+"""Extended XYZ: the project's interchange format for Born-charge datasets.
+
+On disk (CONVENTIONS.md "Datasets")
+-----------------------------------
+* per-atom ``born_effective_charges``: 9 columns, row-major ``[b, a]`` order, i.e.
+  columns ``Z*[k,0,0] Z*[k,0,1] Z*[k,0,2] Z*[k,1,0] ...`` with ``b`` the field and
+  ``a`` the displacement direction;
+* ``info["epsilon_inf"]``: 3x3 array (dimensionless);
+* ``energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³, ASE sign) as ASE's own keys.
+
+In memory (what :func:`read_frames` returns and :func:`write_frames` accepts)
+-------------------------------------------------------------------------------
+* ``atoms.arrays["born_effective_charges"]``: ``shape=(n_atoms, 3, 3)``, float64;
+* ``atoms.info["epsilon_inf"]``: ``shape=(3, 3)`` ndarray when present;
+* energy/forces/stress in a :class:`~ase.calculators.singlepoint.SinglePointCalculator`.
+
+Why a wrapper: ``born_effective_charges`` is a registered ASE property, so plain
+``ase.io.read`` puts it into ``atoms.calc.results`` with shape ``(N, 9)`` instead of
+``atoms.arrays``, and writing an ``(N, 3, 3)`` array fails.  These functions hide
+that and round-trip exactly: ASE's writer keeps only 8 decimals, so the text is produced
+here with ``repr`` precision (ASE's own ``key_val_dict_to_str`` for ``info``) and
+read back with ASE's reader.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from ase_born.conventions import KEY_BORN, KEY_EPSILON_INF
+
+_CALC_KEYS = ("energy", "free_energy", "forces", "stress")
+
+
+def get_born_charges(atoms: Atoms) -> np.ndarray | None:
+    """Return the frame's Z* as ``(n_atoms, 3, 3)`` float64, or ``None``.
+
+    Looks in ``atoms.arrays`` first, then in ``atoms.calc.results`` (where plain
+    ``ase.io.read`` puts it, flattened to 9 columns).
+    """
+    n = len(atoms)
+    z = atoms.arrays.get(KEY_BORN)
+    if z is None and atoms.calc is not None:
+        z = getattr(atoms.calc, "results", {}).get(KEY_BORN)
+    if z is None:
+        return None
+    z = np.asarray(z, dtype=float)
+    if z.shape == (n, 9):
+        z = z.reshape(n, 3, 3)
+    if z.shape != (n, 3, 3):
+        raise ValueError(f"born_effective_charges has shape {z.shape}; expected ({n}, 3, 3) or ({n}, 9)")
+    return z
+
+
+def set_born_charges(atoms: Atoms, z: np.ndarray) -> None:
+    """Store Z* ``(n_atoms, 3, 3)`` in ``atoms.arrays`` (the in-memory convention)."""
+    z = np.asarray(z, dtype=float)
+    if z.shape != (len(atoms), 3, 3):
+        raise ValueError(f"Born charges must have shape ({len(atoms)}, 3, 3), got {z.shape}")
+    atoms.arrays[KEY_BORN] = z.copy()
+
+
+def _normalise(atoms: Atoms) -> Atoms:
+    """Bring a frame as read by ASE into the in-memory convention (in place)."""
+    z = get_born_charges(atoms)
+    results = {}
+    if atoms.calc is not None:
+        results = {k: v for k, v in atoms.calc.results.items() if k in _CALC_KEYS}
+    if KEY_BORN in atoms.arrays:
+        del atoms.arrays[KEY_BORN]
+    if z is not None:
+        atoms.arrays[KEY_BORN] = z
+    if KEY_EPSILON_INF in atoms.info:
+        atoms.info[KEY_EPSILON_INF] = np.asarray(atoms.info[KEY_EPSILON_INF], dtype=float).reshape(3, 3)
+    atoms.calc = SinglePointCalculator(atoms, **results) if results else None
+    return atoms
+
+
+def read_frames(path: str | os.PathLike, index: str | int | slice = ":") -> list[Atoms]:
+    """Read frames from an extxyz file into the in-memory convention.
+
+    Parameters
+    ----------
+    path : path-like
+        extxyz file.
+    index : str, int or slice
+        ASE index (default all frames).
+    """
+    frames = ase.io.read(str(path), index=index, format="extxyz")
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    return [_normalise(a) for a in frames]
+
+
+def _frame_text(atoms: Atoms) -> str:
+    """One extxyz frame with ``repr``-precision floats (ASE's writer keeps 8 decimals)."""
+    from ase.io.extxyz import key_val_dict_to_str
+
+    n = len(atoms)
+    cols: list[tuple[str, str, np.ndarray]] = [("species", "S", np.array(atoms.get_chemical_symbols()))]
+    cols.append(("pos", "R", atoms.positions))
+    z = get_born_charges(atoms)
+    if z is not None:
+        cols.append((KEY_BORN, "R", z.reshape(n, 9)))
+    info: dict = {}
+    if atoms.cell.rank == 3 or atoms.pbc.any():
+        info["Lattice"] = " ".join(repr(float(x)) for x in atoms.cell.array.reshape(9))
+    results = {}
+    if atoms.calc is not None:
+        results = {k: v for k, v in atoms.calc.results.items() if k in _CALC_KEYS}
+    if "forces" in results:
+        cols.append(("forces", "R", np.asarray(results["forces"], dtype=float)))
+    for key, val in atoms.arrays.items():
+        if key in ("numbers", "positions", KEY_BORN):
+            continue
+        arr = np.asarray(val)
+        kind = {"f": "R", "i": "I", "b": "L", "U": "S", "S": "S"}.get(arr.dtype.kind)
+        if kind is None or arr.ndim > 2:
+            raise ValueError(f"cannot write per-atom array {key!r} of dtype {arr.dtype}, shape {arr.shape}")
+        cols.append((key, kind, arr.reshape(n, -1)))
+    info["Properties"] = ":".join(f"{name}:{kind}:{1 if a.ndim == 1 else a.shape[1]}" for name, kind, a in cols)
+    for k in ("energy", "free_energy"):
+        if k in results:
+            info[k] = float(results[k])
+    if "stress" in results:
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        s = np.asarray(results["stress"], dtype=float)
+        full = voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s.reshape(3, 3)
+        info["stress"] = " ".join(repr(float(x)) for x in full.reshape(9))
+    for k, v in atoms.info.items():
+        if k in info:
+            raise ValueError(f"info key {k!r} collides with a reserved extxyz key")
+        info[k] = np.asarray(v, dtype=float).reshape(3, 3) if k == KEY_EPSILON_INF else v
+    info["pbc"] = " ".join("T" if p else "F" for p in atoms.pbc)
+    # key_val_dict_to_str would quote our preformatted strings: build the Lattice/
+    # Properties/stress/pbc part by hand and let ASE serialise the rest.
+    raw = {k: info.pop(k) for k in ("Lattice", "Properties", "stress", "pbc") if k in info}
+    head = " ".join(f'{k}="{v}"' if " " in v else f"{k}={v}" for k, v in raw.items())
+    rest = key_val_dict_to_str(info) if info else ""
+    lines = [str(n), (head + " " + rest).strip()]
+
+    def fmt(kind: str, x) -> str:
+        if kind == "R":
+            return repr(float(x))
+        if kind == "L":
+            return "T" if x else "F"
+        return str(x)
+
+    for i in range(n):
+        fields = []
+        for _, kind, a in cols:
+            row = a[i] if a.ndim == 2 else [a[i]]
+            fields.extend(fmt(kind, x) for x in row)
+        lines.append(" ".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+def frames_to_string(frames: Iterable[Atoms]) -> str:
+    """Serialise frames to extxyz text with full float precision (exact round-trip)."""
+    return "".join(_frame_text(a) for a in frames)
+
+
+def write_frames(path: str | os.PathLike, frames: Atoms | Sequence[Atoms], append: bool = False) -> None:
+    """Write frames to ``path`` in the project's extxyz convention.
+
+    ``append=False`` writes a temporary file and renames it over ``path``
+    (atomic); ``append=True`` appends under an exclusive ``flock`` with a single
+    ``write`` + ``fsync``, so concurrent writers and crashes never leave a
+    half-written frame.
+    """
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    text = frames_to_string(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if append:
+        with open(path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    else:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
