@@ -1,0 +1,106 @@
+"""`ase-born dft plan|run|status`: the ABINIT DFPT data pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_PLAN = "data/dft/plan_catio3.extxyz"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dft", help="ABINIT DFPT Born-charge data pipeline (plan, run, status)")
+    dsub = p.add_subparsers(dest="dft_command", metavar="ACTION", required=True)
+
+    pp = dsub.add_parser("plan", help="write the CaTiO3 structure plan (stable IDs, fixed TEST split)")
+    pp.add_argument("--out", default=DEFAULT_PLAN, help=f"plan file (default {DEFAULT_PLAN})")
+    pp.add_argument("--n-cubic", type=int, default=90, help="5-atom strained/displaced cubic cells")
+    pp.add_argument("--n-tilt", type=int, default=48, help="10-atom tilted cells (a0a0c+ / a-a-a-)")
+    pp.add_argument("--n-pnma", type=int, default=11, help="20-atom thermal Pnma cells (plus pnma_eq)")
+    pp.add_argument("--seed", type=int, default=2026)
+    pp.add_argument("--force", action="store_true", help="overwrite an existing plan")
+    pp.set_defaults(func=_plan)
+
+    pr = dsub.add_parser("run", help="compute unfinished structures (resumable; stop with Ctrl-C/SIGTERM)")
+    pr.add_argument("plan", nargs="?", default=DEFAULT_PLAN)
+    _common(pr)
+    pr.add_argument("--ranks", type=int, default=2, help="MPI ranks per structure")
+    pr.add_argument("--jobs", type=int, default=1, help="structures computed at the same time")
+    pr.add_argument("--timeout-min", type=float, default=360.0, help="wall-clock limit per ABINIT step (minutes)")
+    pr.add_argument("--max-attempts", type=int, default=2, help="failures after which a structure is skipped")
+    pr.add_argument("--max-structures", type=int, default=None, help="stop after this many finished structures")
+    pr.add_argument("--only", nargs="*", default=None, help="restrict to these structure IDs")
+    pr.add_argument("--nice", type=int, default=19)
+    pr.add_argument("--ecut-Ha", type=float, default=None, help="plane-wave cutoff (Hartree)")
+    pr.add_argument("--kpt-density", type=float, default=None, help="k-points per 1/Å (ASE convention)")
+    pr.set_defaults(func=_run)
+
+    ps = dsub.add_parser("status", help="summarise what exists")
+    ps.add_argument("plan", nargs="?", default=DEFAULT_PLAN)
+    _common(ps)
+    ps.add_argument("--json", action="store_true", help="print JSON")
+    ps.set_defaults(func=_status)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from ase_born.dft.pipeline import DEFAULT_OUTPUT, DEFAULT_WORKDIR
+
+    p.add_argument("--output", default=str(DEFAULT_OUTPUT), help=f"dataset file (default {DEFAULT_OUTPUT})")
+    p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help=f"run directories (default {DEFAULT_WORKDIR})")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from ase_born.dft.sampler import make_plan
+    from ase_born.io.extxyz import write_frames
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise SystemExit(f"{out} exists; IDs must stay stable — pass --force to overwrite")
+    plan = make_plan(args.n_cubic, args.n_tilt, args.n_pnma, seed=args.seed)
+    write_frames(out, plan)
+    n_test = sum(a.info["split"] == "test" for a in plan)
+    print(f"wrote {len(plan)} structures ({n_test} TEST) to {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ase_born.dft.abinit import AbinitSettings
+    from ase_born.dft.pipeline import run_plan
+
+    settings = AbinitSettings()
+    over = {}
+    if args.ecut_Ha is not None:
+        over["ecut_Ha"] = args.ecut_Ha
+    if args.kpt_density is not None:
+        over["kpt_density"] = args.kpt_density
+    settings = dataclasses.replace(settings, **over)
+    counts = run_plan(
+        args.plan,
+        output=args.output,
+        workdir=args.workdir,
+        settings=settings,
+        ranks=args.ranks,
+        jobs=args.jobs,
+        timeout_s=args.timeout_min * 60.0,
+        max_attempts=args.max_attempts,
+        max_structures=args.max_structures,
+        only_ids=args.only,
+        nice=args.nice,
+        log=lambda m: print(m, flush=True),
+    )
+    print(json.dumps(counts))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ase_born.dft.pipeline import print_status, status
+
+    st = status(args.plan, args.output, args.workdir)
+    if args.json:
+        print(json.dumps(st, indent=1))
+    else:
+        print_status(st)
+    return 0

@@ -1,0 +1,357 @@
+"""Resumable ABINIT DFPT pipeline over a plan of structures.
+
+Layout
+------
+``plan.extxyz``
+    Structures with ``info["structure_id"]``, ``kind``, ``split``, ``sampling``.
+``<workdir>/<structure_id>/``
+    One directory per structure: ABINIT inputs/outputs, step markers
+    (``gs.done``, ``ddk.done``, ``efield.done``) and the restart files of the
+    unfinished step chain (see :mod:`ase_born.dft.abinit`).
+``<workdir>/settings.json``
+    The ABINIT settings the workdir was started with; a later run with other
+    settings is refused (mixing settings would silently corrupt the dataset).
+``<workdir>/failures.json``
+    ``{structure_id: [{"reason": ..., "time": ...}, ...]}``; a structure that
+    failed ``max_attempts`` times is skipped, not retried forever.
+``<output>`` (default ``data/dft/catio3_dfpt.extxyz``)
+    One frame per finished structure, appended atomically
+    (:func:`ase_born.io.extxyz.write_frames` with ``append=True``).  A structure
+    is *done* when its ID is in this file.
+
+Stopping: SIGINT/SIGTERM set a stop flag; running ABINIT process groups are
+killed, finished steps keep their markers, and the next ``run`` resumes at the
+first unfinished step of each structure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from ase_born.dft.abinit import AbinitError, AbinitSettings, StepInterrupted, run_structure
+from ase_born.io.abinit import AbinitParseError, read_abinit_output
+from ase_born.io.extxyz import read_frames, write_frames
+
+DEFAULT_OUTPUT = Path("data/dft/catio3_dfpt.extxyz")
+DEFAULT_WORKDIR = Path("dft_runs/catio3")
+
+
+class StopRequested(Exception):
+    """Raised inside a worker when the pipeline was asked to stop."""
+
+
+def load_plan(path: str | os.PathLike) -> list[Atoms]:
+    """Read a plan and check its IDs are present and unique."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"plan file not found: {path}")
+    plan = read_frames(path)
+    ids = [a.info.get("structure_id") for a in plan]
+    if any(i is None for i in ids):
+        raise ValueError(f"{path}: every structure needs info['structure_id']")
+    dup = [i for i, c in Counter(ids).items() if c > 1]
+    if dup:
+        raise ValueError(f"{path}: duplicate structure IDs {dup[:5]}")
+    return plan
+
+
+def finished_ids(output: str | os.PathLike) -> set[str]:
+    """IDs of structures already in the dataset file."""
+    if not Path(output).is_file() or Path(output).stat().st_size == 0:
+        return set()
+    return {str(a.info["structure_id"]) for a in read_frames(output)}
+
+
+def _load_json(path: Path, default):
+    if path.is_file():
+        return json.loads(path.read_text())
+    return default
+
+
+def _dump_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def check_settings(workdir: Path, settings: AbinitSettings) -> None:
+    """Record settings on first use of ``workdir``; refuse different ones later."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "settings.json"
+    current = settings.to_dict()
+    stored = _load_json(path, None)
+    if stored is None:
+        _dump_json(path, current)
+    elif stored != current:
+        diff = {k: (stored.get(k), current.get(k)) for k in set(stored) | set(current) if stored.get(k) != current.get(k)}
+        raise ValueError(
+            f"{workdir} was started with different ABINIT settings {diff} (stored, requested); "
+            "use another --workdir/--output for other settings"
+        )
+
+
+def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, timings: dict, ranks: int) -> Atoms:
+    """Parse a finished structure directory into a dataset frame.
+
+    The frame keeps the plan's exact positions/cell (checked against ABINIT's
+    echo to 1e-6 Å) and carries provenance in ``info``.
+    """
+    parsed = read_abinit_output(directory / "gs.abo", directory / "efield.abo")
+    if parsed.get_chemical_symbols() != structure.get_chemical_symbols():
+        raise AbinitParseError("species order in ABINIT output differs from the plan")
+    dpos = np.abs(parsed.positions - structure.positions).max()
+    dcell = np.abs(parsed.cell.array - structure.cell.array).max()
+    if dpos > 1e-6 or dcell > 1e-6:
+        raise AbinitParseError(f"ABINIT structure differs from the plan (|Δr| {dpos:.2e} Å, |Δcell| {dcell:.2e} Å)")
+    frame = structure.copy()
+    frame.arrays["born_effective_charges"] = parsed.arrays["born_effective_charges"]
+    frame.calc = parsed.calc
+    frame.calc.atoms = frame
+    frame.info.update(
+        epsilon_inf=parsed.info["epsilon_inf"],
+        asr_violation=parsed.info["asr_violation"],
+        dft_code=f"ABINIT {parsed.info.get('abinit_version', '?')}",
+        xc="PBEsol (libxc ixc -116133)" if settings.ixc == -116133 else f"ixc {settings.ixc}",
+        dft_settings=json.dumps(settings.to_dict(), sort_keys=True),
+        kpts=np.array(settings.kmesh(structure)),
+        mpi_ranks=ranks,
+        wall_s=float(sum(timings.values())),
+        wall_s_steps=json.dumps({k: round(v, 1) for k, v in timings.items()}),
+    )
+    return frame
+
+
+@dataclass
+class Progress:
+    """Progress bookkeeping with a per-kind cost model for the ETA."""
+
+    total: int
+    done: int = 0
+
+    def __post_init__(self) -> None:
+        self.costs: dict[str, list[float]] = defaultdict(list)
+
+    def eta_s(self, pending_kinds: Sequence[str], jobs: int) -> float | None:
+        all_costs = [c for cs in self.costs.values() for c in cs]
+        if not all_costs:
+            return None
+        fallback = float(np.mean(all_costs))
+        est = sum(float(np.mean(self.costs[k])) if self.costs.get(k) else fallback for k in pending_kinds)
+        return est / max(jobs, 1)
+
+
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return "?"
+    h, rem = divmod(int(s), 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def run_plan(
+    plan_path: str | os.PathLike,
+    output: str | os.PathLike = DEFAULT_OUTPUT,
+    workdir: str | os.PathLike = DEFAULT_WORKDIR,
+    settings: AbinitSettings | None = None,
+    ranks: int = 2,
+    jobs: int = 1,
+    timeout_s: float | None = 6 * 3600.0,
+    max_attempts: int = 2,
+    max_structures: int | None = None,
+    only_ids: Sequence[str] | None = None,
+    nice: int = 19,
+    log: Callable[[str], None] = print,
+    install_signal_handlers: bool = True,
+    runner: Callable[..., dict] = run_structure,
+) -> dict[str, int]:
+    """Compute every unfinished structure of a plan; resumable and interruptible.
+
+    Parameters
+    ----------
+    plan_path : path-like
+        Plan (extxyz with ``structure_id``).
+    output : path-like
+        Dataset file, appended one frame per finished structure.
+    workdir : path-like
+        Directory of per-structure run directories.
+    settings : AbinitSettings
+        Numerical settings (default :class:`AbinitSettings()`).
+    ranks, jobs : int
+        MPI ranks per structure and structures run at the same time.
+    timeout_s : float or None
+        Wall-clock limit per ABINIT step.
+    max_attempts : int
+        Failures after which a structure is skipped.
+    max_structures : int, optional
+        Stop after this many structures finished in this call.
+    only_ids : sequence of str, optional
+        Restrict to these IDs (plan order kept).
+    runner : callable
+        ``run_structure``-compatible function (tests substitute a fake ABINIT).
+
+    Returns
+    -------
+    dict
+        Counts ``{"finished": ..., "failed": ..., "skipped": ..., "pending": ...}`` for this call.
+    """
+    settings = settings or AbinitSettings()
+    workdir, output = Path(workdir), Path(output)
+    check_settings(workdir, settings)
+    plan = load_plan(plan_path)
+    done = finished_ids(output)
+    failures = _load_json(workdir / "failures.json", {})
+    todo = [
+        a
+        for a in plan
+        if a.info["structure_id"] not in done
+        and len(failures.get(a.info["structure_id"], [])) < max_attempts
+        and (only_ids is None or a.info["structure_id"] in only_ids)
+    ]
+    skipped = sum(len(failures.get(a.info["structure_id"], [])) >= max_attempts for a in plan
+                  if a.info["structure_id"] not in done)
+    progress = Progress(total=len(plan), done=len(done))
+    for a in read_frames(output) if done else []:
+        if "wall_s" in a.info:
+            progress.costs[str(a.info.get("kind"))].append(float(a.info["wall_s"]) * int(a.info.get("mpi_ranks", ranks)) / ranks)
+    log(f"plan {plan_path}: {len(plan)} structures, {len(done)} done, {skipped} skipped after failures, {len(todo)} to run")
+    stop = threading.Event()
+    lock = threading.Lock()
+    counts = Counter()
+
+    def handler(signum, _frame):
+        log(f"signal {signal.Signals(signum).name}: stopping (finished steps are kept)")
+        stop.set()
+
+    old = {}
+    if install_signal_handlers and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+
+    def work(structure: Atoms) -> None:
+        sid = structure.info["structure_id"]
+        if stop.is_set():
+            raise StopRequested
+        t0 = time.time()
+        directory = workdir / sid
+        timings = runner(structure, settings, directory, ranks=ranks, timeout_s=timeout_s, nice=nice, stop_event=stop)
+        frame = frame_from_run(structure, directory, settings, timings, ranks)
+        write_frames(output, frame, append=True)
+        (directory / "DONE").write_text(f"{time.time() - t0:.1f}\n")
+        with lock:
+            counts["finished"] += 1
+            progress.done += 1
+            progress.costs[str(structure.info.get("kind"))].append(float(sum(timings.values())))
+
+    pending = list(todo)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            running = {}
+            while (pending or running) and not stop.is_set():
+                while pending and len(running) < jobs and not stop.is_set():
+                    if max_structures is not None and counts["finished"] + len(running) >= max_structures:
+                        break
+                    s = pending.pop(0)
+                    log(f"start {s.info['structure_id']} ({s.info.get('kind')}, {len(s)} atoms)")
+                    running[pool.submit(work, s)] = s
+                if not running:
+                    break
+                finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    s = running.pop(fut)
+                    sid = s.info["structure_id"]
+                    try:
+                        fut.result()
+                    except (StopRequested, StepInterrupted):
+                        continue
+                    except (AbinitError, AbinitParseError, ValueError, OSError) as exc:
+                        if stop.is_set():
+                            continue
+                        with lock:
+                            failures.setdefault(sid, []).append({"reason": str(exc)[:500], "time": time.time()})
+                            _dump_json(workdir / "failures.json", failures)
+                            counts["failed"] += 1
+                        log(f"FAILED {sid}: {exc}")
+                        continue
+                    remaining = [p.info.get("kind") for p in pending] + [r.info.get("kind") for r in running.values()]
+                    log(
+                        f"[{progress.done}/{progress.total}] finished {sid} "
+                        f"({_fmt_s(progress.costs[str(s.info.get('kind'))][-1])}); "
+                        f"ETA for this call {_fmt_s(progress.eta_s(remaining, jobs))}"
+                    )
+            if stop.is_set():
+                for fut in running:
+                    fut.cancel()
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    counts["pending"] = len(pending) + (0 if not stop.is_set() else 0)
+    counts["skipped"] = skipped
+    return dict(counts)
+
+
+def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUTPUT,
+           workdir: str | os.PathLike = DEFAULT_WORKDIR) -> dict:
+    """Summary of a plan: per kind done/in progress/failed/pending, cost and ASR statistics."""
+    plan = load_plan(plan_path)
+    frames = read_frames(output) if Path(output).is_file() and Path(output).stat().st_size else []
+    done = {str(a.info["structure_id"]): a for a in frames}
+    failures = _load_json(Path(workdir) / "failures.json", {})
+    rows: dict[str, Counter] = defaultdict(Counter)
+    cost: dict[str, list[float]] = defaultdict(list)
+    for a in plan:
+        sid, kind = a.info["structure_id"], str(a.info.get("kind"))
+        rows[kind]["planned"] += 1
+        if sid in done:
+            rows[kind]["done"] += 1
+            f = done[sid]
+            rows[kind]["test"] += f.info.get("split") == "test"
+            if "wall_s" in f.info:
+                cost[kind].append(float(f.info["wall_s"]) * int(f.info.get("mpi_ranks", 1)))
+        elif sid in failures:
+            rows[kind]["failed"] += 1
+        elif (Path(workdir) / sid / "gs.done").is_file() or (Path(workdir) / sid / "gs.abi").is_file():
+            rows[kind]["in_progress"] += 1
+    summary = {
+        kind: {
+            **dict(c),
+            "mean_core_hours": (float(np.mean(cost[kind])) / 3600.0) if cost[kind] else None,
+        }
+        for kind, c in rows.items()
+    }
+    asr = [np.abs(np.asarray(f.info["asr_violation"])).max() / (len(f) / 5) for f in frames if "asr_violation" in f.info]
+    return {
+        "plan": str(plan_path),
+        "output": str(output),
+        "total": len(plan),
+        "done": len(done),
+        "kinds": summary,
+        "max_asr_violation_per_formula_unit_e": float(max(asr)) if asr else None,
+        "failures": {k: v[-1]["reason"] for k, v in failures.items()},
+    }
+
+
+def print_status(st: dict, file=sys.stdout) -> None:
+    print(f"{st['plan']}: {st['done']}/{st['total']} structures in {st['output']}", file=file)
+    print(f"{'kind':<10}{'planned':>8}{'done':>6}{'test':>6}{'running':>8}{'failed':>7}{'core-h/struct':>15}", file=file)
+    for kind, c in st["kinds"].items():
+        ch = c.get("mean_core_hours")
+        print(
+            f"{kind:<10}{c.get('planned', 0):>8}{c.get('done', 0):>6}{c.get('test', 0):>6}"
+            f"{c.get('in_progress', 0):>8}{c.get('failed', 0):>7}{(f'{ch:.2f}' if ch else '-'):>15}",
+            file=file,
+        )
+    if st["max_asr_violation_per_formula_unit_e"] is not None:
+        print(f"max |sum_k Z*| per formula unit: {st['max_asr_violation_per_formula_unit_e']:.3f} e", file=file)
+    for sid, reason in st["failures"].items():
+        print(f"failed {sid}: {reason}", file=file)

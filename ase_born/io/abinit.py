@@ -1,0 +1,244 @@
+"""Read ABINIT main output files (``.abo``/``.out``) into training frames.
+
+What is read
+------------
+* Structure, energy, forces, stress from the final echo of variables
+  ("-outvars: echo values of variables after computation"): ``acell`` (Bohr),
+  ``rprim``, ``xred``, ``typat``, ``znucl``, ``etotal`` (Ha), ``fcart`` (Ha/Bohr),
+  ``strten`` (Ha/Bohr³, Voigt order 11 22 33 32 31 21 = ASE's xx yy zz yz xz xy).
+  ABINIT's stress sign is ASE's: positive = tensile, ``P = -tr(σ)/3`` (checked on
+  the "Pressure=" line of ABINIT's own output).  With several datasets, the
+  value of the last dataset that has the variable is used.
+* Born effective charges from the table "Effective charges, in cartesian
+  coordinates, (from electric field response)" and the clamped-ion dielectric
+  tensor ε∞ from "Dielectric tensor, in cartesian coordinates".
+
+ABINIT's response tables and the project's index order
+-------------------------------------------------------
+Each table line is ``dir1 pert1 dir2 pert2 real imag``: a pair of perturbations,
+each a (direction, perturbation) pair.  ABINIT numbers perturbations as
+``1..natom`` = displacement of atom ``pert`` along Cartesian ``dir``,
+``natom+1`` = d/dk, ``natom+2`` = homogeneous electric field along ``dir``
+(ABINIT documentation of ``rfatpol``/``rfelfd`` and of the DDB blocks).  In the
+"from electric field response" table, ``j1`` is the atomic displacement and ``j2``
+the field.  The mapping does NOT rely on that column order: for every line, the
+pair whose ``pert == natom+2`` gives the field direction ``b``, the other gives the
+atom ``k`` and displacement direction ``a``, and the value is stored as
+``Z*[k-1, b-1, a-1]`` — the CONVENTIONS.md order ``Z*[k, b, a] = ∂F_{k,a}/∂(eE_b)``.
+The test ``tests/unit/test_io_abinit.py`` pins this on a real low-symmetry
+CaTiO3 output whose Ti tensor is not symmetric.
+
+The raw tensors are returned (ABINIT imposes no sum rule on this table unless
+``asr`` is set in the input); ``info["asr_violation"]`` holds
+``Σ_k Z*[k]`` (3x3, e) of the raw output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import chemical_symbols
+
+from ase_born.conventions import BOHR_A, HARTREE_EV, KEY_ASR_VIOLATION, KEY_BORN, KEY_EPSILON_INF
+
+_ECHO_START = "-outvars: echo values of variables after computation"
+_ECHO_END = "================================================================================"
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][-+]?\d+)?"
+_VAR_LINE = re.compile(r"^\s{1,20}([a-z][a-z_0-9]*?)(\d*)\s+(" + _NUM + r"(?:\s+" + _NUM + r")*)\s*(\w+)?\s*$")
+_CONT_LINE = re.compile(r"^\s+(" + _NUM + r"(?:\s+" + _NUM + r")*)\s*$")
+
+
+class AbinitParseError(ValueError):
+    """The file is not a (complete) ABINIT output with the requested data."""
+
+
+def _to_float(tok: str) -> float:
+    return float(tok.replace("D", "E").replace("d", "e"))
+
+
+def parse_final_echo(text: str) -> dict[str, dict[int, np.ndarray]]:
+    """Variables echoed after the computation.
+
+    Returns
+    -------
+    dict
+        ``{name: {dataset: values}}``; dataset 0 means "no dataset suffix".
+        Values are flat float arrays in the unit ABINIT prints (atomic units,
+        except where a unit word follows, which is ignored here: ``acell`` and
+        the structure are always echoed in Bohr).
+    """
+    start = text.rfind(_ECHO_START)
+    if start < 0:
+        raise AbinitParseError("no final echo of variables (run incomplete or not an ABINIT output)")
+    block = text[start:].split("\n")[1:]
+    out: dict[str, dict[int, list[float]]] = {}
+    current = None
+    for line in block:
+        if line.startswith(_ECHO_END) or line.startswith(" chkinp") or "== END DATASET" in line:
+            break
+        m = _VAR_LINE.match(line)
+        if m:
+            name, ds, nums = m.group(1), m.group(2), m.group(3)
+            current = out.setdefault(name, {}).setdefault(int(ds) if ds else 0, [])
+            current.extend(_to_float(t) for t in nums.split())
+            continue
+        m = _CONT_LINE.match(line)
+        if m and current is not None:
+            current.extend(_to_float(t) for t in m.group(1).split())
+        else:
+            current = None
+    return {k: {d: np.array(v) for d, v in dsets.items()} for k, dsets in out.items()}
+
+
+def _last(echo: dict, name: str) -> np.ndarray | None:
+    if name not in echo:
+        return None
+    dsets = echo[name]
+    return dsets[max(dsets)]
+
+
+def _response_table(text: str, header: str) -> list[tuple[int, int, int, int, float]]:
+    """Rows ``(dir1, pert1, dir2, pert2, real)`` of the LAST table with ``header``."""
+    pos = text.rfind(header)
+    if pos < 0:
+        return []
+    rows = []
+    lines = text[pos:].split("\n")
+    started = False
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) == 6 and all(p.lstrip("-").isdigit() for p in parts[:4]):
+            started = True
+            d1, p1, d2, p2 = (int(p) for p in parts[:4])
+            rows.append((d1, p1, d2, p2, _to_float(parts[4])))
+        elif started and parts:
+            break
+    return rows
+
+
+def born_charges_from_table(rows: Sequence[tuple[int, int, int, int, float]], natom: int) -> np.ndarray:
+    """Z* ``(natom, 3, 3)`` in CONVENTIONS order from ABINIT table rows (see module doc)."""
+    z = np.full((natom, 3, 3), np.nan)
+    field = natom + 2
+    for d1, p1, d2, p2, val in rows:
+        if p2 == field and 1 <= p1 <= natom:
+            k, a, b = p1, d1, d2
+        elif p1 == field and 1 <= p2 <= natom:
+            k, a, b = p2, d2, d1
+        else:
+            continue
+        z[k - 1, b - 1, a - 1] = val
+    if np.isnan(z).any():
+        missing = sorted({int(i) + 1 for i in np.argwhere(np.isnan(z))[:, 0]})
+        raise AbinitParseError(f"effective-charge table incomplete (atoms {missing}); use rfdir 1 1 1 and all atoms")
+    return z
+
+
+def dielectric_from_table(rows: Sequence[tuple[int, int, int, int, float]], natom: int) -> np.ndarray:
+    """ε∞ ``(3, 3)`` from the rows with both perturbations = electric field."""
+    eps = np.full((3, 3), np.nan)
+    for d1, p1, d2, p2, val in rows:
+        if p1 == natom + 2 and p2 == natom + 2:
+            eps[d1 - 1, d2 - 1] = val
+    if np.isnan(eps).any():
+        raise AbinitParseError("dielectric tensor table incomplete")
+    return eps
+
+
+def _atoms_from_echo(echo: dict) -> Atoms:
+    acell = _last(echo, "acell")
+    rprim = _last(echo, "rprim")
+    xred = _last(echo, "xred")
+    typat = _last(echo, "typat")
+    znucl = _last(echo, "znucl")
+    if xred is None or typat is None or znucl is None:
+        raise AbinitParseError("structure (xred/typat/znucl) missing from the final echo")
+    acell = np.ones(3) if acell is None else acell
+    rprim = np.eye(3) if rprim is None else rprim.reshape(3, 3)
+    cell = rprim * acell[:, None] * BOHR_A
+    numbers = [int(round(znucl[int(t) - 1])) for t in typat]
+    return Atoms(
+        symbols=[chemical_symbols[n] for n in numbers],
+        scaled_positions=xred.reshape(-1, 3),
+        cell=cell,
+        pbc=True,
+    )
+
+
+def _version(text: str) -> str | None:
+    m = re.search(r"\.Version\s+(\S+)\s+of ABINIT", text)
+    return m.group(1) if m else None
+
+
+def read_abinit_output(
+    path: str | os.PathLike,
+    response_path: str | os.PathLike | None = None,
+) -> Atoms:
+    """Read an ABINIT output into a frame.
+
+    Parameters
+    ----------
+    path : path-like
+        Main output with the ground state (energy/forces/stress) — or any ABINIT
+        output; whatever is present is read.
+    response_path : path-like, optional
+        Separate output of the electric-field DFPT run (as written by
+        :func:`ase_born.dft.abinit.run_structure`); when omitted, the response
+        tables are searched in ``path``.
+
+    Returns
+    -------
+    ase.Atoms
+        Structure (Å), with a SinglePointCalculator holding ``energy``
+        (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³, ASE sign, Voigt) when
+        present; ``arrays["born_effective_charges"]`` ``(N, 3, 3)`` (e,
+        CONVENTIONS order) and ``info["epsilon_inf"]`` ``(3, 3)`` when present;
+        ``info["asr_violation"]`` ``(3, 3)`` = raw Σ_k Z*_k; ``info["abinit_version"]``,
+        ``info["ecut_Ha"]``, ``info["ngkpt"]``, ``info["ixc"]`` when echoed.
+    """
+    text = Path(path).read_text(errors="replace")
+    echo = parse_final_echo(text)
+    atoms = _atoms_from_echo(echo)
+    natom = len(atoms)
+    results = {}
+    etotal = _last(echo, "etotal")
+    if etotal is not None:
+        results["energy"] = results["free_energy"] = float(etotal[0]) * HARTREE_EV
+    fcart = _last(echo, "fcart")
+    if fcart is not None:
+        results["forces"] = fcart.reshape(natom, 3) * (HARTREE_EV / BOHR_A)
+    strten = _last(echo, "strten")
+    if strten is not None:
+        results["stress"] = strten.reshape(6) * (HARTREE_EV / BOHR_A**3)
+
+    rtext = Path(response_path).read_text(errors="replace") if response_path is not None else text
+    zrows = _response_table(rtext, "(from electric field response)")
+    if zrows:
+        z = born_charges_from_table(zrows, natom)
+        atoms.arrays[KEY_BORN] = z
+        atoms.info[KEY_ASR_VIOLATION] = z.sum(axis=0)
+    erows = _response_table(rtext, "Dielectric tensor, in cartesian coordinates")
+    if erows:
+        atoms.info[KEY_EPSILON_INF] = dielectric_from_table(erows, natom)
+    if response_path is not None and not zrows:
+        raise AbinitParseError(f"{response_path}: no Born charges from the electric-field response")
+
+    version = _version(text)
+    if version:
+        atoms.info["abinit_version"] = version
+    for key, name in (("ecut", "ecut_Ha"), ("ixc", "ixc")):
+        v = _last(echo, key)
+        if v is not None:
+            atoms.info[name] = float(v[0]) if key == "ecut" else int(v[0])
+    ngkpt = _last(echo, "ngkpt")
+    if ngkpt is not None:
+        atoms.info["ngkpt"] = ngkpt.astype(int)
+    if results:
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
