@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Final
 
 import numpy as np
+from ase import units as _ase_units
 
 # ---------------------------------------------------------------------------
 # Physical constants (CODATA 2018, as used by ASE's default units)
@@ -46,9 +47,10 @@ EPSILON0_SI: Final[float] = 8.8541878128e-12
 EPSILON0: Final[float] = EPSILON0_SI / ELEMENTARY_CHARGE_C * 1e-10
 #: Boltzmann constant in eV/K
 KB_EV_PER_K: Final[float] = 8.617333262e-5
-#: Hartree in eV and Bohr in Å (CODATA 2018; identical to ``ase.units`` defaults)
-HARTREE_EV: Final[float] = 27.211386245988
-BOHR_A: Final[float] = 0.529177210903
+#: Hartree in eV and Bohr in Å, taken from ``ase.units`` (ASE's default CODATA set)
+#: so that atomic-unit conversions agree with every ASE reader.
+HARTREE_EV: Final[float] = float(_ase_units.Hartree)
+BOHR_A: Final[float] = float(_ase_units.Bohr)
 
 # ---------------------------------------------------------------------------
 # Field conversions: V/Å inside

@@ -1,0 +1,242 @@
+"""DFT pipeline without ABINIT: inputs, sampler, resume logic (fake runner)."""
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import spglib
+from ase.neighborlist import neighbor_list
+
+from ase_born.conventions import BOHR_A
+from ase_born.dft import abinit as dft_abinit
+from ase_born.dft.abinit import AbinitError, AbinitSettings, make_inputs, n_occupied_bands, run_structure
+from ase_born.dft.pipeline import check_settings, finished_ids, run_plan, status
+from ase_born.dft.sampler import (
+    einstein_sigma,
+    is_test_id,
+    make_plan,
+    make_structure,
+    pnma_catio3,
+    tilted_perovskite,
+)
+from ase_born.io.abinit import read_abinit_output
+from ase_born.io.extxyz import get_born_charges, read_frames, write_frames
+
+DATA = Path(__file__).parents[1] / "data" / "abinit"
+needs_psp = pytest.mark.skipif(
+    not Path("/usr/share/abinit/psp/Ti.psp8").is_file(), reason="abinit-data pseudopotentials not installed"
+)
+
+
+def _var(text, name):
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.split()[:1] == [name]:
+            return line.split()[1:], lines[i + 1 : i + 40]
+    raise KeyError(name)
+
+
+@needs_psp
+@pytest.mark.parametrize("kind", ["cubic5", "tilt10", "pnma20", "pnma_eq"])
+def test_inputs_for_each_structure_type(kind):
+    atoms = pnma_catio3() if kind == "pnma_eq" else make_structure(kind, 3)
+    s = AbinitSettings()
+    inp = make_inputs(atoms, s)
+    n = len(atoms)
+    nfu = n // 5
+    for step, text in inp.items():
+        assert f"natom {n}" in text
+        assert f"nband {20 * nfu}" in text  # 40 valence electrons per CaTiO3, occupied only
+        assert "ixc -116133" in text and "occopt 1" in text and "tolsym 1.0e-8" in text
+        # structure in Bohr reproduces the cell and positions
+        rprim = np.array(text.split("rprim\n")[1].split("natom")[0].split(), float).reshape(3, 3)
+        np.testing.assert_allclose(rprim * BOHR_A, atoms.cell.array, atol=1e-10)
+        xred = np.array(text.split("xred\n")[1].split("pp_dirpath")[0].split(), float).reshape(n, 3)
+        np.testing.assert_allclose(xred @ atoms.cell.array, atoms.positions, atol=1e-10)
+        ngkpt = [int(x) for x in _var(text, "ngkpt")[0]]
+        assert ngkpt == s.kmesh(atoms)
+    assert "kptopt 1" in inp["gs"] and "optstress 1" in inp["gs"]
+    assert "rfelfd 2" in inp["ddk"] and "iscf -3" in inp["ddk"] and "kptopt 2" in inp["ddk"]
+    assert "rfelfd 3" in inp["efield"] and "rfphon 0" in inp["efield"] and "kptopt 2" in inp["efield"]
+    typat = [int(x) for x in _var(inp["gs"], "typat")[0]]
+    znucl = [int(x) for x in _var(inp["gs"], "znucl")[0]]
+    assert [znucl[t - 1] for t in typat] == list(atoms.numbers)
+
+
+@needs_psp
+def test_kmesh_and_bands():
+    s = AbinitSettings()
+    assert s.kmesh(make_structure("cubic5", 0)) == [4, 4, 4]
+    assert s.kmesh(pnma_catio3()) == [3, 2, 3]
+    assert n_occupied_bands(pnma_catio3(), s) == 80
+    with pytest.raises(ValueError, match="no pseudopotential"):
+        make_inputs(__import__("ase.build", fromlist=["bulk"]).bulk("Cu"), s)
+
+
+def test_sampler_structures():
+    pn = pnma_catio3()
+    assert spglib.get_spacegroup((pn.cell, pn.get_scaled_positions(), pn.numbers)) == "Pnma (62)"
+    for pattern, sg in (("a0a0c+", "P4/mbm (127)"), ("a-a-a-", "R-3c (167)")):
+        t = tilted_perovskite(pattern, 8.0)
+        assert len(t) == 10 and t.get_chemical_formula() == "Ca2O6Ti2"
+        assert spglib.get_spacegroup((t.cell, t.get_scaled_positions(), t.numbers), symprec=1e-3) == sg
+        i, j, d = neighbor_list("ijd", t, 2.1)  # all periodic images
+        ti_o = (t.numbers[i] == 22) & (t.numbers[j] == 8)
+        assert np.bincount(i[ti_o], minlength=10)[t.numbers == 22].tolist() == [6, 6]  # intact TiO6
+        assert d[ti_o].max() < 1.99
+    # deterministic and independent of other kinds
+    a, b = make_structure("cubic5", 7), make_structure("cubic5", 7)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    assert einstein_sigma("O", 1200) == pytest.approx(2 * einstein_sigma("O", 300))
+
+
+def test_plan_ids_split_and_order():
+    plan = make_plan()
+    ids = [a.info["structure_id"] for a in plan]
+    assert len(ids) == len(set(ids)) == 150
+    assert ids[:3] == ["cubic5_0000", "tilt10_0000", "pnma_eq"]
+    kinds = [a.info["kind"] for a in plan]
+    assert kinds.count("cubic5") == 90 and kinds.count("tilt10") == 48 and kinds.count("pnma20") == 11
+    assert set(kinds[:8]) == {"cubic5", "tilt10", "pnma_eq", "pnma20"}
+    # fixed split is a function of the ID only, pnma_eq is TEST
+    assert all((a.info["split"] == "test") == is_test_id(a.info["structure_id"]) for a in plan)
+    assert is_test_id("pnma_eq")
+    n_test = sum(a.info["split"] == "test" for a in plan)
+    assert 15 <= n_test <= 45
+    # a smaller plan gives the same IDs the same structures
+    small = make_plan(5, 3, 1)
+    for s in small:
+        if s.info["structure_id"] != "pnma_eq":
+            big = plan[ids.index(s.info["structure_id"])]
+            np.testing.assert_array_equal(s.positions, big.positions)
+
+
+def _fake_plan(tmp_path, n=4):
+    base = read_abinit_output(DATA / "gs.abo")
+    frames = []
+    for i in range(n):
+        a = base.copy()
+        a.info.update(structure_id=f"s{i}", kind="cubic5" if i % 2 == 0 else "tilt10", split="train")
+        frames.append(a)
+    write_frames(tmp_path / "plan.xyz", frames)
+    return tmp_path / "plan.xyz"
+
+
+class FakeAbinit:
+    """Stands in for run_structure: copies the real test outputs into the run directory."""
+
+    def __init__(self, fail_ids=()):
+        self.calls = []
+        self.fail_ids = set(fail_ids)
+
+    def __call__(self, structure, settings, directory, ranks, timeout_s, nice, stop_event):
+        sid = structure.info["structure_id"]
+        self.calls.append(sid)
+        if sid in self.fail_ids:
+            raise AbinitError("gs: SCF not converged in nstep iterations")
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copy(DATA / "gs.abo", directory / "gs.abo")
+        shutil.copy(DATA / "efield.abo", directory / "efield.abo")
+        return {"gs": 10.0, "ddk": 5.0, "efield": 20.0}
+
+
+def test_resume_half_done_plan_completes_only_the_rest(tmp_path):
+    plan = _fake_plan(tmp_path)
+    out, work = tmp_path / "data.xyz", tmp_path / "runs"
+    fake = FakeAbinit()
+    counts = run_plan(plan, out, work, max_structures=2, runner=fake, log=lambda m: None)
+    assert counts["finished"] == 2 and fake.calls == ["s0", "s1"]
+    assert finished_ids(out) == {"s0", "s1"}
+    fake2 = FakeAbinit()
+    counts = run_plan(plan, out, work, runner=fake2, log=lambda m: None)
+    assert fake2.calls == ["s2", "s3"] and counts["finished"] == 2
+    frames = read_frames(out)
+    assert [f.info["structure_id"] for f in frames] == ["s0", "s1", "s2", "s3"]
+    ref = read_abinit_output(DATA / "gs.abo", DATA / "efield.abo")
+    np.testing.assert_array_equal(get_born_charges(frames[3]), get_born_charges(ref))
+    assert frames[0].info["wall_s"] == pytest.approx(35.0)
+    assert frames[0].info["epsilon_inf"].shape == (3, 3)
+    st = status(plan, out, work)
+    assert st["done"] == 4 and st["kinds"]["cubic5"]["done"] == 2
+    # nothing left: a third run computes nothing
+    fake3 = FakeAbinit()
+    run_plan(plan, out, work, runner=fake3, log=lambda m: None)
+    assert fake3.calls == []
+
+
+def test_failures_recorded_and_not_retried_forever(tmp_path):
+    plan = _fake_plan(tmp_path, n=2)
+    out, work = tmp_path / "data.xyz", tmp_path / "runs"
+    for attempt in range(3):
+        fake = FakeAbinit(fail_ids={"s1"})
+        run_plan(plan, out, work, runner=fake, max_attempts=2, log=lambda m: None)
+        assert ("s1" in fake.calls) == (attempt < 2)
+    failures = json.loads((work / "failures.json").read_text())
+    assert len(failures["s1"]) == 2 and "SCF not converged" in failures["s1"][0]["reason"]
+    assert finished_ids(out) == {"s0"}
+
+
+def test_settings_mismatch_refused(tmp_path):
+    check_settings(tmp_path, AbinitSettings())
+    check_settings(tmp_path, AbinitSettings())
+    with pytest.raises(ValueError, match="different ABINIT settings"):
+        check_settings(tmp_path, AbinitSettings(ecut_Ha=30.0))
+
+
+@needs_psp
+def test_run_structure_resumes_at_first_unfinished_step(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
+        calls.append(step)
+        return 1.0
+
+    monkeypatch.setattr(dft_abinit, "run_step", fake_step)
+    atoms = make_structure("cubic5", 0)
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "gs.done").write_text("123.0\n")  # ground state finished before a kill
+    (d / "gs_o_WFK").write_text("wavefunctions")
+    for i in (16, 17, 18):
+        (d / f"ddk_o_1WF{i}").write_text("ddk")
+    timings = run_structure(atoms, AbinitSettings(), d, cleanup=False)
+    assert calls == ["ddk", "efield"]
+    assert timings == {"gs": 123.0, "ddk": 1.0, "efield": 1.0}
+    # efield reads the GS WFK and the three ddk files through in_* links
+    assert (d / "in_WFK").resolve() == (d / "gs_o_WFK").resolve()
+    assert sorted(p.name for p in d.glob("in_1WF*")) == ["in_1WF16", "in_1WF17", "in_1WF18"]
+    calls.clear()
+    run_structure(atoms, AbinitSettings(), d, cleanup=True)
+    assert calls == []  # all steps done
+    assert not (d / "gs_o_WFK").exists() and not list(d.glob("*1WF*"))
+
+
+@needs_psp
+def test_run_step_stop_event_kills_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(dft_abinit, "mpi_command", lambda ranks: ["bash", "-c", "sleep 30", "fake-abinit"])
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(dft_abinit.StepInterrupted):
+        dft_abinit.run_step(tmp_path, "gs", 1, None, stop_event=stop)
+
+
+@pytest.mark.abinit
+@pytest.mark.slow
+@needs_psp
+def test_abinit_end_to_end_tiny_cell(tmp_path):
+    """Runs ABINIT (2 ranks, ~1 min) on a displaced 5-atom cell at tiny settings."""
+    if shutil.which("abinit") is None:
+        pytest.skip("abinit not installed")
+    atoms = make_structure("cubic5", 1)
+    write_frames(tmp_path / "plan.xyz", atoms)
+    s = AbinitSettings(ecut_Ha=12.0, kpt_density=0.5)
+    counts = run_plan(tmp_path / "plan.xyz", tmp_path / "out.xyz", tmp_path / "runs", settings=s, ranks=2)
+    assert counts["finished"] == 1
+    (f,) = read_frames(tmp_path / "out.xyz")
+    z = get_born_charges(f)
+    assert np.isfinite(z).all() and 1.0 < z[0, 0, 0] < 4.0 and 4.0 < z[1, 1, 1] < 12.0
+    assert f.info["epsilon_inf"][0, 0] > 1.0
+    assert np.abs(f.get_forces()).max() > 0

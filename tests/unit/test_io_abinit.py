@@ -1,0 +1,111 @@
+"""ABINIT output parsing on a real output produced here (tests/data/abinit)."""
+
+from pathlib import Path
+
+import ase.units
+import numpy as np
+import pytest
+
+from ase_born.conventions import BOHR_A, HARTREE_EV
+from ase_born.io.abinit import (
+    AbinitParseError,
+    born_charges_from_table,
+    dielectric_from_table,
+    parse_final_echo,
+    read_abinit_output,
+)
+from ase_born.io.extxyz import get_born_charges, read_frames, write_frames
+
+DATA = Path(__file__).parents[1] / "data" / "abinit"
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return read_abinit_output(DATA / "gs.abo", DATA / "efield.abo")
+
+
+def test_structure_from_echo(frame):
+    assert frame.get_chemical_formula() == "CaO3Ti"
+    assert frame.get_chemical_symbols() == ["Ca", "Ti", "O", "O", "O"]
+    np.testing.assert_allclose(frame.cell.lengths(), 3.85, atol=1e-9)
+    # input xred of the test input file
+    text = (DATA / "gs.abi").read_text().split("xred")[1].split("pp_dirpath")[0]
+    xred = np.array(text.split(), float).reshape(5, 3)
+    np.testing.assert_allclose(frame.get_scaled_positions(wrap=False), xred, atol=1e-9)
+
+
+def test_energy_forces_stress_units(frame):
+    echo = parse_final_echo((DATA / "gs.abo").read_text())
+    etotal = echo["etotal"][0][0]
+    fcart = echo["fcart"][0].reshape(5, 3)
+    strten = echo["strten"][0]
+    assert frame.get_potential_energy() == pytest.approx(etotal * ase.units.Hartree, rel=1e-12)
+    np.testing.assert_allclose(frame.get_forces(), fcart * HARTREE_EV / BOHR_A)
+    np.testing.assert_allclose(frame.get_stress(), strten * HARTREE_EV / BOHR_A**3)
+    # Ha/Bohr -> eV/Å: 51.422 eV/Å per Ha/Bohr, as ASE's own units
+    assert HARTREE_EV / BOHR_A == pytest.approx(ase.units.Hartree / ase.units.Bohr, rel=1e-14)
+    assert HARTREE_EV / BOHR_A == pytest.approx(51.4221, rel=1e-5)
+    # ABINIT printed Pressure= -2.0685E+02 GPa; ASE sign: P = -tr(stress)/3
+    pressure_GPa = -frame.get_stress()[:3].mean() * 160.21766208
+    assert pressure_GPa == pytest.approx(-206.85, rel=1e-3)
+
+
+def test_born_charge_index_order_on_real_output(frame):
+    """Lines 'dir1 pert1 dir2 pert2' with pert2 = natom+2 = 7 (field):
+    '2 2 1 7 0.2045482382' = atom 2 (Ti) displaced along y, field along x  -> Z*[1, b=x, a=y]
+    '1 2 2 7 0.2261376442' = atom 2 displaced along x, field along y       -> Z*[1, b=y, a=x]
+    """
+    z = get_born_charges(frame)
+    assert z.shape == (5, 3, 3)
+    assert z[1, 0, 1] == pytest.approx(0.2045482382)
+    assert z[1, 1, 0] == pytest.approx(0.2261376442)
+    assert abs(z[1, 0, 1] - z[1, 1, 0]) > 0.02  # genuinely non-symmetric
+    assert z[0, 0, 0] == pytest.approx(2.8717239875)
+    assert z[4, 1, 0] == pytest.approx(-0.0608958984)  # '1 5 2 7': atom 5, disp x, field y
+    np.testing.assert_allclose(frame.info["asr_violation"], z.sum(axis=0))
+
+
+def test_table_mapping_independent_of_column_order():
+    rng = np.random.default_rng(0)
+    natom = 3
+    z = rng.normal(size=(natom, 3, 3))
+    rows_field_second = [(a + 1, k + 1, b + 1, natom + 2, z[k, b, a]) for k in range(natom) for a in range(3) for b in range(3)]
+    rows_field_first = [(b, natom + 2, a, k, v) for a, k, b, _, v in rows_field_second]
+    np.testing.assert_array_equal(born_charges_from_table(rows_field_second, natom), z)
+    np.testing.assert_array_equal(born_charges_from_table(rows_field_first, natom), z)
+    # a transposed reading would differ
+    assert not np.allclose(born_charges_from_table(rows_field_second, natom), z.transpose(0, 2, 1))
+    with pytest.raises(AbinitParseError, match="incomplete"):
+        born_charges_from_table(rows_field_second[:-1], natom)
+
+
+def test_dielectric(frame):
+    eps = frame.info["epsilon_inf"]
+    assert eps.shape == (3, 3)
+    assert eps[0, 0] == pytest.approx(8.1378346025)
+    assert eps[0, 1] == pytest.approx(0.0565000860)
+    rows = [(i + 1, 7, j + 1, 7, float(3 * i + j)) for i in range(3) for j in range(3)]
+    np.testing.assert_array_equal(dielectric_from_table(rows, 5), np.arange(9.0).reshape(3, 3))
+
+
+def test_roundtrip_extxyz(frame, tmp_path):
+    write_frames(tmp_path / "f.xyz", frame)
+    (back,) = read_frames(tmp_path / "f.xyz")
+    np.testing.assert_array_equal(get_born_charges(back), get_born_charges(frame))
+    np.testing.assert_array_equal(back.info["epsilon_inf"], frame.info["epsilon_inf"])
+    np.testing.assert_array_equal(back.get_forces(), frame.get_forces())
+    np.testing.assert_array_equal(back.get_stress(), frame.get_stress())
+
+
+def test_not_an_abinit_output(tmp_path):
+    p = tmp_path / "x.abo"
+    p.write_text("hello\n")
+    with pytest.raises(AbinitParseError, match="final echo"):
+        read_abinit_output(p)
+
+
+def test_gs_only_has_no_born(tmp_path):
+    a = read_abinit_output(DATA / "gs.abo")
+    assert "born_effective_charges" not in a.arrays
+    with pytest.raises(AbinitParseError, match="no Born charges"):
+        read_abinit_output(DATA / "gs.abo", DATA / "gs.abo")
