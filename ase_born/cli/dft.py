@@ -36,6 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--kpt-density", type=float, default=None, help="k-points per 1/Å (ASE convention)")
     pr.set_defaults(func=_run)
 
+    pc = dsub.add_parser("converge", help="convergence study (ecut, k-mesh, tolerances) on a 5-atom cell")
+    pc.add_argument("--workdir", default="dft_runs/convergence")
+    pc.add_argument("--output", default="data/dft/convergence.json")
+    pc.add_argument("--ranks", type=int, default=2)
+    pc.add_argument("--nice", type=int, default=19)
+    pc.add_argument("--table", action="store_true", help="only print the markdown table of existing results")
+    pc.set_defaults(func=_converge)
+
     ps = dsub.add_parser("status", help="summarise what exists")
     ps.add_argument("plan", nargs="?", default=DEFAULT_PLAN)
     _common(ps)
@@ -92,6 +100,18 @@ def _run(args: argparse.Namespace) -> int:
         log=lambda m: print(m, flush=True),
     )
     print(json.dumps(counts))
+    return 0
+
+
+def _converge(args: argparse.Namespace) -> int:
+    from ase_born.dft.convergence import markdown_table, run_convergence
+
+    if args.table:
+        res = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
+    else:
+        res = run_convergence(args.workdir, args.output, ranks=args.ranks, nice=args.nice,
+                              log=lambda m: print(m, flush=True))
+    print(markdown_table(res))
     return 0
 
 

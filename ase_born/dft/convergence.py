@@ -1,0 +1,160 @@
+"""Convergence study of the DFPT settings on a 5-atom CaTiO3 cell.
+
+The test structure ``conv_cubic`` is cubic CaTiO3 (a = 3.85 Å) with Gaussian
+displacements of σ = 0.04 Å (seed 0): no symmetry, all Z* components non-zero,
+close enough to equilibrium to compare with literature Z* of cubic CaTiO3.
+
+Each grid point is one :func:`~ase_born.dft.abinit.run_structure` call in its own
+directory (so the study is resumable exactly like the production pipeline).
+Errors are measured against the most converged point of each axis:
+
+* cutoff axis at the production k-mesh, reference = highest ``ecut_Ha``;
+* k axis at a cheaper cutoff (k convergence hardly depends on the cutoff),
+  reference = densest mesh.
+
+Reported per point: max relative error of the diagonal Z* (|ΔZ_ii| / |Z_ii|),
+max absolute error of all Z* components, max relative error of ε∞ diagonal,
+the raw sum-rule violation max |Σ_k Z*_k| and the wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from ase_born.dft.abinit import AbinitSettings, run_structure
+from ase_born.dft.sampler import cubic_catio3
+from ase_born.io.abinit import read_abinit_output
+
+#: (axis, label, overrides) in the order they are run (cheap and most informative first)
+DEFAULT_GRID: tuple[tuple[str, str, dict], ...] = (
+    ("ecut", "ecut40_k4", {"ecut_Ha": 40.0, "kpt_density": 2.4}),
+    ("ecut", "ecut30_k4", {"ecut_Ha": 30.0, "kpt_density": 2.4}),
+    ("ecut", "ecut35_k4", {"ecut_Ha": 35.0, "kpt_density": 2.4}),
+    ("ecut", "ecut50_k4", {"ecut_Ha": 50.0, "kpt_density": 2.4}),
+    ("kpts", "ecut30_k3", {"ecut_Ha": 30.0, "kpt_density": 1.8}),
+    ("kpts", "ecut30_k5", {"ecut_Ha": 30.0, "kpt_density": 3.0}),
+    ("kpts", "ecut30_k6", {"ecut_Ha": 30.0, "kpt_density": 3.6}),
+    ("tol", "ecut40_k4_tol1e-6", {"ecut_Ha": 40.0, "kpt_density": 2.4, "tolvrs_efield": 1e-6, "tolvrs_gs": 1e-10}),
+)
+
+
+def convergence_structure() -> Atoms:
+    """The study's cell: cubic CaTiO3, a = 3.85 Å, σ = 0.04 Å displacements (seed 0)."""
+    atoms = cubic_catio3(3.85)
+    atoms.positions += np.random.default_rng(0).normal(scale=0.04, size=atoms.positions.shape)
+    atoms.info["structure_id"] = "conv_cubic"
+    return atoms
+
+
+def _point_result(directory: Path) -> dict:
+    f = read_abinit_output(directory / "gs.abo", directory / "efield.abo")
+    z = f.arrays["born_effective_charges"]
+    return {
+        "born_effective_charges": z.tolist(),
+        "epsilon_inf": np.asarray(f.info["epsilon_inf"]).tolist(),
+        "asr_violation": np.asarray(f.info["asr_violation"]).tolist(),
+        "energy_eV": float(f.get_potential_energy()),
+        "forces": f.get_forces().tolist(),
+        "stress": f.get_stress().tolist(),
+    }
+
+
+def run_convergence(
+    workdir: str | os.PathLike = "dft_runs/convergence",
+    output: str | os.PathLike = "data/dft/convergence.json",
+    grid: Sequence[tuple[str, str, dict]] = DEFAULT_GRID,
+    ranks: int = 2,
+    nice: int = 19,
+    timeout_s: float | None = 4 * 3600.0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run (or resume) every grid point and write the results JSON after each point."""
+    workdir, output = Path(workdir), Path(output)
+    atoms = convergence_structure()
+    results = json.loads(output.read_text()) if output.is_file() else {}
+    points = results.setdefault("points", {})
+    for axis, label, over in grid:
+        if label in points:
+            continue
+        settings = dataclasses.replace(AbinitSettings(), **over)
+        log(f"convergence point {label} ({axis}): {over}")
+        timings = run_structure(atoms, settings, workdir / label, ranks=ranks, timeout_s=timeout_s, nice=nice)
+        res = _point_result(workdir / label)
+        res.update(axis=axis, settings=over, kmesh=settings.kmesh(atoms), wall_s=timings, ranks=ranks)
+        points[label] = res
+        results["analysis"] = analyse(points)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, output)
+    return results
+
+
+def _errors(p: dict, ref: dict) -> dict:
+    z, zr = np.array(p["born_effective_charges"]), np.array(ref["born_effective_charges"])
+    e, er = np.array(p["epsilon_inf"]), np.array(ref["epsilon_inf"])
+    diag = np.einsum("kii->ki", z)
+    diag_r = np.einsum("kii->ki", zr)
+    return {
+        "max_rel_err_Z_diag": float(np.max(np.abs(diag - diag_r) / np.abs(diag_r))),
+        "max_abs_err_Z": float(np.max(np.abs(z - zr))),
+        "max_rel_err_eps_diag": float(np.max(np.abs(np.diag(e) - np.diag(er)) / np.diag(er))),
+    }
+
+
+def analyse(points: dict) -> dict:
+    """Errors of each point against the most converged point of its axis."""
+    out = {}
+    by_axis: dict[str, list[str]] = {}
+    for label, p in points.items():
+        by_axis.setdefault(p["axis"], []).append(label)
+    ecut_pts = [lbl for lbl in points if points[lbl]["axis"] in ("ecut", "tol") and points[lbl]["kmesh"] == [4, 4, 4]]
+    if ecut_pts:
+        ref = max((lbl for lbl in ecut_pts if points[lbl]["axis"] == "ecut"),
+                  key=lambda lbl: points[lbl]["settings"]["ecut_Ha"], default=None)
+        if ref is not None:
+            for lbl in ecut_pts:
+                out[lbl] = {"reference": ref, **_errors(points[lbl], points[ref])}
+    k_pts = [lbl for lbl in points if points[lbl]["settings"].get("ecut_Ha") == 30.0 and points[lbl]["axis"] != "tol"]
+    if len(k_pts) > 1:
+        ref = max(k_pts, key=lambda lbl: np.prod(points[lbl]["kmesh"]))
+        for lbl in k_pts:
+            out.setdefault(f"{lbl}@k", {"reference": ref, **_errors(points[lbl], points[ref])})
+    for lbl, p in points.items():
+        out.setdefault(lbl, {})
+        out[lbl]["max_abs_asr_violation_e"] = float(np.abs(np.array(p["asr_violation"])).max())
+        out[lbl]["wall_min"] = round(sum(p["wall_s"].values()) / 60.0, 1)
+    return out
+
+
+def markdown_table(results: dict) -> str:
+    """The table for data/dft/README.md."""
+    pts, an = results.get("points", {}), results.get("analysis", {})
+    lines = [
+        "| point | ecut (Ha) | k-mesh | max rel. err. Z*_ii | max abs. err. Z* (e) | max rel. err. ε∞_ii | max abs. Σ_k Z* (e) | wall (min, 2 ranks) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lbl, p in pts.items():
+        a = an.get(lbl, {})
+        ak = an.get(f"{lbl}@k", {})
+        err = a if "reference" in a else ak
+        ref = f" (vs {err['reference']})" if "reference" in err else ""
+
+        def fmt(key, pct=False):
+            if key not in err:
+                return "–"
+            return f"{100 * err[key]:.2f}%" if pct else f"{err[key]:.3f}"
+
+        lines.append(
+            f"| {lbl}{ref} | {p['settings']['ecut_Ha']:g} | {'x'.join(map(str, p['kmesh']))} | "
+            f"{fmt('max_rel_err_Z_diag', True)} | {fmt('max_abs_err_Z')} | {fmt('max_rel_err_eps_diag', True)} | "
+            f"{a.get('max_abs_asr_violation_e', float('nan')):.3f} | {a.get('wall_min', float('nan')):.1f} |"
+        )
+    return "\n".join(lines)

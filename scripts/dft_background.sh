@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Background DFT data pipeline (DEVELOPERS.md standing instruction): start at the
+# beginning of every work session, from the repository root:
+#     setsid nohup bash scripts/dft_background.sh > dft_runs/background.log 2>&1 &
+# Everything is resumable; pause for benchmarks with  bash scripts/dft_pause.sh stop|cont
+set -u
+cd "$(dirname "$0")/.."
+mkdir -p dft_runs
+echo $$ > dft_runs/background.pid
+# 1) the first structures of each kind, 2) the convergence study, 3) the rest of the plan
+ase-born dft run --only cubic5_0000 tilt10_0000 cubic5_0001 --ranks 2
+ase-born dft converge --ranks 2
+ase-born dft run --ranks 2
