@@ -1,0 +1,405 @@
+"""Dataset readers and writers: DFPT outputs -> training frames.
+
+Every reader returns frames in the project's in-memory convention
+(``CONVENTIONS.md`` "Datasets"; see :mod:`ase_born.io.extxyz`):
+
+* ``atoms.arrays["born_effective_charges"]``: ``shape=(n_atoms, 3, 3)``, float64, units of e,
+  index order ``Z*[k, b, a]`` with ``b`` the field / polarization direction and ``a`` the
+  displacement / force direction (:data:`ase_born.conventions.BORN_INDEX_ORDER`);
+* ``atoms.info["epsilon_inf"]``: ``shape=(3, 3)``, dimensionless (ion-clamped ε∞);
+* ``energy`` / ``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³, ASE sign, Voigt)
+  in a :class:`~ase.calculators.singlepoint.SinglePointCalculator`, when the source has them;
+* ``atoms.info["asr_violation"]``: ``shape=(3, 3)``, ``Σ_k Z*[k]`` of the raw tensors (e);
+* ``atoms.info["source"]``: the file the frame came from (provenance, kept if already set).
+
+Z* is stored raw, exactly as the code printed it (no acoustic-sum-rule correction); the raw
+violation is kept alongside (CONVENTIONS "Datasets").
+
+Formats (:data:`FORMATS`) and their readers
+-------------------------------------------
+================  ==========================================  ==============================================
+name              files                                       reader
+================  ==========================================  ==============================================
+``extxyz``        ``*.xyz``, ``*.extxyz``                     :func:`ase_born.io.extxyz.read_frames`
+``vasprun``       ``vasprun*.xml``                            :func:`ase_born.io.vasp.read_vasprun`
+``outcar``        ``OUTCAR*``                                 :func:`ase_born.io.vasp.read_outcar`
+``phonopy-born``  ``BORN*`` (+ ``structure=``)                :func:`ase_born.io.phonopy_born.read_born_file`
+``qe-ph``         ph.x output (``Program PHONON``)            :func:`ase_born.io.qe.read_ph_output`
+``abinit``        ABINIT output (``.Version ... of ABINIT``)  ``ase_born.io.abinit.read_abinit_output``
+================  ==========================================  ==============================================
+
+An ABINIT output file is read on its own (response tables searched in the same file); for
+split ground-state / electric-field outputs call ``read_abinit_output(gs, response)``.
+
+The submodules are imported lazily, so ``import ase_born.io`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from ase_born.conventions import KEY_ASR_VIOLATION, KEY_BORN, KEY_EPSILON_INF
+
+#: dataset formats understood by :func:`read_dataset` (and ``ase-born convert --format``)
+FORMATS: tuple[str, ...] = ("extxyz", "vasprun", "outcar", "phonopy-born", "qe-ph", "abinit")
+
+#: ``atoms.info`` key holding the file a frame was read from
+KEY_SOURCE = "source"
+
+_RESULT_KEYS = ("energy", "free_energy", "forces", "stress")
+
+
+class FormatUnavailableError(ImportError):
+    """A dataset format whose reader module is not installed / not written yet."""
+
+
+# ---------------------------------------------------------------------------
+# Frame assembly shared by all readers
+# ---------------------------------------------------------------------------
+def build_frame(
+    atoms: Atoms,
+    born_charges: np.ndarray,
+    epsilon_inf: np.ndarray | None = None,
+    *,
+    energy: float | None = None,
+    free_energy: float | None = None,
+    forces: np.ndarray | None = None,
+    stress: np.ndarray | None = None,
+    info: dict[str, Any] | None = None,
+) -> Atoms:
+    """Assemble one training frame in the project's in-memory convention.
+
+    Only the structure of ``atoms`` is used (numbers, positions, cell, pbc); its
+    calculator, arrays and info are not copied.  Callers convert Z* to the
+    project's index order *before* calling this function.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Structure, positions in Å.
+    born_charges : array_like, shape=(n_atoms, 3, 3)
+        Z* in units of e, order ``Z*[k, b, a]`` (b = field, a = displacement).
+    epsilon_inf : array_like, shape=(3, 3), optional
+        Ion-clamped dielectric tensor ε∞ (dimensionless).
+    energy, free_energy : float, optional
+        eV.
+    forces : array_like, shape=(n_atoms, 3), optional
+        eV/Å.
+    stress : array_like, shape=(6,) or (3, 3), optional
+        eV/Å³ with ASE's sign (positive = tensile); stored in Voigt order
+        ``xx yy zz yz xz xy``.
+    info : dict, optional
+        Extra ``atoms.info`` entries (e.g. provenance).
+
+    Returns
+    -------
+    ase.Atoms
+        New frame; energy/forces/stress (those given) in a SinglePointCalculator;
+        ``info["asr_violation"]`` = ``Σ_k Z*[k]`` ``shape=(3, 3)`` (e, raw tensors).
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes or non-finite values.
+    """
+    n = len(atoms)
+    frame = Atoms(
+        numbers=atoms.get_atomic_numbers(),
+        positions=np.array(atoms.positions, dtype=float),
+        cell=np.array(atoms.cell.array, dtype=float),
+        pbc=atoms.pbc.copy(),
+    )
+    z = _finite_array(born_charges, (n, 3, 3), "born_charges")
+    from ase_born.io.extxyz import set_born_charges
+
+    set_born_charges(frame, z)
+    frame.info[KEY_ASR_VIOLATION] = z.sum(axis=0)
+    if epsilon_inf is not None:
+        frame.info[KEY_EPSILON_INF] = _finite_array(epsilon_inf, (3, 3), "epsilon_inf")
+    results: dict[str, Any] = {}
+    if energy is not None:
+        results["energy"] = float(energy)
+    if free_energy is not None:
+        results["free_energy"] = float(free_energy)
+    if forces is not None:
+        results["forces"] = _finite_array(forces, (n, 3), "forces")
+    if stress is not None:
+        s = np.asarray(stress, dtype=float)
+        if s.shape == (3, 3):
+            from ase.stress import full_3x3_to_voigt_6_stress
+
+            s = full_3x3_to_voigt_6_stress(s)
+        results["stress"] = _finite_array(s, (6,), "stress")
+    if results:
+        frame.calc = SinglePointCalculator(frame, **results)
+    if info:
+        frame.info.update(info)
+    return frame
+
+
+def calculator_results(atoms: Atoms) -> dict[str, Any]:
+    """Energy/free_energy/forces/stress held by ``atoms.calc`` (those present).
+
+    Returns
+    -------
+    dict
+        Keyword arguments for :func:`build_frame` (``energy``, ``free_energy``,
+        ``forces``, ``stress``); empty when there is no calculator.
+    """
+    if atoms.calc is None:
+        return {}
+    res = getattr(atoms.calc, "results", {}) or {}
+    return {k: res[k] for k in _RESULT_KEYS if res.get(k) is not None}
+
+
+def load_structure(structure: Atoms | str | os.PathLike, format: str | None = None) -> Atoms:
+    """Return a copy of ``structure``, reading it with :func:`ase.io.read` if a path.
+
+    The last image is used for multi-image files (e.g. a pw.x relaxation: the
+    final structure is the one a following ph.x run used).  A calculator
+    attached by the reader (e.g. pw.x output energies) is kept.
+
+    Parameters
+    ----------
+    structure : ase.Atoms or path-like
+        Any ASE-readable structure (POSCAR, pw.x input/output, CIF, extxyz, ...).
+    format : str, optional
+        ASE format name, guessed by ASE when ``None``.
+    """
+    if isinstance(structure, Atoms):
+        out = structure.copy()
+        out.calc = structure.calc
+        return out
+    import ase.io
+
+    path = Path(structure)
+    if not path.is_file():
+        raise FileNotFoundError(f"structure file not found: {path}")
+    atoms = ase.io.read(str(path), index=-1, format=format)
+    if not isinstance(atoms, Atoms):  # pragma: no cover - index=-1 returns one image
+        atoms = atoms[-1]
+    return atoms
+
+
+def _finite_array(x, shape: tuple[int, ...], name: str) -> np.ndarray:
+    arr = np.array(x, dtype=float)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+# ---------------------------------------------------------------------------
+# Format detection and dispatch
+# ---------------------------------------------------------------------------
+def guess_format(path: str | os.PathLike) -> str:
+    """Guess the dataset format of ``path`` from its name, then its first lines.
+
+    Returns
+    -------
+    str
+        One of :data:`FORMATS`.
+
+    Raises
+    ------
+    ValueError
+        If the format cannot be recognised (pass ``format=`` explicitly).
+    """
+    p = Path(path)
+    name = p.name
+    lower = name.lower()
+    if lower.endswith((".xyz", ".extxyz")):
+        return "extxyz"
+    if lower.startswith("vasprun") and ".xml" in lower:
+        return "vasprun"
+    if name.startswith("OUTCAR"):
+        return "outcar"
+    if name.startswith("BORN"):
+        return "phonopy-born"
+    try:
+        with open(p, errors="replace") as fh:
+            head = [line for _, line in zip(range(80), fh)]
+    except OSError as exc:
+        raise ValueError(f"cannot read {p}: {exc}") from exc
+    text = "".join(head)
+    if "<modeling>" in text and "<generator>" in text:
+        return "vasprun"
+    if head and head[0].lstrip().startswith("vasp."):
+        return "outcar"
+    if "Program PHONON" in text:
+        return "qe-ph"
+    if ".Version" in text and "ABINIT" in text:
+        return "abinit"
+    if (
+        len(head) >= 2
+        and head[0].strip().isdigit()
+        and ("Properties=" in head[1] or "Lattice=" in head[1])
+    ):
+        return "extxyz"
+    raise ValueError(
+        f"cannot guess the dataset format of {p}; pass format= one of {', '.join(FORMATS)}"
+    )
+
+
+def _read_abinit(path: str | os.PathLike) -> list[Atoms]:
+    try:
+        from ase_born.io.abinit import read_abinit_output
+    except ImportError as exc:
+        raise FormatUnavailableError(
+            f"cannot read ABINIT output {path}: module ase_born.io.abinit "
+            f"(read_abinit_output) is not available ({exc})"
+        ) from exc
+    out = read_abinit_output(path)
+    return [out] if isinstance(out, Atoms) else list(out)
+
+
+def read_file(
+    path: str | os.PathLike,
+    format: str | None = None,
+    *,
+    structure: Atoms | str | os.PathLike | None = None,
+    born_rows: str | None = None,
+    born_block: str = "dF/dE",
+    symprec: float = 1e-5,
+) -> list[Atoms]:
+    """Read the frames of one file; see :func:`read_dataset` for the parameters."""
+    fmt = format or guess_format(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    import xml.parsers.expat
+
+    from ase.io import ParseError
+
+    try:
+        frames = _read_one(path, fmt, structure, born_rows, born_block, symprec)
+    except (ParseError, SyntaxError, xml.parsers.expat.ExpatError) as exc:
+        # third-party parse errors (ASE, ElementTree, expat) -> ValueError naming the file
+        raise ValueError(f"{path}: cannot be read as {fmt}: {exc}") from exc
+    for frame in frames:
+        frame.info.setdefault(KEY_SOURCE, str(path))
+    return frames
+
+
+def _read_one(path, fmt, structure, born_rows, born_block, symprec) -> list[Atoms]:
+    if fmt == "extxyz":
+        from ase_born.io.extxyz import read_frames
+
+        frames = read_frames(path)
+    elif fmt == "vasprun":
+        from ase_born.io.vasp import read_vasprun
+
+        frames = [read_vasprun(path, born_rows=born_rows)]
+    elif fmt == "outcar":
+        from ase_born.io.vasp import read_outcar
+
+        frames = [read_outcar(path, structure=structure, born_rows=born_rows)]
+    elif fmt == "phonopy-born":
+        if structure is None:
+            raise ValueError(
+                f"{path}: a phonopy BORN file holds no structure; pass structure= "
+                "(the cell the BORN file was written for, e.g. its POSCAR)"
+            )
+        from ase_born.io.phonopy_born import read_born_file
+
+        frames = [read_born_file(path, structure, symprec=symprec)]
+    elif fmt == "qe-ph":
+        from ase_born.io.qe import read_ph_output
+
+        frames = [read_ph_output(path, structure=structure, born_block=born_block)]
+    else:  # abinit
+        frames = _read_abinit(path)
+        if any(KEY_BORN not in f.arrays for f in frames):
+            import warnings
+
+            warnings.warn(
+                f"{path}: ABINIT output without Born charges (a ground-state run?); for split "
+                "ground-state / electric-field outputs use "
+                "ase_born.io.abinit.read_abinit_output(gs_output, response_output)",
+                stacklevel=4,
+            )
+    return frames
+
+
+def read_dataset(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    format: str | None = None,
+    *,
+    structure: Atoms | str | os.PathLike | None = None,
+    born_rows: str | None = None,
+    born_block: str = "dF/dE",
+    symprec: float = 1e-5,
+    skip_unavailable: bool = False,
+) -> list[Atoms]:
+    """Read DFPT outputs / datasets into training frames (in-memory convention).
+
+    Parameters
+    ----------
+    paths : path-like or iterable of path-like
+        Input files, formats mixed freely.
+    format : str, optional
+        Force one of :data:`FORMATS` for all inputs; guessed per file by
+        :func:`guess_format` when ``None``.
+    structure : ase.Atoms or path-like, optional
+        Structure for ``phonopy-born`` (required) and, optionally, ``qe-ph``
+        (pw.x input/output; energies/forces/stress are taken from a pw.x output)
+        and ``outcar`` (when the OUTCAR holds no usable geometry).
+    born_rows : {"field", "displacement"}, optional
+        VASP only: what the rows of VASP's Born-charge block are; see
+        :func:`ase_born.io.vasp.read_outcar`.
+    born_block : {"dF/dE", "dF/dE-asr", "dP/du"}
+        ph.x only: which printed Z* block to use; see :func:`ase_born.io.qe.read_ph_output`.
+    symprec : float
+        phonopy BORN only: symmetry tolerance (Å) used to expand independent atoms.
+    skip_unavailable : bool
+        Skip (with a warning) inputs whose reader module is not available (the
+        ABINIT reader, until written) instead of raising
+        :class:`FormatUnavailableError`.
+
+    Returns
+    -------
+    list of ase.Atoms
+        Frames in input order; ``info["source"]`` names the file of each.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    frames: list[Atoms] = []
+    for path in paths:
+        try:
+            frames.extend(
+                read_file(
+                    path,
+                    format,
+                    structure=structure,
+                    born_rows=born_rows,
+                    born_block=born_block,
+                    symprec=symprec,
+                )
+            )
+        except FormatUnavailableError as exc:
+            if not skip_unavailable:
+                raise
+            import warnings
+
+            warnings.warn(f"skipped {path}: {exc}", stacklevel=2)
+    return frames
+
+
+__all__: Sequence[str] = [
+    "FORMATS",
+    "KEY_SOURCE",
+    "FormatUnavailableError",
+    "build_frame",
+    "calculator_results",
+    "guess_format",
+    "load_structure",
+    "read_dataset",
+    "read_file",
+]

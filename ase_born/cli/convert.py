@@ -1,0 +1,89 @@
+"""``ase-born convert``: DFPT outputs -> extxyz training frames.
+
+Examples
+--------
+::
+
+    ase-born convert run*/vasprun.xml -o frames.xyz
+    ase-born convert BORN --structure POSCAR -o frames.xyz
+    ase-born convert ph.out --structure scf.out -o frames.xyz --append
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``convert`` subcommand."""
+    from ase_born.io import FORMATS
+
+    p = subparsers.add_parser(
+        "convert",
+        help="convert DFPT outputs (VASP, phonopy BORN, QE ph.x, ABINIT, extxyz) to extxyz frames",
+        description=(
+            "Read Born effective charges, epsilon_inf, structure and (where present) "
+            "energy/forces/stress from DFPT outputs and write extxyz frames in the project's "
+            "convention (Z*[k,b,a], b = field, a = displacement; raw, no sum-rule correction)."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files (formats may be mixed)")
+    p.add_argument("-o", "--output", required=True, help="output extxyz file")
+    p.add_argument(
+        "--format", choices=FORMATS, default=None, help="input format (default: guess per file)"
+    )
+    p.add_argument(
+        "--structure",
+        default=None,
+        help="structure file: required for phonopy BORN; pw.x input/output for ph.x; POSCAR for a bare OUTCAR",
+    )
+    p.add_argument("--append", action="store_true", help="append to OUTPUT instead of replacing it")
+    p.add_argument(
+        "--born-rows",
+        choices=("field", "displacement"),
+        default=None,
+        help="VASP only: what the rows of the Born block are (needed for IBRION=7,8 runs)",
+    )
+    p.add_argument(
+        "--born-block",
+        choices=("dF/dE", "dF/dE-asr", "dP/du"),
+        default="dF/dE",
+        help="ph.x only: which effective-charge block to read (default: raw dF/dE)",
+    )
+    p.add_argument(
+        "--symprec", type=float, default=1e-5, help="phonopy BORN only: symmetry tolerance in Å"
+    )
+    p.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="skip inputs whose reader is not available (e.g. ABINIT) instead of failing",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert ``args.inputs`` and write ``args.output``; return the exit status."""
+    from ase_born.io import read_dataset
+    from ase_born.io.extxyz import write_frames
+
+    try:
+        frames = read_dataset(
+            args.inputs,
+            args.format,
+            structure=args.structure,
+            born_rows=args.born_rows,
+            born_block=args.born_block,
+            symprec=args.symprec,
+            skip_unavailable=args.skip_unavailable,
+        )
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"ase-born convert: error: {exc}", file=sys.stderr)
+        return 1
+    if not frames:
+        print("ase-born convert: error: no frames read", file=sys.stderr)
+        return 1
+    write_frames(args.output, frames, append=args.append)
+    verb = "appended" if args.append else "wrote"
+    print(f"{verb} {len(frames)} frame(s) from {len(args.inputs)} input(s) to {args.output}")
+    return 0

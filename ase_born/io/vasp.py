@@ -1,0 +1,359 @@
+"""VASP readers: ``vasprun.xml`` and ``OUTCAR`` of LEPSILON / LCALCEPS runs -> frames.
+
+What is read
+------------
+* Born effective charges: ``vasprun.xml`` ``<array name="born_charges">`` (one ``<set>``
+  of three ``<v>`` rows per ion) through phonopy's
+  :class:`phonopy.interface.vasp.VasprunxmlExpat`; OUTCAR blocks
+  ``BORN EFFECTIVE CHARGES (in e, cummulative output)`` (LEPSILON, DFPT) or
+  ``BORN EFFECTIVE CHARGES (including local field effects)`` [``(in |e|, cummulative
+  output)``] (LCALCEPS, finite fields), parsed here.
+* ε∞ (ion-clamped): ``vasprun.xml`` ``<varray name="epsilon">`` / ``"epsilon_scf"``
+  (phonopy's parser), else ``"dielectric_dft"`` (ASE's parser); OUTCAR ``MACROSCOPIC STATIC DIELECTRIC TENSOR (including local field
+  effects in DFT)`` (LEPSILON), ``... (including local field effects)`` (LCALCEPS) or a bare
+  ``MACROSCOPIC STATIC DIELECTRIC TENSOR`` header, in that preference.  Never the
+  ``IONIC CONTRIBUTION``, ``RPA`` or ``excluding local field effects`` blocks.
+  (phonopy's own OUTCAR reader takes the *last* line containing
+  ``MACROSCOPIC STATIC DIELECTRIC TENSOR``, which in IBRION=5-8 runs can be the
+  ``IONIC CONTRIBUTION`` block; that is why OUTCAR is parsed here.)
+* structure, energy (σ→0), free energy, forces, stress: ASE's ``vasp-xml`` /
+  ``vasp-out`` readers (last ionic step).
+
+VASP's index order and the conversion
+-------------------------------------
+For LEPSILON and LCALCEPS each ion's block is printed as three rows ``i  Z_i1 Z_i2 Z_i3``
+whose row index ``i`` is the **electric-field** (polarization) direction and whose
+columns are the ion **displacement** (force) directions.  Evidence:
+
+* phonopy (``phonopy/interface/vasp.py``, ``_read_born_and_epsilon_from_OUTCAR`` and
+  ``VasprunxmlExpat.born``) stores the printed rows unchanged as ``born[k]``, and its
+  non-analytical correction (``phonopy/harmonic/dynamical_matrix.py``,
+  ``DynamicalMatrixWang._get_charge_sum``: ``A = np.dot(q, born)``) contracts the wave
+  vector, i.e. the longitudinal field direction, with that first index;
+  ``tests/unit/test_io_phonopy_born.py`` checks this numerically with phonopy;
+* the VASP forum thread "Order of Born effective charge tensor output"
+  (https://www.vasp.at/forum/viewtopic.php?t=19680, 2024, VASP 6.4): for LEPSILON and
+  LCALCEPS "the charges are printed by each direction of finite field applied", whereas
+  for IBRION=7,8 "the charges are printed by each direction of ion displacement".
+  (The VASP wiki's LCALCEPS formula ``Z*_ij = Ω/e ∂P_i/∂u_j = 1/e ∂F_i/∂E_j`` is
+  self-contradictory in its indices and was not used.)
+
+So for LEPSILON / LCALCEPS the printed block *is* ``Z*[k, b, a]`` (CONVENTIONS order,
+``b`` field, ``a`` displacement) and no transpose is applied.  For IBRION=7 or 8 runs
+the order is reported to be the transpose and could not be verified from VASP's own
+documentation: the readers refuse such files unless ``born_rows`` says explicitly what
+the rows are (``"displacement"`` transposes).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from ase import Atoms
+
+from ase_born.io import build_frame, calculator_results, load_structure
+
+BornRows = Literal["field", "displacement"]
+
+#: OUTCAR ε∞ headers, most preferred first (stripped line must equal one of these)
+OUTCAR_EPSILON_HEADERS: tuple[str, ...] = (
+    "MACROSCOPIC STATIC DIELECTRIC TENSOR (including local field effects in DFT)",  # LEPSILON
+    "MACROSCOPIC STATIC DIELECTRIC TENSOR (including local field effects)",  # LCALCEPS
+    "MACROSCOPIC STATIC DIELECTRIC TENSOR",
+)
+#: OUTCAR Born-charge headers (stripped line must equal one of these)
+OUTCAR_BORN_HEADERS: tuple[str, ...] = (
+    "BORN EFFECTIVE CHARGES (in e, cummulative output)",  # LEPSILON (DFPT)
+    "BORN EFFECTIVE CHARGES (including local field effects)",  # LCALCEPS, VASP 5
+    "BORN EFFECTIVE CHARGES (including local field effects) (in |e|, cummulative output)",  # LCALCEPS
+)
+
+_IBRION_RE = re.compile(r"^\s*IBRION\s*=\s*(-?\d+)")
+_NIONS_RE = re.compile(r"NIONS\s*=\s*(\d+)")
+_ION_RE = re.compile(r"^\s*ion\s+(\d+)\s*$")
+
+
+def _orient(
+    z_printed: np.ndarray, ibrion: int | None, born_rows: BornRows | None, source: str
+) -> np.ndarray:
+    """Bring VASP's printed blocks (rows as printed) into ``Z*[k, b, a]``."""
+    if born_rows is None:
+        if ibrion in (7, 8):
+            raise ValueError(
+                f"{source}: IBRION={ibrion} run. For IBRION=7,8 VASP is reported to print Born "
+                "charges with rows = ion displacement direction (VASP forum t=19680), unlike "
+                "LEPSILON/LCALCEPS (rows = field direction); this could not be verified from "
+                "VASP's documentation. Pass born_rows='displacement' (transpose) or "
+                "born_rows='field' (as printed) explicitly (CLI: --born-rows)."
+            )
+        born_rows = "field"
+    if born_rows == "field":
+        return z_printed.copy()
+    if born_rows == "displacement":
+        return np.ascontiguousarray(np.swapaxes(z_printed, 1, 2))
+    raise ValueError(f"born_rows must be 'field' or 'displacement', got {born_rows!r}")
+
+
+# ---------------------------------------------------------------------------
+# vasprun.xml
+# ---------------------------------------------------------------------------
+def read_vasprun_born_epsilon(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Born charges and ε∞ of a ``vasprun.xml`` as printed, via phonopy's parser.
+
+    Parameters
+    ----------
+    path : path-like
+        ``vasprun.xml`` (phonopy also accepts ``.gz``/``.bz2``/``.xz``).
+
+    Returns
+    -------
+    born : numpy.ndarray, shape=(n_atoms * n_blocks, 3, 3)
+        Every ``<array name="born_charges">`` ``<set>`` in file order, rows as printed
+        (row = field direction for LEPSILON/LCALCEPS), units of e.
+    epsilon : numpy.ndarray, shape=(3, 3), or None
+        Last ``<varray name="epsilon">`` / ``"epsilon_scf"`` (phonopy's choice).
+    """
+    from phonopy.file_IO import get_io_module_to_decompress
+    from phonopy.interface.vasp import VasprunxmlExpat
+
+    myio = get_io_module_to_decompress(path)
+    with myio.open(path, "rb") as fh:
+        vxml = VasprunxmlExpat(fh)
+        vxml.parse()
+    born = np.array(vxml.born, dtype=float)
+    eps = np.asarray(vxml.epsilon, dtype=float)  # nan scalar when the file has none
+    epsilon = eps.reshape(3, 3) if eps.size == 9 else None
+    return born, epsilon
+
+
+def read_vasprun(path: str | os.PathLike, *, born_rows: BornRows | None = None) -> Atoms:
+    """Read the last ionic step of a LEPSILON / LCALCEPS ``vasprun.xml`` into a frame.
+
+    Born charges and ε∞ come from phonopy's :class:`~phonopy.interface.vasp.VasprunxmlExpat`
+    (``<array name="born_charges">``, ``<varray name="epsilon">``); structure, energy,
+    free energy, forces and stress from ASE's ``vasp-xml`` reader.
+
+    Index order (see the module docstring for the evidence): VASP prints each ion's Z* with
+    rows = field direction for LEPSILON/LCALCEPS, which is ``Z*[k, b, a]`` already.
+
+    Parameters
+    ----------
+    path : path-like
+        ``vasprun.xml``.
+    born_rows : {"field", "displacement"}, optional
+        What the rows of VASP's Born block are.  ``None`` (default): ``"field"``, except
+        for IBRION=7,8 runs, which raise ``ValueError`` asking for an explicit choice.
+
+    Returns
+    -------
+    ase.Atoms
+        Frame with ``arrays["born_effective_charges"]`` ``shape=(n_atoms, 3, 3)`` (e),
+        ``info["epsilon_inf"]`` ``shape=(3, 3)`` when present, and energy (eV, σ→0),
+        free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt) from the last step.
+
+    Raises
+    ------
+    ValueError
+        No Born charges in the file, or their count does not match the atoms.
+    """
+    import ase.io
+
+    atoms = ase.io.read(str(path), index=-1, format="vasp-xml")
+    params = getattr(atoms.calc, "parameters", {}) or {}
+    ibrion = params.get("ibrion")
+    born, epsilon = read_vasprun_born_epsilon(path)
+    n = len(atoms)
+    if born.size == 0:
+        raise ValueError(f'{path}: no <array name="born_charges"> (was LEPSILON or LCALCEPS set?)')
+    if born.shape[1:] != (3, 3) or born.shape[0] % n:
+        raise ValueError(f"{path}: Born-charge array of shape {born.shape} does not fit {n} atoms")
+    born = born[-n:]  # last ionic step if several were written
+    if epsilon is None:  # phonopy reads "epsilon"/"epsilon_scf"; ASE reads "dielectric_dft"
+        eps_ase = (getattr(atoms.calc, "results", {}) or {}).get("dielectric_tensor")
+        epsilon = None if eps_ase is None else np.asarray(eps_ase, dtype=float)
+    z = _orient(born, None if ibrion is None else int(ibrion), born_rows, str(path))
+    return build_frame(atoms, z, epsilon, **calculator_results(atoms))
+
+
+# ---------------------------------------------------------------------------
+# OUTCAR
+# ---------------------------------------------------------------------------
+def _floats(line: str, n: int, where: str) -> list[float]:
+    parts = line.split()
+    if len(parts) != n:
+        raise ValueError(f"{where}: expected {n} numbers, got {line.strip()!r}")
+    try:
+        return [float(x) for x in parts]
+    except ValueError as exc:
+        raise ValueError(f"{where}: unreadable number in {line.strip()!r}") from exc
+
+
+def _parse_outcar_epsilon(lines: list[str], i: int, where: str) -> np.ndarray:
+    # header, dashes, 3 rows
+    rows = [_floats(lines[i + 2 + r], 3, where) for r in range(3)]
+    return np.array(rows, dtype=float)
+
+
+def _parse_outcar_born(lines: list[str], i: int, where: str) -> np.ndarray:
+    # header, dashes, then per ion: "ion  k" and three rows "r  z1 z2 z3"
+    j = i + 2
+    blocks = []
+    while j < len(lines):
+        m = _ION_RE.match(lines[j])
+        if not m:
+            break
+        k = int(m.group(1))
+        if k != len(blocks) + 1:
+            raise ValueError(f"{where}: ion {k} found where ion {len(blocks) + 1} was expected")
+        rows = []
+        for r in range(3):
+            vals = _floats(lines[j + 1 + r], 4, f"{where}, ion {k}")
+            if int(vals[0]) != r + 1:
+                raise ValueError(
+                    f"{where}, ion {k}: row label {vals[0]} where {r + 1} was expected"
+                )
+            rows.append(vals[1:])
+        blocks.append(rows)
+        j += 4
+    if not blocks:
+        raise ValueError(f"{where}: Born-charge block without 'ion' entries")
+    return np.array(blocks, dtype=float)
+
+
+def parse_outcar_born_epsilon(
+    path: str | os.PathLike,
+) -> tuple[np.ndarray | None, np.ndarray | None, dict]:
+    """Born charges and ε∞ of an OUTCAR, as printed.
+
+    Parameters
+    ----------
+    path : path-like
+        OUTCAR of a LEPSILON or LCALCEPS run.
+
+    Returns
+    -------
+    born : numpy.ndarray, shape=(n_atoms, 3, 3), or None
+        Last accepted Born block (:data:`OUTCAR_BORN_HEADERS`), rows as printed
+        (row = field direction for LEPSILON/LCALCEPS), units of e.
+    epsilon : numpy.ndarray, shape=(3, 3), or None
+        Last block of the most preferred header of :data:`OUTCAR_EPSILON_HEADERS`.
+    meta : dict
+        ``ibrion`` (int or None), ``nions`` (int or None), ``born_header``,
+        ``epsilon_header`` (str or None).
+    """
+    text = Path(path).read_text(errors="replace")
+    lines = text.splitlines()
+    born = None
+    born_header = None
+    eps_found: dict[str, np.ndarray] = {}
+    ibrion = nions = None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if ibrion is None:
+            m = _IBRION_RE.match(line)
+            if m:
+                ibrion = int(m.group(1))
+        if nions is None and "NIONS" in line:
+            m = _NIONS_RE.search(line)
+            if m:
+                nions = int(m.group(1))
+        if stripped in OUTCAR_EPSILON_HEADERS:
+            eps_found[stripped] = _parse_outcar_epsilon(lines, i, f"{path}:{i + 1}")
+        elif stripped in OUTCAR_BORN_HEADERS:
+            born = _parse_outcar_born(lines, i, f"{path}:{i + 1}")
+            born_header = stripped
+    epsilon = None
+    eps_header = None
+    for header in OUTCAR_EPSILON_HEADERS:
+        if header in eps_found:
+            epsilon, eps_header = eps_found[header], header
+            break
+    meta = {
+        "ibrion": ibrion,
+        "nions": nions,
+        "born_header": born_header,
+        "epsilon_header": eps_header,
+    }
+    return born, epsilon, meta
+
+
+def read_outcar(
+    path: str | os.PathLike,
+    *,
+    structure: Atoms | str | os.PathLike | None = None,
+    born_rows: BornRows | None = None,
+) -> Atoms:
+    """Read a LEPSILON / LCALCEPS OUTCAR into a frame.
+
+    Born charges and ε∞ are parsed by :func:`parse_outcar_born_epsilon`; structure,
+    energy (σ→0), free energy, forces and stress of the last ionic step by ASE's
+    ``vasp-out`` reader, unless ``structure`` is given.
+
+    Index order (see the module docstring for the evidence): each ion's rows
+    ``1 Z11 Z12 Z13`` / ``2 ...`` / ``3 ...`` have the row index = field direction and the
+    column = displacement direction for LEPSILON/LCALCEPS, i.e. ``Z*[k, b, a]`` already.
+
+    Parameters
+    ----------
+    path : path-like
+        OUTCAR.
+    structure : ase.Atoms or path-like, optional
+        Geometry (e.g. the run's POSCAR/CONTCAR) to use instead of the OUTCAR's own; then
+        no energy/forces/stress are attached (unless ``structure`` carries them).
+    born_rows : {"field", "displacement"}, optional
+        What the rows of VASP's Born block are.  ``None`` (default): ``"field"``, except
+        for IBRION=7,8 runs, which raise ``ValueError`` asking for an explicit choice.
+
+    Returns
+    -------
+    ase.Atoms
+        Frame with ``arrays["born_effective_charges"]`` ``shape=(n_atoms, 3, 3)`` (e),
+        ``info["epsilon_inf"]`` ``shape=(3, 3)`` when found, energies (eV), forces (eV/Å),
+        stress (eV/Å³) when read from the OUTCAR.
+
+    Raises
+    ------
+    ValueError
+        No Born block, atom-count mismatch, or an OUTCAR whose geometry ASE cannot parse
+        (pass ``structure=``).
+    """
+    born, epsilon, meta = parse_outcar_born_epsilon(path)
+    if born is None:
+        raise ValueError(
+            f"{path}: no Born-charge block ({' / '.join(OUTCAR_BORN_HEADERS)}); "
+            "was LEPSILON or LCALCEPS set (and LRPA=.FALSE.)?"
+        )
+    if structure is None:
+        import ase.io
+        from ase.io import ParseError
+
+        try:
+            atoms = ase.io.read(str(path), index=-1, format="vasp-out")
+        except (ParseError, StopIteration, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: ASE could not read the geometry from this OUTCAR ({exc}); "
+                "pass structure= (e.g. the POSCAR of the run)"
+            ) from exc
+    else:
+        atoms = load_structure(structure)
+    n = len(atoms)
+    if born.shape[0] != n:
+        raise ValueError(f"{path}: {born.shape[0]} Born-charge tensors for {n} atoms")
+    if meta["nions"] is not None and meta["nions"] != n:
+        raise ValueError(f"{path}: NIONS={meta['nions']} but the structure has {n} atoms")
+    z = _orient(born, meta["ibrion"], born_rows, str(path))
+    return build_frame(atoms, z, epsilon, **calculator_results(atoms))
+
+
+__all__ = [
+    "OUTCAR_BORN_HEADERS",
+    "OUTCAR_EPSILON_HEADERS",
+    "parse_outcar_born_epsilon",
+    "read_outcar",
+    "read_vasprun",
+    "read_vasprun_born_epsilon",
+]

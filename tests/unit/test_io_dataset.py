@@ -1,0 +1,174 @@
+"""read_dataset dispatcher and the ``ase-born convert`` command, end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ase_born.cli.main import main
+from ase_born.conventions import KEY_ASR_VIOLATION, KEY_BORN, KEY_EPSILON_INF
+from ase_born.io import FormatUnavailableError, build_frame, guess_format, read_dataset
+from ase_born.io.extxyz import read_frames, write_frames
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+EXPECTED = json.loads((DATA / "vasp" / "expected.json").read_text())
+Z = np.array(EXPECTED["born_effective_charges"])
+EPS = np.array(EXPECTED["epsilon_inf"])
+
+
+@pytest.mark.parametrize(
+    "path, fmt",
+    [
+        (DATA / "vasp" / "vasprun.xml", "vasprun"),
+        (DATA / "vasp" / "OUTCAR", "outcar"),
+        (DATA / "phonopy" / "BORN", "phonopy-born"),
+        (DATA / "qe" / "ph.out", "qe-ph"),
+        (DATA / "abinit" / "efield.abo", "abinit"),
+    ],
+)
+def test_guess_format_by_name(path, fmt):
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    assert guess_format(path) == fmt
+
+
+def test_guess_format_by_content(tmp_path):
+    for src, fmt in [
+        (DATA / "vasp" / "vasprun.xml", "vasprun"),
+        (DATA / "vasp" / "OUTCAR", "outcar"),
+        (DATA / "qe" / "ph.out", "qe-ph"),
+    ]:
+        renamed = tmp_path / f"run_{fmt}.txt"
+        shutil.copy(src, renamed)
+        assert guess_format(renamed) == fmt
+    xyz = tmp_path / "frames.dat"
+    write_frames(xyz, build_frame(read_dataset(DATA / "vasp" / "OUTCAR")[0], Z, EPS))
+    assert guess_format(xyz) == "extxyz"
+    junk = tmp_path / "notes.txt"
+    junk.write_text("nothing to see\n")
+    with pytest.raises(ValueError, match="format="):
+        guess_format(junk)
+
+
+def test_read_dataset_mixed_formats_agree():
+    """The same hand-made frame in four formats gives the same Z*, ε∞ and species."""
+    frames = read_dataset(
+        [DATA / "vasp" / "vasprun.xml", DATA / "vasp" / "OUTCAR", DATA / "qe" / "ph.out"],
+        structure=DATA / "qe" / "scf.in",  # used by ph.out only
+    )
+    frames += read_dataset(DATA / "phonopy" / "BORN", structure=DATA / "phonopy" / "POSCAR")
+    assert len(frames) == 4
+    for frame in frames:
+        assert frame.get_chemical_symbols() == EXPECTED["symbols"]
+        np.testing.assert_allclose(frame.arrays[KEY_BORN], Z, rtol=0, atol=1e-13)
+        np.testing.assert_array_equal(frame.info[KEY_EPSILON_INF], EPS)
+        np.testing.assert_allclose(frame.info[KEY_ASR_VIOLATION], Z.sum(axis=0), atol=1e-12)
+        np.testing.assert_allclose(frame.positions, np.array(EXPECTED["positions"]), atol=1e-7)
+        assert Path(frame.info["source"]).exists()
+
+
+def test_born_without_structure_is_an_error():
+    with pytest.raises(ValueError, match="structure="):
+        read_dataset(DATA / "phonopy" / "BORN")
+
+
+def test_abinit_reader_missing_is_reported_or_skipped(monkeypatch):
+    path = DATA / "abinit" / "efield.abo"
+    if not path.exists():
+        pytest.skip("no ABINIT sample")
+    monkeypatch.setitem(sys.modules, "ase_born.io.abinit", None)  # import now fails
+    with pytest.raises(FormatUnavailableError, match="ase_born.io.abinit"):
+        read_dataset(path)
+    with pytest.warns(UserWarning, match="skipped"):
+        frames = read_dataset([path, DATA / "vasp" / "OUTCAR"], skip_unavailable=True)
+    assert len(frames) == 1
+
+
+def test_abinit_through_dispatcher():
+    path = DATA / "abinit" / "efield.abo"
+    if not path.exists():
+        pytest.skip("no ABINIT sample")
+    pytest.importorskip("ase_born.io.abinit")
+    from ase_born.io.abinit import read_abinit_output
+
+    (frame,) = read_dataset(path)
+    np.testing.assert_array_equal(frame.arrays[KEY_BORN], read_abinit_output(path).arrays[KEY_BORN])
+
+
+def test_cli_convert_end_to_end(tmp_path, capsys):
+    out = tmp_path / "train.xyz"
+    rc = main(
+        [
+            "convert",
+            str(DATA / "vasp" / "vasprun.xml"),
+            str(DATA / "vasp" / "OUTCAR"),
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    assert "wrote 2 frame(s)" in capsys.readouterr().out
+    rc = main(
+        [
+            "convert",
+            str(DATA / "phonopy" / "BORN"),
+            "--structure",
+            str(DATA / "phonopy" / "POSCAR"),
+            "-o",
+            str(out),
+            "--append",
+        ]
+    )
+    assert rc == 0
+    frames = read_frames(out)
+    assert len(frames) == 3
+    for frame in frames:
+        assert frame.arrays[KEY_BORN].shape == (5, 3, 3)
+        np.testing.assert_allclose(frame.arrays[KEY_BORN], Z, rtol=0, atol=1e-13)
+        np.testing.assert_array_equal(frame.info[KEY_EPSILON_INF], EPS)
+    # VASP frames keep energy/forces through the extxyz file
+    assert frames[0].calc.results["energy"] == EXPECTED["energy"]
+    np.testing.assert_array_equal(frames[1].calc.results["forces"], np.array(EXPECTED["forces"]))
+    assert frames[2].info["source"].endswith("BORN")
+
+
+def test_cli_convert_qe_block_and_errors(tmp_path, capsys):
+    out = tmp_path / "qe.xyz"
+    rc = main(
+        [
+            "convert",
+            str(DATA / "qe" / "ph.out"),
+            "--structure",
+            str(DATA / "qe" / "scf.in"),
+            "--born-block",
+            "dP/du",
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    dpdu = np.array(json.loads((DATA / "qe" / "expected.json").read_text())["born_dP_du"])
+    np.testing.assert_array_equal(read_frames(out)[0].arrays[KEY_BORN], dpdu)
+    capsys.readouterr()
+    rc = main(["convert", str(DATA / "phonopy" / "BORN"), "-o", str(tmp_path / "x.xyz")])
+    assert rc == 1
+    assert "structure=" in capsys.readouterr().err
+    assert not (tmp_path / "x.xyz").exists()
+
+
+def test_broken_inputs_raise_valueerror_naming_the_file(tmp_path, capsys):
+    broken = tmp_path / "vasprun.xml"
+    broken.write_text((DATA / "vasp" / "vasprun.xml").read_text()[:2000])  # truncated XML
+    with pytest.raises(ValueError, match="vasprun.xml"):
+        read_dataset(broken)
+    born = tmp_path / "BORN"
+    born.write_text((DATA / "phonopy" / "BORN").read_text() + "1 0 0 0 1 0 0 0 1\n")  # one line too many
+    with pytest.raises(ValueError, match="BORN"):
+        read_dataset(born, structure=DATA / "phonopy" / "POSCAR")
+    assert main(["convert", str(broken), "-o", str(tmp_path / "out.xyz")]) == 1
+    assert "vasprun.xml" in capsys.readouterr().err

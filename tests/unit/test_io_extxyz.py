@@ -1,0 +1,126 @@
+"""extxyz interchange: exact round-trip, append, and what plain ASE sees."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from ase_born.conventions import KEY_BORN, KEY_EPSILON_INF
+from ase_born.io.extxyz import get_born_charges, read_frames, set_born_charges, write_frames
+
+
+def _frame(seed: int, n: int = 5, pbc=(True, True, True)) -> Atoms:
+    """A triclinic frame with non-symmetric Z*, ε∞, energies/forces/stress and extra info."""
+    rng = np.random.default_rng(seed)
+    cell = np.diag([3.9, 4.1, 4.3]) + 0.3 * rng.standard_normal((3, 3))
+    atoms = Atoms(
+        symbols=(["Ca", "Ti", "O", "O", "O"] * n)[:n],
+        scaled_positions=rng.random((n, 3)),
+        cell=cell,
+        pbc=pbc,
+    )
+    set_born_charges(atoms, rng.standard_normal((n, 3, 3)))
+    atoms.info[KEY_EPSILON_INF] = rng.standard_normal((3, 3))
+    atoms.info["config_type"] = "md_300K"
+    atoms.info["structure_id"] = 17 + seed
+    atoms.info["temperature_K"] = 300.25
+    atoms.calc = SinglePointCalculator(
+        atoms,
+        energy=float(rng.standard_normal() * 40),
+        free_energy=float(rng.standard_normal() * 40),
+        forces=rng.standard_normal((n, 3)),
+        stress=rng.standard_normal(6) * 1e-2,
+    )
+    return atoms
+
+
+def _assert_same(a: Atoms, b: Atoms) -> None:
+    assert a.get_chemical_symbols() == b.get_chemical_symbols()
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.cell.array, b.cell.array)
+    np.testing.assert_array_equal(a.pbc, b.pbc)
+    np.testing.assert_array_equal(get_born_charges(a), b.arrays[KEY_BORN])
+    assert b.arrays[KEY_BORN].shape == (len(a), 3, 3)
+    np.testing.assert_array_equal(a.info[KEY_EPSILON_INF], b.info[KEY_EPSILON_INF])
+    assert b.info[KEY_EPSILON_INF].shape == (3, 3)
+    for key in ("energy", "free_energy", "forces", "stress"):
+        np.testing.assert_array_equal(a.calc.results[key], b.calc.results[key])
+    for key in ("config_type", "structure_id", "temperature_K"):
+        assert b.info[key] == a.info[key]
+
+
+def test_exact_round_trip_triclinic(tmp_path):
+    frames = [_frame(0), _frame(1, n=3, pbc=(True, True, False))]
+    assert not np.allclose(frames[0].cell.array, np.diag(np.diag(frames[0].cell.array)))
+    path = tmp_path / "frames.xyz"
+    write_frames(path, frames)
+    back = read_frames(path)
+    assert len(back) == 2
+    for a, b in zip(frames, back):
+        _assert_same(a, b)
+
+
+def test_nonsymmetric_born_order_on_disk(tmp_path):
+    """Disk columns are row-major [b, a]: column 2 of the 9 is Z*[k, 0, 1] (field x, displacement y)."""
+    atoms = _frame(2, n=2)
+    z = get_born_charges(atoms)
+    assert not np.allclose(z, np.swapaxes(z, 1, 2))
+    path = tmp_path / "one.xyz"
+    write_frames(path, atoms)
+    lines = path.read_text().splitlines()
+    props = lines[1].split("Properties=")[1].split()[0].split(":")
+    # species:S:1:pos:R:3:born_effective_charges:R:9 -> columns 4..12 hold Z*
+    assert props[:9] == ["species", "S", "1", "pos", "R", "3", KEY_BORN, "R", "9"]
+    cols = [float(x) for x in lines[2].split()[4:13]]
+    assert cols == list(z[0].reshape(9))
+    assert cols[1] == z[0, 0, 1] and cols[3] == z[0, 1, 0]
+
+
+def test_append_mode(tmp_path):
+    path = tmp_path / "frames.xyz"
+    write_frames(path, _frame(3))
+    write_frames(path, [_frame(4), _frame(5, n=2)], append=True)
+    back = read_frames(path)
+    assert len(back) == 3
+    for a, b in zip([_frame(3), _frame(4), _frame(5, n=2)], back):
+        _assert_same(a, b)
+    # append=False replaces the file
+    write_frames(path, _frame(6))
+    assert len(read_frames(path)) == 1
+
+
+def test_plain_ase_read_gives_flat_calc_result_ours_gives_arrays(tmp_path):
+    atoms = _frame(7)
+    path = tmp_path / "f.xyz"
+    write_frames(path, atoms)
+    plain = ase.io.read(path, format="extxyz")
+    assert KEY_BORN not in plain.arrays
+    flat = plain.calc.results[KEY_BORN]
+    assert flat.shape == (len(atoms), 9)
+    np.testing.assert_array_equal(flat.reshape(-1, 3, 3), get_born_charges(atoms))
+    ours = read_frames(path)[0]
+    assert ours.arrays[KEY_BORN].shape == (len(atoms), 3, 3)
+    assert KEY_BORN not in ours.calc.results
+    # get_born_charges accepts both placements
+    np.testing.assert_array_equal(get_born_charges(plain), ours.arrays[KEY_BORN])
+
+
+def test_frame_without_calculator_or_epsilon(tmp_path):
+    atoms = _frame(8)
+    atoms.calc = None
+    del atoms.info[KEY_EPSILON_INF]
+    path = tmp_path / "bare.xyz"
+    write_frames(path, atoms)
+    back = read_frames(path)[0]
+    assert back.calc is None
+    assert KEY_EPSILON_INF not in back.info
+    np.testing.assert_array_equal(back.arrays[KEY_BORN], get_born_charges(atoms))
+
+
+def test_set_born_charges_rejects_wrong_shape():
+    atoms = _frame(9, n=2)
+    with pytest.raises(ValueError, match="shape"):
+        set_born_charges(atoms, np.zeros((2, 9)))
