@@ -1,0 +1,607 @@
+"""BornFieldCalculator: physics, invariances, caching, state and input validation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.lj import LennardJones
+from ase.md.verlet import VelocityVerlet
+
+from ase_born import BornFieldCalculator, FixedBornCharges, physics
+from ase_born.calculators.base import BornChargeModel
+from ase_born.conventions import EPSILON0, field_from_V_per_m
+from ase_born.testing import (
+    SpringsToSites,
+    assert_born_equivariant,
+    assert_born_permutation_equivariant,
+    assert_born_translation_invariant,
+    assert_forces_match_fd,
+    assert_stress_matches_fd,
+    random_rotation,
+    rotate_atoms,
+)
+
+RNG = np.random.default_rng(42)
+KAPPA = {"Ca": 3.0, "Ti": 6.0, "O": 8.0}
+
+
+# ---------------------------------------------------------------------------
+# stand-ins
+# ---------------------------------------------------------------------------
+
+
+class SmoothBorn(BornChargeModel):
+    """Position-dependent, differentiable stand-in: Z*_k = Z0_k + Gaussian-weighted bond tensors.
+
+    Z*_k = q(species_k) 1 + c_s Σ_{j,n} w (r ⊗ r)/σ² + c_a Σ_{j,n} w skew(r)/σ,
+    w = exp(−|r|²/σ²), r = R_j + n·h − R_k over the 27 nearest cell images.  Translation
+    invariant, rotation and permutation equivariant, non-symmetric, smooth in positions
+    and cell.
+    """
+
+    supports_torch = True
+
+    def __init__(self, charges=None, sigma=1.6, c_sym=0.4, c_anti=0.3):
+        self.charges = {20: 2.6, 22: 7.0, 8: -3.2} if charges is None else charges
+        self.sigma, self.c_sym, self.c_anti = sigma, c_sym, c_anti
+        self.ncalls = 0
+
+    def get_born_charges_torch(self, atoms, positions, cell):
+        self.ncalls += 1
+        images = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=positions.dtype)
+        r = positions[None, :, None, :] - positions[:, None, None, :] + (images @ cell)[None, None]
+        w = torch.exp(-(r**2).sum(-1) / self.sigma**2)
+        sym = torch.einsum("kjn,kjna,kjnb->kab", w, r, r) / self.sigma**2
+        levi = torch.zeros((3, 3, 3), dtype=positions.dtype)
+        for a, b, c in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+            levi[a, b, c], levi[a, c, b] = 1.0, -1.0
+        anti = torch.einsum("kjn,kjnc,cab->kab", w, r, levi) / self.sigma
+        q = torch.tensor([self.charges[int(n)] for n in atoms.numbers], dtype=positions.dtype)
+        return (
+            q[:, None, None] * torch.eye(3, dtype=positions.dtype)
+            + self.c_sym * sym
+            + self.c_anti * anti
+        )
+
+    def get_born_charges(self, atoms):
+        pos = torch.tensor(atoms.positions, dtype=torch.float64)
+        cell = torch.tensor(atoms.cell.array, dtype=torch.float64)
+        return self.get_born_charges_torch(atoms, pos, cell).numpy()
+
+
+class CountingCalculator(Calculator):
+    """Wraps a calculator and counts its calculate() calls."""
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.ncalls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.ncalls += 1
+        a = self.atoms.copy()
+        a.calc = self.inner
+        self.results = {
+            "energy": a.get_potential_energy(),
+            "forces": a.get_forces(),
+            "free_energy": a.get_potential_energy(),
+            "stress": a.get_stress(),
+        }
+
+
+class BadBorn(BornChargeModel):
+    def __init__(self, z):
+        self.z = z
+
+    def get_born_charges(self, atoms):
+        return self.z
+
+
+def _cell() -> Atoms:
+    """5-atom triclinic ABO3-like cell (no symmetry)."""
+    cell = [[3.9, 0.1, 0.0], [0.3, 4.0, 0.1], [-0.2, 0.2, 3.8]]
+    frac = [
+        [0.02, 0.01, 0.03],
+        [0.51, 0.48, 0.53],
+        [0.49, 0.52, 0.02],
+        [0.03, 0.47, 0.49],
+        [0.52, 0.04, 0.51],
+    ]
+    return Atoms("CaTiO3", scaled_positions=frac, cell=cell, pbc=True)
+
+
+def _z_nonsym(n=5):
+    z = RNG.normal(size=(n, 3, 3))
+    return z - z.mean(0)
+
+
+def _calc(ref, z=None, model=None, **kw):
+    model = model if model is not None else FixedBornCharges(_z_nonsym() if z is None else z)
+    return BornFieldCalculator(SpringsToSites(ref, KAPPA), model, reference=ref, **kw)
+
+
+def _displaced(ref, scale=0.08, seed=0):
+    a = ref.copy()
+    a.positions += np.random.default_rng(seed).normal(scale=scale, size=a.positions.shape)
+    return a
+
+
+FIELD = np.array([0.04, -0.07, 0.05])
+
+
+# ---------------------------------------------------------------------------
+# finite differences
+# ---------------------------------------------------------------------------
+
+
+def test_conservative_mode_exact_gradients_position_dependent_born():
+    ref = _cell()
+    model = SmoothBorn()
+    atoms = _displaced(ref, 0.1)
+    atoms.calc = _calc(ref, model=model, field=FIELD, mode="conservative")
+    # the stand-in really depends on positions
+    moved = _displaced(ref, 0.1, seed=5)
+    assert np.abs(model.get_born_charges(moved) - model.get_born_charges(atoms)).max() > 1e-2
+    assert_forces_match_fd(atoms, rtol=1e-6)
+    assert_stress_matches_fd(atoms, rtol=1e-6)
+    corr = atoms.calc.get_property("field_force_correction", atoms)
+    assert np.abs(corr).max() > 1e-4  # the (∂Z*/∂R)·u term is there and is reported
+    f_direct = atoms.calc.results["forces_contributions"][0] + physics.field_forces(
+        atoms.calc.results["born_effective_charges"], FIELD
+    )
+    assert np.allclose(atoms.get_forces() - corr, f_direct, atol=1e-12)
+
+
+def test_direct_mode_not_conservative_for_position_dependent_born():
+    ref = _cell()
+    model = SmoothBorn()
+    atoms = _displaced(ref, 0.1)
+    atoms.calc = _calc(ref, model=model, field=FIELD, mode="direct")
+    with pytest.raises(AssertionError, match="forces differ"):
+        assert_forces_match_fd(atoms, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["direct", "conservative"])
+def test_fixed_born_gradients_both_modes(mode):
+    ref = _cell()
+    atoms = _displaced(ref, 0.1, seed=1)
+    atoms.calc = _calc(ref, field=FIELD, mode=mode)
+    assert_forces_match_fd(atoms, rtol=1e-6)
+    assert_stress_matches_fd(atoms, rtol=1e-6)
+
+
+def test_direct_and_conservative_agree_for_fixed_born():
+    ref = _cell()
+    atoms = _displaced(ref, 0.1, seed=2)
+    z = _z_nonsym()
+    c1, c2 = _calc(ref, z=z, field=FIELD), _calc(ref, z=z, field=FIELD, mode="conservative")
+    for key in ("energy", "forces", "stress", "polarization"):
+        assert np.allclose(
+            c1.get_property(key, atoms), c2.get_property(key, atoms), rtol=1e-12, atol=1e-14
+        )
+
+
+# ---------------------------------------------------------------------------
+# basic physics and index order
+# ---------------------------------------------------------------------------
+
+
+def test_single_ion_feels_qE():
+    ion = Atoms("Na", positions=[[1.0, 2.0, 3.0]], cell=10 * np.eye(3), pbc=True)
+    q = 1.7
+    e = field_from_V_per_m(np.array([5e7, -2e7, 1e7]))
+    assert e[0] == 0.005
+    calc = BornFieldCalculator(
+        SpringsToSites(ion, 0.0), FixedBornCharges([q * np.eye(3)]), field=e, asr=False
+    )
+    ion.calc = calc
+    assert np.array_equal(ion.get_forces(), q * e[None])
+    assert np.array_equal(calc.get_property("field_forces", ion), q * e[None])
+
+
+def test_index_order_force_and_polarization():
+    ref = _cell()
+    z = _z_nonsym()
+    atoms = _displaced(ref, 0.1, seed=3)
+    calc = _calc(ref, z=z, field=FIELD)
+    f0 = SpringsToSites(ref, KAPPA).get_forces(atoms)
+    f = calc.get_property("forces", atoms)
+    u = calc.get_property("displacements", atoms)
+    vol = atoms.get_volume()
+    for k in range(5):
+        assert np.allclose(f[k] - f0[k], z[k].T @ FIELD, rtol=1e-13, atol=1e-15)
+    p = calc.get_property("polarization", atoms)
+    assert np.allclose(p, sum(z[k] @ u[k] for k in range(5)) / vol, rtol=1e-13)
+    assert calc.get_property("energy", atoms) == pytest.approx(
+        SpringsToSites(ref, KAPPA).get_potential_energy(atoms) - FIELD @ (p * vol), rel=1e-13
+    )
+    assert np.allclose(calc.get_property("dipole", atoms), p * vol, rtol=1e-13)
+    calc_t = _calc(ref, z=z.transpose(0, 2, 1), field=FIELD)
+    assert not np.allclose(calc_t.get_property("forces", atoms), f)
+    assert not np.allclose(calc_t.get_property("polarization", atoms), p)
+
+
+def test_epsilon_inf_adds_electronic_polarization_only():
+    ref = _cell()
+    atoms = _displaced(ref, 0.05)
+    z = _z_nonsym()
+    eps_inf = np.diag([5.0, 6.0, 7.0])
+    a = _calc(ref, z=z, field=FIELD)
+    b = _calc(ref, z=z, field=FIELD, epsilon_inf=eps_inf)
+    assert np.array_equal(a.get_property("forces", atoms), b.get_property("forces", atoms))
+    assert a.get_property("energy", atoms) == b.get_property("energy", atoms)
+    dp = b.get_property("polarization", atoms) - a.get_property("polarization", atoms)
+    assert np.allclose(dp, EPSILON0 * (eps_inf - np.eye(3)) @ FIELD, rtol=1e-12)
+    assert np.allclose(
+        b.get_property("ionic_polarization", atoms), a.get_property("polarization", atoms)
+    )
+
+
+# ---------------------------------------------------------------------------
+# invariances
+# ---------------------------------------------------------------------------
+
+
+def test_rigid_translation_invariance():
+    ref = _cell()
+    atoms = _displaced(ref, 0.08)
+    z = RNG.normal(size=(5, 3, 3))  # raw charges violate the sum rule; asr=True fixes it
+    calc = _calc(ref, z=z, field=FIELD, asr=True)
+    e, f, p = (calc.get_property(k, atoms) for k in ("energy", "forces", "polarization"))
+    moved = atoms.copy()
+    moved.positions += [0.21, -0.13, 0.34]
+    # the springs are not translation invariant: compare the field parts and P
+    assert calc.get_property("field_energy", moved) == pytest.approx(
+        e - SpringsToSites(ref, KAPPA).get_potential_energy(atoms), abs=1e-13
+    )
+    assert np.allclose(
+        calc.get_property("field_forces", moved),
+        f - SpringsToSites(ref, KAPPA).get_forces(atoms),
+        atol=1e-13,
+    )
+    assert np.allclose(calc.get_property("polarization", moved), p, atol=1e-14)
+
+
+def test_rigid_translation_invariance_lj_force_field():
+    ref = _cell()
+    atoms = _displaced(ref, 0.05)
+    calc = BornFieldCalculator(
+        LennardJones(sigma=1.6, epsilon=0.01, rc=3.5),
+        FixedBornCharges(RNG.normal(size=(5, 3, 3))),
+        field=FIELD,
+        reference=ref,
+        asr=True,
+    )
+    e, f, p = (calc.get_property(k, atoms) for k in ("energy", "forces", "polarization"))
+    moved = atoms.copy()
+    moved.positions += [0.21, -0.13, 0.34]
+    assert calc.get_property("energy", moved) == pytest.approx(e, abs=1e-12)
+    assert np.allclose(calc.get_property("forces", moved), f, atol=1e-12)
+    assert np.allclose(calc.get_property("polarization", moved), p, atol=1e-14)
+
+
+def test_rotation_covariance():
+    ref = _cell()
+    atoms = _displaced(ref, 0.08)
+    z = _z_nonsym()
+    calc = _calc(ref, z=z, field=FIELD)
+    e, f, p = (calc.get_property(k, atoms) for k in ("energy", "forces", "polarization"))
+    rot = random_rotation(3)
+    ref_r, atoms_r = rotate_atoms(ref, rot), rotate_atoms(atoms, rot)
+    calc_r = _calc(ref_r, z=physics.rotate_born_charges(z, rot), field=rot @ FIELD)
+    assert calc_r.get_property("energy", atoms_r) == pytest.approx(e, rel=1e-12)
+    assert np.allclose(calc_r.get_property("forces", atoms_r), f @ rot.T, atol=1e-12)
+    assert np.allclose(calc_r.get_property("polarization", atoms_r), rot @ p, atol=1e-14)
+
+
+def test_wrapping_does_not_change_u_or_p():
+    ref = _cell()
+    atoms = _displaced(ref, 0.08)
+    atoms.positions[0] -= [0.3, 0.3, 0.3]  # first atom leaves the cell
+    calc = _calc(ref, field=FIELD)
+    u, p, f = (calc.get_property(k, atoms) for k in ("displacements", "polarization", "forces"))
+    wrapped = atoms.copy()
+    wrapped.wrap()
+    assert not np.allclose(wrapped.positions, atoms.positions)
+    assert np.allclose(calc.get_property("displacements", wrapped), u, atol=1e-13)
+    assert np.allclose(calc.get_property("polarization", wrapped), p, atol=1e-14)
+    assert np.allclose(calc.get_property("forces", wrapped), f, atol=1e-13)
+
+
+def test_supercell_dipole_scales_polarization_does_not():
+    ref = _cell()
+    z = _z_nonsym()
+    model = FixedBornCharges(z, ref)  # maps onto the supercell by position matching
+    atoms = _displaced(ref, 0.07)
+    calc1 = BornFieldCalculator(SpringsToSites(ref, KAPPA), model, field=FIELD, reference=ref)
+    d1, p1 = calc1.get_property("dipole", atoms), calc1.get_property("polarization", atoms)
+    ref8, atoms8 = ref.repeat(2), atoms.repeat(2)
+    calc8 = BornFieldCalculator(SpringsToSites(ref8, KAPPA), model, field=FIELD, reference=ref8)
+    assert np.allclose(calc8.get_property("dipole", atoms8), 8 * d1, rtol=1e-12)
+    assert np.allclose(calc8.get_property("polarization", atoms8), p1, rtol=1e-12)
+    assert calc8.get_property("energy", atoms8) == pytest.approx(
+        8 * calc1.get_property("energy", atoms), rel=1e-12
+    )
+
+
+# ---------------------------------------------------------------------------
+# NpT
+# ---------------------------------------------------------------------------
+
+
+def test_cell_scaling_gives_zero_displacement_and_field_stress_is_numeric():
+    ref = _cell()
+    calc = _calc(ref, field=FIELD)
+    strained = ref.copy()
+    strained.set_cell(
+        ref.cell.array @ (np.eye(3) + [[0.02, 0.01, 0], [0.01, -0.03, 0.005], [0, 0.005, 0.04]]),
+        scale_atoms=True,
+    )
+    assert np.allclose(calc.get_property("displacements", strained), 0.0, atol=1e-13)
+    assert np.allclose(calc.get_property("polarization", strained), 0.0, atol=1e-15)
+    assert calc.get_property("field_energy", strained) == pytest.approx(0.0, abs=1e-14)
+    # field stress alone (zero springs) against ASE's numerical stress
+    atoms = _displaced(ref, 0.1)
+    atoms.calc = BornFieldCalculator(
+        SpringsToSites(ref, 0.0), FixedBornCharges(_z_nonsym()), field=FIELD, reference=ref
+    )
+    s = atoms.get_stress()
+    assert np.abs(s).max() > 1e-5
+    assert_stress_matches_fd(atoms, rtol=1e-6)
+    f = atoms.calc.get_property("field_forces", atoms)
+    u = atoms.calc.get_property("displacements", atoms)
+    assert np.allclose(s, physics.field_stress(f, u, atoms.get_volume()), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# ASR, cache, born_update_every
+# ---------------------------------------------------------------------------
+
+
+def test_asr_enforced_and_violation_reported():
+    ref = _cell()
+    z = RNG.normal(size=(5, 3, 3))
+    calc = _calc(ref, z=z, field=FIELD, asr=True)
+    zc = calc.get_property("born_effective_charges", _displaced(ref))
+    assert np.abs(zc.sum(0)).max() < 1e-12
+    assert calc.get_property("asr_violation") == pytest.approx(physics.asr_violation(z))
+    assert np.allclose(calc.get_property("acoustic_sum"), z.sum(0))
+    calc.set(asr=False)
+    assert np.array_equal(calc.get_property("born_effective_charges", _displaced(ref)), z)
+
+
+def test_cache_and_set_field_invalidation():
+    ref = _cell()
+    ff = CountingCalculator(SpringsToSites(ref, KAPPA))
+    calc = BornFieldCalculator(ff, FixedBornCharges(_z_nonsym()), field=FIELD, reference=ref)
+    atoms = _displaced(ref)
+    atoms.calc = calc
+    f1 = atoms.get_forces()
+    atoms.get_potential_energy()
+    atoms.get_forces()
+    calc.get_property("polarization", atoms)
+    assert ff.ncalls == 1
+    calc.set(field=2 * FIELD)
+    f2 = atoms.get_forces()
+    assert not np.allclose(f1, f2)
+    assert np.allclose(f2 - f1, calc.get_property("field_forces", atoms) / 2, atol=1e-14)
+    assert ff.ncalls == 1  # the force field's own cache still holds (atoms unchanged)
+    calc.set(field=2 * FIELD)  # unchanged value: results kept
+    assert "forces" in calc.results
+    atoms.positions[0, 0] += 0.01
+    atoms.get_forces()
+    assert ff.ncalls == 2
+
+
+def test_born_update_every():
+    ref = _cell()
+    model = SmoothBorn()
+    calc = _calc(ref, model=model, field=FIELD, born_update_every=3)
+    z_first = None
+    for i in range(7):
+        a = _displaced(ref, 0.05, seed=i)
+        z = calc.get_property("born_effective_charges", a)
+        calc.get_property("forces", a)  # same configuration: no new Z*
+        if i == 0:
+            z_first = z
+        if i in (1, 2):
+            assert np.array_equal(z, z_first)  # reused between refreshes
+    assert model.ncalls == 3  # configurations 0, 3, 6
+    with pytest.raises(ValueError, match="born_update_every=1"):
+        _calc(ref, model=model, mode="conservative", born_update_every=2)
+
+
+# ---------------------------------------------------------------------------
+# harmonic consistency: static response of springs in a field equals the harmonic ε
+# ---------------------------------------------------------------------------
+
+
+def test_static_response_equals_harmonic_dielectric():
+    ref = _cell()
+    z = _z_nonsym()
+    ff = SpringsToSites(ref, KAPPA)
+    calc = BornFieldCalculator(ff, FixedBornCharges(z), field=FIELD, reference=ref)
+    atoms = ref.copy()
+    atoms.positions += (
+        physics.field_forces(z, FIELD) / ff.kappa[:, None]
+    )  # equilibrium in the field
+    atoms.calc = calc
+    assert np.abs(atoms.get_forces()).max() < 1e-13
+    eps = physics.harmonic_dielectric_from_fc(ff.force_constants(), z, ref.get_volume())
+    assert np.allclose(calc.get_property("polarization", atoms), EPSILON0 * eps @ FIELD, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# time-dependent field, field work, state
+# ---------------------------------------------------------------------------
+
+
+def test_time_dependent_field_clock_and_conserved_quantity():
+    ref = _cell()
+    e_amp = np.array([0.0, 0.0, 0.2])
+    omega = 2 * np.pi / (40 * units.fs)
+
+    def field(t):
+        return e_amp * np.sin(omega * t)
+
+    atoms = ref.copy()  # at rest in the reference, E(0) = 0: only the clock can start the motion
+    calc = _calc(ref, field=field)
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    calc.attach_dynamics(dyn)
+    ff = SpringsToSites(ref, KAPPA)
+    records = []
+
+    def observe():
+        assert calc.time == pytest.approx(dyn.get_time())
+        assert np.allclose(calc.results["field"], field(dyn.get_time()))
+        e0 = ff.get_potential_energy(atoms)
+        records.append((atoms.get_kinetic_energy(), e0, calc.field_work))
+
+    dyn.attach(observe, interval=1)
+    dyn.run(160)
+    k, e0, w = np.array(records).T
+    conserved = k + e0 - w
+    swing = np.ptp(k + e0)
+    assert swing > 1e-3  # the field really pumps energy in and out
+    assert np.ptp(conserved) < 2e-3 * swing
+
+
+def test_field_work_equals_minus_field_energy_change_for_constant_field():
+    ref = _cell()
+    atoms = _displaced(ref, 0.05)
+    calc = _calc(ref, field=FIELD)
+    atoms.calc = calc
+    e_field0 = calc.get_property("field_energy", atoms)
+    dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    dyn.run(30)
+    assert calc.field_work == pytest.approx(
+        -(calc.get_property("field_energy", atoms) - e_field0), rel=1e-10
+    )
+
+
+def test_state_round_trip_keeps_reference(tmp_path):
+    ref = _cell()
+    z = _z_nonsym()
+    calc = _calc(ref, z=z, field=FIELD, epsilon_inf=np.eye(3) * 5)
+    atoms = _displaced(ref, 0.1)
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, timestep=1.0)
+    calc.attach_dynamics(dyn)
+    dyn.run(5)
+    assert calc.time == pytest.approx(5.0)
+    f, p = atoms.get_forces(), calc.get_property("polarization", atoms)
+    path = tmp_path / "state.json"
+    calc.save_state(path)
+    json.loads(path.read_text())  # plain JSON
+    # a fresh calculator WITHOUT reference would pick the displaced structure; the state restores it
+    new = BornFieldCalculator.from_state(path, SpringsToSites(ref, KAPPA), FixedBornCharges(z))
+    assert np.allclose(new.get_property("forces", atoms), f, atol=1e-14)
+    assert np.allclose(new.get_property("polarization", atoms), p, atol=1e-15)
+    assert new.time == pytest.approx(calc.time) and new.field_work == pytest.approx(calc.field_work)
+    assert new.parameters["epsilon_inf"] == calc.parameters["epsilon_inf"]
+    # callable fields must be passed again
+    calc.set(field=lambda t: FIELD)
+    state = calc.get_state()
+    assert state["parameters"]["field_is_callable"] and state["parameters"]["field"] is None
+    other = _calc(ref, z=z)
+    with pytest.raises(ValueError, match="callable"):
+        other.set_state(state)
+    other.set_state(state, field=lambda t: 2 * FIELD)
+    assert np.allclose(other.get_field(), 2 * FIELD)
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+
+
+def test_bad_field():
+    ref = _cell()
+    with pytest.raises(ValueError, match="shape"):
+        _calc(ref, field=[0.1, 0.2])
+    with pytest.raises(ValueError, match="NaN"):
+        _calc(ref, field=[np.nan, 0, 0])
+    with pytest.raises(ValueError, match="V/m"):
+        _calc(ref, field=[5e7, 0, 0])
+    calc = _calc(ref, field=[2.0, 0, 0], allow_large_field=True)
+    with pytest.raises(ValueError, match="exceeds"):
+        calc.set(allow_large_field=False)
+    calc = _calc(ref, field=lambda t: [np.nan, 0, 0])
+    with pytest.raises(ValueError, match="NaN"):
+        calc.get_property("forces", ref)
+    with pytest.raises(TypeError, match="unknown"):
+        calc.set(feild=[0, 0, 0])
+    with pytest.raises(ValueError, match="mode"):
+        calc.set(mode="exact")
+
+
+def test_bad_born_model_output():
+    ref = _cell()
+    calc = _calc(ref, model=BadBorn(np.zeros((4, 3, 3))))
+    with pytest.raises(ValueError, match=r"shape \(4, 3, 3\); expected \(5, 3, 3\)"):
+        calc.get_property("forces", ref)
+    z = np.zeros((5, 3, 3))
+    z[1, 2, 2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN/inf Born charges for atoms \[1\]"):
+        _calc(ref, model=BadBorn(z)).get_property("forces", ref)
+    with pytest.raises(TypeError, match="get_born_charges"):
+        BornFieldCalculator(SpringsToSites(ref), np.zeros((5, 3, 3)))
+    with pytest.raises(TypeError, match="torch"):
+        _calc(ref, model=BadBorn(np.zeros((5, 3, 3))), mode="conservative")
+
+
+def test_bad_cells_and_references():
+    mol = Atoms("NaCl", positions=[[0, 0, 0], [2.4, 0, 0]])
+    z = np.array([1.1 * np.eye(3), -1.1 * np.eye(3)])
+    ff = LennardJones(sigma=2.0, epsilon=0.01, rc=6.0)
+    calc = BornFieldCalculator(ff, FixedBornCharges(z), field=[0.01, 0, 0])
+    moved = mol.copy()
+    moved.positions[0, 0] -= 0.1  # no cell: dipole only, relative to the Cartesian reference
+    calc.get_property("energy", mol)
+    assert np.allclose(calc.get_property("dipole", moved), [-1.1 * 0.1, 0, 0])
+    with pytest.raises(ValueError, match="polarization needs a non-singular 3D cell"):
+        calc.get_property("polarization", moved)
+    flat = _cell()
+    flat.set_cell([[4, 0, 0], [0, 4, 0], [2, 2, 0]], scale_atoms=False)
+    with pytest.raises(ValueError, match="polarization needs"):
+        _calc(_cell()).get_property("polarization", flat)
+    ref = _cell()
+    with pytest.raises(ValueError, match="reference structure has 5 atoms"):
+        _calc(ref).get_property("energy", ref.repeat((2, 1, 1)))
+    swapped = ref.copy()
+    swapped.numbers[[0, 1]] = swapped.numbers[[1, 0]]
+    with pytest.raises(ValueError, match="species order"):
+        _calc(ref).get_property("energy", swapped)
+
+
+def test_force_field_without_forces():
+    class EnergyOnly(Calculator):
+        implemented_properties = ("energy",)
+
+    with pytest.raises(TypeError, match="does not implement 'forces'"):
+        BornFieldCalculator(EnergyOnly(), FixedBornCharges(np.zeros((5, 3, 3))))
+    with pytest.raises(TypeError, match="ASE calculator"):
+        BornFieldCalculator(object(), FixedBornCharges(np.zeros((5, 3, 3))))
+
+
+# ---------------------------------------------------------------------------
+# the shipped equivariance helpers on the position-dependent stand-in
+# ---------------------------------------------------------------------------
+
+
+def test_testing_helpers_on_smooth_model():
+    model = SmoothBorn()
+    atoms = _displaced(_cell(), 0.1)
+    assert assert_born_equivariant(model, atoms) < 1e-10
+    assert assert_born_translation_invariant(model, atoms) < 1e-10
+    assert assert_born_permutation_equivariant(model, atoms) < 1e-10
