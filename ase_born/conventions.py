@@ -37,7 +37,7 @@ import numpy as np
 from ase import units as _ase_units
 
 # ---------------------------------------------------------------------------
-# Physical constants (CODATA 2018, as used by ASE's default units)
+# Physical constants (CODATA 2018 for e, ε0, k_B; Hartree/Bohr below from ase.units)
 # ---------------------------------------------------------------------------
 #: elementary charge in C
 ELEMENTARY_CHARGE_C: Final[float] = 1.602176634e-19
@@ -82,7 +82,10 @@ KEY_EPSILON_INF: Final[str] = "epsilon_inf"
 KEY_FIELD_ENERGY: Final[str] = "field_energy"
 KEY_FIELD_FORCES: Final[str] = "field_forces"
 KEY_FIELD_STRESS: Final[str] = "field_stress"
+#: scalar sum-rule violation (1/9) Σ_ab |Σ_k Z*_k,ab| of one structure (e), the seed SI metric
 KEY_ASR_VIOLATION: Final[str] = "asr_violation"
+#: raw acoustic sum Σ_k Z*_k, shape (3, 3) (e); datasets store this in ``info``
+KEY_ACOUSTIC_SUM: Final[str] = "acoustic_sum"
 
 #: Human-readable statement of the Z* index order, used in docs and error messages.
 BORN_INDEX_ORDER: Final[str] = (

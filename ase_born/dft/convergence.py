@@ -59,7 +59,7 @@ def _point_result(directory: Path) -> dict:
     return {
         "born_effective_charges": z.tolist(),
         "epsilon_inf": np.asarray(f.info["epsilon_inf"]).tolist(),
-        "asr_violation": np.asarray(f.info["asr_violation"]).tolist(),
+        "acoustic_sum": np.asarray(f.info["acoustic_sum"]).tolist(),
         "energy_eV": float(f.get_potential_energy()),
         "forces": f.get_forces().tolist(),
         "stress": f.get_stress().tolist(),
@@ -129,7 +129,7 @@ def analyse(points: dict) -> dict:
             out.setdefault(f"{lbl}@k", {"reference": ref, **_errors(points[lbl], points[ref])})
     for lbl, p in points.items():
         out.setdefault(lbl, {})
-        out[lbl]["max_abs_asr_violation_e"] = float(np.abs(np.array(p["asr_violation"])).max())
+        out[lbl]["max_abs_asr_violation_e"] = float(np.abs(np.array(p["acoustic_sum"])).max())
         out[lbl]["wall_min"] = round(sum(p["wall_s"].values()) / 60.0, 1)
     return out
 

@@ -121,7 +121,7 @@ def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, 
     frame.calc.atoms = frame
     frame.info.update(
         epsilon_inf=parsed.info["epsilon_inf"],
-        asr_violation=parsed.info["asr_violation"],
+        acoustic_sum=parsed.info["acoustic_sum"],
         dft_code=f"ABINIT {parsed.info.get('abinit_version', '?')}",
         xc="PBEsol (libxc ixc -116133)" if settings.ixc == -116133 else f"ixc {settings.ixc}",
         dft_settings=json.dumps(settings.to_dict(), sort_keys=True),
@@ -329,7 +329,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
         }
         for kind, c in rows.items()
     }
-    asr = [np.abs(np.asarray(f.info["asr_violation"])).max() / (len(f) / 5) for f in frames if "asr_violation" in f.info]
+    asr = [np.abs(np.asarray(f.info["acoustic_sum"])).max() / (len(f) / 5) for f in frames if "acoustic_sum" in f.info]
     return {
         "plan": str(plan_path),
         "output": str(output),

@@ -9,7 +9,7 @@ Every reader returns frames in the project's in-memory convention
 * ``atoms.info["epsilon_inf"]``: ``shape=(3, 3)``, dimensionless (ion-clamped ε∞);
 * ``energy`` / ``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³, ASE sign, Voigt)
   in a :class:`~ase.calculators.singlepoint.SinglePointCalculator`, when the source has them;
-* ``atoms.info["asr_violation"]``: ``shape=(3, 3)``, ``Σ_k Z*[k]`` of the raw tensors (e);
+* ``atoms.info["acoustic_sum"]``: ``shape=(3, 3)``, ``Σ_k Z*[k]`` of the raw tensors (e);
 * ``atoms.info["source"]``: the file the frame came from (provenance, kept if already set).
 
 Z* is stored raw, exactly as the code printed it (no acoustic-sum-rule correction); the raw
@@ -45,7 +45,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from ase_born.conventions import KEY_ASR_VIOLATION, KEY_BORN, KEY_EPSILON_INF
+from ase_born.conventions import KEY_ACOUSTIC_SUM, KEY_BORN, KEY_EPSILON_INF
 
 #: dataset formats understood by :func:`read_dataset` (and ``ase-born convert --format``)
 FORMATS: tuple[str, ...] = ("extxyz", "vasprun", "outcar", "phonopy-born", "qe-ph", "abinit")
@@ -102,7 +102,7 @@ def build_frame(
     -------
     ase.Atoms
         New frame; energy/forces/stress (those given) in a SinglePointCalculator;
-        ``info["asr_violation"]`` = ``Σ_k Z*[k]`` ``shape=(3, 3)`` (e, raw tensors).
+        ``info["acoustic_sum"]`` = ``Σ_k Z*[k]`` ``shape=(3, 3)`` (e, raw tensors).
 
     Raises
     ------
@@ -120,7 +120,7 @@ def build_frame(
     from ase_born.io.extxyz import set_born_charges
 
     set_born_charges(frame, z)
-    frame.info[KEY_ASR_VIOLATION] = z.sum(axis=0)
+    frame.info[KEY_ACOUSTIC_SUM] = z.sum(axis=0)
     if epsilon_inf is not None:
         frame.info[KEY_EPSILON_INF] = _finite_array(epsilon_inf, (3, 3), "epsilon_inf")
     results: dict[str, Any] = {}

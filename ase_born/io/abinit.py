@@ -29,7 +29,7 @@ The test ``tests/unit/test_io_abinit.py`` pins this on a real low-symmetry
 CaTiO3 output whose Ti tensor is not symmetric.
 
 The raw tensors are returned (ABINIT imposes no sum rule on this table unless
-``asr`` is set in the input); ``info["asr_violation"]`` holds
+``asr`` is set in the input); ``info["acoustic_sum"]`` holds
 ``Σ_k Z*[k]`` (3x3, e) of the raw output.
 """
 
@@ -45,7 +45,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 
-from ase_born.conventions import BOHR_A, HARTREE_EV, KEY_ASR_VIOLATION, KEY_BORN, KEY_EPSILON_INF
+from ase_born.conventions import BOHR_A, HARTREE_EV, KEY_ACOUSTIC_SUM, KEY_BORN, KEY_EPSILON_INF
 
 _ECHO_START = "-outvars: echo values of variables after computation"
 _ECHO_END = "================================================================================"
@@ -199,7 +199,7 @@ def read_abinit_output(
         (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³, ASE sign, Voigt) when
         present; ``arrays["born_effective_charges"]`` ``(N, 3, 3)`` (e,
         CONVENTIONS order) and ``info["epsilon_inf"]`` ``(3, 3)`` when present;
-        ``info["asr_violation"]`` ``(3, 3)`` = raw Σ_k Z*_k; ``info["abinit_version"]``,
+        ``info["acoustic_sum"]`` ``(3, 3)`` = raw Σ_k Z*_k; ``info["abinit_version"]``,
         ``info["ecut_Ha"]``, ``info["ngkpt"]``, ``info["ixc"]`` when echoed.
     """
     text = Path(path).read_text(errors="replace")
@@ -222,7 +222,7 @@ def read_abinit_output(
     if zrows:
         z = born_charges_from_table(zrows, natom)
         atoms.arrays[KEY_BORN] = z
-        atoms.info[KEY_ASR_VIOLATION] = z.sum(axis=0)
+        atoms.info[KEY_ACOUSTIC_SUM] = z.sum(axis=0)
     erows = _response_table(rtext, "Dielectric tensor, in cartesian coordinates")
     if erows:
         atoms.info[KEY_EPSILON_INF] = dielectric_from_table(erows, natom)

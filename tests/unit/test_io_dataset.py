@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ase_born.cli.main import main
-from ase_born.conventions import KEY_ASR_VIOLATION, KEY_BORN, KEY_EPSILON_INF
+from ase_born.conventions import KEY_ACOUSTIC_SUM, KEY_BORN, KEY_EPSILON_INF
 from ase_born.io import FormatUnavailableError, build_frame, guess_format, read_dataset
 from ase_born.io.extxyz import read_frames, write_frames
 
@@ -67,7 +67,7 @@ def test_read_dataset_mixed_formats_agree():
         assert frame.get_chemical_symbols() == EXPECTED["symbols"]
         np.testing.assert_allclose(frame.arrays[KEY_BORN], Z, rtol=0, atol=1e-13)
         np.testing.assert_array_equal(frame.info[KEY_EPSILON_INF], EPS)
-        np.testing.assert_allclose(frame.info[KEY_ASR_VIOLATION], Z.sum(axis=0), atol=1e-12)
+        np.testing.assert_allclose(frame.info[KEY_ACOUSTIC_SUM], Z.sum(axis=0), atol=1e-12)
         np.testing.assert_allclose(frame.positions, np.array(EXPECTED["positions"]), atol=1e-7)
         assert Path(frame.info["source"]).exists()
 
