@@ -1,0 +1,48 @@
+"""Small helpers shared by the model modules: explicit device / dtype handling."""
+
+from __future__ import annotations
+
+import torch
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "single": torch.float32,
+    "float64": torch.float64,
+    "double": torch.float64,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Return a floating :class:`torch.dtype` from ``"float32"``/``"float64"`` or a dtype.
+
+    Raises
+    ------
+    ValueError
+        For anything other than float32 / float64.
+    """
+    if isinstance(dtype, torch.dtype):
+        dt = dtype
+    elif isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        dt = _DTYPES[dtype.lower().removeprefix("torch.")]
+    else:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if dt not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Return a :class:`torch.device`; raises ``RuntimeError`` if CUDA is asked for but absent."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float64 -> "float64"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+__all__ = ["dtype_name", "resolve_device", "resolve_dtype"]
