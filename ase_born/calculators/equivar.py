@@ -4,8 +4,9 @@
 
 * an ASE :class:`~ase.calculators.calculator.Calculator` with the property
   ``born_effective_charges`` (``shape=(n_atoms, 3, 3)``, e, ``Z*[k, b, a]`` with b the
-  field and a the displacement direction) and ``asr_violation`` (``shape=(3, 3)``, e:
-  ``Σ_k Z*_k`` of the raw network output, before the sum-rule correction), and
+  field and a the displacement direction), ``acoustic_sum`` (``shape=(3, 3)``, e:
+  ``Σ_k Z*_k`` of the raw network output, before the sum-rule correction) and
+  ``asr_violation`` (float, e: ``(1/9) Σ_ab |acoustic_sum_ab|``, the seed SI metric), and
 * a Born-charge model (:class:`~ase_born.calculators.base.BornChargeModel`) with the
   numpy level ``get_born_charges(atoms)`` and the differentiable torch level
   ``get_born_charges_torch(atoms, positions, cell)`` (``supports_torch = True``), so it
@@ -13,7 +14,9 @@
 
 The acoustic sum rule is enforced by default (``asr=True``: per-structure mean over
 atoms subtracted, as in the paper); change it with ``calc.set(asr=False)``, which
-clears cached results.
+clears cached results. As the ``born_model`` of the field calculator, which applies its
+own ``asr`` correction and reports the violation of what it receives, pass ``asr=False``
+here to see the network's raw violation there; Z* and forces are the same either way.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from ase_born.calculators.base import BornChargeModel
-from ase_born.conventions import KEY_ASR_VIOLATION, KEY_BORN
+from ase_born.conventions import KEY_ACOUSTIC_SUM, KEY_ASR_VIOLATION, KEY_BORN
 from ase_born.models.equivar import Equivar, enforce_asr
 from ase_born.models.graph import build_graph, collate
 from ase_born.models.utils import dtype_name, resolve_device, resolve_dtype
@@ -58,7 +61,7 @@ class EquivarCalculator(Calculator, BornChargeModel):
         Passed to :class:`ase.calculators.calculator.Calculator`.
     """
 
-    implemented_properties: ClassVar[list[str]] = [KEY_BORN, KEY_ASR_VIOLATION]
+    implemented_properties: ClassVar[list[str]] = [KEY_BORN, KEY_ACOUSTIC_SUM, KEY_ASR_VIOLATION]
     default_parameters: ClassVar[dict[str, Any]] = {"asr": True}
     supports_torch = True
 
@@ -127,13 +130,15 @@ class EquivarCalculator(Calculator, BornChargeModel):
         properties: Sequence[str] | None = None,
         system_changes: Sequence[str] = all_changes,
     ) -> None:
-        """Fill ``self.results`` with ``born_effective_charges`` and ``asr_violation``."""
+        """Fill ``self.results``: ``born_effective_charges``, ``acoustic_sum``, ``asr_violation``."""
         Calculator.calculate(self, atoms, properties, system_changes)
         with torch.no_grad():
             z_raw, batch, n_s = self._raw([self.atoms])
             z = enforce_asr(z_raw, batch, n_s) if self.asr else z_raw
         self.results[KEY_BORN] = z.detach().cpu().numpy().astype(np.float64)
-        self.results[KEY_ASR_VIOLATION] = z_raw.sum(dim=0).detach().cpu().numpy().astype(np.float64)
+        total = z_raw.sum(dim=0).detach().cpu().numpy().astype(np.float64)
+        self.results[KEY_ACOUSTIC_SUM] = total
+        self.results[KEY_ASR_VIOLATION] = float(np.abs(total).mean())
 
     # ------------------------------------------------------------------ BornChargeModel
     def get_born_charges(self, atoms: Atoms) -> np.ndarray:
@@ -146,9 +151,13 @@ class EquivarCalculator(Calculator, BornChargeModel):
         """
         return np.asarray(self.get_property(KEY_BORN, atoms), dtype=np.float64)
 
-    def get_asr_violation(self, atoms: Atoms) -> np.ndarray:
+    def get_acoustic_sum(self, atoms: Atoms) -> np.ndarray:
         """``Σ_k Z*_k`` of the raw output, ``shape=(3, 3)``, e."""
-        return np.asarray(self.get_property(KEY_ASR_VIOLATION, atoms), dtype=np.float64)
+        return np.asarray(self.get_property(KEY_ACOUSTIC_SUM, atoms), dtype=np.float64)
+
+    def get_asr_violation(self, atoms: Atoms) -> float:
+        """``(1/9) Σ_ab |Σ_k Z*_k,ab|`` of the raw output, e (seed SI metric)."""
+        return float(self.get_property(KEY_ASR_VIOLATION, atoms))
 
     def get_born_charges_torch(
         self, atoms: Atoms, positions: torch.Tensor, cell: torch.Tensor

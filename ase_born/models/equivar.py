@@ -42,7 +42,8 @@ Architecture (hyperparameters: E ``embedding_dim``, n ``num_radial``, F ``int_nu
    ``0e + 2e + 1e`` (9 numbers, bias on 0e), then Cartesian 3x3 (below).
 5. **Acoustic sum rule** (on by default, ``asr=True``): subtract the per-structure mean
    over atoms (the paper's "subsequent correction"); the raw output stays available
-   (``return_raw=True``) for the violation metric :func:`asr_violation`.
+   (``return_raw=True``) for :func:`acoustic_sum` (raw ``Σ_k Z*_k``) and the paper's
+   violation metric :func:`asr_violation`.
 
 Where the antisymmetric (1e) part of Z* comes from
 --------------------------------------------------
@@ -409,19 +410,28 @@ def enforce_asr(z: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torc
     torch.Tensor, shape=(n_atoms, 3, 3)
         ``Σ_{k in s} Z*_k = 0`` for every structure ``s`` (to rounding).
     """
-    total = asr_violation(z, batch, n_structures)
+    total = acoustic_sum(z, batch, n_structures)
     counts = torch.bincount(batch, minlength=n_structures).to(z.dtype).clamp_min(1.0)
     return z - (total / counts[:, None, None])[batch]
 
 
-def asr_violation(z: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
-    """Per-structure sum ``Σ_{k in s} Z*_k``, ``shape=(n_structures, 3, 3)`` (e).
+def acoustic_sum(z: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
+    """Per-structure raw acoustic sum ``Σ_{k in s} Z*_k``, ``shape=(n_structures, 3, 3)`` (e).
 
-    The paper's metric (SI) is ``asr_violation(...).abs().mean()`` over structures and
-    the 9 components.
+    Batched torch version of :func:`ase_born.physics.acoustic_sum` (zero when the sum rule
+    holds).
     """
     out = torch.zeros(n_structures, 3, 3, dtype=z.dtype, device=z.device)
     return out.index_add(0, batch, z)
+
+
+def asr_violation(z: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
+    """Per-structure violation ``(1/9) Σ_ab |Σ_{k in s} Z*_k,ab|``, ``shape=(n_structures,)`` (e).
+
+    Batched torch version of :func:`ase_born.physics.asr_violation`; its mean over
+    structures of the raw output is the seed SI's "ASR violation MAE" (0.154 BM1, 0.173 BM2).
+    """
+    return acoustic_sum(z, batch, n_structures).abs().mean(dim=(1, 2))
 
 
 # ---------------------------------------------------------------------------
@@ -1090,6 +1100,7 @@ __all__ = [
     "ChannelwiseTensorProduct",
     "Equivar",
     "EquivarConfig",
+    "acoustic_sum",
     "asr_violation",
     "bessel_radial_basis",
     "enforce_asr",

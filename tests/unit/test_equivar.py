@@ -14,6 +14,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
+from ase_born import physics
 from ase_born.models._e3nn import e3nn_io, o3
 from ase_born.models.benchmark import catio3_pnma
 from ase_born.models.equivar import (
@@ -23,6 +24,7 @@ from ase_born.models.equivar import (
     ChannelwiseTensorProduct,
     Equivar,
     EquivarConfig,
+    acoustic_sum,
     asr_violation,
     irreps_to_cartesian_matrix,
     paper_parameter_count,
@@ -283,10 +285,14 @@ def test_asr_and_batch_consistency():
     g = batch_from_atoms(structures, dtype="float64")
     with torch.no_grad():
         z, z_raw = model.forward_graph(g, return_raw=True)
-    sums = asr_violation(z, g.batch, g.n_structures)
-    assert sums.abs().max() < 1e-12
-    raw_sums = asr_violation(z_raw, g.batch, g.n_structures)
+    sums = acoustic_sum(z, g.batch, g.n_structures)
+    assert sums.shape == (2, 3, 3) and sums.abs().max() < 1e-12
+    raw_sums = acoustic_sum(z_raw, g.batch, g.n_structures)
     assert raw_sums.abs().max() > 1e-3
+    violation = asr_violation(z_raw, g.batch, g.n_structures)
+    torch.testing.assert_close(violation, raw_sums.abs().mean(dim=(1, 2)))
+    n0 = int(g.ptr[1])
+    assert violation[0].item() == pytest.approx(physics.asr_violation(z_raw[:n0].numpy()))
     counts = torch.bincount(g.batch).double()
     torch.testing.assert_close(
         z, z_raw - (raw_sums / counts[:, None, None])[g.batch], atol=1e-12, rtol=0

@@ -10,7 +10,7 @@ import torch
 from ase.build import bulk
 
 from ase_born.calculators.base import BornChargeModel
-from ase_born.conventions import KEY_ASR_VIOLATION, KEY_BORN
+from ase_born.conventions import KEY_ACOUSTIC_SUM, KEY_ASR_VIOLATION, KEY_BORN
 from ase_born.models.benchmark import catio3_pnma
 from ase_born.models.equivar import Equivar, EquivarConfig
 from ase_born.models.graph import build_graph
@@ -62,14 +62,17 @@ def test_ase_properties_and_asr_switch(model, atoms):
     z = calc.get_property(KEY_BORN, atoms)
     assert z.shape == (len(atoms), 3, 3) and z.dtype == np.float64
     np.testing.assert_allclose(z.sum(axis=0), 0.0, atol=1e-12)
-    violation = calc.get_property(KEY_ASR_VIOLATION, atoms)
-    assert violation.shape == (3, 3) and np.abs(violation).max() > 1e-3
+    total = calc.get_property(KEY_ACOUSTIC_SUM, atoms)
+    assert total.shape == (3, 3) and np.abs(total).max() > 1e-3
+    assert calc.get_property(KEY_ASR_VIOLATION, atoms) == pytest.approx(np.abs(total).mean())
+    assert calc.get_asr_violation(atoms) == pytest.approx(np.abs(total).mean())
     np.testing.assert_array_equal(calc.get_born_charges(atoms), z)
 
     calc.set(asr=False)  # a parameter change clears the cache
     assert calc.results == {}
     raw = calc.get_born_charges(atoms)
-    np.testing.assert_allclose(raw.sum(axis=0), violation, atol=1e-12)
+    np.testing.assert_allclose(raw.sum(axis=0), total, atol=1e-12)
+    np.testing.assert_allclose(calc.get_acoustic_sum(atoms), total, atol=1e-12)
     np.testing.assert_allclose(raw - raw.mean(axis=0), z, atol=1e-12)
     # a moved atom is recomputed, not served from the cache
     atoms.positions[0] += 0.05
