@@ -1,0 +1,170 @@
+"""The embedded default models for CaTiO3 (a MACE force field and an Equivar Born-charge model).
+
+Files live in ``data/models/`` of the repository (installed with ``pip install -e``);
+``data/models/defaults.json`` is the machine-readable model card: file names,
+SHA-256 hashes (checked on load), the elements each model was trained on, ε∞
+shipped with the defaults, and provenance.  ``data/README.md`` is the human card.
+
+``ASE_BORN_DATA`` (read, never written) points to another ``data`` directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ase_born.calculators.base import BornChargeModel
+
+CARD_NAME = "defaults.json"
+
+
+def data_dir() -> Path:
+    """The ``data`` directory holding default models and datasets."""
+    env = os.environ.get("ASE_BORN_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "data"
+
+
+def models_dir() -> Path:
+    return data_dir() / "models"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_card() -> dict[str, Any]:
+    """The parsed ``defaults.json`` card; ``FileNotFoundError`` if no defaults are installed."""
+    path = models_dir() / CARD_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no default models installed ({path} missing). Build them with the recipes in "
+            "scripts/distill_mace/ and examples/configs/, or pass explicit model files."
+        )
+    return json.loads(path.read_text())
+
+
+def _checked_file(entry: dict[str, Any]) -> Path:
+    path = models_dir() / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"default model file missing: {path}")
+    digest = sha256(path)
+    if digest != entry["sha256"]:
+        raise OSError(f"{path}: SHA-256 {digest} does not match the model card ({entry['sha256']}); file corrupted?")
+    return path
+
+
+class _SpeciesGuard(BornChargeModel):
+    """Wraps a Born model and warns once per new element it was never trained on."""
+
+    def __init__(self, inner: BornChargeModel, known: set[str], name: str):
+        self.inner, self.known, self.name = inner, known, name
+        self.supports_torch = inner.supports_torch
+        self._warned: set[str] = set()
+
+    def _check(self, atoms) -> None:
+        unseen = set(atoms.get_chemical_symbols()) - self.known - self._warned
+        if unseen:
+            self._warned |= unseen
+            warnings.warn(
+                f"{self.name} was trained on {sorted(self.known)} only; its Born charges for "
+                f"{sorted(unseen)} are extrapolations", stacklevel=3,
+            )
+
+    def get_born_charges(self, atoms):
+        self._check(atoms)
+        return self.inner.get_born_charges(atoms)
+
+    def get_born_charges_torch(self, atoms, positions, cell):
+        self._check(atoms)
+        return self.inner.get_born_charges_torch(atoms, positions, cell)
+
+    def todict(self):
+        return {"class": "default_equivar", "inner": self.inner.todict()}
+
+
+def load_force_field(device: str = "cpu", dtype: str = "float64"):
+    """The default MACE force field as an ASE calculator (``mace.calculators.MACECalculator``).
+
+    MACE's calculator sets torch's global default dtype; it is restored here so
+    loading the defaults has no global side effect.
+    """
+    import torch
+    from mace.calculators import MACECalculator
+
+    card = model_card()
+    path = _checked_file(card["force_field"])
+    previous = torch.get_default_dtype()
+    try:
+        calc = MACECalculator(model_paths=str(path), device=device, default_dtype=dtype)
+    finally:
+        torch.set_default_dtype(previous)
+    return calc
+
+
+def load_born_model(device: str = "cpu", dtype: str = "float64"):
+    """The default Equivar Born-charge model (:class:`~ase_born.models.EquivarCalculator`)."""
+    from ase_born.models import EquivarCalculator
+
+    card = model_card()
+    path = _checked_file(card["born_model"])
+    calc = EquivarCalculator(str(path), device=device, dtype=dtype)
+    return _SpeciesGuard(calc, set(card["born_model"]["elements"]), "the default Equivar model")
+
+
+def default_epsilon_inf() -> np.ndarray | None:
+    """ε∞ (3x3) shipped with the defaults, or ``None``."""
+    eps = model_card().get("epsilon_inf")
+    return None if eps is None else np.asarray(eps["value"], dtype=float).reshape(3, 3)
+
+
+def load_default_calculator(device: str = "cpu", dtype: str = "float64", **kwargs):
+    """``BornFieldCalculator`` (zero field) from the shipped MACE and Equivar models.
+
+    Parameters
+    ----------
+    device : str
+        ``"cpu"`` or ``"cuda"``; both models are put there.
+    dtype : str
+        ``"float64"`` (default, for energy conservation) or ``"float32"``.
+    **kwargs
+        Passed to :class:`~ase_born.calculators.field.BornFieldCalculator`
+        (``field``, ``reference``, ``mode``, ...); ``epsilon_inf`` defaults to
+        the shipped value.
+    """
+    from ase_born.calculators.field import BornFieldCalculator
+
+    kwargs.setdefault("epsilon_inf", default_epsilon_inf())
+    ff = load_force_field(device=device, dtype=dtype)
+    born = load_born_model(device=device, dtype=dtype)
+    return BornFieldCalculator(force_field=ff, born_model=born, **kwargs)
+
+
+def describe() -> str:
+    """Text for ``ase-born info``."""
+    try:
+        card = model_card()
+    except FileNotFoundError as exc:
+        return str(exc)
+    lines = [f"default models in {models_dir()}:"]
+    for key in ("force_field", "born_model"):
+        e = card.get(key)
+        if e:
+            ok = (models_dir() / e["file"]).is_file()
+            lines.append(f"  {key}: {e['file']} ({'present' if ok else 'MISSING'}), elements {e.get('elements')}, "
+                         f"{e.get('summary', '')}")
+    if card.get("epsilon_inf"):
+        lines.append(f"  epsilon_inf: {card['epsilon_inf'].get('source', '')}")
+    lines.append("  model card: data/README.md")
+    return "\n".join(lines)
