@@ -167,8 +167,11 @@ def make_inputs(atoms: Atoms, settings: AbinitSettings) -> dict[str, str]:
     """
     if atoms.cell.rank != 3 or not atoms.pbc.all():
         raise ValueError("ABINIT DFPT needs a fully periodic structure with a 3D cell")
-    if abs(np.linalg.det(atoms.cell.array)) < 1e-6:
+    det = np.linalg.det(atoms.cell.array)
+    if abs(det) < 1e-6:
         raise ValueError("singular cell")
+    if det < 0:
+        raise ValueError("left-handed cell (negative triple product): ABINIT requires right-handed lattice vectors")
     symbols, paths = _species(atoms, settings)
     znucl = [int(atoms.numbers[atoms.get_chemical_symbols().index(s)]) for s in symbols]
     typat = [symbols.index(s) + 1 for s in atoms.get_chemical_symbols()]

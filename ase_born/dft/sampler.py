@@ -97,7 +97,7 @@ def tilted_perovskite(pattern: str, angle_deg: float, a: float = A_CUBIC) -> Ato
         Tilt angle θ in degrees.
     """
     if pattern == "a0a0c+":
-        lattice = np.array([[1, 1, 0], [1, -1, 0], [0, 0, 1]])
+        lattice = np.array([[1, 1, 0], [-1, 1, 0], [0, 0, 1]])  # right-handed (ABINIT requires det > 0)
         theta = np.array([0.0, 0.0, np.radians(angle_deg)])
         phases = ("0", "0", "+")
     elif pattern == "a-a-a-":

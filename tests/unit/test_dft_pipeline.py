@@ -87,6 +87,12 @@ def test_sampler_structures():
         ti_o = (t.numbers[i] == 22) & (t.numbers[j] == 8)
         assert np.bincount(i[ti_o], minlength=10)[t.numbers == 22].tolist() == [6, 6]  # intact TiO6
         assert d[ti_o].max() < 1.99
+    # every plan structure is right-handed (ABINIT refuses left-handed cells)
+    assert all(np.linalg.det(a.cell.array) > 0 for a in make_plan(10, 10, 2))
+    left = pn.copy()
+    left.set_cell(pn.cell.array[[1, 0, 2]], scale_atoms=False)
+    with pytest.raises(ValueError, match="left-handed"):
+        make_inputs(left, AbinitSettings())
     # deterministic and independent of other kinds
     a, b = make_structure("cubic5", 7), make_structure("cubic5", 7)
     np.testing.assert_array_equal(a.positions, b.positions)
