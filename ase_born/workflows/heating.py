@@ -1,0 +1,726 @@
+"""NpT heating run with structural analysis (seed Fig. 4): lattice parameters, tilts, phases.
+
+Protocol (:func:`run_heating`)
+------------------------------
+1. Load the unit cell (default 20-atom Pnma CaTiO3), relax it with the force field, build the
+   supercell (axes named in :data:`~ase_born.workflows.structures.AXIS_NAMES`); it is the
+   reference of the field calculator and of the tilt analysis.
+2. Langevin NpT with anisotropic cell fluctuations (:mod:`ase_born.workflows.md` explains the
+   choice of ASE's ``LangevinBAOAB``): ``equilibration_steps`` at the first temperature, then a
+   linear ramp to the last one over ``ramp_steps`` (or at ``heating_rate_K_per_ps``), with an
+   optional constant field (its stress enters the barostat through the calculator's stress).
+3. Every ``log_every`` steps ``heat_log.csv`` gets: target and kinetic T, pressure and stress
+   (GPa), cell lengths and angles, pseudo-cubic lattice parameters ``a_p, b_p, c_p`` (Pnma:
+   ``a/√2, b/2, c/√2`` per 20-atom cell), volume per formula unit, the in-phase (M3+) and
+   out-of-phase (R4+) octahedral tilt amplitudes about the three pseudo-cubic axes
+   (:class:`~ase_born.workflows.analysis.TiltAnalyzer`), the ionic polarization (C/m²) and the
+   energy.  Every ``traj_every`` steps a frame goes to ``trajectory.extxyz``.
+4. Analysis (:func:`analyze_heating`, also callable on a finished or partial directory):
+   temperature windows of ``window_K``; per window the mean lattice parameters, the mean
+   signed tilt amplitudes → Glazer pattern and phase (:func:`~.analysis.classify_tilts`), and
+   the spglib space group of the window's time-averaged structure (accumulated at every logged step);
+   transition temperatures where the phase changes, and where the M and R amplitudes vanish.
+   Outputs ``heat_windows.csv``, ``heat_phases.json``, ``heat.png`` (lattice parameters vs T with
+   the experimental 1512 K and 1635 K transitions marked, and tilt amplitudes vs T).
+
+Resume after a kill by calling again with the same ``out`` (at most ``checkpoint_every`` steps
+are lost; the continuation is identical to an uninterrupted run).
+
+Sizes
+-----
+Defaults (CPU): the 80-atom ``(2, 1, 2)`` cell, 300 → 1800 K in 3000 steps of 2 fs (a 250 K/ps
+ramp: a quick look, far from the paper's quasi-static heating).  The paper
+(:data:`PAPER_PRESET`, ``--paper``): ``(4, 2, 4)`` = 640 atoms (and ``(4, 4, 4)`` = 1280 atoms in a
+second run), 300 → 1800 K at 1 K/ps (750 000 steps of 2 fs), on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ase_born.conventions import C_PER_M2_PER_E_PER_A2, validate_field
+from ase_born.workflows import md
+from ase_born.workflows.analysis import (
+    EXPERIMENTAL_TRANSITIONS_K,
+    TiltAnalyzer,
+    classify_tilts,
+    estimate_transitions,
+    order_parameter_vanishing,
+    pseudocubic_lattice,
+    space_group,
+)
+from ase_born.workflows.common import (
+    ConfigMixin,
+    check_positive,
+    check_structure_file,
+    check_temperatures,
+    make_field_calculator,
+    prepare_reference,
+    write_frame,
+)
+from ase_born.workflows.models import describe, resolve
+from ase_born.workflows.rundir import RunDirectory, read_csv
+from ase_born.workflows.structures import AXIS_NAMES, parse_supercell
+
+LOG_COLUMNS = (
+    "step",
+    "time_ps",
+    "temperature_target_K",
+    "temperature_K",
+    "pressure_GPa",
+    "sxx_GPa",
+    "syy_GPa",
+    "szz_GPa",
+    "syz_GPa",
+    "sxz_GPa",
+    "sxy_GPa",
+    "a_A",
+    "b_A",
+    "c_A",
+    "alpha_deg",
+    "beta_deg",
+    "gamma_deg",
+    "a_p_A",
+    "b_p_A",
+    "c_p_A",
+    "v_per_fu_A3",
+    "Mx_deg",
+    "My_deg",
+    "Mz_deg",
+    "Rx_deg",
+    "Ry_deg",
+    "Rz_deg",
+    "Px_C_per_m2",
+    "Py_C_per_m2",
+    "Pz_C_per_m2",
+    "energy_eV",
+)
+
+
+@dataclass(frozen=True)
+class HeatingConfig(ConfigMixin):
+    """Settings of :func:`run_heating` (defaults: a CPU-sized run; module docstring).
+
+    ``temperatures_K``: (start, end) of the ramp, or one temperature (isothermal run).
+    Give ``ramp_steps`` or ``heating_rate_K_per_ps`` (the rate wins when given).
+    ``field_V_per_A``: constant field vector (V/Å) or ``None``.
+    """
+
+    structure: str | None = None
+    supercell: tuple[int, int, int] = (2, 1, 2)
+    relax: bool = True
+    relax_cell: bool = True
+    relax_fmax_eV_per_A: float = 1e-3
+    relax_steps: int = 300
+    temperatures_K: tuple[float, ...] = (300.0, 1800.0)
+    heating_rate_K_per_ps: float | None = None
+    ramp_steps: int = 3000
+    equilibration_steps: int = 200
+    timestep_fs: float = 2.0
+    field_V_per_A: tuple[float, float, float] | None = None
+    pressure_GPa: float = 0.0
+    thermostat_time_fs: float = 100.0
+    barostat_time_fs: float = 1000.0
+    hydrostatic: bool = False
+    log_every: int = 10
+    traj_every: int = 100
+    checkpoint_every: int = 500
+    window_K: float = 50.0
+    tilt_threshold_deg: float = 2.0
+    symprec: float = 0.1
+    mode: str = "direct"
+    born_update_every: int = 1
+    fix_com: bool | None = None
+    allow_large_field: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "supercell", parse_supercell(self.supercell))
+        temps = check_temperatures(self.temperatures_K)
+        if len(temps) not in (1, 2):
+            raise ValueError(
+                f"temperatures_K must be (start, end) or one temperature, got {list(temps)}"
+            )
+        object.__setattr__(self, "temperatures_K", temps)
+        for name in (
+            "timestep_fs",
+            "thermostat_time_fs",
+            "barostat_time_fs",
+            "window_K",
+            "relax_fmax_eV_per_A",
+            "symprec",
+        ):
+            check_positive(getattr(self, name), name)
+        for name in (
+            "log_every",
+            "traj_every",
+            "checkpoint_every",
+            "born_update_every",
+            "relax_steps",
+        ):
+            check_positive(getattr(self, name), name, integer=True)
+        check_positive(
+            self.equilibration_steps, "equilibration_steps", integer=True, allow_zero=True
+        )
+        check_positive(self.tilt_threshold_deg, "tilt_threshold_deg", allow_zero=True)
+        if self.heating_rate_K_per_ps is not None:
+            check_positive(self.heating_rate_K_per_ps, "heating_rate_K_per_ps")
+            if len(temps) == 1:
+                raise ValueError("a heating rate needs two temperatures (start, end)")
+        else:
+            check_positive(self.ramp_steps, "ramp_steps", integer=True)
+        if self.field_V_per_A is not None:
+            arr = np.asarray(self.field_V_per_A, dtype=float)
+            if arr.shape != (3,):
+                raise ValueError(
+                    "field_V_per_A must be a 3-vector in V/Å (a magnitude needs a direction: "
+                    "ase_born.workflows.common.field_vector(magnitude, 'z'))"
+                )
+            validate_field(arr, allow_large_field=self.allow_large_field, name="field_V_per_A")
+            object.__setattr__(self, "field_V_per_A", tuple(float(x) for x in arr))
+        if self.mode not in ("direct", "conservative"):
+            raise ValueError(f"mode must be 'direct' or 'conservative', got {self.mode!r}")
+
+    @property
+    def n_ramp_steps(self) -> int:
+        """Steps of the ramp (from the rate when given)."""
+        if self.heating_rate_K_per_ps is not None:
+            dt_ps = self.timestep_fs / 1000.0
+            return max(
+                1,
+                round(
+                    abs(self.temperatures_K[-1] - self.temperatures_K[0])
+                    / self.heating_rate_K_per_ps
+                    / dt_ps
+                ),
+            )
+        return int(self.ramp_steps)
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.equilibration_steps) + self.n_ramp_steps
+
+    def target_temperature(self, step: int) -> float:
+        """Thermostat temperature (K) used for the step ``step → step + 1``."""
+        t0, t1 = self.temperatures_K[0], self.temperatures_K[-1]
+        k = step - self.equilibration_steps
+        if k < 0:
+            return t0
+        return t0 + (t1 - t0) * min(k + 1, self.n_ramp_steps) / self.n_ramp_steps
+
+    @property
+    def rate_K_per_ps(self) -> float:
+        return abs(self.temperatures_K[-1] - self.temperatures_K[0]) / (
+            self.n_ramp_steps * self.timestep_fs / 1000.0
+        )
+
+
+#: the seed paper's heating run (``--paper``), on a GPU; run it again with supercell (4, 4, 4)
+PAPER_PRESET = {
+    "supercell": (4, 2, 4),
+    "temperatures_K": (300.0, 1800.0),
+    "heating_rate_K_per_ps": 1.0,
+    "equilibration_steps": 10000,
+    "timestep_fs": 2.0,
+    "log_every": 250,
+    "traj_every": 2500,
+    "checkpoint_every": 10000,
+    "window_K": 25.0,
+}
+
+
+def window_edges(cfg: HeatingConfig) -> np.ndarray:
+    """Edges (K) of the analysis windows over the ramp (one window for an isothermal run)."""
+    t0, t1 = cfg.temperatures_K[0], cfg.temperatures_K[-1]
+    lo, hi = min(t0, t1), max(t0, t1)
+    if hi > lo:
+        return np.linspace(lo, hi, max(1, math.ceil((hi - lo) / cfg.window_K - 1e-9)) + 1)
+    return np.array([lo - 0.5, lo + 0.5])
+
+
+def window_index(edges: np.ndarray, temperature: float) -> int:
+    """Index of the window holding ``temperature`` (the last window includes its upper edge)."""
+    k = int(np.searchsorted(edges, temperature, side="right")) - 1
+    return min(max(k, 0), len(edges) - 2)
+
+
+class WindowAverager:
+    """Running time average of the structure within a temperature window (exact restart state).
+
+    At every logged step after equilibration the fractional coordinates relative to the
+    reference sites (minimum image, rigid shift removed) and the cell are accumulated; when the
+    temperature leaves the window the average structure is appended to
+    ``window_structures.extxyz`` (info: ``window``, ``range_K``, ``n_samples``).  Many more
+    samples than trajectory frames enter, so spglib sees a well-averaged structure.
+    """
+
+    def __init__(
+        self, reference: Any, edges: np.ndarray, state: dict[str, Any] | None = None
+    ) -> None:
+        self.reference = reference
+        self.s0 = reference.get_scaled_positions(wrap=False)
+        self.edges = edges
+        self.index = -1
+        self.n = 0
+        self.sum_s = np.zeros_like(self.s0)
+        self.sum_cell = np.zeros((3, 3))
+        if state:
+            self.index = int(state["index"])
+            self.n = int(state["n"])
+            self.sum_s = np.asarray(state["sum_s"], dtype=float)
+            self.sum_cell = np.asarray(state["sum_cell"], dtype=float)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "n": self.n,
+            "sum_s": self.sum_s.tolist(),
+            "sum_cell": self.sum_cell.tolist(),
+        }
+
+    def add(self, atoms: Any, temperature: float, fh: Any) -> None:
+        k = window_index(self.edges, temperature)
+        if k != self.index:
+            self.flush(fh)
+            self.index = k
+        ds = atoms.get_scaled_positions(wrap=False) - self.s0
+        ds -= np.rint(ds) * atoms.pbc
+        ds -= ds.mean(0)
+        self.sum_s += ds
+        self.sum_cell += atoms.cell.array
+        self.n += 1
+
+    def flush(self, fh: Any) -> None:
+        if self.n == 0 or self.index < 0:
+            self.n = 0
+            return
+        import ase.io
+
+        avg = self.reference.copy()
+        avg.calc = None
+        avg.set_cell(self.sum_cell / self.n, scale_atoms=False)
+        avg.set_scaled_positions(self.s0 + self.sum_s / self.n)
+        avg.info.update(
+            window=self.index,
+            n_samples=self.n,
+            range_K=[float(self.edges[self.index]), float(self.edges[self.index + 1])],
+        )
+        ase.io.write(fh, avg, format="extxyz")
+        self.n = 0
+        self.sum_s[:] = 0.0
+        self.sum_cell[:] = 0.0
+
+
+def _cell_row(atoms: Any, cell_pc: np.ndarray, n_fu: int) -> list[float]:
+    par = atoms.cell.cellpar()
+    ap = pseudocubic_lattice(atoms.cell.array, cell_pc)
+    return [*map(float, par), *map(float, ap), float(atoms.get_volume() / n_fu)]
+
+
+def run_heating(
+    config: HeatingConfig,
+    force_field: Any,
+    born_model: Any,
+    out: str,
+    *,
+    model_info: dict[str, Any] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) a heating run; returns :func:`analyze_heating`'s result.
+
+    Parameters are those of :func:`ase_born.workflows.dielectric.run_dielectric`.
+
+    Raises
+    ------
+    ValueError
+        The supercell cannot represent the tilt patterns of the reference (e.g. a 5-atom
+        cubic cell not doubled), or breaks the Born model's mapping.
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    cfg = config
+    settings = {
+        "config": cfg.to_dict(),
+        "models": model_info
+        or {"force_field": describe(force_field), "born_model": describe(born_model)},
+        "device": device,
+    }
+    check_structure_file(cfg.structure)
+    rd = RunDirectory(out, "heat", settings, overwrite=overwrite)
+    if rd.resumed:
+        log(f"resuming {rd.path} from its checkpoint")
+    unit, reference = prepare_reference(
+        rd,
+        structure=cfg.structure,
+        supercell=cfg.supercell,
+        force_field=force_field,
+        born_model=born_model,
+        relax=cfg.relax,
+        relax_cell=cfg.relax_cell,
+        fmax=cfg.relax_fmax_eV_per_A,
+        steps=cfg.relax_steps,
+        log=log,
+    )
+    analyzer = _analyzer(reference, cfg.supercell, len(unit))
+    n_fu = len(analyzer.b_idx)
+    if cfg.fix_com is None:
+        from ase_born.workflows.harmonic import is_translation_invariant
+
+        fix_com = is_translation_invariant(reference, resolve(force_field, reference))
+    else:
+        fix_com = bool(cfg.fix_com)
+
+    ckpt = rd.checkpoint or {}
+    total = cfg.total_steps
+    if not ckpt.get("done"):
+        atoms = reference.copy()
+        calc = make_field_calculator(
+            force_field,
+            born_model,
+            reference,
+            mode=cfg.mode,
+            born_update_every=cfg.born_update_every,
+            device=device,
+            allow_large_field=cfg.allow_large_field,
+        )
+        atoms.calc = calc
+        integ_kw = {
+            "timestep_fs": cfg.timestep_fs,
+            "ensemble": "npt",
+            "pressure_GPa": cfg.pressure_GPa,
+            "thermostat_time_fs": cfg.thermostat_time_fs,
+            "barostat_time_fs": cfg.barostat_time_fs,
+            "hydrostatic": cfg.hydrostatic,
+        }
+        cur = ckpt.get("current")
+        if cur is not None:
+            md.restore_atoms(atoms, cur["atoms"])
+            calc.set_state(cur["calculator"])  # saved reference and field, never re-picked
+            dyn = md.make_integrator(
+                atoms,
+                temperature_K=cfg.target_temperature(cur["step"]),
+                rng=np.random.default_rng(0),
+                **integ_kw,
+            )
+            md.restore_integrator_state(dyn, cur["integrator"])
+            start = int(cur["step"])
+        else:
+            if cfg.field_V_per_A is not None:
+                calc.set(field=cfg.field_V_per_A)
+            md.thermalize(atoms, cfg.temperatures_K[0], np.random.default_rng([cfg.seed, 0, 1]))
+            dyn = md.make_integrator(
+                atoms,
+                temperature_K=cfg.temperatures_K[0],
+                rng=np.random.default_rng([cfg.seed, 0]),
+                **integ_kw,
+            )
+            start = 0
+        log_csv = rd.csv("heat_log.csv", LOG_COLUMNS)
+        traj, _ = rd.open_append("trajectory.extxyz")
+        wfh, _ = rd.open_append("window_structures.extxyz")
+        averager = WindowAverager(
+            reference, window_edges(cfg), cur.get("averager") if cur else None
+        )
+        bar = tqdm(
+            total=total,
+            initial=start,
+            desc="heating",
+            unit="step",
+            disable=not progress,
+            smoothing=0.05,
+        )
+        try:
+            for s in range(start, total):
+                t_target = cfg.target_temperature(s)
+                if dyn.temperature_K != t_target:
+                    dyn.set_temperature(t_target)
+                md.step(dyn, fix_com)
+                s1 = s + 1
+                if s1 % cfg.log_every == 0 or s1 == total:
+                    log_csv.write(_log_row(atoms, calc, analyzer, cfg, s1, t_target, n_fu, fix_com))
+                    if s1 > cfg.equilibration_steps or len(cfg.temperatures_K) == 1:
+                        averager.add(atoms, t_target, wfh)
+                if s1 % cfg.traj_every == 0:
+                    write_frame(
+                        traj,
+                        atoms,
+                        {
+                            "step": s1,
+                            "time_ps": s1 * cfg.timestep_fs / 1000.0,
+                            "temperature_target_K": t_target,
+                        },
+                    )
+                if s1 % cfg.checkpoint_every == 0 and s1 < total:
+                    rd.save_checkpoint(
+                        {
+                            "done": False,
+                            "current": {
+                                "step": s1,
+                                "atoms": md.atoms_state(atoms),
+                                "integrator": md.integrator_state(dyn),
+                                "calculator": calc.get_state(),
+                                "averager": averager.state(),
+                            },
+                        }
+                    )
+                if s1 % 50 == 0:
+                    bar.set_postfix_str(f"T={t_target:.0f} K")
+                bar.update(1)
+            averager.flush(wfh)
+            rd.save_checkpoint({"done": True, "current": None})
+        finally:
+            bar.close()
+            rd.close()
+    result = analyze_heating(rd.path, cfg, reference=reference, analyzer=analyzer)
+    result["fix_com"] = fix_com
+    result["wall_time_s_this_process"] = time.perf_counter() - t_start
+    rd.write_json("heat_phases.json", result)
+    return result
+
+
+def _analyzer(reference: Any, supercell: Any, n_unit: int) -> TiltAnalyzer:
+    try:
+        ana = TiltAnalyzer(reference)
+    except ValueError as exc:
+        raise ValueError(
+            f"supercell {tuple(supercell)} of the {n_unit}-atom structure cannot be analysed "
+            f"as a perovskite: {exc}"
+        ) from exc
+    if not ana.commensurate["R"].all():
+        raise ValueError(
+            f"supercell {tuple(supercell)} of the {n_unit}-atom structure breaks the reference's tilt "
+            "patterns: the out-of-phase (R-point) tilts need an even number of pseudo-cubic cells along every "
+            f"axis (cell vectors in pseudo-cubic units: {ana.cell_in_pseudocubic.tolist()}); use even repeats"
+        )
+    return ana
+
+
+def _log_row(atoms, calc, analyzer, cfg, s1, t_target, n_fu, fix_com) -> list[float]:
+    stress = np.asarray(calc.get_property("stress", atoms), dtype=float)
+    op = analyzer.order_parameters(atoms)
+    p = (
+        np.asarray(calc.get_property("ionic_polarization", atoms), dtype=float)
+        * C_PER_M2_PER_E_PER_A2
+    )
+    return [
+        s1,
+        s1 * cfg.timestep_fs / 1000.0,
+        t_target,
+        md.temperature_K(atoms, fix_com),
+        md.pressure_GPa(atoms, stress),
+        *(stress * md.EV_PER_A3_IN_GPA),
+        *_cell_row(atoms, analyzer.cell_in_pseudocubic, n_fu),
+        *map(float, op["M"]),
+        *map(float, op["R"]),
+        *map(float, p),
+        float(calc.get_property("energy", atoms)),
+    ]
+
+
+def analyze_heating(
+    out: str,
+    config: HeatingConfig,
+    *,
+    reference: Any = None,
+    analyzer: TiltAnalyzer | None = None,
+) -> dict[str, Any]:
+    """Temperature windows, phases and transitions of a (finished or partial) heating run.
+
+    Reads ``heat_log.csv`` and ``window_structures.extxyz`` (time-averaged structure of each
+    completed window) in ``out``; writes ``heat_windows.csv``, ``heat_phases.json`` and
+    ``heat.png``.
+
+    Returns
+    -------
+    dict
+        ``windows`` (per window: ``temperature_K``, ``n_log``, ``n_averaged``, ``a_p_A``, ``b_p_A``,
+        ``c_p_A``, ``v_per_fu_A3``, ``M_deg``, ``R_deg``, ``glazer``, ``phase``,
+        ``spglib_symbol``/``spglib_number`` of the time-averaged structure, or ``None``),
+        ``transitions`` (phase changes between windows), ``M_vanishes_K``/``R_vanishes_K``
+        (where the in-/out-of-phase tilts disappear), ``experimental_transitions_K``,
+        ``axis_names``, ``n_atoms``.
+    """
+    import ase.io
+
+    from ase_born.workflows.plots import plot_heating
+
+    cfg = config
+    from pathlib import Path
+
+    path = Path(out)
+    if reference is None:
+        reference = ase.io.read(path / "reference.extxyz", format="extxyz")
+    ana = analyzer if analyzer is not None else TiltAnalyzer(reference)
+    logfile = path / "heat_log.csv"
+    if not logfile.exists():
+        raise FileNotFoundError(f"{logfile} not found: no heating run in {path}")
+    data = read_csv(logfile)
+    averaged: dict[int, Any] = {}
+    wfile = path / "window_structures.extxyz"
+    if wfile.exists() and wfile.stat().st_size:
+        for f in ase.io.read(wfile, index=":", format="extxyz"):
+            averaged[int(f.info["window"])] = f
+    t_log = data["temperature_target_K"]
+    edges = window_edges(cfg)
+    ramp = (
+        data["step"] > cfg.equilibration_steps
+        if len(cfg.temperatures_K) == 2
+        else np.ones_like(t_log, dtype=bool)
+    )
+    windows = []
+    for k in range(len(edges) - 1):
+        a, b = edges[k], edges[k + 1]
+        last = k == len(edges) - 2
+        sel = ramp & (t_log >= a) & ((t_log <= b) if last else (t_log < b))
+        if not np.any(sel):
+            continue
+        m = [
+            float(np.nanmean(data[f"M{x}_deg"][sel]))
+            if np.any(np.isfinite(data[f"M{x}_deg"][sel]))
+            else float("nan")
+            for x in "xyz"
+        ]
+        r = [
+            float(np.nanmean(data[f"R{x}_deg"][sel]))
+            if np.any(np.isfinite(data[f"R{x}_deg"][sel]))
+            else float("nan")
+            for x in "xyz"
+        ]
+        cls = classify_tilts(m, r, threshold_deg=cfg.tilt_threshold_deg)
+        w = {
+            "temperature_K": float(np.mean(t_log[sel])),
+            "range_K": [float(a), float(b)],
+            "n_log": int(sel.sum()),
+            "a_p_A": float(np.mean(data["a_p_A"][sel])),
+            "b_p_A": float(np.mean(data["b_p_A"][sel])),
+            "c_p_A": float(np.mean(data["c_p_A"][sel])),
+            "v_per_fu_A3": float(np.mean(data["v_per_fu_A3"][sel])),
+            "pressure_GPa": float(np.mean(data["pressure_GPa"][sel])),
+            "M_deg": m,
+            "R_deg": r,
+            "glazer": cls["glazer"],
+            "phase": cls["phase"],
+            "space_group_number": cls["space_group_number"],
+            "spglib_symbol": None,
+            "spglib_number": None,
+            "n_averaged": 0,
+        }
+        avg = averaged.get(k)
+        if avg is not None:
+            avg.calc = None
+            sym, num = space_group(avg, symprec=cfg.symprec)
+            op = ana.order_parameters(avg)
+            w.update(
+                spglib_symbol=sym,
+                spglib_number=num,
+                n_averaged=int(avg.info.get("n_samples", 0)),
+                averaged_structure_M_deg=[float(x) for x in op["M"]],
+                averaged_structure_R_deg=[float(x) for x in op["R"]],
+            )
+        windows.append(w)
+    temps = [w["temperature_K"] for w in windows]
+    m_amp = [
+        np.nanmax(np.abs(w["M_deg"])) if np.any(np.isfinite(w["M_deg"])) else 0.0 for w in windows
+    ]
+    r_amp = [
+        np.nanmax(np.abs(w["R_deg"])) if np.any(np.isfinite(w["R_deg"])) else 0.0 for w in windows
+    ]
+    result = {
+        "workflow": "heat",
+        "n_atoms": len(reference),
+        "supercell": list(cfg.supercell),
+        "axis_names": [n.split(" ")[0] + "_p" for n in AXIS_NAMES],
+        "supercell_axes": list(AXIS_NAMES),
+        "pseudocubic_axes": ana.axes.tolist(),
+        "cell_in_pseudocubic": ana.cell_in_pseudocubic.tolist(),
+        "heating_rate_K_per_ps": cfg.rate_K_per_ps if len(cfg.temperatures_K) == 2 else 0.0,
+        "tilt_threshold_deg": cfg.tilt_threshold_deg,
+        "symprec": cfg.symprec,
+        "windows": windows,
+        "transitions": estimate_transitions(temps, [w["phase"] for w in windows]),
+        "M_vanishes_K": order_parameter_vanishing(temps, m_amp, cfg.tilt_threshold_deg),
+        "R_vanishes_K": order_parameter_vanishing(temps, r_amp, cfg.tilt_threshold_deg),
+        "experimental_transitions_K": EXPERIMENTAL_TRANSITIONS_K,
+    }
+    lines = [
+        (
+            "temperature_K,n_log,n_averaged,a_p_A,b_p_A,c_p_A,v_per_fu_A3,Mx_deg,My_deg,Mz_deg,Rx_deg,Ry_deg,"
+            "Rz_deg,glazer,phase,spglib_symbol"
+        )
+    ]
+    for w in windows:
+        lines.append(
+            ",".join(
+                str(x)
+                for x in (
+                    w["temperature_K"],
+                    w["n_log"],
+                    w["n_averaged"],
+                    w["a_p_A"],
+                    w["b_p_A"],
+                    w["c_p_A"],
+                    w["v_per_fu_A3"],
+                    *w["M_deg"],
+                    *w["R_deg"],
+                    w["glazer"],
+                    w["phase"],
+                    w["spglib_symbol"],
+                )
+            )
+        )
+    (path / "heat_windows.csv").write_text("\n".join(lines) + "\n")
+    from ase_born.workflows.rundir import write_json
+
+    write_json(path / "heat_phases.json", result)
+    plot_heating(data, result, path / "heat.png")
+    return result
+
+
+def format_heating_report(result: dict[str, Any]) -> str:
+    """Text summary: phases per window and transition estimates."""
+    out = [
+        (
+            f"Heating run, {result['n_atoms']} atoms, supercell {tuple(result['supercell'])}, "
+            f"{result['heating_rate_K_per_ps']:.3g} K/ps"
+        )
+    ]
+    out.append(
+        "  T (K)   a_p     b_p     c_p  (Å)  |M|max  |R|max (deg)  Glazer   phase   spglib(avg)"
+    )
+    for w in result["windows"]:
+        mm = np.nanmax(np.abs(w["M_deg"])) if np.any(np.isfinite(w["M_deg"])) else float("nan")
+        rr = np.nanmax(np.abs(w["R_deg"])) if np.any(np.isfinite(w["R_deg"])) else float("nan")
+        out.append(
+            f"  {w['temperature_K']:6.0f}  {w['a_p_A']:.4f}  {w['b_p_A']:.4f}  {w['c_p_A']:.4f}  "
+            f"{mm:6.2f}  {rr:6.2f}        {w['glazer']:8s} {w['phase']:7s} {w['spglib_symbol'] or '-'}"
+        )
+    if result["transitions"]:
+        for tr in result["transitions"]:
+            out.append(f"  transition {tr['from']} -> {tr['to']} at ~{tr['temperature_K']:.0f} K")
+    else:
+        out.append("  no phase change in the simulated range")
+    out.append(
+        f"  in-phase (M) tilts vanish at: {result['M_vanishes_K']} K; out-of-phase (R): {result['R_vanishes_K']} K"
+    )
+    out.append("  experiment: Pnma -> I4/mcm 1512 K, I4/mcm -> Pm-3m 1635 K")
+    return "\n".join(out)
+
+
+__all__ = [
+    "LOG_COLUMNS",
+    "PAPER_PRESET",
+    "HeatingConfig",
+    "analyze_heating",
+    "format_heating_report",
+    "run_heating",
+]

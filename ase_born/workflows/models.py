@@ -1,0 +1,192 @@
+"""Model loading for the workflows: MACE force field, Equivar Born model, stand-ins, defaults.
+
+The workflow functions take a force field and a Born model as objects or as factories
+``callable(atoms) -> object`` (stand-ins are tied to a structure's sites).  This module turns
+command-line specifications into those:
+
+``--force-field PATH``
+    a MACE model file, loaded with :class:`mace.calculators.MACECalculator`;
+``--born-model PATH``
+    an Equivar model file, loaded with ``ase_born.models.EquivarCalculator``; an extxyz
+    frame carrying ``born_effective_charges`` (or a phonopy ``BORN`` file, ``BORN*``, whose
+    primitive cell is the workflow's structure) gives fixed tensors
+    (:class:`~ase_born.calculators.born.FixedBornCharges`);
+``standin``
+    the CaTiO3 stand-ins of :mod:`ase_born.workflows.standins` (springs to the relaxed sites,
+    nominal Z*): for tests and demonstrations only;
+omitted (``None``)
+    ``ase_born.defaults.load_default_calculator(device=...)``, imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+STANDIN = "standin"
+
+
+def is_factory(model: Any) -> bool:
+    """A class, or a callable that is not itself a calculator / Born model."""
+    if isinstance(model, type):
+        return True
+    return (
+        callable(model)
+        and not hasattr(model, "get_property")
+        and not hasattr(model, "get_born_charges")
+    )
+
+
+def resolve(model: Any, atoms: Atoms) -> Any:
+    """The object for ``atoms``: call a factory (:func:`is_factory`) or return the object as is."""
+    return model(atoms) if is_factory(model) else model
+
+
+def describe(model: Any) -> str:
+    """Short description stored in ``settings.json`` (class or factory name)."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    if is_factory(model):
+        return f"factory {getattr(model, '__qualname__', type(model).__name__)}"
+    return type(model).__name__
+
+
+def load_default_models(device: str = "cpu", dtype: str = "float64") -> tuple[Any, Any]:
+    """``(force_field, born_model)`` from ``ase_born.defaults.load_default_calculator``.
+
+    Accepts either a :class:`~ase_born.calculators.field.BornFieldCalculator` (its force field
+    and Born model are used) or a ``(force_field, born_model)`` pair.
+
+    Raises
+    ------
+    RuntimeError
+        No default models are installed (or the defaults module is missing), with a hint to
+        pass explicit model files.
+    """
+    hint = (
+        "Pass --force-field PATH (a MACE model file) and --born-model PATH (an Equivar model "
+        "file), or 'standin' for the stand-in test models"
+    )
+    try:
+        mod = importlib.import_module("ase_born.defaults")
+    except ModuleNotFoundError as exc:
+        if exc.name != "ase_born.defaults":
+            raise
+        raise RuntimeError(
+            f"no default models: ase_born.defaults is not available. {hint}"
+        ) from None
+    loader = getattr(mod, "load_default_calculator", None)
+    if loader is None:
+        raise RuntimeError(f"ase_born.defaults has no load_default_calculator(device=...). {hint}")
+    try:
+        try:
+            obj = loader(device=device, dtype=dtype)
+        except TypeError:
+            obj = loader(device=device)
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"{str(exc).rstrip('.')}. {hint}") from exc
+    if hasattr(obj, "force_field") and hasattr(obj, "born_model"):
+        return obj.force_field, obj.born_model
+    if isinstance(obj, tuple) and len(obj) == 2:
+        return obj
+    raise RuntimeError(
+        f"ase_born.defaults.load_default_calculator returned {type(obj).__name__}; expected a "
+        "BornFieldCalculator or a (force_field, born_model) pair"
+    )
+
+
+def default_epsilon_inf() -> Any:
+    """ε∞ (3x3) shipped with the default models, or ``None`` (no defaults / no value)."""
+    try:
+        mod = importlib.import_module("ase_born.defaults")
+        fn = getattr(mod, "default_epsilon_inf", None)
+        return None if fn is None else fn()
+    except (ModuleNotFoundError, FileNotFoundError, OSError, KeyError, ValueError):
+        return None
+
+
+def load_force_field(
+    spec: str | os.PathLike | None, *, device: str = "cpu", dtype: str = "float64"
+) -> Any:
+    """Force field (or factory) from a specification (module docstring); ``None`` → defaults."""
+    if spec is None:
+        return load_default_models(device, dtype)[0]
+    if str(spec) == STANDIN:
+        from ase_born.workflows.standins import standin_force_field
+
+        return standin_force_field
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"force-field model file not found: {path} (a MACE model, or 'standin')"
+        )
+    try:
+        from mace.calculators import MACECalculator
+    except ImportError as exc:  # pragma: no cover - mace is a dependency
+        raise ImportError("loading a MACE model needs mace-torch (pip install mace-torch)") from exc
+    return MACECalculator(model_paths=str(path), device=device, default_dtype=dtype)
+
+
+def load_born_model(
+    spec: str | os.PathLike | None, *, device: str = "cpu", dtype: str = "float64"
+) -> Any:
+    """Born model (or factory) from a specification (module docstring); ``None`` → defaults."""
+    if spec is None:
+        return load_default_models(device, dtype)[1]
+    if str(spec) == STANDIN:
+        from ase_born.workflows.standins import standin_born_model
+
+        return standin_born_model
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Born-model file not found: {path} (an Equivar model, an extxyz frame, or 'standin')"
+        )
+    from ase_born.calculators.born import FixedBornCharges
+
+    if path.suffix in (".xyz", ".extxyz"):
+        return FixedBornCharges.from_extxyz(path)
+    if path.name.startswith("BORN"):
+        return lambda atoms: FixedBornCharges.from_born_file(path, atoms)
+    try:
+        models = importlib.import_module("ase_born.models")
+        cls = models.EquivarCalculator
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(
+            "ase_born.models.EquivarCalculator is not available in this installation; "
+            "cannot load the Equivar model file " + str(path)
+        ) from exc
+    return cls(str(path), device=device, dtype=dtype)
+
+
+def load_models(
+    force_field: str | os.PathLike | None,
+    born_model: str | os.PathLike | None,
+    *,
+    device: str = "cpu",
+    dtype: str = "float64",
+) -> tuple[Any, Any]:
+    """Both models; when both are omitted the defaults are loaded once."""
+    if force_field is None and born_model is None:
+        return load_default_models(device, dtype)
+    return (
+        load_force_field(force_field, device=device, dtype=dtype),
+        load_born_model(born_model, device=device, dtype=dtype),
+    )
+
+
+__all__ = [
+    "STANDIN",
+    "default_epsilon_inf",
+    "describe",
+    "is_factory",
+    "load_born_model",
+    "load_default_models",
+    "load_force_field",
+    "load_models",
+    "resolve",
+]

@@ -1,0 +1,265 @@
+"""Resumable output directories: settings lock, atomic checkpoints, append-only outputs.
+
+Layout of a workflow directory (``--out``)::
+
+    settings.json     workflow name + every setting that changes the results (written once)
+    checkpoint.json   the latest checkpoint (atomic replace), incl. the byte size of every
+                      append-only output at that moment
+    *.csv, *.extxyz   append-only time series and trajectories, written as they go
+
+On resume, :class:`RunDirectory` compares the new settings with ``settings.json`` and refuses
+to continue with different ones (:class:`IncompatibleSettingsError` lists the differences);
+every append-only output still being written is truncated back to its size at the last
+checkpoint, so rows written after it (which the resumed run writes again) never appear twice.
+A kill therefore loses at most one checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+SETTINGS_FILE = "settings.json"
+CHECKPOINT_FILE = "checkpoint.json"
+
+#: settings keys that may differ on resume (they do not change the results)
+RESUME_SAFE_KEYS = frozenset({"device", "progress"})
+
+
+class IncompatibleSettingsError(ValueError):
+    """Resuming a workflow directory with settings that differ from the saved ones."""
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def normalise(x: Any) -> Any:
+    """JSON round-trip (tuples become lists, numpy scalars Python numbers)."""
+    return json.loads(json.dumps(x, default=_json_default))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, default=_json_default)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            if not prefix and k in RESUME_SAFE_KEYS:
+                continue
+            key = f"{prefix}{k}"
+            if k not in old:
+                out.append(f"{key}: (absent) -> {new[k]!r}")
+            elif k not in new:
+                out.append(f"{key}: {old[k]!r} -> (absent)")
+            else:
+                out += _diff(old[k], new[k], key + ".")
+        return out
+    if old != new:
+        return [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    return []
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header; floats written with full (repr) precision."""
+
+    def __init__(self, fh: IO[str], columns: Sequence[str], write_header: bool) -> None:
+        self.fh = fh
+        self.columns = list(columns)
+        if write_header:
+            fh.write(",".join(self.columns) + "\n")
+
+    def write(self, row: dict[str, Any] | Sequence[Any]) -> None:
+        vals = [row[c] for c in self.columns] if isinstance(row, dict) else list(row)
+        if len(vals) != len(self.columns):
+            raise ValueError(f"row has {len(vals)} values for {len(self.columns)} columns")
+        self.fh.write(",".join(_fmt(v) for v in vals) + "\n")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    return str(v)
+
+
+def read_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a :class:`CsvLog` file into ``{column: float array}`` (non-numeric columns as str)."""
+    with open(path) as fh:
+        header = fh.readline().strip().split(",")
+        rows = [line.rstrip("\n").split(",") for line in fh if line.strip()]
+    out: dict[str, np.ndarray] = {}
+    for j, name in enumerate(header):
+        col = [r[j] for r in rows]
+        try:
+            out[name] = np.array([float(x) for x in col], dtype=float)
+        except ValueError:
+            out[name] = np.array(col, dtype=object)
+    return out
+
+
+class RunDirectory:
+    """A resumable workflow directory (module docstring).
+
+    Parameters
+    ----------
+    path : path-like
+        The directory (created if needed).
+    workflow : str
+        Workflow name, stored in ``settings.json`` and checked on resume.
+    settings : dict
+        Everything that changes the results (JSON-able); compared on resume except
+        :data:`RESUME_SAFE_KEYS`.
+    overwrite : bool
+        Delete an existing workflow directory of the same workflow first (refuses to delete
+        a directory that does not hold a ``settings.json`` of that workflow but is not empty).
+
+    Attributes
+    ----------
+    checkpoint : dict or None
+        The loaded checkpoint (``None`` for a fresh start).
+    resumed : bool
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        workflow: str,
+        settings: dict[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.workflow = workflow
+        self.settings = normalise(settings)
+        sfile = self.path / SETTINGS_FILE
+        if overwrite and self.path.exists():
+            if sfile.exists():
+                saved = json.loads(sfile.read_text())
+                if saved.get("workflow") != workflow:
+                    raise IncompatibleSettingsError(
+                        f"{self.path} holds a '{saved.get('workflow')}' workflow, not '{workflow}'; "
+                        "refusing to overwrite it"
+                    )
+                shutil.rmtree(self.path)
+            elif any(self.path.iterdir()):
+                raise IncompatibleSettingsError(
+                    f"{self.path} is not empty and is not a workflow directory; refusing to overwrite it"
+                )
+        self.path.mkdir(parents=True, exist_ok=True)
+        if sfile.exists():
+            saved = json.loads(sfile.read_text())
+            if saved.get("workflow") != workflow:
+                raise IncompatibleSettingsError(
+                    f"{self.path} holds a '{saved.get('workflow')}' workflow, not '{workflow}'; use another --out"
+                )
+            diffs = _diff(saved.get("settings", {}), self.settings)
+            if diffs:
+                raise IncompatibleSettingsError(
+                    f"{self.path} was started with different settings; refusing to mix them on resume "
+                    "(use a new --out, or --overwrite to discard the old run):\n  "
+                    + "\n  ".join(diffs)
+                )
+        else:
+            write_json(sfile, {"workflow": workflow, "settings": self.settings})
+        cfile = self.path / CHECKPOINT_FILE
+        self.checkpoint: dict[str, Any] | None = (
+            json.loads(cfile.read_text()) if cfile.exists() else None
+        )
+        self.resumed = self.checkpoint is not None
+        self._resume_offsets: dict[str, int] = dict((self.checkpoint or {}).get("offsets", {}))
+        self._open: dict[str, IO[str]] = {}
+
+    # ------------------------------------------------------------------ files
+    def file(self, name: str) -> Path:
+        """Path of an output inside the directory."""
+        return self.path / name
+
+    def open_append(self, name: str) -> tuple[IO[str], bool]:
+        """Open an append-only output; returns ``(file, is_empty)``.
+
+        If the last checkpoint recorded a size for ``name`` the file is truncated to it
+        (resume); otherwise it is started afresh (truncated to zero).
+        """
+        if name in self._open:
+            return self._open[name], False
+        p = self.file(name)
+        offset = self._resume_offsets.pop(name, 0)
+        if p.exists():
+            size = p.stat().st_size
+            if size < offset:
+                raise RuntimeError(
+                    f"{p} is shorter ({size} bytes) than at the last checkpoint ({offset} bytes); "
+                    "the directory was modified; start again with --overwrite"
+                )
+            with open(p, "r+b") as fh:
+                fh.truncate(offset)
+        elif offset:
+            raise RuntimeError(f"{p} was recorded in the checkpoint but is missing")
+        fh = open(p, "a")  # noqa: SIM115 - stays open across steps; closed by close()
+        self._open[name] = fh
+        return fh, offset == 0
+
+    def csv(self, name: str, columns: Sequence[str]) -> CsvLog:
+        """An append-only :class:`CsvLog` (header written when the file starts afresh)."""
+        fh, empty = self.open_append(name)
+        return CsvLog(fh, columns, write_header=empty)
+
+    def close(self, names: Iterable[str] | None = None) -> None:
+        """Close open outputs (all by default)."""
+        for name in list(self._open) if names is None else list(names):
+            fh = self._open.pop(name, None)
+            if fh is not None:
+                fh.close()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Flush outputs and write ``state`` + their sizes atomically to ``checkpoint.json``."""
+        offsets = {}
+        for name, fh in self._open.items():
+            fh.flush()
+            os.fsync(fh.fileno())
+            offsets[name] = fh.tell()
+        data = dict(state)
+        data["offsets"] = offsets
+        write_json(self.path / CHECKPOINT_FILE, data)
+        self.checkpoint = normalise(data)
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Atomic JSON output inside the directory."""
+        p = self.file(name)
+        write_json(p, data)
+        return p
+
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "RESUME_SAFE_KEYS",
+    "SETTINGS_FILE",
+    "CsvLog",
+    "IncompatibleSettingsError",
+    "RunDirectory",
+    "normalise",
+    "read_csv",
+    "write_json",
+]

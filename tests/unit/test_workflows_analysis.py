@@ -1,0 +1,159 @@
+"""Phase analysis: tilt order parameters, Glazer/space-group labels, averaging, transitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from ase_born.dft.sampler import cubic_catio3, pnma_catio3
+from ase_born.testing import random_rotation, rotate_atoms
+from ase_born.workflows.analysis import (
+    TiltAnalyzer,
+    classify_tilts,
+    estimate_transitions,
+    identify_phase,
+    order_parameter_vanishing,
+    pseudocubic_lattice,
+    space_group,
+    time_averaged_structure,
+)
+from ase_born.workflows.structures import glazer_perovskite, parse_supercell
+
+# (structure builder, expected tilt-based phase, expected spglib number)
+SYNTHETIC = {
+    "Pnma (experimental 20-atom cell)": (pnma_catio3, "Pnma", 62),
+    "Pnma (a-b+a-, 40-atom)": (lambda: glazer_perovskite((8.0, 6.0, 8.0), "-+-"), "Pnma", 62),
+    "I4/mcm (a0a0c-)": (lambda: glazer_perovskite((0.0, 0.0, 7.0), "00-"), "I4/mcm", 140),
+    "Pm-3m": (lambda: glazer_perovskite((0.0, 0.0, 0.0), "000"), "Pm-3m", 221),
+}
+
+
+@pytest.mark.parametrize("name", list(SYNTHETIC))
+def test_synthetic_structures_are_labelled(name):
+    build, phase, number = SYNTHETIC[name]
+    atoms = build()
+    res = identify_phase(atoms, TiltAnalyzer(atoms))
+    assert res["phase"] == phase
+    assert res["spglib_number"] == number
+    assert res["agree"]
+
+
+@pytest.mark.parametrize("name", list(SYNTHETIC))
+def test_thermal_average_recovers_the_phase(name):
+    """Noisy MD-like frames (σ = 0.1 Å, random rigid shifts): the time average has the symmetry."""
+    build, phase, number = SYNTHETIC[name]
+    ref = build()
+    rng = np.random.default_rng(1)
+    frames = []
+    for _ in range(200):
+        f = ref.copy()
+        f.positions += rng.normal(scale=0.1, size=f.positions.shape) + rng.normal(scale=1.0, size=3)
+        f.set_cell(
+            ref.cell.array @ (np.eye(3) + np.diag(rng.normal(scale=0.003, size=3))),
+            scale_atoms=True,
+        )
+        f.wrap()
+        frames.append(f)
+    ana = TiltAnalyzer(ref)
+    # a single noisy frame still carries which axes are tilted and how (magnitudes are noisy)
+    clean = classify_tilts(**{k.lower(): v for k, v in ana.order_parameters(ref).items()})
+    single = classify_tilts(**{k.lower(): v for k, v in ana.order_parameters(frames[0]).items()})
+    assert single["tilt_axes"] == clean["tilt_axes"]
+    avg = time_averaged_structure(frames, ref)
+    res = identify_phase(avg, ana)  # spglib at the default symprec = 0.1 Å
+    assert res["phase"] == phase
+    assert res["spglib_number"] == number
+
+
+def test_pnma_tilt_pattern_and_pseudocubic_lattice():
+    pn = pnma_catio3()
+    ana = TiltAnalyzer(pn)
+    op = ana.order_parameters(pn)
+    # in-phase tilt about the pseudo-cubic axis along b (y); out-of-phase about the two in the a-c plane
+    assert abs(ana.axes[1] @ [0, 1, 0]) == pytest.approx(1.0, abs=1e-3)
+    assert np.isfinite(op["M"][1]) and abs(op["M"][1]) > 5
+    assert np.isnan(op["M"][0]) and np.isnan(op["M"][2])  # incommensurate with the 20-atom cell
+    assert abs(op["R"][0]) > 5 and abs(op["R"][2]) > 5 and abs(op["R"][1]) < 1e-6
+    a, b, c = pn.cell.lengths()
+    np.testing.assert_allclose(
+        pseudocubic_lattice(pn.cell.array, ana.cell_in_pseudocubic),
+        [a / np.sqrt(2), b / 2, c / np.sqrt(2)],
+        rtol=1e-10,
+    )
+    sc = pn.repeat((2, 1, 2))
+    ana2 = TiltAnalyzer(sc)
+    np.testing.assert_allclose(
+        pseudocubic_lattice(sc.cell.array, ana2.cell_in_pseudocubic),
+        [a / np.sqrt(2), b / 2, c / np.sqrt(2)],
+        rtol=1e-10,
+    )
+    np.testing.assert_allclose(ana2.order_parameters(sc)["R"], op["R"], atol=1e-8)
+
+
+def test_labels_do_not_depend_on_orientation():
+    pn = pnma_catio3().repeat((1, 1, 2))
+    rot = rotate_atoms(pn, random_rotation(5))
+    assert identify_phase(rot)["phase"] == "Pnma"
+
+
+def test_tilt_amplitude_is_the_rotation_angle():
+    """The builder's rigid rotation by θ gives |R| ≈ θ (first order)."""
+    for theta in (3.0, 6.0, 10.0):
+        a = glazer_perovskite((0.0, 0.0, theta), "00-")
+        r = TiltAnalyzer(a).order_parameters(a)["R"]
+        assert abs(r[2]) == pytest.approx(np.degrees(np.arctan(np.radians(theta))), rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("m", "r", "phase", "glazer"),
+    [
+        ((0, 0, 0), (0, 0, 0), "Pm-3m", "a0a0a0"),
+        ((0, 0, 0), (0, 0, 6), "I4/mcm", "a0a0c-"),
+        ((0, 0, 6), (0, 0, 0), "P4/mbm", "a0a0c+"),
+        ((0, 5, 0), (8, 0, 8), "Pnma", "a-b+a-"),
+        ((0, 0, 0), (6, 6, 6), "R-3c", "a-a-a-"),
+        ((0, 0, 0), (0, 6, 6), "Imma", "a0b-b-"),
+        ((0, 1.5, 0), (0.5, 0, 0.5), "Pm-3m", "a0a0a0"),  # below the 2° threshold
+    ],
+)
+def test_classify_tilts(m, r, phase, glazer):
+    res = classify_tilts(m, r, threshold_deg=2.0)
+    assert res["phase"] == phase
+    assert res["glazer"] == glazer
+
+
+def test_transition_helpers():
+    t = [300, 500, 700, 900, 1100]
+    phases = ["Pnma", "Pnma", "I4/mcm", "Pnma", "Pm-3m"]
+    tr = estimate_transitions(t, phases)
+    assert [(x["from"], x["to"], x["temperature_K"]) for x in tr] == [
+        ("Pnma", "I4/mcm", 600.0),
+        ("I4/mcm", "Pnma", 800.0),
+        ("Pnma", "Pm-3m", 1000.0),
+    ]
+    assert order_parameter_vanishing(t, [8, 6, 3, 1, 0.5], 2.0) == 800.0
+    assert order_parameter_vanishing(t, [8, 6, 3, 3, 3], 2.0) is None
+
+
+def test_non_perovskite_and_untiltable_cells_are_rejected():
+    with pytest.raises(ValueError, match="perovskite"):
+        TiltAnalyzer(bulk("Cu", "fcc", a=3.6, cubic=True))
+    ana = TiltAnalyzer(cubic_catio3())  # one formula unit: no zone-boundary pattern fits
+    assert not ana.commensurate["R"].any() and not ana.commensurate["M"].any()
+
+
+def test_space_group_and_supercell_parsing():
+    assert space_group(pnma_catio3())[1] == 62
+    assert (
+        parse_supercell("2,1,2")
+        == parse_supercell("2x1x2")
+        == parse_supercell([2, 1, 2])
+        == (2, 1, 2)
+    )
+    assert parse_supercell(2) == (2, 2, 2)
+    for bad in ("0,1,1", "a,b,c", [1, 2], "-1,1,1", [1.5, 1, 1]):
+        with pytest.raises(ValueError, match="supercell"):
+            parse_supercell(bad)
+    with pytest.raises(ValueError, match="even repeats"):
+        glazer_perovskite((0, 0, 5), "00-", repeat=(1, 1, 1))

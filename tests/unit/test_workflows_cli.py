@@ -1,0 +1,185 @@
+"""`ase-born heat | dielectric | pe-curve`: help, end-to-end runs with stand-ins, clear input errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import ase.io
+import pytest
+
+from ase_born.cli.main import main
+from ase_born.cli.workflows import parse_temperatures
+from ase_born.dft.sampler import cubic_catio3
+
+STANDIN = ["--force-field", "standin", "--born-model", "standin", "--no-progress"]
+
+
+@pytest.mark.parametrize("cmd", ["heat", "dielectric", "pe-curve"])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert (
+        "--force-field" in text
+        and "--born-model" in text
+        and "--device" in text
+        and "--out" in text
+    )
+    assert "--paper" in text
+    if cmd != "pe-curve":
+        for opt in (
+            "--temperatures",
+            "--steps",
+            "--timestep-fs",
+            "--field-V-per-m",
+            "--seed",
+            "--supercell",
+        ):
+            assert opt in text
+
+
+def test_parse_temperatures():
+    assert parse_temperatures("300") == (300.0,)
+    assert parse_temperatures("300,600") == (300.0, 600.0)
+    assert parse_temperatures("300:900:300") == (300.0, 600.0, 900.0)
+    assert parse_temperatures("300:1800", ramp=True) == (300.0, 1800.0)
+    with pytest.raises(ValueError, match="temperatures"):
+        parse_temperatures("300:1800")
+    with pytest.raises(ValueError, match="temperatures"):
+        parse_temperatures("hot")
+
+
+@pytest.fixture
+def cubic_file(tmp_path):
+    p = tmp_path / "cubic.extxyz"
+    ase.io.write(p, cubic_catio3(), format="extxyz")
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["dielectric", "--structure", "no/such/file.cif"], "structure file not found"),
+        (["dielectric", "--temperatures", "0"], "positive temperatures"),
+        (["dielectric", "--temperatures", "300,-20"], "positive temperatures"),
+        (["heat", "--temperatures", "300:-5"], "positive temperatures"),
+        (["heat", "--field-V-per-m", "5e7"], "needs a direction"),
+        (["heat", "--field-direction", "z"], "without a field magnitude"),
+        (["heat", "--field-V-per-m", "5e7", "--field-direction", "0,0,0"], "nonzero"),
+        (["dielectric", "--field-V-per-m", "5e17"], "exceeds"),
+        (["dielectric", "--supercell", "2,0,1"], "supercell"),
+        (["dielectric", "--epsilon-inf", "5,6"], "epsilon_inf"),
+        (["pe-curve", "--fields-V-per-m=-1e7,1e8"], "non-negative"),
+        (
+            ["dielectric", "--force-field", "missing.model", "--born-model", "standin"],
+            "model file not found",
+        ),
+    ],
+)
+def test_bad_input_gives_clear_error(argv, match, tmp_path, capsys):
+    args = [*argv, "--out", str(tmp_path / "out"), "--no-progress"]
+    if "--force-field" not in argv:
+        args += ["--force-field", "standin", "--born-model", "standin"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert match in err
+    assert err.startswith(f"ase-born {argv[0]}: error:")
+
+
+def test_supercell_that_breaks_the_reference(cubic_file, tmp_path, capsys):
+    """One cubic formula unit cannot host the out-of-phase tilts the heating analysis follows."""
+    rc = main(
+        [
+            "heat",
+            *STANDIN,
+            "--structure",
+            cubic_file,
+            "--supercell",
+            "1,1,1",
+            "--out",
+            str(tmp_path / "h"),
+        ]
+    )
+    assert rc == 2
+    assert "breaks the reference" in capsys.readouterr().err
+
+
+def _defaults_installed() -> bool:
+    if importlib.util.find_spec("ase_born.defaults") is None:
+        return False
+    from ase_born import defaults
+
+    return (defaults.models_dir() / defaults.CARD_NAME).is_file()
+
+
+@pytest.mark.skipif(_defaults_installed(), reason="default models are installed")
+def test_missing_default_models_error(tmp_path, capsys):
+    assert main(["dielectric", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert "--force-field PATH" in capsys.readouterr().err
+
+
+def test_heat_end_to_end(tmp_path, capsys):
+    out = tmp_path / "heat"
+    rc = main(
+        [
+            "heat",
+            *STANDIN,
+            "--supercell",
+            "1,1,1",
+            "--temperatures",
+            "300:700",
+            "--steps",
+            "300",
+            "--equilibration-steps",
+            "50",
+            "--log-every",
+            "10",
+            "--traj-every",
+            "50",
+            "--window-K",
+            "200",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "Pnma" in text and "1512 K" in text
+    for name in (
+        "heat_log.csv",
+        "trajectory.extxyz",
+        "heat_windows.csv",
+        "heat_phases.json",
+        "heat.png",
+        "window_structures.extxyz",
+        "reference.extxyz",
+        "settings.json",
+    ):
+        assert (out / name).exists(), name
+    res = json.loads((out / "heat_phases.json").read_text())
+    assert [w["phase"] for w in res["windows"]] == ["Pnma", "Pnma"]
+    assert res["supercell_axes"][1].startswith("b")
+    header = (out / "heat_log.csv").read_text().splitlines()[0]
+    for col in (
+        "temperature_K",
+        "pressure_GPa",
+        "a_p_A",
+        "b_p_A",
+        "c_p_A",
+        "v_per_fu_A3",
+        "My_deg",
+        "Rx_deg",
+        "Pz_C_per_m2",
+    ):
+        assert col in header
+
+
+def test_pe_curve_end_to_end(tmp_path, capsys):
+    out = tmp_path / "pe"
+    rc = main(["pe-curve", *STANDIN, "--directions", "x,z", "--n-fields", "4", "--out", str(out)])
+    assert rc == 0
+    assert "static ε_ion" in capsys.readouterr().out
+    res = json.loads((out / "pe_curve.json").read_text())
+    assert len(res["directions"]) == 2 and (out / "pe_curve.png").exists()

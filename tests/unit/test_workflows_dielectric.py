@@ -1,0 +1,222 @@
+"""Dielectric workflow on an exactly solvable system: finite field, fluctuation and harmonic routes
+all agree with ε_ion = ZᵀΦ⁻¹Z/(Ω ε0) within their error bars; outputs, warnings and input errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import ase.io
+import numpy as np
+import pytest
+
+from ase_born import FixedBornCharges
+from ase_born.dft.sampler import cubic_catio3
+from ase_born.workflows.dielectric import DielectricConfig, format_report, run_dielectric
+from ase_born.workflows.rundir import IncompatibleSettingsError, read_csv
+from ase_born.workflows.standins import (
+    HarmonicCrystal,
+    exact_epsilon_ion,
+    random_born_charges,
+    random_force_constants,
+)
+
+PHI = random_force_constants(5, 21, site_springs=(4.0, 8.0), coupling=1.5)
+Z = random_born_charges(5, 22, scale=1.0)
+EPS_INF = (5.0, 5.5, 6.0)
+
+
+def force_field(atoms):
+    return HarmonicCrystal(
+        atoms, force_constants=PHI, bulk_modulus_GPa=150.0, shear_modulus_GPa=80.0
+    )
+
+
+def born_model(atoms):
+    return FixedBornCharges(Z, atoms)
+
+
+@pytest.fixture(scope="module")
+def structure_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("struct") / "cubic5.extxyz"
+    ase.io.write(p, cubic_catio3(), format="extxyz")
+    return str(p)
+
+
+def _config(structure_file, **kw):
+    base = {
+        "structure": structure_file,
+        "supercell": (1, 1, 1),
+        "relax": False,
+        "temperatures_K": (300.0,),
+        "equilibration_steps": 200,
+        "production_steps": 2500,
+        "discard_steps": 50,
+        "ensemble": "nvt",
+        "thermostat_time_fs": 40.0,
+        "timestep_fs": 2.0,
+        "field_V_per_A": 0.01,
+        "n_blocks": 10,
+        "checkpoint_every": 500,
+        "traj_every": 500,
+        "epsilon_inf": EPS_INF,
+    }
+    base.update(kw)
+    return DielectricConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def solved(structure_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("diel") / "run"
+    res = run_dielectric(
+        _config(structure_file),
+        force_field,
+        born_model,
+        str(out),
+        progress=False,
+        log=lambda m: None,
+    )
+    volume = cubic_catio3().get_volume()
+    return res, exact_epsilon_ion(PHI, Z, volume), out
+
+
+def test_harmonic_and_static_routes_are_exact(solved):
+    res, exact, _ = solved
+    h = np.asarray(res["zero_kelvin"]["harmonic"]["epsilon_ion"])
+    np.testing.assert_allclose(h, exact, rtol=1e-6, atol=1e-6)
+    s = np.asarray(res["zero_kelvin"]["static"]["epsilon_ion"])
+    np.testing.assert_allclose(s, exact, rtol=2e-3, atol=2e-3 * np.abs(exact).max())
+
+
+def test_finite_field_route_agrees_within_error_bars(solved):
+    res, exact, _ = solved
+    ff = res["temperatures"][0]["epsilon_ion"]["finite_field"]
+    val, err = np.asarray(ff["value"]), np.asarray(ff["error"])
+    # harmonic + correlated sampling: the paired difference is nearly noise free
+    assert np.all(np.abs(val - exact) <= 4 * err + 0.01 * np.abs(exact).max())
+
+
+def test_fluctuation_route_agrees_within_error_bars(solved):
+    res, exact, _ = solved
+    fl = res["temperatures"][0]["epsilon_ion"]["fluctuation"]
+    val, err = np.asarray(fl["value"]), np.asarray(fl["error"])
+    assert np.all(np.isfinite(err)) and np.all(np.diag(err) > 0)
+    assert np.all(np.abs(np.diag(val) - np.diag(exact)) <= 4 * np.diag(err))
+    # the error bar is honest but not absurdly large for this length
+    assert np.all(np.diag(err) < 0.5 * np.diag(exact))
+
+
+def test_total_epsilon_and_outputs(solved):
+    res, _, out = solved
+    tot = np.asarray(res["temperatures"][0]["epsilon_total"]["finite_field"]["value"])
+    ion = np.asarray(res["temperatures"][0]["epsilon_ion"]["finite_field"]["value"])
+    np.testing.assert_allclose(tot - ion, np.diag(EPS_INF), atol=1e-12)
+    for name in (
+        "dielectric.json",
+        "dielectric.csv",
+        "dielectric.png",
+        "harmonic.json",
+        "reference.extxyz",
+        "md_300K_E0.csv",
+        "md_300K_Ez+.csv",
+        "traj_300K_Ex+.extxyz",
+        "state_300K_equilibrated.json",
+    ):
+        assert (out / name).exists(), name
+    data = read_csv(out / "md_300K_Ez+.csv")
+    assert len(data["step"]) == 2500 and data["step"][-1] == 2500
+    saved = json.loads((out / "dielectric.json").read_text())
+    assert saved["temperatures"][0]["temperature_K"] == 300.0
+    report = format_report(res)
+    assert "0 K harmonic" in report and "±" in report and "finite field" in report
+    assert len(ase.io.read(out / "traj_300K_Ex+.extxyz", index=":")) == 5
+
+
+def test_missing_epsilon_inf_warns_and_reports_ionic_only(structure_file, tmp_path):
+    cfg = _config(
+        structure_file,
+        epsilon_inf=None,
+        equilibration_steps=10,
+        production_steps=40,
+        discard_steps=0,
+        n_blocks=2,
+        static_check=False,
+    )
+    with pytest.warns(UserWarning, match="ε∞ is not known"):
+        res = run_dielectric(
+            cfg, force_field, born_model, str(tmp_path / "r"), progress=False, log=lambda m: None
+        )
+    assert "epsilon_total" not in res["temperatures"][0]
+    assert res["epsilon_inf"] is None
+    assert any("ε_ion only" in n for n in res["notes"])
+    assert "ionic ε_ion" in format_report(res)
+
+
+def test_resume_refuses_different_settings(structure_file, tmp_path):
+    cfg = _config(
+        structure_file,
+        equilibration_steps=10,
+        production_steps=40,
+        discard_steps=0,
+        n_blocks=2,
+        static_check=False,
+        harmonic=False,
+    )
+    out = str(tmp_path / "r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_dielectric(cfg, force_field, born_model, out, progress=False, log=lambda m: None)
+        with pytest.raises(IncompatibleSettingsError, match="field_V_per_A"):
+            run_dielectric(
+                cfg.replace(field_V_per_A=0.02),
+                force_field,
+                born_model,
+                out,
+                progress=False,
+                log=lambda m: None,
+            )
+        # same settings: a finished run is reloaded, not recomputed
+        again = run_dielectric(
+            cfg, force_field, born_model, out, progress=False, log=lambda m: None
+        )
+    assert again["temperatures"][0]["n_samples_per_run"] == 40
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"temperatures_K": (300.0, 0.0)}, "positive temperatures"),
+        ({"temperatures_K": (-5.0,)}, "positive temperatures"),
+        ({"temperatures_K": ()}, "empty"),
+        ({"field_V_per_A": 0.0}, "positive magnitude"),
+        ({"field_V_per_A": 5e7}, "V/m passed as V/Å"),
+        ({"supercell": (0, 1, 1)}, "supercell"),
+        ({"production_steps": 10, "discard_steps": 0}, "n_blocks"),
+        ({"epsilon_inf": (1.0, 2.0)}, "epsilon_inf"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(structure_file, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _config(structure_file, **kw)
+
+
+def test_unknown_structure_file_and_broken_supercell(structure_file, tmp_path):
+    with pytest.raises(FileNotFoundError, match="structure file not found"):
+        run_dielectric(
+            _config(str(tmp_path / "nope.cif")),
+            force_field,
+            born_model,
+            str(tmp_path / "a"),
+            progress=False,
+        )
+    assert not (tmp_path / "a").exists()  # nothing written before the check
+    # fixed charges of the 5-atom cell without a primitive cell cannot follow a supercell
+    with pytest.raises(ValueError, match="breaks the Born model's reference"):
+        run_dielectric(
+            _config(structure_file, supercell=(2, 1, 1)),
+            force_field,
+            lambda a: FixedBornCharges(Z),
+            str(tmp_path / "b"),
+            progress=False,
+            log=lambda m: None,
+        )

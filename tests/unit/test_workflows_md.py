@@ -1,0 +1,186 @@
+"""MD driver: NpT in a field (reference follows the cell, field stress in the barostat), exact restarts."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from ase import units
+
+from ase_born import BornFieldCalculator, FixedBornCharges
+from ase_born.conventions import EPSILON0
+from ase_born.dft.sampler import pnma_catio3
+from ase_born.workflows import md
+from ase_born.workflows.harmonic import harmonic_dielectric
+from ase_born.workflows.standins import nominal_born_charges, standin_force_field
+
+
+@pytest.fixture(scope="module")
+def system():
+    ref = pnma_catio3()
+    return ref, nominal_born_charges(ref)
+
+
+class NoFieldStress(BornFieldCalculator):
+    """Negative control: a calculator whose stress misses the field term."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        kw = {} if system_changes is None else {"system_changes": system_changes}
+        super().calculate(atoms, properties, **kw)
+        if "stress" in self.results:
+            self.results["stress"] = self.results["stress_contributions"][0]
+
+
+def _npt_in_field(ref, z, cls, field, steps=1000, seed=3):
+    atoms = ref.copy()
+    calc = cls(standin_force_field(ref), FixedBornCharges(z, ref), field=field, reference=ref)
+    atoms.calc = calc
+    md.thermalize(atoms, 10.0, np.random.default_rng(seed))
+    dyn = md.make_integrator(
+        atoms,
+        timestep_fs=2.0,
+        temperature_K=10.0,
+        ensemble="npt",
+        thermostat_time_fs=50.0,
+        barostat_time_fs=200.0,
+        rng=np.random.default_rng(seed),
+    )
+    vols, pols = [], []
+    for s in range(steps):
+        md.step(dyn, fix_com=False)
+        if s >= steps // 3:
+            vols.append(atoms.get_volume())
+            pols.append(calc.get_property("ionic_polarization", atoms))
+    return np.mean(vols) / ref.get_volume() - 1.0, np.mean(pols, axis=0)
+
+
+def test_reference_follows_the_cell(system):
+    """Straining the cell with the atoms on their sites gives no displacement and no P."""
+    ref, z = system
+    calc = BornFieldCalculator(
+        standin_force_field(ref), FixedBornCharges(z, ref), field=(0, 0, 0.01), reference=ref
+    )
+    a = ref.copy()
+    a.calc = calc
+    strain = np.eye(3) + np.array([[0.03, 0.01, 0.0], [0.01, -0.02, 0.005], [0.0, 0.005, 0.04]])
+    a.set_cell(ref.cell.array @ strain, scale_atoms=True)
+    np.testing.assert_allclose(calc.get_property("ionic_polarization", a), 0.0, atol=1e-14)
+    np.testing.assert_allclose(calc.get_property("displacements", a), 0.0, atol=1e-12)
+
+
+def test_npt_in_field_field_stress_enters_the_barostat(system):
+    """Springs to sites have no electrostriction: the field stress cancels the spring stress at
+    equilibrium, so NpT in a field keeps the volume and gives P = ε0 ε_ion E.  A barostat fed a
+    stress without the field term expands the cell by ~ (1/B)·Σ f·Φ⁻¹f/(3Ω)."""
+    ref, z = system
+    field = np.array([0.0, 0.0, 0.2])  # V/Å, large to make the stress visible
+    a = ref.copy()
+    a.calc = standin_force_field(ref)
+    eps = harmonic_dielectric(a, z)
+    strain, p = _npt_in_field(ref, z, BornFieldCalculator, field)
+    strain_bad, _ = _npt_in_field(ref, z, NoFieldStress, field)
+    # prediction of the spurious volume strain without the field stress
+    kappa = np.array([{"Ca": 1.5, "Ti": 3.5, "O": 2.25}[s] for s in ref.get_chemical_symbols()])
+    f = np.einsum("b,kba->ka", field, z)
+    sigma = np.sum(f * f / kappa[:, None]) / ref.get_volume()  # trace of Σ f⊗u / Ω
+    predicted = -sigma / 3.0 / (170.0 / 160.21766208)  # ASE stress sign: tensile stress expands
+    assert abs(strain) < 0.1 * abs(predicted)
+    assert strain_bad == pytest.approx(-predicted, rel=0.3) or strain_bad == pytest.approx(
+        predicted, rel=0.3
+    )
+    assert abs(strain_bad) > 5 * abs(strain)
+    # no spurious polarization from the cell: ⟨P⟩ = ε0 ε_ion E
+    # (10 K thermal noise of ⟨P⟩ over this run: ~4e-4 e/Å², 0.3 % of P_z)
+    np.testing.assert_allclose(p, EPSILON0 * eps @ field, rtol=0.01, atol=1e-3)
+
+
+@pytest.mark.parametrize("ensemble", ["npt", "nvt"])
+def test_restart_continues_exactly(system, ensemble):
+    ref, z = system
+
+    def fresh():
+        atoms = ref.copy()
+        calc = BornFieldCalculator(
+            standin_force_field(ref), FixedBornCharges(z, ref), field=(0.01, 0, 0), reference=ref
+        )
+        atoms.calc = calc
+        return atoms, calc
+
+    kw = {"timestep_fs": 2.0, "temperature_K": 300.0, "ensemble": ensemble}
+    a1, c1 = fresh()
+    md.thermalize(a1, 300.0, np.random.default_rng(1))
+    d1 = md.make_integrator(a1, rng=np.random.default_rng(2), **kw)
+    for _ in range(40):
+        md.step(d1)
+    saved = json.loads(
+        json.dumps(
+            {"atoms": md.atoms_state(a1), "integ": md.integrator_state(d1), "calc": c1.get_state()}
+        )
+    )
+    for _ in range(40):
+        md.step(d1)
+    a2, c2 = fresh()
+    c2.set_reference(None)  # must come back from the state, not be re-picked
+    md.restore_atoms(a2, saved["atoms"])
+    c2.set_state(saved["calc"])
+    d2 = md.make_integrator(a2, rng=np.random.default_rng(999), **kw)
+    md.restore_integrator_state(d2, saved["integ"])
+    for _ in range(40):
+        md.step(d2)
+    assert np.array_equal(a1.positions, a2.positions)
+    assert np.array_equal(a1.get_momenta(), a2.get_momenta())
+    assert np.array_equal(a1.cell.array, a2.cell.array)
+    np.testing.assert_allclose(
+        c2.reference.get_scaled_positions(), ref.get_scaled_positions(), rtol=0, atol=1e-14
+    )
+
+
+def test_integrator_matches_ase_langevin_baoab(system):
+    """The subclass only swaps SciPy's expm for an exact symmetric one: same trajectory."""
+    from ase.md.langevinbaoab import LangevinBAOAB
+
+    ref, _ = system
+    out = []
+    for use_ase in (False, True):
+        atoms = ref.copy()
+        atoms.calc = standin_force_field(ref)
+        md.thermalize(atoms, 300.0, np.random.default_rng(1))
+        if use_ase:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                p_tau = 1000.0 * units.fs
+                dyn = LangevinBAOAB(
+                    atoms,
+                    2.0 * units.fs,
+                    temperature_K=300.0,
+                    externalstress=0.0,
+                    T_tau=100 * units.fs,
+                    P_tau=p_tau,
+                    P_mass=(((p_tau / 4) / (1.66 * units.fs)) * len(atoms) ** (1 / 6)) ** 2,
+                    rng=np.random.default_rng(5),
+                )
+        else:
+            dyn = md.make_integrator(
+                atoms, timestep_fs=2.0, temperature_K=300.0, rng=np.random.default_rng(5)
+            )
+        for _ in range(20):
+            dyn.step()
+        out.append((atoms.positions.copy(), atoms.cell.array.copy()))
+    np.testing.assert_allclose(out[0][0], out[1][0], atol=1e-10)
+    np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-10)
+
+
+def test_integrator_input_checks(system):
+    ref, _ = system
+    a = ref.copy()
+    a.calc = standin_force_field(ref)
+    with pytest.raises(ValueError, match="positive"):
+        md.make_integrator(a, timestep_fs=2.0, temperature_K=0.0, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="ensemble"):
+        md.make_integrator(
+            a, timestep_fs=2.0, temperature_K=300.0, ensemble="nph", rng=np.random.default_rng(0)
+        )
+    with pytest.raises(ValueError, match="rng"):
+        md.make_integrator(a, timestep_fs=2.0, temperature_K=300.0)

@@ -1,0 +1,228 @@
+"""Resume after a kill: the workflows continue from their last checkpoint and end where an
+uninterrupted run with the same seed ends (subprocess SIGKILL for the MD workflows)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ase_born.workflows.rundir import read_csv
+
+CLI = [sys.executable, "-m", "ase_born.cli.main"]
+STANDIN = ["--force-field", "standin", "--born-model", "standin", "--no-progress"]
+
+
+def _run(args, out):
+    subprocess.run(
+        [*CLI, *args, "--out", str(out)], check=True, capture_output=True, text=True, timeout=600
+    )
+
+
+def _run_and_kill(args, out, ready, timeout=300):
+    """Start the workflow, SIGKILL it once ``ready(checkpoint)`` is true, return the checkpoint seen."""
+    proc = subprocess.Popen(
+        [*CLI, *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ck_file = Path(out) / "checkpoint.json"
+    t0 = time.time()
+    try:
+        while time.time() - t0 < timeout:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"the run finished (rc={proc.returncode}) before it could be killed: {proc.stderr.read()}"
+                )
+            if ck_file.exists():
+                try:
+                    ck = json.loads(ck_file.read_text())
+                except json.JSONDecodeError:  # pragma: no cover - writes are atomic
+                    ck = None
+                if ck is not None and ready(ck):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return ck
+            time.sleep(0.05)
+        pytest.fail("timed out waiting for a checkpoint")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+DIELECTRIC = [
+    "dielectric",
+    *STANDIN,
+    "--supercell",
+    "1,1,1",
+    "--temperatures",
+    "300",
+    "--equilibration-steps",
+    "100",
+    "--steps",
+    "400",
+    "--discard-steps",
+    "20",
+    "--checkpoint-every",
+    "50",
+    "--traj-every",
+    "100",
+    "--no-static-check",
+    "--seed",
+    "7",
+    "--epsilon-inf",
+    "6",
+]
+
+
+def test_dielectric_resumes_after_kill(tmp_path):
+    ref_dir, cut_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+    _run(DIELECTRIC, ref_dir)
+    ck = _run_and_kill(
+        DIELECTRIC,
+        cut_dir,
+        lambda c: (c.get("current") or {}).get("key") == "300K_Ey+" and c["current"]["step"] >= 100,
+    )
+    assert "300K_E0" in ck["completed"]
+    assert not (cut_dir / "dielectric.json").exists()
+    _run(DIELECTRIC, cut_dir)  # the same command resumes
+    a = json.loads((ref_dir / "dielectric.json").read_text())
+    b = json.loads((cut_dir / "dielectric.json").read_text())
+    for est in ("finite_field", "fluctuation"):
+        for q in ("value", "error"):
+            np.testing.assert_allclose(
+                b["temperatures"][0]["epsilon_ion"][est][q],
+                a["temperatures"][0]["epsilon_ion"][est][q],
+                rtol=1e-9,
+                atol=1e-12,
+            )
+    # no duplicated or missing rows in the run that was cut
+    for run in ("E0", "Ex+", "Ey+", "Ez+"):
+        da, db = read_csv(ref_dir / f"md_300K_{run}.csv"), read_csv(cut_dir / f"md_300K_{run}.csv")
+        assert np.array_equal(db["step"], np.arange(1, 401))
+        np.testing.assert_allclose(db["Pz_e_per_A2"], da["Pz_e_per_A2"], rtol=1e-9, atol=1e-15)
+    # the saved reference and field were restored, not re-picked
+    ref_a = (ref_dir / "reference.extxyz").read_text()
+    assert (cut_dir / "reference.extxyz").read_text() == ref_a
+
+
+HEAT = [
+    "heat",
+    *STANDIN,
+    "--supercell",
+    "1,1,1",
+    "--temperatures",
+    "300:900",
+    "--steps",
+    "1200",
+    "--equilibration-steps",
+    "100",
+    "--checkpoint-every",
+    "100",
+    "--log-every",
+    "10",
+    "--traj-every",
+    "100",
+    "--window-K",
+    "200",
+    "--seed",
+    "3",
+    "--field-V-per-m",
+    "5e7",
+    "--field-direction",
+    "z",
+]
+
+
+def test_heating_resumes_after_kill(tmp_path):
+    ref_dir, cut_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+    _run(HEAT, ref_dir)
+    ck = _run_and_kill(HEAT, cut_dir, lambda c: (c.get("current") or {}).get("step", 0) >= 500)
+    assert not ck.get("done")
+    _run(HEAT, cut_dir)
+    la, lb = read_csv(ref_dir / "heat_log.csv"), read_csv(cut_dir / "heat_log.csv")
+    assert np.array_equal(lb["step"], la["step"])  # no duplicated rows after the resume
+    for col in ("temperature_K", "a_p_A", "Rx_deg", "Pz_C_per_m2", "energy_eV"):
+        np.testing.assert_allclose(lb[col], la[col], rtol=1e-9, atol=1e-12)
+    pa = json.loads((ref_dir / "heat_phases.json").read_text())
+    pb = json.loads((cut_dir / "heat_phases.json").read_text())
+    assert [w["phase"] for w in pb["windows"]] == [w["phase"] for w in pa["windows"]]
+    # the constant field was restored from the checkpoint
+    state = json.loads((cut_dir / "checkpoint.json").read_text())
+    assert state["done"]
+
+
+def test_resume_refuses_mixed_settings(tmp_path):
+    out = tmp_path / "r"
+    args = ["pe-curve", *STANDIN, "--directions", "z", "--n-fields", "3"]
+    _run(args, out)
+    proc = subprocess.run(
+        [*CLI, *args[:-1], "4", "--out", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "different settings" in proc.stderr and "fields_V_per_m" in proc.stderr
+
+
+def test_pe_curve_resumes_after_interruption(tmp_path, monkeypatch):
+    """Interrupt inside the 4th relaxation (in-process), resume, compare with an uninterrupted run."""
+    from ase_born.workflows import harmonic
+    from ase_born.workflows.pe_curve import PECurveConfig, run_pe_curve
+    from ase_born.workflows.standins import standin_born_model, standin_force_field
+
+    cfg = PECurveConfig(fields_V_per_m=(0.0, 2e7, 5e7, 1e8), directions=("x", "z"), harmonic=False)
+    full = run_pe_curve(
+        cfg,
+        standin_force_field,
+        standin_born_model,
+        str(tmp_path / "a"),
+        progress=False,
+        log=lambda m: None,
+    )
+    real_relax = harmonic.relax
+    calls = {"n": 0}
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 1 = zero-field relaxation of the cell, then one per point
+            raise KeyboardInterrupt
+        return real_relax(*args, **kw)
+
+    monkeypatch.setattr(harmonic, "relax", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_pe_curve(
+            cfg,
+            standin_force_field,
+            standin_born_model,
+            str(tmp_path / "b"),
+            progress=False,
+            log=lambda m: None,
+        )
+    monkeypatch.setattr(harmonic, "relax", real_relax)
+    ck = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert len(ck["done"]) == 3
+    resumed = run_pe_curve(
+        cfg,
+        standin_force_field,
+        standin_born_model,
+        str(tmp_path / "b"),
+        progress=False,
+        log=lambda m: None,
+    )
+    np.testing.assert_allclose(
+        resumed["epsilon_ion_static"], full["epsilon_ion_static"], rtol=1e-6, atol=1e-6
+    )
+    rows = read_csv(tmp_path / "b" / "pe_curve.csv")
+    assert len(rows["index"]) == 8
