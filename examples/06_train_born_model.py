@@ -11,6 +11,7 @@ Paper-sized training (BM2, 500 epochs, on the project's ABINIT data) is
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     torch.set_num_threads(1)  # small graphs: one thread is fastest on a shared CPU
+    out = ROOT / "runs/example06"
+    shutil.rmtree(out, ignore_errors=True)  # a demo: start fresh (the trainer never overwrites a run)
     config = TrainConfig.from_yaml(ROOT / "examples/configs/equivar_tiny_cpu.yaml").replace(
         train_files=(str(ROOT / "tests/data/train/synthetic_catio3.extxyz"),),
-        out=str(ROOT / "runs/example06"),
+        out=str(out),
         epochs=15,
     )
     result = train(config)
