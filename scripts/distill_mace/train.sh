@@ -22,17 +22,18 @@
 # stoichiometry) are avoided.
 # Loss: MSE on energy/atom, forces and stress ("stress"); stage two (SWA-style, from epoch
 # STAGE2) raises the energy and stress weights and lowers the learning rate.
-# Budget: on the shared 2-core box (about half a core for this job) one epoch over the ~7,100
-# training atoms takes ~4-7 min, hence few epochs and a small batch (2 frames: more updates
-# per CPU second). On a free machine raise EPOCHS/STAGE2 (e.g. 120/90).
+# Budget and threads: one training step costs ~6 ms of CPU per atom (float32, 1 thread), so an
+# epoch over the ~7,100 training atoms is ~1-1.5 min on one free core. Use ONE thread on a
+# shared machine: with 2 OpenMP threads competing with other jobs an epoch took ~5x longer.
+# On a free machine raise EPOCHS/STAGE2 (e.g. 150/110).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
 DATA="${DATA:-runs/distill/data}"
 WORK="${WORK:-runs/distill/train}"
-EPOCHS="${EPOCHS:-24}"
-STAGE2="${STAGE2:-18}"
-THREADS="${THREADS:-2}"
+EPOCHS="${EPOCHS:-50}"
+STAGE2="${STAGE2:-38}"
+THREADS="${THREADS:-1}"
 DEVICE="${DEVICE:-cpu}"
 SEED="${SEED:-1}"
 mkdir -p "$WORK"
@@ -63,8 +64,8 @@ exec mace_run_train \
     --loss stress --energy_weight 1 --forces_weight 100 --stress_weight 1000 \
     --stage_two --start_stage_two "$STAGE2" --stage_two_lr 0.001 \
     --stage_two_energy_weight 1000 --stage_two_forces_weight 100 --stage_two_stress_weight 10000 \
-    --ema --ema_decay 0.99 --amsgrad --lr 0.005 --scheduler_patience 4 \
-    --batch_size 2 --valid_batch_size 8 --max_num_epochs "$EPOCHS" --patience 50 \
+    --ema --ema_decay 0.99 --amsgrad --lr 0.01 --scheduler_patience 5 \
+    --batch_size 4 --valid_batch_size 8 --max_num_epochs "$EPOCHS" --patience 50 \
     --eval_interval 1 --error_table PerAtomRMSEstressvirials \
     --default_dtype float32 --device "$DEVICE" --save_cpu --restart_latest \
     "$@"
