@@ -41,13 +41,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_equivar import _dft, _median_time, supercell_repeat  # noqa: E402
+from bench_equivar import _dft, _median_time, supercell_repeat
 
-from ase_born import __version__  # noqa: E402
-from ase_born.dft.sampler import cubic_catio3, pnma_catio3  # noqa: E402
-from ase_born.models._e3nn import E3NN_VERSION  # noqa: E402
-from ase_born.models.equivar import Equivar, preset  # noqa: E402
-from ase_born.models.graph import batch_from_atoms  # noqa: E402
+from ase_born import __version__
+from ase_born.dft.sampler import cubic_catio3, pnma_catio3
+from ase_born.models._e3nn import E3NN_VERSION
+from ase_born.models.equivar import Equivar, preset
+from ase_born.models.graph import batch_from_atoms
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=5, help="fast-path repeats (median)")
     p.add_argument("--stock-repeats", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the fast-vs-stock ratio")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the fast-vs-stock ratio"
+    )
     p.add_argument("--threads-fast", nargs="+", type=int, default=[1, 2])
     p.add_argument("--pause-dft", action="store_true", help="pause the ABINIT job meanwhile")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "bench_equivar_impl.json"))
@@ -148,8 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                 "dft_paused": bool(args.pause_dft),
                 "note": "shared 2-core VM with a nice'd MACE training job and other users",
             },
-            "versions": {"ase_born": __version__, "torch": str(torch.__version__), "e3nn": E3NN_VERSION},
-            "command": "python bench/bench_equivar_impl.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "versions": {
+                "ase_born": __version__,
+                "torch": str(torch.__version__),
+                "e3nn": E3NN_VERSION,
+            },
+            "command": "python bench/bench_equivar_impl.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         path = Path(args.out)
