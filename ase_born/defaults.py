@@ -118,6 +118,12 @@ def load_born_model(device: str = "cpu", dtype: str = "float64"):
     from ase_born.models import EquivarCalculator
 
     card = model_card()
+    if not card.get("born_model"):
+        raise FileNotFoundError(
+            "no default Born-charge model is shipped yet (data/models/defaults.json has born_model: null; "
+            "it is trained once the project's DFPT dataset has a training split). Pass your own Equivar "
+            "model (EquivarCalculator('model.pt')) or FixedBornCharges."
+        )
     path = _checked_file(card["born_model"])
     calc = EquivarCalculator(str(path), device=device, dtype=dtype)
     return _SpeciesGuard(calc, set(card["born_model"]["elements"]), "the default Equivar model")
@@ -146,8 +152,8 @@ def load_default_calculator(device: str = "cpu", dtype: str = "float64", **kwarg
     from ase_born.calculators.field import BornFieldCalculator
 
     kwargs.setdefault("epsilon_inf", default_epsilon_inf())
+    born = load_born_model(device=device, dtype=dtype)  # first: fails fast if none is shipped
     ff = load_force_field(device=device, dtype=dtype)
-    born = load_born_model(device=device, dtype=dtype)
     return BornFieldCalculator(force_field=ff, born_model=born, **kwargs)
 
 

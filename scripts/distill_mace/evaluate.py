@@ -121,6 +121,9 @@ def compare(frames: list[Atoms], preds: list[dict], remove_energy_offset: bool =
         ds = np.array([preds[i]["stress"] - refs[i]["stress"] for i in s_idx])
         out["stress_meV_per_A3"] = _stats(ds, 1000)
         out["pressure_offset_GPa"] = float(-ds[:, :3].mean() * 160.21766)  # P = -tr(s)/3
+        dev = ds.copy()  # deviatoric part: isotropic (pressure) difference of each frame removed
+        dev[:, :3] -= ds[:, :3].mean(axis=1, keepdims=True)
+        out["stress_deviatoric_meV_per_A3"] = _stats(dev, 1000)
     return out
 
 
@@ -308,8 +311,10 @@ def main(argv=None) -> None:
         d = result["dft"]
         print(
             f"vs ABINIT DFT ({d['n_frames']} frames, {d['n_atoms']} atoms): "
-            f"F {d.get('forces_meV_per_A')}, S {d.get('stress_meV_per_A3')}, "
-            f"pressure offset {d.get('pressure_offset_GPa')} GPa"
+            f"F MAE {d['forces_meV_per_A']['mae']:.1f} / RMSE {d['forces_meV_per_A']['rmse']:.1f} "
+            f"meV/Å, S MAE {d['stress_meV_per_A3']['mae']:.2f} meV/Å³ (deviatoric "
+            f"{d['stress_deviatoric_meV_per_A3']['mae']:.2f}), pressure offset "
+            f"{d['pressure_offset_GPa']:+.2f} GPa"
         )
     else:
         result["dft"] = {"file": str(dft), "skipped": "file missing or without frames"}

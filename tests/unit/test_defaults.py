@@ -1,0 +1,62 @@
+"""The shipped default models: file integrity (hash in the card) and a reference evaluation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ase_born import defaults
+from ase_born.dft.sampler import pnma_catio3
+
+
+@pytest.fixture(scope="module")
+def card():
+    try:
+        return defaults.model_card()
+    except FileNotFoundError:
+        pytest.skip("no default models in this checkout")
+
+
+def test_card_hashes_match_files(card):
+    for key in ("force_field", "born_model"):
+        entry = card.get(key)
+        if entry:
+            assert defaults.sha256(defaults.models_dir() / entry["file"]) == entry["sha256"], key
+
+
+def test_corrupted_file_is_refused(card, tmp_path, monkeypatch):
+    entry = dict(card["force_field"])
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / entry["file"]).write_bytes(b"not a model")
+    (tmp_path / "models" / "defaults.json").write_text(json.dumps({**card, "force_field": entry}))
+    monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path))
+    with pytest.raises(OSError, match="does not match the model card"):
+        defaults.load_force_field()
+
+
+def test_default_mace_reproduces_reference_numbers(card):
+    torch = pytest.importorskip("torch")
+    before = torch.get_default_dtype()
+    calc = defaults.load_force_field(device="cpu", dtype="float64")
+    assert torch.get_default_dtype() == before  # no global side effect left behind
+    ref = card["force_field"]["reference_check"]
+    atoms = pnma_catio3()
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(ref["energy_eV"], abs=1e-6)
+    np.testing.assert_allclose(atoms.get_forces()[:3], ref["forces_first3"], atol=1e-6)
+    np.testing.assert_allclose(atoms.get_stress(), ref["stress"], atol=1e-7)
+    # physics sanity: forces sum to ~zero (translation invariance)
+    assert np.abs(atoms.get_forces().sum(axis=0)).max() < 1e-4
+
+
+def test_default_calculator_needs_born_model(card):
+    if card.get("born_model"):
+        calc = defaults.load_default_calculator(device="cpu")
+        atoms = pnma_catio3()
+        atoms.calc = calc
+        z = calc.get_property("born_effective_charges", atoms)
+        assert z.shape == (20, 3, 3) and np.abs(z.sum(axis=0)).max() < 1e-10
+    else:
+        with pytest.raises(FileNotFoundError, match="no default Born-charge model"):
+            defaults.load_default_calculator(device="cpu")
