@@ -13,7 +13,7 @@ from ase import Atoms
 
 from ase_born.conventions import validate_field
 from ase_born.workflows import md
-from ase_born.workflows.models import resolve
+from ase_born.workflows.models import describe, resolve
 from ase_born.workflows.rundir import RunDirectory
 from ase_born.workflows.structures import load_structure, make_supercell, parse_supercell
 
@@ -144,6 +144,47 @@ def check_structure_file(structure: str | None) -> None:
         raise FileNotFoundError(
             f"structure file not found: {structure} (give a file ASE can read, e.g. CIF, POSCAR, extxyz)"
         )
+
+
+def open_run_directory(
+    name: str,
+    cfg: Any,
+    out: Any,
+    force_field: Any,
+    born_model: Any,
+    *,
+    model_info: dict[str, Any] | None,
+    device: str,
+    overwrite: bool,
+    log: Callable[[str], None] = print,
+) -> RunDirectory:
+    """Check the structure file, then open (or resume) the workflow's run directory.
+
+    The settings locked into the directory are the config, the models (``model_info`` or
+    their descriptions) and the device; a resume with other settings is refused by
+    :class:`~ase_born.workflows.rundir.RunDirectory`.
+    """
+    settings = {
+        "config": cfg.to_dict(),
+        "models": model_info
+        or {"force_field": describe(force_field), "born_model": describe(born_model)},
+        "device": device,
+    }
+    check_structure_file(cfg.structure)
+    rd = RunDirectory(out, name, settings, overwrite=overwrite)
+    if rd.resumed:
+        log(f"resuming {rd.path} from its checkpoint")
+    return rd
+
+
+def resolve_fix_com(fix_com: bool | None, reference: Atoms, force_field: Any) -> bool:
+    """Whether MD removes the centre-of-mass momentum: ``fix_com`` if given, else only for a
+    translation-invariant force field (removing it for springs to sites biases ε)."""
+    if fix_com is not None:
+        return bool(fix_com)
+    from ase_born.workflows.harmonic import is_translation_invariant
+
+    return is_translation_invariant(reference, resolve(force_field, reference))
 
 
 def prepare_reference(

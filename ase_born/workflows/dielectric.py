@@ -79,9 +79,10 @@ from ase_born.conventions import (
 )
 from ase_born.workflows import md
 from ase_born.workflows.common import (
+    open_run_directory,
+    resolve_fix_com,
     ConfigMixin,
     check_positive,
-    check_structure_file,
     check_temperatures,
     epsilon_inf_matrix,
     load_state_file,
@@ -91,7 +92,7 @@ from ase_born.workflows.common import (
     tensor_to_list,
     write_frame,
 )
-from ase_born.workflows.models import describe, resolve
+from ase_born.workflows.models import resolve
 from ase_born.workflows.rundir import RunDirectory, read_csv
 from ase_born.workflows.stats import (
     fluctuation_epsilon,
@@ -580,16 +581,10 @@ def run_dielectric(
 
     t_start = time.perf_counter()
     cfg = config
-    settings = {
-        "config": cfg.to_dict(),
-        "models": model_info
-        or {"force_field": describe(force_field), "born_model": describe(born_model)},
-        "device": device,
-    }
-    check_structure_file(cfg.structure)
-    rd = RunDirectory(out, "dielectric", settings, overwrite=overwrite)
-    if rd.resumed:
-        log(f"resuming {rd.path} from its checkpoint")
+    rd = open_run_directory(
+        "dielectric", cfg, out, force_field, born_model,
+        model_info=model_info, device=device, overwrite=overwrite, log=log,
+    )
     notes: list[str] = []
 
     # ---- structure, 0 K
@@ -619,12 +614,7 @@ def run_dielectric(
         notes.append(msg)
 
     # ---- MD
-    if cfg.fix_com is None:
-        from ase_born.workflows.harmonic import is_translation_invariant
-
-        fix_com = is_translation_invariant(reference, resolve(force_field, reference))
-    else:
-        fix_com = bool(cfg.fix_com)
+    fix_com = resolve_fix_com(cfg.fix_com, reference, force_field)
     runs = ("equil",) + cfg.run_names
     steps_of = {
         r: (cfg.equilibration_steps if r == "equil" else cfg.production_steps) for r in runs

@@ -56,16 +56,16 @@ from ase_born.workflows.analysis import (
     space_group,
 )
 from ase_born.workflows.common import (
+    open_run_directory,
+    resolve_fix_com,
     ConfigMixin,
     check_positive,
-    check_structure_file,
     check_temperatures,
     make_field_calculator,
     prepare_reference,
     write_frame,
 )
-from ase_born.workflows.models import describe, resolve
-from ase_born.workflows.rundir import RunDirectory, read_csv
+from ase_born.workflows.rundir import read_csv
 from ase_born.workflows.structures import AXIS_NAMES, parse_supercell
 
 LOG_COLUMNS = (
@@ -349,16 +349,10 @@ def run_heating(
 
     t_start = time.perf_counter()
     cfg = config
-    settings = {
-        "config": cfg.to_dict(),
-        "models": model_info
-        or {"force_field": describe(force_field), "born_model": describe(born_model)},
-        "device": device,
-    }
-    check_structure_file(cfg.structure)
-    rd = RunDirectory(out, "heat", settings, overwrite=overwrite)
-    if rd.resumed:
-        log(f"resuming {rd.path} from its checkpoint")
+    rd = open_run_directory(
+        "heat", cfg, out, force_field, born_model,
+        model_info=model_info, device=device, overwrite=overwrite, log=log,
+    )
     unit, reference = prepare_reference(
         rd,
         structure=cfg.structure,
@@ -373,12 +367,7 @@ def run_heating(
     )
     analyzer = _analyzer(reference, cfg.supercell, len(unit))
     n_fu = len(analyzer.b_idx)
-    if cfg.fix_com is None:
-        from ase_born.workflows.harmonic import is_translation_invariant
-
-        fix_com = is_translation_invariant(reference, resolve(force_field, reference))
-    else:
-        fix_com = bool(cfg.fix_com)
+    fix_com = resolve_fix_com(cfg.fix_com, reference, force_field)
 
     ckpt = rd.checkpoint or {}
     total = cfg.total_steps

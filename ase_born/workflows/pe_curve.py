@@ -35,15 +35,15 @@ from ase_born import physics
 from ase_born.conventions import C_PER_M2_PER_E_PER_A2, EPSILON0, field_from_V_per_m, validate_field
 from ase_born.workflows import md
 from ase_born.workflows.common import (
+    open_run_directory,
     ConfigMixin,
     check_positive,
-    check_structure_file,
     make_field_calculator,
     parse_direction,
     prepare_reference,
 )
-from ase_born.workflows.models import describe, resolve
-from ase_born.workflows.rundir import RunDirectory, read_csv
+from ase_born.workflows.models import resolve
+from ase_born.workflows.rundir import read_csv
 from ase_born.workflows.structures import parse_supercell
 
 COLUMNS = (
@@ -197,16 +197,10 @@ def run_pe_curve(
 
     t_start = time.perf_counter()
     cfg = config
-    settings = {
-        "config": cfg.to_dict(),
-        "models": model_info
-        or {"force_field": describe(force_field), "born_model": describe(born_model)},
-        "device": device,
-    }
-    check_structure_file(cfg.structure)
-    rd = RunDirectory(out, "pe-curve", settings, overwrite=overwrite)
-    if rd.resumed:
-        log(f"resuming {rd.path} from its checkpoint")
+    rd = open_run_directory(
+        "pe-curve", cfg, out, force_field, born_model,
+        model_info=model_info, device=device, overwrite=overwrite, log=log,
+    )
     unit, reference = prepare_reference(
         rd,
         structure=cfg.structure,
