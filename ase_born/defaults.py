@@ -55,6 +55,15 @@ def model_card() -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def available() -> bool:
+    """True when a model card ships BOTH default models (so :func:`load_default_calculator` can work)."""
+    try:
+        card = model_card()
+    except FileNotFoundError:
+        return False
+    return bool(card.get("force_field")) and bool(card.get("born_model"))
+
+
 def _checked_file(entry: dict[str, Any]) -> Path:
     path = models_dir() / entry["file"]
     if not path.is_file():

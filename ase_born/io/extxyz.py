@@ -25,7 +25,6 @@ read back with ASE's reader.
 from __future__ import annotations
 
 import fcntl
-import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path

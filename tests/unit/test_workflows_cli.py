@@ -111,7 +111,7 @@ def _defaults_installed() -> bool:
         return False
     from ase_born import defaults
 
-    return (defaults.models_dir() / defaults.CARD_NAME).is_file()
+    return defaults.available()
 
 
 @pytest.mark.skipif(_defaults_installed(), reason="default models are installed")
