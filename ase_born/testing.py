@@ -244,6 +244,17 @@ def assert_born_permutation_equivariant(
 # ---------------------------------------------------------------------------
 
 
+def spring_constants_per_atom(reference: Atoms, spring_constants: Any) -> np.ndarray:
+    """κ per atom, ``shape=(n_atoms,)`` (eV/Å²), from a float, a per-atom array or a dict symbol -> κ."""
+    if isinstance(spring_constants, dict):
+        syms = reference.get_chemical_symbols()
+        missing = sorted(set(syms) - set(spring_constants))
+        if missing:
+            raise ValueError(f"no spring constant for species {missing}")
+        return np.array([spring_constants[s] for s in syms], dtype=float)
+    return np.broadcast_to(np.asarray(spring_constants, dtype=float), (len(reference),)).copy()
+
+
 class SpringsToSites(Calculator):
     """Isotropic springs tying each atom to its reference site (an Einstein crystal).
 
@@ -269,17 +280,7 @@ class SpringsToSites(Calculator):
             raise ValueError("SpringsToSites needs a reference with a non-singular 3D cell")
         self.numbers = reference.numbers.copy()
         self.scaled = reference.get_scaled_positions(wrap=False)
-        if isinstance(spring_constants, dict):
-            syms = reference.get_chemical_symbols()
-            missing = sorted(set(syms) - set(spring_constants))
-            if missing:
-                raise ValueError(f"no spring constant for species {missing}")
-            kappa = np.array([spring_constants[s] for s in syms], dtype=float)
-        else:
-            kappa = np.broadcast_to(
-                np.asarray(spring_constants, dtype=float), (len(reference),)
-            ).copy()
-        self.kappa = kappa
+        self.kappa = spring_constants_per_atom(reference, spring_constants)
         self.ncalls = 0
 
     def force_constants(self) -> np.ndarray:

@@ -38,6 +38,7 @@ from ase_born import physics
 from ase_born.calculators.base import BornChargeModel
 from ase_born.calculators.born import FixedBornCharges
 from ase_born.conventions import EPSILON0
+from ase_born.testing import spring_constants_per_atom
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -51,11 +52,6 @@ STANDIN_SPRINGS = {"Ca": 1.5, "Ti": 3.5, "O": 2.25}
 #: elastic moduli (GPa) of the CaTiO3 stand-in (order of magnitude of CaTiO3)
 STANDIN_BULK_MODULUS_GPA = 170.0
 STANDIN_SHEAR_MODULUS_GPA = 100.0
-
-
-def _fractional_min_image(positions: np.ndarray, cell: np.ndarray, scaled0: np.ndarray, pbc):
-    """``u = R − s0·h`` reduced to the minimum image along periodic axes; also the shifts."""
-    return physics.minimum_image_displacements(positions, cell, scaled0, pbc)
 
 
 class HarmonicCrystal(Calculator):
@@ -112,14 +108,7 @@ class HarmonicCrystal(Calculator):
         if (force_constants is None) == (spring_constants is None):
             raise ValueError("give exactly one of force_constants and spring_constants")
         if spring_constants is not None:
-            if isinstance(spring_constants, dict):
-                syms = reference.get_chemical_symbols()
-                missing = sorted(set(syms) - set(spring_constants))
-                if missing:
-                    raise ValueError(f"no spring constant for species {missing}")
-                kappa = np.array([spring_constants[s] for s in syms], dtype=float)
-            else:
-                kappa = np.broadcast_to(np.asarray(spring_constants, dtype=float), (n,)).copy()
+            kappa = spring_constants_per_atom(reference, spring_constants)
             phi = np.kron(np.diag(kappa), np.eye(3))
         else:
             phi = physics.force_constants_to_matrix(force_constants).copy()
@@ -161,7 +150,7 @@ class HarmonicCrystal(Calculator):
                 "HarmonicCrystal: atoms do not match the reference (count or species order)"
             )
         h = np.asarray(atoms.cell.array, dtype=float)
-        u, _ = _fractional_min_image(atoms.positions, h, self.scaled, atoms.pbc)
+        u, _ = physics.minimum_image_displacements(atoms.positions, h, self.scaled, atoms.pbc)
         phiu = (self.phi @ u.reshape(-1)).reshape(-1, 3)
         e = 0.5 * float(np.sum(u * phiu))
         vol = abs(float(np.linalg.det(h)))
