@@ -233,6 +233,35 @@ def _fmt(row: dict) -> str:
     return s
 
 
+def machine_info(load_before: list[float], dft_paused: bool, torch_threads: int | None = None) -> dict:
+    """The ``machine`` block every bench JSON records (load before/after, DFT paused or not)."""
+    import os
+    import platform
+
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads() if torch_threads is None else torch_threads,
+        "load_average_before": load_before,
+        "load_average_after": list(os.getloadavg()),
+        "dft_paused": bool(dft_paused),
+        "note": "shared 2-core VM with a nice'd MACE training job and other users",
+    }
+
+
+def write_result(path: str | Path, info: dict, script: str, argv: list[str] | None) -> None:
+    """Add the reproducing command and the date to ``info`` and write it as JSON."""
+    import datetime
+    import json
+
+    info["command"] = f"python bench/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    info["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=1))
+    print(f"# wrote {path}")
+
+
 def _dft(action: str) -> None:
     script = REPO / "scripts" / "dft_pause.sh"
     if script.is_file():

@@ -28,10 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -41,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_equivar import _dft, _median_time, supercell_repeat
+from bench_equivar import _dft, _median_time, machine_info, supercell_repeat, write_result
 
 from ase_born import __version__
 from ase_born.dft.sampler import cubic_catio3, pnma_catio3
@@ -141,28 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         info = {
             "benchmark": "Equivar forward, tp_impl fast vs stock e3nn TensorProduct, same weights and graph",
             "results": rows,
-            "machine": {
-                "platform": platform.platform(),
-                "cpu_count": os.cpu_count(),
-                "torch_threads": args.threads,
-                "load_average_before": load_before,
-                "load_average_after": list(os.getloadavg()),
-                "dft_paused": bool(args.pause_dft),
-                "note": "shared 2-core VM with a nice'd MACE training job and other users",
-            },
+            "machine": machine_info(load_before, args.pause_dft, torch_threads=args.threads),
             "versions": {
                 "ase_born": __version__,
                 "torch": str(torch.__version__),
                 "e3nn": E3NN_VERSION,
             },
-            "command": "python bench/bench_equivar_impl.py "
-            + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(info, indent=1))
-        print(f"# wrote {path}")
+        write_result(args.out, info, "bench_equivar_impl.py", argv)
     finally:
         if args.pause_dft:
             _dft("cont")

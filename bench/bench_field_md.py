@@ -42,10 +42,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import signal
 import sys
 import time
@@ -60,7 +57,7 @@ from ase import units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-from bench_equivar import _dft
+from bench_equivar import _dft, machine_info, write_result
 
 from ase_born import BornFieldCalculator, __version__
 from ase_born.calculators.equivar import EquivarCalculator
@@ -271,24 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             "timing": rows,
             "p_error": {"n_atoms": args.error_atoms, "rows": errors},
             "device": args.device,
-            "machine": {
-                "platform": platform.platform(),
-                "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(),
-                "load_average_before": load_before,
-                "load_average_after": list(os.getloadavg()),
-                "dft_paused": bool(args.pause_dft),
-                "note": "shared 2-core VM with a nice'd MACE training job and other users",
-            },
+            "machine": machine_info(load_before, args.pause_dft),
             "versions": {"ase_born": __version__, "torch": str(torch.__version__)},
-            "command": "python bench/bench_field_md.py "
-            + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(info, indent=1))
-        print(f"# wrote {path}")
+        write_result(args.out, info, "bench_field_md.py", argv)
     finally:
         if args.pause_dft:
             _dft("cont")

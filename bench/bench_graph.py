@@ -35,10 +35,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -49,7 +46,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_equivar import _dft, supercell_repeat
+from bench_equivar import _dft, machine_info, supercell_repeat, write_result
 
 from ase_born import __version__
 from ase_born.dft.sampler import pnma_catio3
@@ -224,24 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             "r_min": DEFAULT_R_MIN,
             "vs_baseline": vs,
             "scaling": sc,
-            "machine": {
-                "platform": platform.platform(),
-                "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(),
-                "load_average_before": load_before,
-                "load_average_after": list(os.getloadavg()),
-                "dft_paused": bool(args.pause_dft),
-                "note": "shared 2-core VM with a nice'd MACE training job and other users",
-            },
+            "machine": machine_info(load_before, args.pause_dft),
             "versions": {"ase_born": __version__, "torch": str(torch.__version__)},
-            "command": "python bench/bench_graph.py "
-            + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(info, indent=1))
-        print(f"# wrote {path}")
+        write_result(args.out, info, "bench_graph.py", argv)
     finally:
         if args.pause_dft:
             _dft("cont")
