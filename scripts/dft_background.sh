@@ -7,7 +7,7 @@ set -u
 cd "$(dirname "$0")/.."
 mkdir -p dft_runs
 echo $$ > dft_runs/background.pid
-# 1) the first structures of each kind, 2) the convergence study, 3) the rest of the plan
-ase-born dft run --only cubic5_0000 tilt10_0000 cubic5_0001 --ranks 2
+# 1) the convergence study (resumes point by point; done points are skipped at once),
+# 2) the plan, in its order (every structure type represented early)
 ase-born dft converge --ranks 2
 ase-born dft run --ranks 2
