@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Physics checks of the shipped MACE force field (issue: embedded default models).
+
+Runs in the project's environment on CPU::
+
+    nice -n 5 python scripts/distill_mace/validate_physics.py --threads 1
+
+and writes ``data/models/mace_catio3_validation.json`` (plus the MD log as CSV in
+``runs/mace_validation/``).  Three checks:
+
+``pnma``
+    Pnma CaTiO3 relaxed (cell + positions, FrechetCellFilter + BFGS, fmax 1e-3 eV/Å, float64),
+    lattice parameters vs experiment, then phonopy Γ frequencies from finite displacements in
+    the 20-atom cell (a displacement in the primitive cell is a Γ-point perturbation, so these
+    Γ frequencies are exact for the model).  A local minimum has three acoustic ≈ 0 and every
+    optical frequency real (phonopy prints imaginary frequencies as negative numbers).
+``cubic``
+    Ideal cubic CaTiO3 at the model's cubic lattice constant, phonopy with a 2x2x2 supercell
+    (commensurate with X, M and R, so the frequencies there are exact for the model):
+    frequencies at Γ, X, M, R.  The octahedral-tilt instabilities appear as imaginary modes at
+    R (a−a−a− tilts) and M (a0a0c+ tilts).
+``npt``
+    ASE's ``MTKNPT`` (Martyna–Tobias–Klein, full 3×3 cell, deterministic Nosé–Hoover chains, so
+    a conserved energy exists) at 1800 K and 0 GPa on a 160-atom Pnma 2x2x2 supercell
+    (axes: a 2x, b 2x, c 2x of the 20-atom cell; b is the long Pnma axis).  Logged: T, P,
+    volume, the shortest interatomic distance, NaN checks and the drift of
+    ``get_conserved_energy()`` (linear fit, meV/atom/ps, and max excursion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+
+EXPERIMENT_PNMA_ABC = (5.4423, 7.6401, 5.3796)
+TEACHER_PNMA_ABC = (5.506, 7.694, 5.406)  # SevenNet-0, measured in the distillation (issue text)
+SPECIAL_POINTS_CUBIC = {"Gamma": (0, 0, 0), "X": (0.5, 0, 0), "M": (0.5, 0.5, 0), "R": (0.5, 0.5, 0.5)}
+
+
+def _phonopy(atoms: Atoms, calc, supercell: tuple[int, int, int], distance: float = 0.01):
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    unit = PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=atoms.cell[:],
+                        scaled_positions=atoms.get_scaled_positions())
+    ph = Phonopy(unit, supercell_matrix=np.diag(supercell), primitive_matrix=None)
+    ph.generate_displacements(distance=distance)
+    forces = []
+    for sc in ph.supercells_with_displacements:
+        a = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+        a.calc = calc
+        forces.append(a.get_forces())
+    ph.forces = np.array(forces)
+    ph.produce_force_constants()
+    ph.symmetrize_force_constants()
+    return ph, len(forces)
+
+
+def check_pnma(calc) -> dict:
+    from ase_born.dft.sampler import pnma_catio3
+    from ase_born.workflows.harmonic import relax
+
+    atoms = pnma_catio3()
+    t0 = time.perf_counter()
+    res = relax(atoms, calc, fmax=1e-3, steps=1000, relax_cell=True)
+    abc = atoms.cell.cellpar()[:3]
+    ph, ndisp = _phonopy(atoms, calc, (1, 1, 1))
+    freqs = np.sort(ph.get_frequencies((0, 0, 0)))
+    optical = freqs[3:]
+    return {
+        "relax": res,
+        "abc_A": abc.tolist(),
+        "angles_deg": atoms.cell.cellpar()[3:].tolist(),
+        "abc_rel_err_vs_experiment_pct": (100 * (abc / np.array(EXPERIMENT_PNMA_ABC) - 1)).tolist(),
+        "abc_rel_err_vs_teacher_pct": (100 * (abc / np.array(TEACHER_PNMA_ABC) - 1)).tolist(),
+        "gamma_frequencies_THz": freqs.tolist(),
+        "acoustic_THz": freqs[:3].tolist(),
+        "lowest_optical_THz": float(optical.min()),
+        "local_minimum": bool(optical.min() > 0 and np.all(np.abs(freqs[:3]) < 0.2)),
+        "n_displacements": ndisp,
+        "time_s": time.perf_counter() - t0,
+    }
+
+
+def cubic_lattice_constant(calc) -> float:
+    """Minimum of a cubic fit of E(a) of ideal cubic CaTiO3 (same fit as evaluate.py)."""
+    from ase_born.dft.sampler import cubic_catio3
+
+    grid = np.linspace(3.80, 3.98, 10)
+    energies = []
+    for a in grid:
+        c = cubic_catio3(a)
+        c.calc = calc
+        energies.append(c.get_potential_energy())
+    p = np.polyfit(grid, energies, 3)
+    roots = [r.real for r in np.roots(np.polyder(p)) if abs(r.imag) < 1e-12 and 3.7 < r.real < 4.1]
+    if not roots:
+        raise RuntimeError("no minimum of E(a) between 3.7 and 4.1 Å")
+    return float(min(roots, key=lambda r: np.polyval(p, r)))
+
+
+def check_cubic(calc) -> dict:
+    from ase_born.dft.sampler import cubic_catio3
+
+    t0 = time.perf_counter()
+    a = cubic_lattice_constant(calc)
+    ph, ndisp = _phonopy(cubic_catio3(a), calc, (2, 2, 2))
+    points = {}
+    for name, q in SPECIAL_POINTS_CUBIC.items():
+        f = np.sort(ph.get_frequencies(q))
+        points[name] = {"q": list(q), "frequencies_THz": f.tolist(), "lowest_THz": float(f.min()),
+                        "n_imaginary": int(np.sum(f < -0.1))}
+    return {
+        "a_A": a,
+        "points": points,
+        "tilt_instability_R": points["R"]["lowest_THz"] < 0,
+        "tilt_instability_M": points["M"]["lowest_THz"] < 0,
+        "teacher_R_M_THz": [-5.9, -5.7],
+        "n_displacements": ndisp,
+        "time_s": time.perf_counter() - t0,
+    }
+
+
+def min_distance(atoms: Atoms) -> float:
+    from vesin import NeighborList
+
+    nl = NeighborList(cutoff=3.0, full_list=False)
+    (d,) = nl.compute(points=atoms.positions, box=atoms.cell[:], periodic=True, quantities="d")
+    return float(d.min()) if len(d) else float("inf")
+
+
+def check_npt(calc, temperature_K: float, steps: int, timestep_fs: float, log_every: int,
+              csv: Path, seed: int = 0) -> dict:
+    from ase.md.nose_hoover_chain import MTKNPT
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from tqdm import tqdm
+
+    from ase_born.dft.sampler import pnma_catio3
+
+    atoms = pnma_catio3().repeat((2, 2, 2))
+    atoms.calc = calc
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+    Stationary(atoms)
+    dyn = MTKNPT(atoms, timestep=timestep_fs * units.fs, temperature_K=temperature_K, pressure_au=0.0,
+                 tdamp=100 * units.fs, pdamp=1000 * units.fs)
+    rows = []
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with csv.open("w") as fh:
+        fh.write("step,time_ps,T_K,P_GPa,volume_A3,min_dist_A,conserved_eV,a_A,b_A,c_A\n")
+        for step in tqdm(range(steps + 1), desc=f"MTK NpT {temperature_K:.0f} K", mininterval=10):
+            if step:
+                dyn.run(1)
+            if step % log_every:
+                continue
+            pos_ok = bool(np.all(np.isfinite(atoms.positions)))
+            row = {
+                "step": step, "time_ps": step * timestep_fs / 1000,
+                "T_K": float(atoms.get_temperature()),
+                "P_GPa": float(-np.trace(atoms.get_stress(voigt=False)) / 3 / units.GPa),
+                "volume_A3": float(atoms.get_volume()),
+                "min_dist_A": min_distance(atoms) if pos_ok else float("nan"),
+                "conserved_eV": float(dyn.get_conserved_energy()),
+                **dict(zip(("a_A", "b_A", "c_A"), (atoms.cell.cellpar()[:3] / 2).tolist())),
+            }
+            rows.append(row)
+            fh.write(",".join(f"{row[k]:.8g}" for k in row) + "\n")
+            fh.flush()
+            if not pos_ok or not np.isfinite(row["conserved_eV"]):
+                break
+    wall = time.perf_counter() - t0
+    t = np.array([r["time_ps"] for r in rows])
+    h = np.array([r["conserved_eV"] for r in rows]) / len(atoms) * 1000.0  # meV/atom
+    equil = t >= min(1.0, t[-1] / 2)  # drift after the first ps (thermostat/barostat settling)
+    slope = float(np.polyfit(t[equil], h[equil], 1)[0]) if equil.sum() > 2 else float("nan")
+    finite = all(np.isfinite([r[k] for r in rows for k in r]).tolist())
+    later = [r for r in rows if r["time_ps"] >= 1.0]
+    return {
+        "n_atoms": len(atoms), "supercell_of_pnma20": [2, 2, 2],
+        "temperature_K": temperature_K, "timestep_fs": timestep_fs, "steps_done": rows[-1]["step"],
+        "simulated_ps": float(t[-1]), "finite": finite,
+        "min_distance_A": float(np.nanmin([r["min_dist_A"] for r in rows])),
+        "mean_T_K_after_1ps": float(np.mean([r["T_K"] for r in later])) if later else None,
+        "mean_P_GPa_after_1ps": float(np.mean([r["P_GPa"] for r in later])) if later else None,
+        "mean_pseudo_abc_half_A": (np.mean([[r["a_A"], r["b_A"], r["c_A"]] for r in later], axis=0).tolist()
+                                   if later else None),
+        "conserved_drift_meV_per_atom_per_ps": slope,
+        "conserved_max_excursion_meV_per_atom": float(h.max() - h.min()),
+        "stable": bool(finite and rows[-1]["step"] == steps
+                       and np.nanmin([r["min_dist_A"] for r in rows]) > 1.5),
+        "wall_s": wall, "ms_per_step": 1000 * wall / max(rows[-1]["step"], 1),
+        "log_csv": str(csv),
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="data/models/mace_catio3_validation.json")
+    ap.add_argument("--checks", nargs="+", default=["pnma", "cubic", "npt"], choices=["pnma", "cubic", "npt"])
+    ap.add_argument("--temperature-K", type=float, default=1800.0)
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--timestep-fs", type=float, default=2.0)
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--md-dtype", default="float32", help="MACE dtype for the MD (phonons always float64)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ase_born.defaults import load_force_field, model_card
+
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result["model"] = {k: model_card()["force_field"][k] for k in ("file", "sha256")}
+    result["command"] = "python scripts/distill_mace/validate_physics.py " + " ".join(argv or [])
+
+    def save():
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(out)
+
+    if {"pnma", "cubic"} & set(args.checks):
+        calc64 = load_force_field(args.device, "float64")
+        if "pnma" in args.checks:
+            result["pnma"] = check_pnma(calc64)
+            save()
+            print(json.dumps({k: result["pnma"][k] for k in ("abc_A", "acoustic_THz", "lowest_optical_THz",
+                                                             "local_minimum")}))
+        if "cubic" in args.checks:
+            result["cubic"] = check_cubic(calc64)
+            save()
+            print(json.dumps({n: p["lowest_THz"] for n, p in result["cubic"]["points"].items()}))
+    if "npt" in args.checks:
+        calc = load_force_field(args.device, args.md_dtype)
+        result["npt"] = check_npt(calc, args.temperature_K, args.steps, args.timestep_fs, args.log_every,
+                                  Path("runs/mace_validation") / f"npt_{args.temperature_K:.0f}K.csv")
+        result["npt"]["md_dtype"] = args.md_dtype
+        save()
+        print(json.dumps({k: v for k, v in result["npt"].items() if k != "log_csv"}))
+
+
+if __name__ == "__main__":
+    main()
