@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--ranks", type=int, default=2)
     pc.add_argument("--nice", type=int, default=19)
     pc.add_argument("--table", action="store_true", help="only print the markdown table of existing results")
+    pc.add_argument("--export-frame", nargs=2, metavar=("LABEL", "EXTXYZ"),
+                    help="append a finished point as a training frame (structure_id conv_cubic) and exit")
     pc.set_defaults(func=_converge)
 
     ps = dsub.add_parser("status", help="summarise what exists")
@@ -104,8 +106,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _converge(args: argparse.Namespace) -> int:
-    from ase_born.dft.convergence import markdown_table, run_convergence
+    from ase_born.dft.convergence import export_frame, markdown_table, run_convergence
 
+    if args.export_frame:
+        label, out = args.export_frame
+        export_frame(label, out, args.workdir, args.output)
+        print(f"appended convergence point {label} to {out}")
+        return 0
     if args.table:
         res = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
     else:

@@ -1,0 +1,88 @@
+"""Convergence study bookkeeping: error analysis, resume, table, export of a point as a frame."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ase_born.dft import convergence as conv
+from ase_born.io.abinit import read_abinit_output
+from ase_born.io.extxyz import get_born_charges, read_frames
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "abinit"
+
+
+def _point(axis, ecut, kmesh, zscale=1.0, eps=6.0):
+    z = np.zeros((5, 3, 3))
+    for k, d in enumerate([2.5, 7.0, -5.6, -2.0, -2.0]):
+        z[k] = np.eye(3) * d * zscale
+    return {"axis": axis, "settings": {"ecut_Ha": ecut}, "kmesh": kmesh,
+            "born_effective_charges": z.tolist(), "epsilon_inf": (np.eye(3) * eps).tolist(),
+            "acoustic_sum": (np.eye(3) * 0.1 * (50 - ecut) / 10).tolist(),
+            "wall_s": {"gs": 60.0, "ddk": 60.0, "efield": 120.0}}
+
+
+def test_analyse_errors_against_most_converged_point():
+    points = {
+        "ecut30_k4": _point("ecut", 30.0, [4, 4, 4], zscale=1.02, eps=6.3),
+        "ecut50_k4": _point("ecut", 50.0, [4, 4, 4]),
+        "ecut30_k3": _point("kpts", 30.0, [3, 3, 3], zscale=0.99),
+        "ecut30_k6": _point("kpts", 30.0, [6, 6, 6], zscale=1.0),
+    }
+    an = conv.analyse(points)
+    assert an["ecut30_k4"]["reference"] == "ecut50_k4"
+    assert an["ecut30_k4"]["max_rel_err_Z_diag"] == pytest.approx(0.02)
+    assert an["ecut30_k4"]["max_abs_err_Z"] == pytest.approx(0.02 * 7.0)
+    assert an["ecut30_k4"]["max_rel_err_eps_diag"] == pytest.approx(0.05)
+    assert an["ecut50_k4"]["max_rel_err_Z_diag"] == 0.0
+    # k axis at 30 Ha: reference is the densest mesh; ecut30_k4 is also on that axis
+    assert an["ecut30_k3@k"]["reference"] == "ecut30_k6"
+    assert an["ecut30_k3@k"]["max_rel_err_Z_diag"] == pytest.approx(0.01)
+    assert an["ecut30_k4@k"]["max_rel_err_Z_diag"] == pytest.approx(0.02)
+    assert an["ecut30_k4"]["max_abs_asr_violation_e"] == pytest.approx(0.2)
+    assert an["ecut30_k4"]["wall_min"] == 4.0
+    table = conv.markdown_table({"points": points, "analysis": an})
+    assert "| ecut30_k4 (vs ecut50_k4) | 30 | 4x4x4 | 2.00% |" in table
+    assert "| ecut30_k3 (vs ecut30_k6) | 30 | 3x3x3 | 1.00% |" in table
+
+
+def test_run_resumes_and_exports_a_point_as_frame(tmp_path):
+    structure = read_abinit_output(DATA / "gs.abo")  # the committed real output's own cell
+    calls = []
+
+    def fake_runner(atoms, settings, directory, ranks, timeout_s, nice):
+        calls.append(settings.ecut_Ha)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("gs.abo", "efield.abo"):
+            shutil.copy(DATA / name, directory / name)
+        return {"gs": 1.0, "ddk": 2.0, "efield": 3.0}
+
+    grid = conv.DEFAULT_GRID[:2]
+    out, work = tmp_path / "convergence.json", tmp_path / "conv"
+    res = conv.run_convergence(work, out, grid=grid[:1], runner=fake_runner, structure=structure, log=lambda m: None)
+    assert list(res["points"]) == [grid[0][1]] and len(calls) == 1
+    res = conv.run_convergence(work, out, grid=grid, runner=fake_runner, structure=structure, log=lambda m: None)
+    assert len(calls) == 2 and list(res["points"]) == [g[1] for g in grid]  # first point not rerun
+    assert json.loads(out.read_text())["points"][grid[1][1]]["wall_s"]["efield"] == 3.0
+
+    xyz = tmp_path / "frames.extxyz"
+    frame = conv.export_frame(grid[0][1], xyz, work, out, structure=structure)
+    (back,) = read_frames(xyz)
+    ref = read_abinit_output(DATA / "gs.abo", DATA / "efield.abo")
+    np.testing.assert_array_equal(get_born_charges(back), get_born_charges(ref))
+    assert back.info["structure_id"] == "conv_cubic" and back.info["split"] == "train"
+    assert back.info["convergence_point"] == grid[0][1]
+    assert json.loads(back.info["dft_settings"])["ecut_Ha"] == grid[0][2]["ecut_Ha"]
+    assert back.get_potential_energy() == pytest.approx(frame.get_potential_energy())
+    with pytest.raises(KeyError, match="not finished"):
+        conv.export_frame("ecut99_k9", xyz, work, out, structure=structure)
+
+
+def test_convergence_structure_is_ideal_cubic():
+    import spglib
+
+    a = conv.convergence_structure()
+    cell = (a.cell[:], a.get_scaled_positions(), a.numbers)
+    assert spglib.get_spacegroup(cell, symprec=1e-5) == "Pm-3m (221)"
