@@ -60,3 +60,15 @@ def test_default_calculator_needs_born_model(card):
     else:
         with pytest.raises(FileNotFoundError, match="no default Born-charge model"):
             defaults.load_default_calculator(device="cpu")
+
+
+def test_pressure_correction_from_card(card, tmp_path, monkeypatch):
+    corr = (card.get("force_field") or {}).get("pressure_correction_GPa")
+    expected = 0.0 if corr is None else corr["value"]
+    assert defaults.default_pressure_GPa() == expected
+    # a card without the entry (e.g. a user's own force field): no correction
+    (tmp_path / "models").mkdir()
+    ff = {k: v for k, v in card["force_field"].items() if k != "pressure_correction_GPa"}
+    (tmp_path / "models" / "defaults.json").write_text(json.dumps({**card, "force_field": ff}))
+    monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path))
+    assert defaults.default_pressure_GPa() == 0.0
