@@ -68,6 +68,10 @@ class TrainConfig:
         Extra TEST frames (all frames of this file are TEST, whatever their tag).
     val_fraction : float
         Fraction of the non-TEST structure IDs used for validation (paper: 0.2).
+        ``0``: final fit on ALL non-TEST structures with no held-out validation (for a
+        dataset too small to hold any out, or a refit once hyperparameters are fixed);
+        the "validation" metrics are then training-set metrics, the best checkpoint is the
+        lowest training-set MAE, and ``splits.json`` / ``metrics.json`` say so.
     folds : int
         k-fold cross-validation over the non-TEST structure IDs (1 = off). Each fold
         trains in ``<out>/fold_<i>`` and ``<out>/metrics.json`` summarises them.
@@ -185,8 +189,10 @@ class TrainConfig:
         _choice("dtype", self.dtype, DTYPES)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("tp_impl", self.tp_impl, TP_IMPLS)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_fraction == 0.0 and (self.val_file is not None or self.folds > 1):
+            raise ValueError("val_fraction 0 (final fit, no held-out validation) excludes val_file and folds > 1")
         for name in ("epochs", "batch_size", "checkpoint_every", "folds"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

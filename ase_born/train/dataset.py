@@ -437,6 +437,13 @@ def load_splits(
                 raise DatasetError(
                     f"no non-TEST frames in {list(map(str, train_files))} (all frames have info['split'] == 'test')"
                 )
+            if val_fraction == 0.0:  # final fit: no held-out validation (config docs)
+                train = BornDataset(pool)
+                if len(train) == 0:
+                    raise DatasetError("the training set is empty")
+                test_ds = BornDataset(test) if test else None
+                _check_disjoint({"train": train, "test": test_ds})
+                return DataSplits(train, train, test_ds)
             tr, va = split_by_structure(ids, val_fraction, seed)
         train, val = BornDataset([pool[i] for i in tr]), BornDataset([pool[i] for i in va])
     if len(train) == 0:

@@ -105,3 +105,20 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--split", "nonsense", "m.pt", "d.extxyz"])
     capsys.readouterr()
+
+
+def test_final_fit_without_held_out_validation(tmp_path, monkeypatch):
+    """val_fraction 0: every non-TEST structure trains; metrics/splits say val = train."""
+    from ase_born.train import train
+
+    monkeypatch.chdir(REPO)
+    cfg = TrainConfig.from_yaml(TINY_YAML)
+    cfg = TrainConfig(**{**cfg.to_dict(), "val_fraction": 0.0, "epochs": 2, "out": str(tmp_path / "ff"),
+                         "plots": False, "progress": False})
+    train(cfg)
+    splits = json.loads((tmp_path / "ff" / "splits.json").read_text())
+    assert splits["val_is_train"] and splits["val"] == splits["train"]
+    frames = read_frames(DATA)
+    n_non_test = len({a.info["structure_id"] for a in frames if a.info["split"] != "test"})
+    metrics = json.loads((tmp_path / "ff" / "metrics.json").read_text())
+    assert metrics["val_is_train"] and metrics["n_train"] == metrics["n_val"] == n_non_test

@@ -173,6 +173,16 @@ def test_separate_test_and_val_files(tmp_path):
     assert s.test.structure_ids == ["tagged", "te0", "te1", "te2"]
 
 
+def test_final_fit_val_fraction_zero_trains_on_all_non_test(tmp_path):
+    tr = tmp_path / "tr.extxyz"
+    write_frames(tr, [_frame("a", seed=1), _frame("b", seed=2), _frame("t", split="test", seed=3)])
+    s = load_splits([tr], val_fraction=0.0)
+    assert s.train.structure_ids == ["a", "b"] and s.val is s.train  # no held-out validation
+    assert s.test.structure_ids == ["t"]
+    with pytest.raises(ValueError, match="excludes val_file"):
+        TrainConfig(val_fraction=0.0, val_file="v.extxyz")
+
+
 # ---------------------------------------------------------------- config
 def test_config_yaml_round_trip(tmp_path):
     cfg = TrainConfig(
@@ -203,6 +213,7 @@ def test_config_yaml_round_trip(tmp_path):
         ({"loss": "l2"}, "loss must be one of"),
         ({"lr_schedule": "step"}, "lr_schedule"),
         ({"val_fraction": 1.0}, "val_fraction"),
+        ({"val_fraction": -0.1}, "val_fraction"),
         ({"model": "BM3"}, "unknown preset"),
         ({"model": {"int_num_feet": 8}}, "unknown EquivarConfig keys"),
         ({"ema_decay": 1.5}, "ema_decay"),
