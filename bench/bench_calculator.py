@@ -28,26 +28,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase.spacegroup import crystal
 
 from ase_born import BornFieldCalculator, FixedBornCharges
+from ase_born.models.benchmark import catio3_pnma
 
 SIZES = {160: (2, 2, 2), 1280: (4, 4, 4)}
 OUT = Path(__file__).resolve().parent / "results" / "bench_calculator.json"
-
-
-def catio3_pnma():
-    return crystal(
-        ["Ca", "Ti", "O", "O"],
-        basis=[
-            (0.03442, 0.25, 0.99349),
-            (0.5, 0.0, 0.0),
-            (0.48394, 0.25, 0.07113),
-            (0.28887, 0.03716, 0.71056),
-        ],
-        spacegroup=62,
-        cellpar=[5.4423, 7.6401, 5.3796, 90, 90, 90],
-    )
 
 
 def born_charges(atoms):

@@ -39,6 +39,7 @@ timings and ALWAYS resumes it (``... cont``) at the end, also on errors and SIGT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import itertools
 import json
@@ -49,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +251,14 @@ def machine_info(load_before: list[float], dft_paused: bool, torch_threads: int 
     }
 
 
+def versions(e3nn: bool = False) -> dict:
+    """The ``versions`` block of a bench JSON: ase_born and torch, and e3nn with ``e3nn``."""
+    out = {"ase_born": __version__, "torch": str(torch.__version__)}
+    if e3nn:
+        out["e3nn"] = E3NN_VERSION
+    return out
+
+
 def write_result(path: str | Path, info: dict, script: str, argv: list[str] | None) -> None:
     """Add the reproducing command and the date to ``info`` and write it as JSON."""
     import datetime
@@ -266,6 +276,27 @@ def _dft(action: str) -> None:
     script = REPO / "scripts" / "dft_pause.sh"
     if script.is_file():
         subprocess.run(["bash", str(script), action], check=False)
+
+
+@contextlib.contextmanager
+def dft_paused(pause: bool) -> Iterator[None]:
+    """Pause the background ABINIT job for the ``with`` block when ``pause`` is set.
+
+    ``scripts/dft_pause.sh stop`` before the block and ALWAYS ``... cont`` after it, also on
+    errors and on SIGTERM (turned into ``SystemExit``).  Without ``pause`` nothing happens.
+    """
+    if pause:
+
+        def _term(signum, frame):
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, _term)
+        _dft("stop")
+    try:
+        yield
+    finally:
+        if pause:
+            _dft("cont")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,14 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    if args.pause_dft:
-
-        def _term(signum, frame):
-            raise SystemExit(128 + signum)
-
-        signal.signal(signal.SIGTERM, _term)
-        _dft("stop")
-    try:
+    with dft_paused(args.pause_dft):
         for dev_name in devices:
             device = torch.device(dev_name)
             kind = device.type
@@ -336,11 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": torch.get_num_threads(),
                 "dtype": args.dtype,
                 "repeats": args.repeats,
-                "versions": {
-                    "ase_born": __version__,
-                    "torch": str(torch.__version__),
-                    "e3nn": E3NN_VERSION,
-                },
+                "versions": versions(e3nn=True),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "dft_paused": bool(args.pause_dft),
                 "paper": PAPER,
@@ -362,9 +382,6 @@ def main(argv: list[str] | None = None) -> int:
             path = out / f"bench_equivar_{kind}.json"
             path.write_text(json.dumps(info, indent=1))
             print(f"# wrote {path}")
-    finally:
-        if args.pause_dft:
-            _dft("cont")
     return 0
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import time
@@ -38,11 +37,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_equivar import _dft, _median_time, machine_info, supercell_repeat, write_result
+from bench_equivar import (
+    _median_time,
+    dft_paused,
+    machine_info,
+    supercell_repeat,
+    versions,
+    write_result,
+)
 
-from ase_born import __version__
 from ase_born.dft.sampler import cubic_catio3, pnma_catio3
-from ase_born.models._e3nn import E3NN_VERSION
 from ase_born.models.equivar import Equivar, preset
 from ase_born.models.graph import batch_from_atoms
 
@@ -116,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "bench_equivar_impl.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.pause_dft:
-
-        def _term(signum, frame):
-            raise SystemExit(128 + signum)
-
-        signal.signal(signal.SIGTERM, _term)
-        _dft("stop")
-    try:
+    with dft_paused(args.pause_dft):
         load_before = list(os.getloadavg())
         rows = []
         for name in args.models:
@@ -139,16 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "Equivar forward, tp_impl fast vs stock e3nn TensorProduct, same weights and graph",
             "results": rows,
             "machine": machine_info(load_before, args.pause_dft, torch_threads=args.threads),
-            "versions": {
-                "ase_born": __version__,
-                "torch": str(torch.__version__),
-                "e3nn": E3NN_VERSION,
-            },
+            "versions": versions(e3nn=True),
         }
         write_result(args.out, info, "bench_equivar_impl.py", argv)
-    finally:
-        if args.pause_dft:
-            _dft("cont")
     return 0
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -57,9 +56,9 @@ from ase import units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-from bench_equivar import _dft, machine_info, write_result
+from bench_equivar import dft_paused, machine_info, versions, write_result
 
-from ase_born import BornFieldCalculator, __version__
+from ase_born import BornFieldCalculator
 from ase_born.calculators.equivar import EquivarCalculator
 from ase_born.dft.sampler import pnma_catio3
 from ase_born.models.equivar import Equivar, preset
@@ -226,14 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "bench_field_md.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.pause_dft:
-
-        def _term(signum, frame):
-            raise SystemExit(128 + signum)
-
-        signal.signal(signal.SIGTERM, _term)
-        _dft("stop")
-    try:
+    with dft_paused(args.pause_dft):
         load_before = list(os.getloadavg())
         make_ff, ff_desc = mace_factory(args.mace_dtype, args.device)
         torch.manual_seed(0)
@@ -269,12 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             "p_error": {"n_atoms": args.error_atoms, "rows": errors},
             "device": args.device,
             "machine": machine_info(load_before, args.pause_dft),
-            "versions": {"ase_born": __version__, "torch": str(torch.__version__)},
+            "versions": versions(),
         }
         write_result(args.out, info, "bench_field_md.py", argv)
-    finally:
-        if args.pause_dft:
-            _dft("cont")
     return 0
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import time
@@ -46,9 +45,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_equivar import _dft, machine_info, supercell_repeat, write_result
+from bench_equivar import dft_paused, machine_info, supercell_repeat, versions, write_result
 
-from ase_born import __version__
 from ase_born.dft.sampler import pnma_catio3
 from ase_born.models.graph import (
     DEFAULT_R_MAX,
@@ -183,14 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    if args.pause_dft:
-
-        def _term(signum, frame):
-            raise SystemExit(128 + signum)
-
-        signal.signal(signal.SIGTERM, _term)
-        _dft("stop")
-    try:
+    with dft_paused(args.pause_dft):
         load_before = list(os.getloadavg())
         # the baseline at the largest baselined size is slow: fewer repeats there
         vs = bench_vs_baseline(args.sizes, args.baseline_max_atoms, args.repeats,
@@ -222,12 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             "vs_baseline": vs,
             "scaling": sc,
             "machine": machine_info(load_before, args.pause_dft),
-            "versions": {"ase_born": __version__, "torch": str(torch.__version__)},
+            "versions": versions(),
         }
         write_result(args.out, info, "bench_graph.py", argv)
-    finally:
-        if args.pause_dft:
-            _dft("cont")
     return 0
 
 

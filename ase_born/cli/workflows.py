@@ -56,13 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--equilibration-steps", type=int, help="steps at the first temperature (default 200)"
     )
-    p.add_argument(
-        "--timestep-fs",
-        "--timestep",
-        dest="timestep_fs",
-        type=float,
-        help="time step in fs (default 2)",
-    )
+    _timestep_option(p)
     p.add_argument(
         "--field-V-per-m",
         type=float,
@@ -103,13 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="switch-on steps not used by the finite-field estimator (default 60)",
     )
-    p.add_argument(
-        "--timestep-fs",
-        "--timestep",
-        dest="timestep_fs",
-        type=float,
-        help="time step in fs (default 2)",
-    )
+    _timestep_option(p)
     p.add_argument(
         "--field-V-per-m",
         type=float,
@@ -225,6 +213,17 @@ def _common(p: argparse.ArgumentParser, out: str, md_options: bool = True) -> No
         )
 
 
+def _timestep_option(p: argparse.ArgumentParser) -> None:
+    """``--timestep-fs`` (alias ``--timestep``) of the MD workflows."""
+    p.add_argument(
+        "--timestep-fs",
+        "--timestep",
+        dest="timestep_fs",
+        type=float,
+        help="time step in fs (default 2)",
+    )
+
+
 # ---------------------------------------------------------------------------- parsing helpers
 def parse_temperatures(text: str, *, ramp: bool = False) -> tuple[float, ...]:
     """``'300'``, ``'300,600'``, ``'300:1500:200'`` (inclusive) or, with ``ramp``, ``'300:1800'``."""
@@ -294,6 +293,69 @@ def _flag(v: Any, value: Any) -> Any:
     return value if v else None
 
 
+#: options of every MD workflow (``_common(..., md_options=True)``), same names as the config fields
+_MD_OPTIONS = ("seed", "mode", "born_update_every")
+
+
+def _config(
+    a: argparse.Namespace,
+    cls: Any,
+    preset: dict[str, Any],
+    same_name: tuple[str, ...],
+    /,
+    **values: Any,
+) -> Any:
+    """The workflow's config: its defaults, then ``preset`` with ``--paper``, then the options.
+
+    Parameters
+    ----------
+    a : argparse.Namespace
+        Parsed options.
+    cls : type
+        Config dataclass of the workflow.
+    preset : dict
+        The workflow's ``PAPER_PRESET``.
+    same_name : tuple of str
+        Options stored as they are in the config field of the same name (besides
+        ``--structure``, ``--supercell`` and ``--no-relax``, which every workflow has).
+    **values
+        The other config fields, converted from their options; ``None`` = not given.
+    """
+    explicit = {
+        "structure": a.structure,
+        "supercell": a.supercell,
+        "relax": _flag(a.no_relax, False),
+    }
+    explicit.update({name: getattr(a, name) for name in same_name})
+    explicit.update(values)
+    return _build(cls, preset if a.paper else None, explicit)
+
+
+def _run_workflow(
+    a: argparse.Namespace,
+    run: Any,
+    cfg: Any,
+    models: tuple[Any, Any, dict[str, Any]],
+    report: Any,
+    outputs: str,
+) -> int:
+    """Call ``run`` (a ``run_*`` workflow) with the models of :func:`_models`, print the report."""
+    ff, bm, info = models
+    res = run(
+        cfg,
+        ff,
+        bm,
+        a.out,
+        model_info=info,
+        device=a.device,
+        progress=not a.no_progress,
+        overwrite=a.overwrite,
+    )
+    print(report(res))
+    print(f"outputs in {a.out}: {outputs}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- commands
 def _heat(args: argparse.Namespace) -> int:
     def body(a: argparse.Namespace) -> int:
@@ -311,49 +373,37 @@ def _heat(args: argparse.Namespace) -> int:
             mag = None if a.field_V_per_m is None else float(field_from_V_per_m(a.field_V_per_m))
             vec = field_vector(mag, a.field_direction)
             field = None if vec is None else tuple(vec)
-        cfg = _build(
+        cfg = _config(
+            a,
             HeatingConfig,
-            PAPER_PRESET if a.paper else None,
-            {
-                "structure": a.structure,
-                "supercell": a.supercell,
-                "relax": _flag(a.no_relax, False),
-                "temperatures_K": parse_temperatures(a.temperatures, ramp=True)
-                if a.temperatures
-                else None,
-                "heating_rate_K_per_ps": a.heating_rate_K_per_ps,
-                "ramp_steps": a.steps,
-                "equilibration_steps": a.equilibration_steps,
-                "timestep_fs": a.timestep_fs,
-                "field_V_per_A": field,
-                "pressure_GPa": a.pressure_GPa,
-                "log_every": a.log_every,
-                "traj_every": a.traj_every,
-                "checkpoint_every": a.checkpoint_every,
-                "window_K": a.window_K,
-                "tilt_threshold_deg": a.tilt_threshold_deg,
-                "symprec": a.symprec,
-                "seed": a.seed,
-                "mode": a.mode,
-                "born_update_every": a.born_update_every,
-            },
+            PAPER_PRESET,
+            (
+                "heating_rate_K_per_ps",
+                "equilibration_steps",
+                "timestep_fs",
+                "pressure_GPa",
+                "log_every",
+                "traj_every",
+                "checkpoint_every",
+                "window_K",
+                "tilt_threshold_deg",
+                "symprec",
+                *_MD_OPTIONS,
+            ),
+            temperatures_K=parse_temperatures(a.temperatures, ramp=True)
+            if a.temperatures
+            else None,
+            ramp_steps=a.steps,
+            field_V_per_A=field,
         )
-        ff, bm, info = _models(a)
-        res = run_heating(
+        return _run_workflow(
+            a,
+            run_heating,
             cfg,
-            ff,
-            bm,
-            a.out,
-            model_info=info,
-            device=a.device,
-            progress=not a.no_progress,
-            overwrite=a.overwrite,
+            _models(a),
+            format_heating_report,
+            "heat_log.csv, trajectory.extxyz, heat_windows.csv, heat_phases.json, heat.png",
         )
-        print(format_heating_report(res))
-        print(
-            f"outputs in {a.out}: heat_log.csv, trajectory.extxyz, heat_windows.csv, heat_phases.json, heat.png"
-        )
-        return 0
 
     return _run(args, body)
 
@@ -368,39 +418,35 @@ def _dielectric(args: argparse.Namespace) -> int:
             run_dielectric,
         )
 
-        cfg = _build(
+        cfg = _config(
+            a,
             DielectricConfig,
-            PAPER_PRESET if a.paper else None,
-            {
-                "structure": a.structure,
-                "supercell": a.supercell,
-                "relax": _flag(a.no_relax, False),
-                "temperatures_K": parse_temperatures(a.temperatures) if a.temperatures else None,
-                "production_steps": a.steps,
-                "equilibration_steps": a.equilibration_steps,
-                "discard_steps": a.discard_steps,
-                "timestep_fs": a.timestep_fs,
-                "field_V_per_A": None
-                if a.field_V_per_m is None
-                else float(field_from_V_per_m(a.field_V_per_m)),
-                "plus_minus": a.plus_minus,
-                "correlated": _flag(a.independent, False),
-                "ensemble": a.ensemble,
-                "pressure_GPa": a.pressure_GPa,
-                "epsilon_inf": _floats(a.epsilon_inf, "--epsilon-inf") if a.epsilon_inf else None,
-                "total_epsilon": _flag(a.ionic_only, False),
-                "harmonic": _flag(a.no_harmonic, False),
-                "static_check": _flag(a.no_static_check, False),
-                "sample_every": a.sample_every,
-                "n_blocks": a.n_blocks,
-                "traj_every": a.traj_every,
-                "checkpoint_every": a.checkpoint_every,
-                "seed": a.seed,
-                "mode": a.mode,
-                "born_update_every": a.born_update_every,
-            },
+            PAPER_PRESET,
+            (
+                "equilibration_steps",
+                "discard_steps",
+                "timestep_fs",
+                "plus_minus",
+                "ensemble",
+                "pressure_GPa",
+                "sample_every",
+                "n_blocks",
+                "traj_every",
+                "checkpoint_every",
+                *_MD_OPTIONS,
+            ),
+            temperatures_K=parse_temperatures(a.temperatures) if a.temperatures else None,
+            production_steps=a.steps,
+            field_V_per_A=None
+            if a.field_V_per_m is None
+            else float(field_from_V_per_m(a.field_V_per_m)),
+            correlated=_flag(a.independent, False),
+            epsilon_inf=_floats(a.epsilon_inf, "--epsilon-inf") if a.epsilon_inf else None,
+            total_epsilon=_flag(a.ionic_only, False),
+            harmonic=_flag(a.no_harmonic, False),
+            static_check=_flag(a.no_static_check, False),
         )
-        ff, bm, info = _models(a)
+        models = _models(a)
         if (
             a.epsilon_inf is None
             and a.force_field is None
@@ -412,21 +458,14 @@ def _dielectric(args: argparse.Namespace) -> int:
             eps = default_epsilon_inf()  # ε∞ shipped with the default models
             if eps is not None:
                 cfg = cfg.replace(epsilon_inf=tuple(float(x) for x in np.ravel(eps)))
-        res = run_dielectric(
+        return _run_workflow(
+            a,
+            run_dielectric,
             cfg,
-            ff,
-            bm,
-            a.out,
-            model_info=info,
-            device=a.device,
-            progress=not a.no_progress,
-            overwrite=a.overwrite,
+            models,
+            format_report,
+            "dielectric.json, dielectric.csv, dielectric.png, md_*.csv, traj_*.extxyz",
         )
-        print(format_report(res))
-        print(
-            f"outputs in {a.out}: dielectric.json, dielectric.csv, dielectric.png, md_*.csv, traj_*.extxyz"
-        )
-        return 0
 
     return _run(args, body)
 
@@ -449,37 +488,24 @@ def _pe_curve(args: argparse.Namespace) -> int:
                 a.field_V_per_m if a.field_V_per_m is not None else 1e8,
                 a.n_fields if a.n_fields is not None else 11,
             )
-        cfg = _build(
+        cfg = _config(
+            a,
             PECurveConfig,
-            PAPER_PRESET if a.paper else None,
-            {
-                "structure": a.structure,
-                "supercell": a.supercell,
-                "relax": _flag(a.no_relax, False),
-                "fields_V_per_m": fields,
-                "directions": tuple(x for x in a.directions.split(",") if x)
-                if a.directions
-                else None,
-                "max_steps": a.steps,
-                "fmax_eV_per_A": a.fmax_eV_per_A,
-                "relax_cell": a.relax_cell,
-                "harmonic": _flag(a.no_harmonic, False),
-            },
+            PAPER_PRESET,
+            ("fmax_eV_per_A", "relax_cell"),
+            fields_V_per_m=fields,
+            directions=tuple(x for x in a.directions.split(",") if x) if a.directions else None,
+            max_steps=a.steps,
+            harmonic=_flag(a.no_harmonic, False),
         )
-        ff, bm, info = _models(a)
-        res = run_pe_curve(
+        return _run_workflow(
+            a,
+            run_pe_curve,
             cfg,
-            ff,
-            bm,
-            a.out,
-            model_info=info,
-            device=a.device,
-            progress=not a.no_progress,
-            overwrite=a.overwrite,
+            _models(a),
+            format_pe_report,
+            "pe_curve.csv, pe_curve.json, pe_curve.png, structures.extxyz",
         )
-        print(format_pe_report(res))
-        print(f"outputs in {a.out}: pe_curve.csv, pe_curve.json, pe_curve.png, structures.extxyz")
-        return 0
 
     return _run(args, body)
 

@@ -259,6 +259,34 @@ def prepare_reference(
     return unit, ref
 
 
+def reference_from_config(
+    rd: RunDirectory,
+    cfg: Any,
+    force_field: Any,
+    born_model: Any,
+    *,
+    relax_cell: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[Atoms, Atoms]:
+    """:func:`prepare_reference` with the structure and relaxation settings of a workflow config.
+
+    ``cfg`` gives ``structure``, ``supercell``, ``relax``, ``relax_fmax_eV_per_A``,
+    ``relax_steps`` and, unless ``relax_cell`` is given here, ``relax_cell``.
+    """
+    return prepare_reference(
+        rd,
+        structure=cfg.structure,
+        supercell=cfg.supercell,
+        force_field=force_field,
+        born_model=born_model,
+        relax=cfg.relax,
+        relax_cell=cfg.relax_cell if relax_cell is None else relax_cell,
+        fmax=cfg.relax_fmax_eV_per_A,
+        steps=cfg.relax_steps,
+        log=log,
+    )
+
+
 def make_field_calculator(
     force_field: Any,
     born_model: Any,
@@ -283,6 +311,72 @@ def make_field_calculator(
     )
 
 
+def md_atoms(
+    cfg: Any, force_field: Any, born_model: Any, reference: Atoms, device: str
+) -> tuple[Atoms, Any]:
+    """A copy of ``reference`` carrying a new field calculator set up as ``cfg`` says.
+
+    ``cfg`` gives ``mode``, ``born_update_every`` and ``allow_large_field``; the calculator's
+    reference is ``reference`` (:func:`make_field_calculator`).
+    """
+    atoms = reference.copy()
+    calc = make_field_calculator(
+        force_field,
+        born_model,
+        reference,
+        mode=cfg.mode,
+        born_update_every=cfg.born_update_every,
+        device=device,
+        allow_large_field=cfg.allow_large_field,
+    )
+    atoms.calc = calc
+    return atoms, calc
+
+
+def integrator_settings(cfg: Any, **settings: Any) -> dict[str, Any]:
+    """Keyword arguments of :func:`ase_born.workflows.md.make_integrator` from ``cfg``.
+
+    ``cfg`` gives ``timestep_fs``, ``pressure_GPa``, ``thermostat_time_fs`` and
+    ``barostat_time_fs``; ``settings`` adds the rest (temperature, ensemble, ...).
+    """
+    return {
+        "timestep_fs": cfg.timestep_fs,
+        "pressure_GPa": cfg.pressure_GPa,
+        "thermostat_time_fs": cfg.thermostat_time_fs,
+        "barostat_time_fs": cfg.barostat_time_fs,
+        **settings,
+    }
+
+
+def resume_md(atoms: Atoms, calc: Any, state: dict[str, Any], **integrator: Any) -> tuple[Any, int]:
+    """Restore a checkpointed MD run (the ``current`` entry written with :func:`md_state`).
+
+    Sets the atoms and the calculator's state (its saved reference and field, never
+    re-picked), builds the integrator from ``integrator`` (keyword arguments of
+    :func:`ase_born.workflows.md.make_integrator`) and restores its state, random numbers
+    included.
+
+    Returns
+    -------
+    dyn, step : integrator, int
+        The integrator and the number of steps already done.
+    """
+    md.restore_atoms(atoms, state["atoms"])
+    calc.set_state(state["calculator"])
+    dyn = md.make_integrator(atoms, rng=np.random.default_rng(0), **integrator)
+    md.restore_integrator_state(dyn, state["integrator"])
+    return dyn, int(state["step"])
+
+
+def md_state(atoms: Atoms, dyn: Any, calc: Any) -> dict[str, Any]:
+    """The exact restart state of an MD run: atoms, integrator and calculator."""
+    return {
+        "atoms": md.atoms_state(atoms),
+        "integrator": md.integrator_state(dyn),
+        "calculator": calc.get_state(),
+    }
+
+
 def write_frame(fh: Any, atoms: Atoms, info: dict[str, Any]) -> None:
     """Append one extxyz frame (positions, cell, momenta and ``info``; no calculator results)."""
     import ase.io
@@ -295,14 +389,7 @@ def write_frame(fh: Any, atoms: Atoms, info: dict[str, Any]) -> None:
 
 def save_state_file(rd: RunDirectory, name: str, atoms: Atoms, dyn: Any, calc: Any) -> None:
     """Atomic JSON snapshot of atoms + integrator + calculator state."""
-    rd.write_json(
-        name,
-        {
-            "atoms": md.atoms_state(atoms),
-            "integrator": md.integrator_state(dyn),
-            "calculator": calc.get_state(),
-        },
-    )
+    rd.write_json(name, md_state(atoms, dyn, calc))
 
 
 def load_state_file(rd: RunDirectory, name: str) -> dict[str, Any]:
@@ -350,11 +437,16 @@ __all__ = [
     "check_temperatures",
     "epsilon_inf_matrix",
     "field_vector",
+    "integrator_settings",
     "ionic_observables",
     "load_state_file",
     "make_field_calculator",
+    "md_atoms",
+    "md_state",
     "parse_direction",
     "prepare_reference",
+    "reference_from_config",
+    "resume_md",
     "save_state_file",
     "tensor_to_list",
     "write_frame",

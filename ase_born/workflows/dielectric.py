@@ -79,15 +79,19 @@ from ase_born.conventions import (
 )
 from ase_born.workflows import md
 from ase_born.workflows.common import (
-    open_run_directory,
-    resolve_fix_com,
     ConfigMixin,
     check_positive,
     check_temperatures,
     epsilon_inf_matrix,
+    integrator_settings,
     load_state_file,
     make_field_calculator,
-    prepare_reference,
+    md_atoms,
+    md_state,
+    open_run_directory,
+    reference_from_config,
+    resolve_fix_com,
+    resume_md,
     save_state_file,
     tensor_to_list,
     write_frame,
@@ -588,18 +592,7 @@ def run_dielectric(
     notes: list[str] = []
 
     # ---- structure, 0 K
-    unit, reference = prepare_reference(
-        rd,
-        structure=cfg.structure,
-        supercell=cfg.supercell,
-        force_field=force_field,
-        born_model=born_model,
-        relax=cfg.relax,
-        relax_cell=cfg.relax_cell,
-        fmax=cfg.relax_fmax_eV_per_A,
-        steps=cfg.relax_steps,
-        log=log,
-    )
+    unit, reference = reference_from_config(rd, cfg, force_field, born_model, log=log)
     zero_k = _harmonic_stage(rd, cfg, unit, force_field, born_model, device, progress, log)
     eps_inf = epsilon_inf_matrix(cfg.epsilon_inf)
     eps_inf_source = "settings" if eps_inf is not None else None
@@ -698,31 +691,10 @@ def _run_one(
     """One MD run (equilibration or production) with checkpoints."""
     tag = _tag(temp)
     n_steps = cfg.equilibration_steps if run == "equil" else cfg.production_steps
-    atoms = reference.copy()
-    calc = make_field_calculator(
-        force_field,
-        born_model,
-        reference,
-        mode=cfg.mode,
-        born_update_every=cfg.born_update_every,
-        device=device,
-        allow_large_field=cfg.allow_large_field,
-    )
-    atoms.calc = calc
-    integ_kw = {
-        "timestep_fs": cfg.timestep_fs,
-        "temperature_K": temp,
-        "ensemble": cfg.ensemble,
-        "pressure_GPa": cfg.pressure_GPa,
-        "thermostat_time_fs": cfg.thermostat_time_fs,
-        "barostat_time_fs": cfg.barostat_time_fs,
-    }
+    atoms, calc = md_atoms(cfg, force_field, born_model, reference, device)
+    integ_kw = integrator_settings(cfg, temperature_K=temp, ensemble=cfg.ensemble)
     if resume is not None:
-        md.restore_atoms(atoms, resume["atoms"])
-        calc.set_state(resume["calculator"])  # saved reference and field, never re-picked
-        dyn = md.make_integrator(atoms, rng=np.random.default_rng(0), **integ_kw)
-        md.restore_integrator_state(dyn, resume["integrator"])
-        start = int(resume["step"])
+        dyn, start = resume_md(atoms, calc, resume, **integ_kw)
     else:
         start = 0
         p_eps = None
@@ -791,13 +763,7 @@ def _run_one(
             rd.save_checkpoint(
                 {
                     "completed": completed,
-                    "current": {
-                        "key": key,
-                        "step": s1,
-                        "atoms": md.atoms_state(atoms),
-                        "integrator": md.integrator_state(dyn),
-                        "calculator": calc.get_state(),
-                    },
+                    "current": {"key": key, "step": s1, **md_state(atoms, dyn, calc)},
                 }
             )
         bar.update(1)

@@ -56,13 +56,16 @@ from ase_born.workflows.analysis import (
     space_group,
 )
 from ase_born.workflows.common import (
-    open_run_directory,
-    resolve_fix_com,
     ConfigMixin,
     check_positive,
     check_temperatures,
-    make_field_calculator,
-    prepare_reference,
+    integrator_settings,
+    md_atoms,
+    md_state,
+    open_run_directory,
+    reference_from_config,
+    resolve_fix_com,
+    resume_md,
     write_frame,
 )
 from ase_born.workflows.rundir import read_csv
@@ -353,18 +356,7 @@ def run_heating(
         "heat", cfg, out, force_field, born_model,
         model_info=model_info, device=device, overwrite=overwrite, log=log,
     )
-    unit, reference = prepare_reference(
-        rd,
-        structure=cfg.structure,
-        supercell=cfg.supercell,
-        force_field=force_field,
-        born_model=born_model,
-        relax=cfg.relax,
-        relax_cell=cfg.relax_cell,
-        fmax=cfg.relax_fmax_eV_per_A,
-        steps=cfg.relax_steps,
-        log=log,
-    )
+    unit, reference = reference_from_config(rd, cfg, force_field, born_model, log=log)
     analyzer = _analyzer(reference, cfg.supercell, len(unit))
     n_fu = len(analyzer.b_idx)
     fix_com = resolve_fix_com(cfg.fix_com, reference, force_field)
@@ -372,37 +364,13 @@ def run_heating(
     ckpt = rd.checkpoint or {}
     total = cfg.total_steps
     if not ckpt.get("done"):
-        atoms = reference.copy()
-        calc = make_field_calculator(
-            force_field,
-            born_model,
-            reference,
-            mode=cfg.mode,
-            born_update_every=cfg.born_update_every,
-            device=device,
-            allow_large_field=cfg.allow_large_field,
-        )
-        atoms.calc = calc
-        integ_kw = {
-            "timestep_fs": cfg.timestep_fs,
-            "ensemble": "npt",
-            "pressure_GPa": cfg.pressure_GPa,
-            "thermostat_time_fs": cfg.thermostat_time_fs,
-            "barostat_time_fs": cfg.barostat_time_fs,
-            "hydrostatic": cfg.hydrostatic,
-        }
+        atoms, calc = md_atoms(cfg, force_field, born_model, reference, device)
+        integ_kw = integrator_settings(cfg, ensemble="npt", hydrostatic=cfg.hydrostatic)
         cur = ckpt.get("current")
         if cur is not None:
-            md.restore_atoms(atoms, cur["atoms"])
-            calc.set_state(cur["calculator"])  # saved reference and field, never re-picked
-            dyn = md.make_integrator(
-                atoms,
-                temperature_K=cfg.target_temperature(cur["step"]),
-                rng=np.random.default_rng(0),
-                **integ_kw,
+            dyn, start = resume_md(
+                atoms, calc, cur, temperature_K=cfg.target_temperature(cur["step"]), **integ_kw
             )
-            md.restore_integrator_state(dyn, cur["integrator"])
-            start = int(cur["step"])
         else:
             if cfg.field_V_per_A is not None:
                 calc.set(field=cfg.field_V_per_A)
@@ -455,9 +423,7 @@ def run_heating(
                             "done": False,
                             "current": {
                                 "step": s1,
-                                "atoms": md.atoms_state(atoms),
-                                "integrator": md.integrator_state(dyn),
-                                "calculator": calc.get_state(),
+                                **md_state(atoms, dyn, calc),
                                 "averager": averager.state(),
                             },
                         }

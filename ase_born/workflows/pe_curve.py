@@ -35,12 +35,12 @@ from ase_born import physics
 from ase_born.conventions import C_PER_M2_PER_E_PER_A2, EPSILON0, field_from_V_per_m, validate_field
 from ase_born.workflows import md
 from ase_born.workflows.common import (
-    open_run_directory,
     ConfigMixin,
     check_positive,
     make_field_calculator,
+    open_run_directory,
     parse_direction,
-    prepare_reference,
+    reference_from_config,
 )
 from ase_born.workflows.models import resolve
 from ase_born.workflows.rundir import read_csv
@@ -201,17 +201,9 @@ def run_pe_curve(
         "pe-curve", cfg, out, force_field, born_model,
         model_info=model_info, device=device, overwrite=overwrite, log=log,
     )
-    unit, reference = prepare_reference(
-        rd,
-        structure=cfg.structure,
-        supercell=cfg.supercell,
-        force_field=force_field,
-        born_model=born_model,
-        relax=cfg.relax,
-        relax_cell=True,
-        fmax=cfg.relax_fmax_eV_per_A,
-        steps=cfg.relax_steps,
-        log=log,
+    # the reference cell is relaxed too (cfg.relax_cell is about the relaxations in the field)
+    unit, reference = reference_from_config(
+        rd, cfg, force_field, born_model, relax_cell=True, log=log
     )
     ckpt = rd.checkpoint or {}
     done: list[str] = list(ckpt.get("done", []))

@@ -15,40 +15,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import (
+    DATA,
+    REPO,
+    TINY,
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    tiny_train_config,
+)
 
 from ase_born.models.equivar import Equivar
 from ase_born.train.checkpoint import CheckpointMismatchError, eval_state, load_checkpoint
 from ase_born.train.config import TrainConfig
 from ase_born.train.trainer import Trainer, train
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "tests" / "data" / "train" / "synthetic_catio3.extxyz"
-TINY = {"embedding_dim": 8, "num_radial": 8, "int_num_feat": 8, "num_interactions": 2}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _config(out: Path, **kw) -> TrainConfig:
-    base = {
-        "model": TINY,
-        "train_files": [str(DATA)],
-        "epochs": 3,
-        "batch_size": 4,
-        "lr": 1e-2,
-        "device": "cpu",
-        "seed": 3,
-        "out": str(out),
-        "progress": False,
-        "plots": False,
-    }
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(out, **{"epochs": 3, "batch_size": 4, "seed": 3, **kw})
 
 
 def _log_without_time(out: Path) -> list[dict]:
