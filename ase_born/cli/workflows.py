@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="constant field magnitude in V/m (needs --field-direction)",
     )
     p.add_argument("--field-direction", help="x, y, z, -x, ... or three numbers '1,1,0'")
-    p.add_argument("--pressure-GPa", type=float, help="external pressure (default 0)")
+    p.add_argument("--pressure-GPa", type=float, help=_PRESSURE_HELP)
     p.add_argument("--log-every", type=int, help="steps between log rows (default 10)")
     p.add_argument("--traj-every", type=int, help="steps between trajectory frames (default 100)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
@@ -116,7 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="independent noise per run (no correlated sampling)",
     )
     p.add_argument("--ensemble", choices=("npt", "nvt"), help="default npt")
-    p.add_argument("--pressure-GPa", type=float, help="external pressure (default 0)")
+    p.add_argument("--pressure-GPa", type=float, help=_PRESSURE_HELP)
     p.add_argument(
         "--epsilon-inf",
         help="ε∞: 1, 3 or 9 comma-separated numbers (total ε = ε∞ + ε_ion; default: the value "
@@ -165,6 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="relax the cell under the field stress too",
     )
+    p.add_argument("--pressure-GPa", type=float, help=_PRESSURE_HELP)
     p.add_argument(
         "--no-harmonic", action="store_true", default=None, help="skip the 0 K harmonic comparison"
     )
@@ -293,6 +294,28 @@ def _flag(v: Any, value: Any) -> Any:
     return value if v else None
 
 
+_PRESSURE_HELP = (
+    "external pressure in GPa; the cell of the reference is relaxed at it too (default 0, or the "
+    "default force field's volume correction when it is used, see `ase-born info`)"
+)
+
+
+def _pressure(a: argparse.Namespace) -> float | None:
+    """``--pressure-GPa``, else the default force field's volume correction (logged), else None."""
+    if a.pressure_GPa is not None or a.force_field is not None:
+        return a.pressure_GPa
+    from ase_born.defaults import default_pressure_GPa
+
+    p = default_pressure_GPa()
+    if p:
+        print(
+            f"default force field: applying its volume correction, pressure {p:g} GPa (MACE inherits "
+            "its PBE teacher's +2 % volume; see data/README.md). --pressure-GPa 0 turns it off.",
+            file=sys.stderr,
+        )
+    return p or None
+
+
 #: options of every MD workflow (``_common(..., md_options=True)``), same names as the config fields
 _MD_OPTIONS = ("seed", "mode", "born_update_every")
 
@@ -381,7 +404,6 @@ def _heat(args: argparse.Namespace) -> int:
                 "heating_rate_K_per_ps",
                 "equilibration_steps",
                 "timestep_fs",
-                "pressure_GPa",
                 "log_every",
                 "traj_every",
                 "checkpoint_every",
@@ -394,6 +416,7 @@ def _heat(args: argparse.Namespace) -> int:
             if a.temperatures
             else None,
             ramp_steps=a.steps,
+            pressure_GPa=_pressure(a),
             field_V_per_A=field,
         )
         return _run_workflow(
@@ -428,7 +451,6 @@ def _dielectric(args: argparse.Namespace) -> int:
                 "timestep_fs",
                 "plus_minus",
                 "ensemble",
-                "pressure_GPa",
                 "sample_every",
                 "n_blocks",
                 "traj_every",
@@ -437,6 +459,7 @@ def _dielectric(args: argparse.Namespace) -> int:
             ),
             temperatures_K=parse_temperatures(a.temperatures) if a.temperatures else None,
             production_steps=a.steps,
+            pressure_GPa=_pressure(a),
             field_V_per_A=None
             if a.field_V_per_m is None
             else float(field_from_V_per_m(a.field_V_per_m)),
@@ -496,6 +519,7 @@ def _pe_curve(args: argparse.Namespace) -> int:
             fields_V_per_m=fields,
             directions=tuple(x for x in a.directions.split(",") if x) if a.directions else None,
             max_steps=a.steps,
+            pressure_GPa=_pressure(a),
             harmonic=_flag(a.no_harmonic, False),
         )
         return _run_workflow(

@@ -198,9 +198,13 @@ def prepare_reference(
     relax_cell: bool,
     fmax: float,
     steps: int,
+    pressure_GPa: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> tuple[Atoms, Atoms]:
     """Relaxed unit cell and its supercell (the MD reference), saved and reloaded on resume.
+
+    With ``relax_cell`` the cell is relaxed at ``pressure_GPa`` (the pressure the MD then
+    runs at, so the reference is the 0 K structure of the same ensemble).
 
     Writes ``relaxed_unit_cell.extxyz`` and ``reference.extxyz``.  On resume both are read
     back (never recomputed, so the reference is never re-picked).
@@ -226,10 +230,10 @@ def prepare_reference(
     info: dict[str, Any] = {"relaxed": False}
     if relax:
         ff = resolve(force_field, unit)
-        log(
-            f"relaxing the {len(unit)}-atom cell ({'positions and cell' if relax_cell else 'positions'})"
-        )
-        info = relax_fn(unit, ff, fmax=fmax, steps=steps, relax_cell=relax_cell)
+        what = f"positions and cell at {pressure_GPa:g} GPa" if relax_cell else "positions"
+        log(f"relaxing the {len(unit)}-atom cell ({what})")
+        info = relax_fn(unit, ff, fmax=fmax, steps=steps, relax_cell=relax_cell, pressure_GPa=pressure_GPa)
+        info["pressure_GPa"] = float(pressure_GPa) if relax_cell else None
         info["relaxed"] = True
         if not info["converged"]:
             log(
@@ -271,7 +275,8 @@ def reference_from_config(
     """:func:`prepare_reference` with the structure and relaxation settings of a workflow config.
 
     ``cfg`` gives ``structure``, ``supercell``, ``relax``, ``relax_fmax_eV_per_A``,
-    ``relax_steps`` and, unless ``relax_cell`` is given here, ``relax_cell``.
+    ``relax_steps``, ``pressure_GPa`` (0 when the config has none) and, unless ``relax_cell``
+    is given here, ``relax_cell``.
     """
     return prepare_reference(
         rd,
@@ -283,6 +288,7 @@ def reference_from_config(
         relax_cell=cfg.relax_cell if relax_cell is None else relax_cell,
         fmax=cfg.relax_fmax_eV_per_A,
         steps=cfg.relax_steps,
+        pressure_GPa=float(getattr(cfg, "pressure_GPa", 0.0)),
         log=log,
     )
 

@@ -86,6 +86,7 @@ class PECurveConfig(ConfigMixin):
     fields_V_per_m: tuple[float, ...] = default_fields_V_per_m()
     directions: tuple[str, ...] = ("x", "y", "z")
     relax_cell: bool = False
+    pressure_GPa: float = 0.0
     fmax_eV_per_A: float = 1e-5
     max_steps: int = 1000
     nonlinearity_tol: float = 0.02
@@ -240,7 +241,8 @@ def run_pe_curve(
             calc.set(field=tuple(field_from_V_per_m(e_vm) * parse_direction(d)))
             atoms.calc = calc
             res = relax(
-                atoms, calc, fmax=cfg.fmax_eV_per_A, steps=cfg.max_steps, relax_cell=cfg.relax_cell
+                atoms, calc, fmax=cfg.fmax_eV_per_A, steps=cfg.max_steps,
+                relax_cell=cfg.relax_cell, pressure_GPa=cfg.pressure_GPa,
             )
             p = np.asarray(calc.get_property("ionic_polarization", atoms), dtype=float)
             writer.write(

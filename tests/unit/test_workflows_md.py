@@ -184,3 +184,44 @@ def test_integrator_input_checks(system):
         )
     with pytest.raises(ValueError, match="rng"):
         md.make_integrator(a, timestep_fs=2.0, temperature_K=300.0)
+
+
+def test_reference_cell_relaxed_at_the_run_pressure(tmp_path):
+    """prepare_reference relaxes the cell at the workflow's pressure: stress = -P, smaller volume."""
+    import argparse
+
+    import ase.io
+    from ase.build import bulk
+    from ase.calculators.lj import LennardJones
+
+    from ase_born.cli.workflows import _pressure
+    from ase_born.workflows.common import prepare_reference
+
+    path = tmp_path / "ar.extxyz"
+    ase.io.write(path, bulk("Ar", "fcc", a=5.26, cubic=True))
+    lj = LennardJones(sigma=3.4, epsilon=0.0104, rc=8.0, smooth=True)
+
+    def zeros(atoms):
+        return FixedBornCharges(np.zeros((len(atoms), 3, 3)))
+
+    vols = {}
+    for p in (0.0, 0.5):
+        d = tmp_path / f"p{p}"
+        d.mkdir()
+        rd = argparse.Namespace(file=lambda name, d=d: d / name)  # prepare_reference only needs file()
+        unit, ref = prepare_reference(rd, structure=str(path), supercell=(1, 1, 1), force_field=lj,
+                                      born_model=zeros, relax=True, relax_cell=True, fmax=1e-4,
+                                      steps=300, pressure_GPa=p, log=lambda m: None)
+        assert unit.info["relax_pressure_GPa"] == p
+        unit.calc = lj
+        stress = unit.get_stress(voigt=False)
+        np.testing.assert_allclose(stress, -p * units.GPa * np.eye(3), atol=2e-5)
+        vols[p] = unit.get_volume()
+    assert vols[0.5] < vols[0.0]
+    # CLI: the default force field brings its volume correction, explicit values win
+    ns = argparse.Namespace
+    assert _pressure(ns(pressure_GPa=1.5, force_field=None)) == 1.5
+    assert _pressure(ns(pressure_GPa=None, force_field="my.model")) is None
+    from ase_born.defaults import default_pressure_GPa
+
+    assert _pressure(ns(pressure_GPa=None, force_field=None)) == (default_pressure_GPa() or None)
