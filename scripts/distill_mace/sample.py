@@ -20,7 +20,14 @@ What is sampled (``config_type`` in the output; cells named by atom count)
   snapshots of short Langevin MD with the teacher at 300-1900 K (cells expanded by a linear
   thermal expansion of 1.2e-5 /K from the teacher's 0 K cell), started from thermal rattles
   and Maxwell-Boltzmann velocities so that short equilibration suffices;
-* ``srtio3`` / ``batio3`` (only with ``--with-ba-sr``): a few rattled/strained/tilted cells.
+* ``srtio3`` / ``batio3`` (only with ``--with-ba-sr``): a few rattled/strained/tilted cells;
+* ``close_pair``    20-atom Pnma / 40-atom cubic cells (rattled 0.03 Å) with one nearest-neighbour
+                    pair (O-O, Ti-O, Ca-O, Ca-Ti, Ti-Ti, Ca-Ca in turn) pushed together to a random
+                    distance between a floor (O-O 1.2, Ti-O 1.3, Ca-O 1.5, cation pairs 2.2 Å) and
+                    0.85 of its equilibrium length: the repulsive wall that thermal MD rarely
+                    visits.  Without it the first distilled model had a false O-O minimum near
+                    1.4 Å and collapsed after 4 ps of NpT at 1800 K;
+* ``hot_rattle``    20-atom Pnma with large Gaussian rattles (σ 0.15-0.25 Å).
 
 Labels (ASE units): ``info["REF_energy"]`` eV, ``arrays["REF_forces"]`` eV/Å,
 ``info["REF_stress"]`` eV/Å³ in ASE's sign and Voigt order (xx, yy, zz, yz, xz, xy).
@@ -153,6 +160,29 @@ def rattled(atoms: Atoms, rng: np.random.Generator, sigma: float) -> Atoms:
     return out
 
 
+#: (species A, species B, closest distance sampled in Å) for ``close_pair``
+CLOSE_PAIRS = (("O", "O", 1.2), ("Ti", "O", 1.3), ("Ca", "O", 1.5),
+               ("Ca", "Ti", 2.2), ("Ti", "Ti", 2.2), ("Ca", "Ca", 2.2))
+
+
+def close_pair(atoms: Atoms, rng: np.random.Generator, pair: tuple[str, str, float]) -> Atoms:
+    """Push a random A atom and its nearest B neighbour together (both move, along the bond)."""
+    sp_a, sp_b, floor = pair
+    out = atoms.copy()
+    sym = np.array(out.get_chemical_symbols())
+    i = int(rng.choice(np.flatnonzero(sym == sp_a)))
+    js = [j for j in np.flatnonzero(sym == sp_b) if j != i]
+    d = out.get_distances(i, js, mic=True)
+    j = int(js[int(np.argmin(d))])
+    v = out.get_distance(i, j, mic=True, vector=True)
+    r = float(np.linalg.norm(v))
+    target = rng.uniform(floor, max(floor, 0.85 * r))
+    shift = 0.5 * (r - target) * v / r
+    out.positions[i] += shift
+    out.positions[j] -= shift
+    return out
+
+
 def polar_shift(atoms: Atoms, rng: np.random.Generator, amplitude: float) -> Atoms:
     """Off-centre cations against O along a random direction (a uniform polar distortion)."""
     out = atoms.copy()
@@ -241,6 +271,12 @@ def task_static(spec: dict, rng: np.random.Generator) -> list[Atoms]:
             a = rattled(
                 polar_shift(base, rng, rng.uniform(0.02, 0.20)), rng, rng.uniform(0.01, 0.06)
             )
+        elif kind == "close_pair":
+            base = pnma_experimental() if rng.uniform() < 0.5 else cubic(ref["a_cubic"]).repeat((2, 2, 2))
+            a = close_pair(rattled(base, rng, 0.03), rng, CLOSE_PAIRS[int(rng.integers(len(CLOSE_PAIRS)))])
+        elif kind == "hot_rattle":
+            base = pnma_experimental() if rng.uniform() < 0.5 else ref["pnma"].copy()
+            a = rattled(base, rng, rng.uniform(0.15, 0.25))
         elif kind in ("srtio3", "batio3"):
             site, a0 = ("Sr", 3.905) if kind == "srtio3" else ("Ba", 4.00)
             if rng.uniform() < 0.5:
@@ -374,6 +410,11 @@ def build_tasks(ref: dict, scale: float, with_ba_sr: bool) -> list[dict]:
                     "every": every,
                 }
             )
+    # added after the first model (appended so the earlier tasks keep their indices and caches)
+    for kind, count in {"close_pair": 60, "hot_rattle": 30}.items():
+        count = n(count)
+        for start in range(0, count, 20):
+            tasks.append({"kind": kind, "config_type": kind, "n": min(20, count - start)})
     for t in tasks:
         t["ref"] = ref
     return tasks

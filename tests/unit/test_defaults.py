@@ -57,6 +57,14 @@ def test_default_calculator_needs_born_model(card):
         atoms.calc = calc
         z = calc.get_property("born_effective_charges", atoms)
         assert z.shape == (20, 3, 3) and np.abs(z.sum(axis=0)).max() < 1e-10
+        # the stored reference evaluation of the shipped Born model
+        ref = card["born_model"]["reference_check"]
+        rattled = pnma_catio3()
+        rattled.rattle(0.05, seed=1)
+        z_ref = defaults.load_born_model(device="cpu").get_born_charges(rattled)
+        np.testing.assert_allclose(z_ref[:3], ref["born_charges_first3"], atol=1e-6)
+        assert np.abs(z_ref.sum(axis=0)).max() < 1e-10  # acoustic sum rule enforced
+        np.testing.assert_allclose(calc.parameters["epsilon_inf"], defaults.default_epsilon_inf())
     else:
         with pytest.raises(FileNotFoundError, match="no default Born-charge model"):
             defaults.load_default_calculator(device="cpu")
