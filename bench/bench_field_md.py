@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="MACE and Equivar device (cpu, cuda)")
     p.add_argument("--pause-dft", action="store_true", help="pause the ABINIT job meanwhile")
+    p.add_argument("--born-model", default="random", help="'random' (BM2, random weights) or 'default' "
+                   "(the shipped trained Equivar: its Z*(R) varies like a real model's, which is what the "
+                   "P error of born_update_every depends on) or a model file")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "bench_field_md.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -229,9 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         load_before = list(os.getloadavg())
         make_ff, ff_desc = mace_factory(args.mace_dtype, args.device)
         torch.manual_seed(0)
-        born = EquivarCalculator(Equivar(preset("BM2"), dtype="float32"), device=args.device,
-                                 dtype="float32", asr=False)  # fmt: skip
-        print(f"# force field: {ff_desc}\n# born model: Equivar BM2 (random weights), float32")
+        if args.born_model == "random":
+            net, born_desc = Equivar(preset("BM2"), dtype="float32"), "Equivar BM2 (random weights)"
+        elif args.born_model == "default":
+            from ase_born.defaults import model_card, models_dir
+
+            entry = model_card()["born_model"]
+            net, born_desc = str(models_dir() / entry["file"]), f"default Equivar {entry['file']}"
+        else:
+            net, born_desc = args.born_model, f"Equivar {args.born_model}"
+        born = EquivarCalculator(net, device=args.device, dtype="float32", asr=False)
+        print(f"# force field: {ff_desc}\n# born model: {born_desc}, float32")
         rows, errors = [], []
         for n in args.sizes:
             for k in args.ks:
@@ -254,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         info = {
             "benchmark": "BornFieldCalculator(MACE, EquivarCalculator BM2) Langevin MD step vs bare MACE",
             "force_field": ff_desc,
-            "born_model": "EquivarCalculator(Equivar BM2, random weights, float32, asr=False); field calc asr=True, direct mode",
+            "born_model": f"EquivarCalculator({born_desc}, float32, asr=False); field calc asr=True, direct mode",
             "field_V_per_A": list(FIELD),
             "md": "ASE Langevin 300 K, 1 fs, friction 0.01/fs, Maxwell-Boltzmann start at the Pnma reference",
             "timing": rows,
