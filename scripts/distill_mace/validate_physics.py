@@ -139,20 +139,16 @@ def check_pressure(calc, tol_A3: float = 0.05) -> dict:
 
 
 def cubic_lattice_constant(calc) -> float:
-    """Minimum of a cubic fit of E(a) of ideal cubic CaTiO3 (same fit as evaluate.py)."""
-    from ase_born.dft.sampler import cubic_catio3
+    """Minimum of the cubic fit of E(a) of ideal cubic CaTiO3 (``evaluate.cubic_lattice``)."""
+    import sys
 
-    grid = np.linspace(3.80, 3.98, 10)
-    energies = []
-    for a in grid:
-        c = cubic_catio3(a)
-        c.calc = calc
-        energies.append(c.get_potential_energy())
-    p = np.polyfit(grid, energies, 3)
-    roots = [r.real for r in np.roots(np.polyder(p)) if abs(r.imag) < 1e-12 and 3.7 < r.real < 4.1]
-    if not roots:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from evaluate import cubic_lattice
+
+    a = cubic_lattice(calc)
+    if not np.isfinite(a):
         raise RuntimeError("no minimum of E(a) between 3.7 and 4.1 Å")
-    return float(min(roots, key=lambda r: np.polyval(p, r)))
+    return a
 
 
 def check_cubic(calc) -> dict:
