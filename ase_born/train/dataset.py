@@ -359,6 +359,11 @@ class DataSplits:
         return h.hexdigest()
 
     @property
+    def val_is_train(self) -> bool:
+        """Final fit (``val_fraction`` 0): the "validation" set is the training set."""
+        return self.val is self.train
+
+    @property
     def elements(self) -> list[int]:
         parts = [self.train, self.val] + ([self.test] if self.test is not None else [])
         return sorted({z for ds in parts for z in ds.elements})
@@ -438,20 +443,20 @@ def load_splits(
                     f"no non-TEST frames in {list(map(str, train_files))} (all frames have info['split'] == 'test')"
                 )
             if val_fraction == 0.0:  # final fit: no held-out validation (config docs)
-                train = BornDataset(pool)
-                if len(train) == 0:
-                    raise DatasetError("the training set is empty")
-                test_ds = BornDataset(test) if test else None
-                _check_disjoint({"train": train, "test": test_ds})
-                return DataSplits(train, train, test_ds)
-            tr, va = split_by_structure(ids, val_fraction, seed)
-        train, val = BornDataset([pool[i] for i in tr]), BornDataset([pool[i] for i in va])
+                tr, va = list(range(len(pool))), None
+            else:
+                tr, va = split_by_structure(ids, val_fraction, seed)
+        train = BornDataset([pool[i] for i in tr])
+        val = train if va is None else BornDataset([pool[i] for i in va])
     if len(train) == 0:
         raise DatasetError("the training set is empty")
     if len(val) == 0:
         raise DatasetError("the validation set is empty")
     test_ds = BornDataset(test) if test else None
-    _check_disjoint({"train": train, "val": val, "test": test_ds})
+    parts = {"train": train, "val": val, "test": test_ds}
+    if val is train:  # final fit: val is the training set itself, not a second partition
+        del parts["val"]
+    _check_disjoint(parts)
     return DataSplits(train, val, test_ds)
 
 

@@ -380,7 +380,7 @@ class Trainer:
                     ("test", self.splits.test),
                 )
             }
-            if cfg.val_fraction == 0.0:
+            if self.splits.val_is_train:
                 splits["val_is_train"] = True  # final fit: no held-out validation
             atomic_write_text(json.dumps(splits, indent=1), self.out / "splits.json")
         logger.info(
@@ -736,7 +736,7 @@ class Trainer:
                 "model_file": "model.pt",
                 "n_train": len(self.splits.train),
                 "n_val": len(self.splits.val),
-                "val_is_train": self.cfg.val_fraction == 0.0,
+                "val_is_train": self.splits.val_is_train,
                 "n_test": 0 if self.splits.test is None else len(self.splits.test),
                 "elements": self.splits.elements,
                 "fold": self.fold if self.cfg.folds > 1 else None,
@@ -749,7 +749,7 @@ class Trainer:
             from ase_born.train.plots import parity_plot, training_curve
 
             parity_plot(val_pred.pred, val_pred.target, val_pred.numbers, self.out / "parity_val.png",
-                        title=("training set (no held-out validation)" if self.cfg.val_fraction == 0.0
+                        title=("training set (no held-out validation)" if self.splits.val_is_train
                                else "validation") + f": MAE {val['mae']:.4f} e")  # fmt: skip
             if test_pred is not None:
                 parity_plot(test_pred.pred, test_pred.target, test_pred.numbers, self.out / "parity_test.png",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from train_helpers import one_torch_thread  # noqa: F401 - autouse fixture
 
 from ase_born.cli.main import main
 from ase_born.io.extxyz import read_frames
@@ -19,14 +19,6 @@ from ase_born.train.evaluation import evaluate
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data" / "train" / "synthetic_catio3.extxyz"
 TINY_YAML = REPO / "examples" / "configs" / "equivar_tiny_cpu.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_train_evaluate_predict(tmp_path, capsys, monkeypatch):
@@ -107,15 +99,13 @@ def test_cli_errors(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_final_fit_without_held_out_validation(tmp_path, monkeypatch):
+def test_final_fit_without_held_out_validation(tmp_path):
     """val_fraction 0: every non-TEST structure trains; metrics/splits say val = train."""
+    from train_helpers import tiny_train_config
+
     from ase_born.train import train
 
-    monkeypatch.chdir(REPO)
-    cfg = TrainConfig.from_yaml(TINY_YAML)
-    cfg = TrainConfig(**{**cfg.to_dict(), "val_fraction": 0.0, "epochs": 2, "out": str(tmp_path / "ff"),
-                         "plots": False, "progress": False})
-    train(cfg)
+    train(tiny_train_config(tmp_path / "ff", val_fraction=0.0, epochs=2))
     splits = json.loads((tmp_path / "ff" / "splits.json").read_text())
     assert splits["val_is_train"] and splits["val"] == splits["train"]
     frames = read_frames(DATA)

@@ -16,24 +16,14 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from scipy.spatial.transform import Rotation
+from train_helpers import one_torch_thread  # noqa: F401 - autouse fixture
 
 from ase_born.io.extxyz import write_frames
 from ase_born.train.config import TrainConfig
 from ase_born.train.dataset import BornDataset
 from ase_born.train.synthetic import analytic_born_charges, synthetic_frames
 from ase_born.train.trainer import train
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test box has 2 cores shared with other jobs: OpenMP spinning on 2 threads
-    # is far slower there than 1 thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_analytic_target_is_equivariant_and_not_trivial():
