@@ -147,7 +147,7 @@ def n_occupied_bands(atoms: Atoms, settings: AbinitSettings) -> int:
     nelec = sum(zion[s] for s in atoms.get_chemical_symbols())
     if abs(nelec - round(nelec)) > 1e-8 or round(nelec) % 2:
         raise ValueError(f"{nelec} valence electrons: occupied-bands-only DFPT needs an even count")
-    return int(round(nelec)) // 2
+    return round(nelec) // 2
 
 
 def _fmt_rows(arr: np.ndarray) -> str:

@@ -295,7 +295,7 @@ def run_plan(
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
-    counts["pending"] = len(pending) + (0 if not stop.is_set() else 0)
+    counts["pending"] = len(pending)
     counts["skipped"] = skipped
     return dict(counts)
 

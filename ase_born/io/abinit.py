@@ -80,7 +80,7 @@ def parse_final_echo(text: str) -> dict[str, dict[int, np.ndarray]]:
     out: dict[str, dict[int, list[float]]] = {}
     current = None
     for line in block:
-        if line.startswith(_ECHO_END) or line.startswith(" chkinp") or "== END DATASET" in line:
+        if line.startswith((_ECHO_END, " chkinp")) or "== END DATASET" in line:
             break
         m = _VAR_LINE.match(line)
         if m:
@@ -162,7 +162,7 @@ def _atoms_from_echo(echo: dict) -> Atoms:
     acell = np.ones(3) if acell is None else acell
     rprim = np.eye(3) if rprim is None else rprim.reshape(3, 3)
     cell = rprim * acell[:, None] * BOHR_A
-    numbers = [int(round(znucl[int(t) - 1])) for t in typat]
+    numbers = [round(znucl[int(t) - 1]) for t in typat]
     return Atoms(
         symbols=[chemical_symbols[n] for n in numbers],
         scaled_positions=xred.reshape(-1, 3),

@@ -257,16 +257,32 @@ def main(argv=None) -> None:
     ap.add_argument("--md-dtype", default="float32", help="MACE dtype for the MD (phonons always float64)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default=None,
+                    help="candidate MACE file to check instead of the shipped default (before replacing it)")
     args = ap.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from ase_born.defaults import load_force_field, model_card
+    from ase_born.defaults import load_force_field, model_card, sha256
+
+    def force_field(dtype: str):
+        if args.model is None:
+            return load_force_field(args.device, dtype)
+        from mace.calculators import MACECalculator
+
+        previous = torch.get_default_dtype()  # MACECalculator sets the global default dtype
+        try:
+            return MACECalculator(model_paths=args.model, device=args.device, default_dtype=dtype)
+        finally:
+            torch.set_default_dtype(previous)
 
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
-    result["model"] = {k: model_card()["force_field"][k] for k in ("file", "sha256")}
+    if args.model is None:
+        result["model"] = {k: model_card()["force_field"][k] for k in ("file", "sha256")}
+    else:
+        result["model"] = {"file": args.model, "sha256": sha256(args.model)}
     result["command"] = "python scripts/distill_mace/validate_physics.py " + " ".join(argv or [])
 
     def save():
@@ -275,7 +291,7 @@ def main(argv=None) -> None:
         tmp.replace(out)
 
     if {"pnma", "cubic", "pressure"} & set(args.checks):
-        calc64 = load_force_field(args.device, "float64")
+        calc64 = force_field("float64")
         if "pnma" in args.checks:
             result["pnma"] = check_pnma(calc64)
             save()
@@ -291,7 +307,7 @@ def main(argv=None) -> None:
             print(json.dumps({k: result["pressure"][k] for k in ("pressure_correction_GPa", "abc_A",
                                                                  "lowest_optical_THz", "local_minimum")}))
     if "npt" in args.checks:
-        calc = load_force_field(args.device, args.md_dtype)
+        calc = force_field(args.md_dtype)
         result["npt"] = check_npt(calc, args.temperature_K, args.steps, args.timestep_fs, args.log_every,
                                   Path("runs/mace_validation") / f"npt_{args.temperature_K:.0f}K.csv")
         result["npt"]["md_dtype"] = args.md_dtype

@@ -46,6 +46,8 @@ def test_analyse_errors_against_most_converged_point():
     table = conv.markdown_table({"points": points, "analysis": an})
     assert "| ecut30_k4 (vs ecut50_k4) | 30 | 4x4x4 | 2.00% |" in table
     assert "| ecut30_k3 (vs ecut30_k6) | 30 | 3x3x3 | 1.00% |" in table
+    # the point on both axes has one row per comparison
+    assert "| ecut30_k4 (vs ecut30_k6) | 30 | 4x4x4 | 2.00% |" in table
 
 
 def test_run_resumes_and_exports_a_point_as_frame(tmp_path):

@@ -12,7 +12,13 @@ from ase.neighborlist import neighbor_list
 
 from ase_born.conventions import BOHR_A
 from ase_born.dft import abinit as dft_abinit
-from ase_born.dft.abinit import AbinitError, AbinitSettings, make_inputs, n_occupied_bands, run_structure
+from ase_born.dft.abinit import (
+    AbinitError,
+    AbinitSettings,
+    make_inputs,
+    n_occupied_bands,
+    run_structure,
+)
 from ase_born.dft.pipeline import check_settings, finished_ids, run_plan, status
 from ase_born.dft.sampler import (
     einstein_sigma,
@@ -47,7 +53,7 @@ def test_inputs_for_each_structure_type(kind):
     inp = make_inputs(atoms, s)
     n = len(atoms)
     nfu = n // 5
-    for step, text in inp.items():
+    for text in inp.values():
         assert f"natom {n}" in text
         assert f"nband {20 * nfu}" in text  # 40 valence electrons per CaTiO3, occupied only
         assert "ixc -116133" in text and "occopt 1" in text and "tolsym 1.0e-8" in text

@@ -209,9 +209,9 @@ def test_reference_cell_relaxed_at_the_run_pressure(tmp_path):
         d = tmp_path / f"p{p}"
         d.mkdir()
         rd = argparse.Namespace(file=lambda name, d=d: d / name)  # prepare_reference only needs file()
-        unit, ref = prepare_reference(rd, structure=str(path), supercell=(1, 1, 1), force_field=lj,
-                                      born_model=zeros, relax=True, relax_cell=True, fmax=1e-4,
-                                      steps=300, pressure_GPa=p, log=lambda m: None)
+        unit, _ = prepare_reference(rd, structure=str(path), supercell=(1, 1, 1), force_field=lj,
+                                    born_model=zeros, relax=True, relax_cell=True, fmax=1e-4,
+                                    steps=300, pressure_GPa=p, log=lambda m: None)
         assert unit.info["relax_pressure_GPa"] == p
         unit.calc = lj
         stress = unit.get_stress(voigt=False)
