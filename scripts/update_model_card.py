@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ase_born import defaults
 from ase_born.dft.sampler import pnma_catio3
