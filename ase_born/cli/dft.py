@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _converge(args: argparse.Namespace) -> int:
-    from ase_born.dft.convergence import export_frame, markdown_table, run_convergence
+    from ase_born.dft.convergence import analyse, export_frame, markdown_table, run_convergence
 
     if args.export_frame:
         label, out = args.export_frame
@@ -115,6 +115,7 @@ def _converge(args: argparse.Namespace) -> int:
         return 0
     if args.table:
         res = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
+        res["analysis"] = analyse(res.get("points", {}))  # the current analysis of the stored points
     else:
         res = run_convergence(args.workdir, args.output, ranks=args.ranks, nice=args.nice,
                               log=lambda m: print(m, flush=True))

@@ -14,7 +14,10 @@ Errors are measured against the most converged point of each axis:
 
 * cutoff axis at the production k-mesh, reference = highest ``ecut_Ha``;
 * k axis at a cheaper cutoff (k convergence hardly depends on the cutoff),
-  reference = densest mesh.
+  reference = densest mesh, and the dense-mesh limit extrapolated from the three
+  densest meshes (:func:`k_limit`);
+* tolerance points against the point with the same cutoff and mesh at the default
+  (tight) tolerances.
 
 Reported per point: max relative error of the diagonal Z* (|ΔZ_ii| / |Z_ii|),
 max absolute error of all Z* components, max relative error of ε∞ diagonal,
@@ -46,6 +49,8 @@ DEFAULT_GRID: tuple[tuple[str, str, dict], ...] = (
     ("kpts", "ecut30_k5", {"ecut_Ha": 30.0, "kpt_density": 3.0}),
     ("kpts", "ecut30_k6", {"ecut_Ha": 30.0, "kpt_density": 3.6}),
     ("tol", "ecut40_k4_tol1e-6", {"ecut_Ha": 40.0, "kpt_density": 2.4, "tolvrs_efield": 1e-6, "tolvrs_gs": 1e-10}),
+    # the ddk step costs 70-85 % of a structure: is its wavefunction tolerance too strict?
+    ("tol", "ecut30_k4_ddk1e-16", {"ecut_Ha": 30.0, "kpt_density": 2.4, "tolwfr_ddk": 1e-16}),
 )
 
 
@@ -150,24 +155,71 @@ def _errors(p: dict, ref: dict) -> dict:
     }
 
 
+def _aitken(x0: np.ndarray, x1: np.ndarray, x2: np.ndarray, tiny: float = 1e-3) -> np.ndarray:
+    """Geometric (Aitken Δ²) limit of three successive values, elementwise.
+
+    Where the sequence is not geometric-convergent (changes below ``tiny`` or a ratio
+    outside (0, 1)), the last value is taken as converged.
+    """
+    d1, d2 = x1 - x0, x2 - x1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = d2 / d1
+        ok = (np.abs(d1) > tiny) & (np.abs(d2) > tiny / 10) & (r > 0) & (r < 1)
+        limit = np.where(ok, x2 + d2 * r / (1 - r), x2)
+    return limit
+
+
+def k_limit(points: dict) -> dict | None:
+    """Dense-mesh limit of Z* and ε∞ extrapolated from the three densest 30 Ha meshes.
+
+    The k error of Z* decays roughly geometrically with the mesh (measured ratios ≈ 0.4
+    per step from 4x4x4 to 6x6x6), so the densest mesh itself is not the converged value;
+    the Aitken Δ² limit of the last three meshes estimates it.
+    """
+    k_pts = sorted((lbl for lbl in points if points[lbl]["settings"].get("ecut_Ha") == 30.0
+                    and points[lbl]["axis"] != "tol"), key=lambda lbl: np.prod(points[lbl]["kmesh"]))
+    if len(k_pts) < 3:
+        return None
+    seq = [points[lbl] for lbl in k_pts[-3:]]
+    return {
+        "from": k_pts[-3:],
+        "born_effective_charges": _aitken(*(np.array(p["born_effective_charges"]) for p in seq)).tolist(),
+        "epsilon_inf": _aitken(*(np.array(p["epsilon_inf"]) for p in seq)).tolist(),
+    }
+
+
 def analyse(points: dict) -> dict:
-    """Errors of each point against the most converged point of its axis."""
+    """Errors of each point against the most converged point of its axis.
+
+    Keys: the label (cutoff axis, vs the highest cutoff), ``label@k`` (k axis at 30 Ha,
+    vs the densest mesh) and ``label@kinf`` (k axis, vs the extrapolated dense-mesh
+    limit of :func:`k_limit`).
+    """
     out = {}
     by_axis: dict[str, list[str]] = {}
     for label, p in points.items():
         by_axis.setdefault(p["axis"], []).append(label)
-    ecut_pts = [lbl for lbl in points if points[lbl]["axis"] in ("ecut", "tol") and points[lbl]["kmesh"] == [4, 4, 4]]
+    ecut_pts = [lbl for lbl in points if points[lbl]["axis"] == "ecut" and points[lbl]["kmesh"] == [4, 4, 4]]
     if ecut_pts:
-        ref = max((lbl for lbl in ecut_pts if points[lbl]["axis"] == "ecut"),
-                  key=lambda lbl: points[lbl]["settings"]["ecut_Ha"], default=None)
-        if ref is not None:
-            for lbl in ecut_pts:
-                out[lbl] = {"reference": ref, **_errors(points[lbl], points[ref])}
+        ref = max(ecut_pts, key=lambda lbl: points[lbl]["settings"]["ecut_Ha"])
+        for lbl in ecut_pts:
+            out[lbl] = {"reference": ref, **_errors(points[lbl], points[ref])}
+    # a tolerance point against the point with the same cutoff and mesh at the tight tolerances
+    for lbl in (lbl for lbl in points if points[lbl]["axis"] == "tol"):
+        base = [b for b in ecut_pts if points[b]["settings"]["ecut_Ha"] == points[lbl]["settings"]["ecut_Ha"]
+                and points[b]["kmesh"] == points[lbl]["kmesh"]]
+        if base:
+            out[lbl] = {"reference": base[0], **_errors(points[lbl], points[base[0]])}
     k_pts = [lbl for lbl in points if points[lbl]["settings"].get("ecut_Ha") == 30.0 and points[lbl]["axis"] != "tol"]
     if len(k_pts) > 1:
         ref = max(k_pts, key=lambda lbl: np.prod(points[lbl]["kmesh"]))
         for lbl in k_pts:
             out.setdefault(f"{lbl}@k", {"reference": ref, **_errors(points[lbl], points[ref])})
+    limit = k_limit(points)
+    if limit is not None:
+        for lbl in k_pts:
+            out[f"{lbl}@kinf"] = {"reference": "k-limit (Aitken, " + "/".join(limit["from"]) + ")",
+                                  **_errors(points[lbl], limit)}
     for lbl, p in points.items():
         out.setdefault(lbl, {})
         out[lbl]["max_abs_asr_violation_e"] = float(np.abs(np.array(p["acoustic_sum"])).max())
@@ -194,7 +246,8 @@ def markdown_table(results: dict) -> str:
     ]
     for lbl, p in pts.items():
         a = an.get(lbl, {})
-        comparisons = [err for err in (a, an.get(f"{lbl}@k", {})) if "reference" in err] or [{}]
+        comparisons = [err for err in (a, an.get(f"{lbl}@k", {}), an.get(f"{lbl}@kinf", {}))
+                       if "reference" in err] or [{}]
         for err in comparisons:
             ref = f" (vs {err['reference']})" if "reference" in err else ""
             lines.append(

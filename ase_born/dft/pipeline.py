@@ -330,11 +330,13 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
         for kind, c in rows.items()
     }
     asr = [np.abs(np.asarray(f.info["acoustic_sum"])).max() / (len(f) / 5) for f in frames if "acoustic_sum" in f.info]
+    planned = {str(a.info["structure_id"]) for a in plan}
     return {
         "plan": str(plan_path),
         "output": str(output),
         "total": len(plan),
-        "done": len(done),
+        "done": len(planned & set(done)),
+        "extra": sorted(set(done) - planned),  # frames not from the plan (e.g. the convergence cell)
         "kinds": summary,
         "max_asr_violation_per_formula_unit_e": float(max(asr)) if asr else None,
         "failures": {k: v[-1]["reason"] for k, v in failures.items()},
@@ -343,6 +345,8 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
 
 def print_status(st: dict, file=sys.stdout) -> None:
     print(f"{st['plan']}: {st['done']}/{st['total']} structures in {st['output']}", file=file)
+    if st.get("extra"):
+        print(f"plus {len(st['extra'])} frame(s) not in the plan: {', '.join(st['extra'])}", file=file)
     print(f"{'kind':<10}{'planned':>8}{'done':>6}{'test':>6}{'running':>8}{'failed':>7}{'core-h/struct':>15}", file=file)
     for kind, c in st["kinds"].items():
         ch = c.get("mean_core_hours")

@@ -88,3 +88,24 @@ def test_convergence_structure_is_ideal_cubic():
     a = conv.convergence_structure()
     cell = (a.cell[:], a.get_scaled_positions(), a.numbers)
     assert spglib.get_spacegroup(cell, symprec=1e-5) == "Pm-3m (221)"
+
+
+def test_k_limit_extrapolates_a_geometric_sequence_and_tol_points_use_their_base():
+    # Z*(k) = Z∞ (1 - 0.1 q^k) with q = 0.4: the Aitken limit of three meshes is exact
+    def scale(k):
+        return 1.0 - 0.1 * 0.4 ** k
+    points = {f"ecut30_k{k}": _point("kpts", 30.0, [k, k, k], zscale=scale(k), eps=6.0 * scale(k)) for k in (4, 5, 6)}
+    points["ecut30_k4"]["axis"] = "ecut"
+    points["ecut50_k4"] = _point("ecut", 50.0, [4, 4, 4], zscale=scale(4))
+    points["ecut30_k4_ddk1e-16"] = _point("tol", 30.0, [4, 4, 4], zscale=scale(4) * 1.001)
+    limit = conv.k_limit(points)
+    assert limit["from"] == ["ecut30_k4", "ecut30_k5", "ecut30_k6"]
+    np.testing.assert_allclose(np.array(limit["born_effective_charges"])[1], np.eye(3) * 7.0, atol=1e-9)
+    np.testing.assert_allclose(limit["epsilon_inf"], np.eye(3) * 6.0, atol=1e-9)
+    an = conv.analyse(points)
+    assert an["ecut30_k6@kinf"]["max_rel_err_Z_diag"] == pytest.approx(0.1 * 0.4 ** 6, rel=1e-6)
+    # the tolerance point is compared with the same cutoff and mesh, not with the highest cutoff
+    assert an["ecut30_k4_ddk1e-16"]["reference"] == "ecut30_k4"
+    assert an["ecut30_k4_ddk1e-16"]["max_rel_err_Z_diag"] == pytest.approx(1e-3)
+    table = conv.markdown_table({"points": points, "analysis": an})
+    assert "| ecut30_k6 (vs k-limit (Aitken, ecut30_k4/ecut30_k5/ecut30_k6)) | 30 | 6x6x6 | 0.04% |" in table

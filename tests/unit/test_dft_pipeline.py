@@ -74,9 +74,10 @@ def test_inputs_for_each_structure_type(kind):
 
 @needs_psp
 def test_kmesh_and_bands():
-    s = AbinitSettings()
-    assert s.kmesh(make_structure("cubic5", 0)) == [4, 4, 4]
-    assert s.kmesh(pnma_catio3()) == [3, 2, 3]
+    s = AbinitSettings()  # production k density 3.6 per Å⁻¹
+    assert s.kmesh(make_structure("cubic5", 0)) == [6, 6, 6]
+    assert s.kmesh(pnma_catio3()) == [5, 3, 5]
+    assert AbinitSettings(kpt_density=2.4).kmesh(pnma_catio3()) == [3, 2, 3]
     assert n_occupied_bands(pnma_catio3(), s) == 80
     with pytest.raises(ValueError, match="no pseudopotential"):
         make_inputs(__import__("ase.build", fromlist=["bulk"]).bulk("Cu"), s)
@@ -172,7 +173,13 @@ def test_resume_half_done_plan_completes_only_the_rest(tmp_path):
     assert frames[0].info["wall_s"] == pytest.approx(35.0)
     assert frames[0].info["epsilon_inf"].shape == (3, 3)
     st = status(plan, out, work)
-    assert st["done"] == 4 and st["kinds"]["cubic5"]["done"] == 2
+    assert st["done"] == 4 and st["kinds"]["cubic5"]["done"] == 2 and st["extra"] == []
+    # a frame that is not in the plan (the convergence cell) is listed, not counted as plan progress
+    extra = frames[0].copy()
+    extra.info["structure_id"] = "conv_cubic"
+    write_frames(out, extra, append=True)
+    st = status(plan, out, work)
+    assert st["done"] == 4 and st["extra"] == ["conv_cubic"]
     # nothing left: a third run computes nothing
     fake3 = FakeAbinit()
     run_plan(plan, out, work, runner=fake3, log=lambda m: None)
@@ -195,7 +202,7 @@ def test_settings_mismatch_refused(tmp_path):
     check_settings(tmp_path, AbinitSettings())
     check_settings(tmp_path, AbinitSettings())
     with pytest.raises(ValueError, match="different ABINIT settings"):
-        check_settings(tmp_path, AbinitSettings(ecut_Ha=30.0))
+        check_settings(tmp_path, AbinitSettings(ecut_Ha=40.0))
 
 
 @needs_psp
