@@ -49,6 +49,22 @@ TEACHER_PNMA_ABC = (5.506, 7.694, 5.406)  # SevenNet-0, measured in the distilla
 SPECIAL_POINTS_CUBIC = {"Gamma": (0, 0, 0), "X": (0.5, 0, 0), "M": (0.5, 0.5, 0), "R": (0.5, 0.5, 0.5)}
 
 
+def gamma_modes(freqs) -> dict:
+    """Γ frequencies split into the 3 acoustic modes (smallest |f|, ≈ 0 by translation
+    invariance) and the optical rest; unstable optical modes are negative (phonopy's
+    convention for imaginary frequencies), so they must not be taken for acoustic ones."""
+    freqs = np.sort(np.asarray(freqs, dtype=float))
+    acoustic = np.sort(np.argsort(np.abs(freqs))[:3])
+    optical = np.delete(freqs, acoustic)
+    return {
+        "gamma_frequencies_THz": freqs.tolist(),
+        "acoustic_THz": freqs[acoustic].tolist(),
+        "lowest_optical_THz": float(optical.min()),
+        "unstable_optical_THz": optical[optical < 0].tolist(),
+        "local_minimum": bool(optical.min() > 0 and np.all(np.abs(freqs[acoustic]) < 0.2)),
+    }
+
+
 def _phonopy(atoms: Atoms, calc, supercell: tuple[int, int, int], distance: float = 0.01):
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
@@ -77,18 +93,13 @@ def check_pnma(calc) -> dict:
     res = relax(atoms, calc, fmax=1e-3, steps=1000, relax_cell=True)
     abc = atoms.cell.cellpar()[:3]
     ph, ndisp = _phonopy(atoms, calc, (1, 1, 1))
-    freqs = np.sort(ph.get_frequencies((0, 0, 0)))
-    optical = freqs[3:]
     return {
         "relax": res,
         "abc_A": abc.tolist(),
         "angles_deg": atoms.cell.cellpar()[3:].tolist(),
         "abc_rel_err_vs_experiment_pct": (100 * (abc / np.array(EXPERIMENT_PNMA_ABC) - 1)).tolist(),
         "abc_rel_err_vs_teacher_pct": (100 * (abc / np.array(TEACHER_PNMA_ABC) - 1)).tolist(),
-        "gamma_frequencies_THz": freqs.tolist(),
-        "acoustic_THz": freqs[:3].tolist(),
-        "lowest_optical_THz": float(optical.min()),
-        "local_minimum": bool(optical.min() > 0 and np.all(np.abs(freqs[:3]) < 0.2)),
+        **gamma_modes(ph.get_frequencies((0, 0, 0))),
         "n_displacements": ndisp,
         "time_s": time.perf_counter() - t0,
     }
@@ -131,9 +142,7 @@ def check_pressure(calc, tol_A3: float = 0.05) -> dict:
         "abc_A": atoms.cell.cellpar()[:3].tolist(),
         "abc_rel_err_vs_experiment_pct": (100 * (atoms.cell.cellpar()[:3] / np.array(EXPERIMENT_PNMA_ABC) - 1)).tolist(),
         "volume_scan_A3": {f"{k:.3f}": v for k, v in sorted(scan.items())},
-        "gamma_frequencies_THz": freqs.tolist(),
-        "lowest_optical_THz": float(freqs[3:].min()),
-        "local_minimum": bool(freqs[3:].min() > 0 and np.all(np.abs(freqs[:3]) < 0.2)),
+        **gamma_modes(freqs),
         "time_s": time.perf_counter() - t0,
     }
 
