@@ -106,20 +106,13 @@ class _SpeciesGuard(BornChargeModel):
 def load_force_field(device: str = "cpu", dtype: str = "float64"):
     """The default MACE force field as an ASE calculator (``mace.calculators.MACECalculator``).
 
-    MACE's calculator sets torch's global default dtype; it is restored here so
-    loading the defaults has no global side effect.
+    MACE's calculator sets torch's global default dtype; it is restored
+    (:func:`ase_born.workflows.models.mace_calculator`), so loading the defaults has no
+    global side effect.
     """
-    import torch
-    from mace.calculators import MACECalculator
+    from ase_born.workflows.models import mace_calculator
 
-    card = model_card()
-    path = _checked_file(card["force_field"])
-    previous = torch.get_default_dtype()
-    try:
-        calc = MACECalculator(model_paths=str(path), device=device, default_dtype=dtype)
-    finally:
-        torch.set_default_dtype(previous)
-    return calc
+    return mace_calculator(_checked_file(model_card()["force_field"]), device=device, dtype=dtype)
 
 
 def load_born_model(device: str = "cpu", dtype: str = "float64"):

@@ -169,6 +169,12 @@ def _aitken(x0: np.ndarray, x1: np.ndarray, x2: np.ndarray, tiny: float = 1e-3) 
     return limit
 
 
+def _k_axis(points: dict) -> list[str]:
+    """The k-axis points (30 Ha, not tolerance points), coarsest mesh first."""
+    return sorted((lbl for lbl in points if points[lbl]["settings"].get("ecut_Ha") == 30.0
+                   and points[lbl]["axis"] != "tol"), key=lambda lbl: np.prod(points[lbl]["kmesh"]))
+
+
 def k_limit(points: dict) -> dict | None:
     """Dense-mesh limit of Z* and ε∞ extrapolated from the three densest 30 Ha meshes.
 
@@ -176,8 +182,7 @@ def k_limit(points: dict) -> dict | None:
     per step from 4x4x4 to 6x6x6), so the densest mesh itself is not the converged value;
     the Aitken Δ² limit of the last three meshes estimates it.
     """
-    k_pts = sorted((lbl for lbl in points if points[lbl]["settings"].get("ecut_Ha") == 30.0
-                    and points[lbl]["axis"] != "tol"), key=lambda lbl: np.prod(points[lbl]["kmesh"]))
+    k_pts = _k_axis(points)
     if len(k_pts) < 3:
         return None
     seq = [points[lbl] for lbl in k_pts[-3:]]
@@ -196,9 +201,6 @@ def analyse(points: dict) -> dict:
     limit of :func:`k_limit`).
     """
     out = {}
-    by_axis: dict[str, list[str]] = {}
-    for label, p in points.items():
-        by_axis.setdefault(p["axis"], []).append(label)
     ecut_pts = [lbl for lbl in points if points[lbl]["axis"] == "ecut" and points[lbl]["kmesh"] == [4, 4, 4]]
     if ecut_pts:
         ref = max(ecut_pts, key=lambda lbl: points[lbl]["settings"]["ecut_Ha"])
@@ -210,9 +212,9 @@ def analyse(points: dict) -> dict:
                 and points[b]["kmesh"] == points[lbl]["kmesh"]]
         if base:
             out[lbl] = {"reference": base[0], **_errors(points[lbl], points[base[0]])}
-    k_pts = [lbl for lbl in points if points[lbl]["settings"].get("ecut_Ha") == 30.0 and points[lbl]["axis"] != "tol"]
+    k_pts = _k_axis(points)
     if len(k_pts) > 1:
-        ref = max(k_pts, key=lambda lbl: np.prod(points[lbl]["kmesh"]))
+        ref = k_pts[-1]  # the densest mesh
         for lbl in k_pts:
             out.setdefault(f"{lbl}@k", {"reference": ref, **_errors(points[lbl], points[ref])})
     limit = k_limit(points)

@@ -124,11 +124,24 @@ def load_force_field(
         raise FileNotFoundError(
             f"force-field model file not found: {path} (a MACE model, or 'standin')"
         )
+    return mace_calculator(path, device=device, dtype=dtype)
+
+
+def mace_calculator(path: str | os.PathLike, *, device: str = "cpu", dtype: str = "float64") -> Any:
+    """``mace.calculators.MACECalculator`` for a model file, without global side effects.
+
+    MACE's calculator sets torch's global default dtype; it is restored here.
+    """
     try:
+        import torch
         from mace.calculators import MACECalculator
     except ImportError as exc:  # pragma: no cover - mace is a dependency
         raise ImportError("loading a MACE model needs mace-torch (pip install mace-torch)") from exc
-    return MACECalculator(model_paths=str(path), device=device, default_dtype=dtype)
+    previous = torch.get_default_dtype()
+    try:
+        return MACECalculator(model_paths=str(path), device=device, default_dtype=dtype)
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def load_born_model(
@@ -188,5 +201,6 @@ __all__ = [
     "load_default_models",
     "load_force_field",
     "load_models",
+    "mace_calculator",
     "resolve",
 ]

@@ -274,17 +274,12 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     from ase_born.defaults import load_force_field, model_card, sha256
+    from ase_born.workflows.models import mace_calculator
 
     def force_field(dtype: str):
         if args.model is None:
             return load_force_field(args.device, dtype)
-        from mace.calculators import MACECalculator
-
-        previous = torch.get_default_dtype()  # MACECalculator sets the global default dtype
-        try:
-            return MACECalculator(model_paths=args.model, device=args.device, default_dtype=dtype)
-        finally:
-            torch.set_default_dtype(previous)
+        return mace_calculator(args.model, device=args.device, dtype=dtype)
 
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
