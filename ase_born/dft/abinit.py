@@ -3,11 +3,13 @@
 One structure is computed in three ABINIT runs, each in its own input file in the
 structure's directory, so that an interrupted structure resumes at the last
 finished step (ABINIT's own restart files: the ground-state ``WFK`` and the ddk
-first-order wavefunctions ``1WF{3*natom+4..6}`` are kept until the structure is
+first-order wavefunctions ``1WF{3*natom+1..3}`` are kept until the structure is
 finished, then deleted):
 
 1. ``gs``: self-consistent ground state (energy, forces, stress), writes WFK;
-2. ``ddk``: non-self-consistent d/dk perturbation (``rfelfd 2``, ``iscf -3``);
+2. ``ddk``: non-self-consistent d/dk perturbation (``rfelfd 2``, ``iscf -3``),
+   one ABINIT run per direction (``ddk1``, ``ddk2``, ``ddk3``), so that a killed
+   20-atom structure loses at most one direction of its most expensive step;
 3. ``efield``: electric-field perturbation only (``rfelfd 3``, ``rfphon 0``),
    which prints the clamped-ion dielectric tensor ε∞ and the Born effective
    charges "from electric field response" (no phonon perturbations needed).
@@ -164,10 +166,10 @@ def make_inputs(atoms: Atoms, settings: AbinitSettings) -> dict[str, str]:
     Returns
     -------
     dict
-        ``{"gs": text, "ddk": text, "efield": text}``; file names used inside:
-        the GS writes ``gs_o_WFK``; ddk reads it through ``in_WFK`` and writes
-        ``ddk_o_1WF*``; efield reads ``in_WFK`` and ``in_1WF*`` (symlinks made by
-        :func:`run_structure`).
+        ``{"gs", "ddk1", "ddk2", "ddk3", "efield"}`` to input text; file names
+        used inside: the GS writes ``gs_o_WFK``; ddk direction ``d`` reads it
+        through ``in_WFK`` and writes ``ddk{d}_o_1WF{3*natom+d}``; efield reads
+        ``in_WFK`` and ``in_1WF*`` (symlinks made by :func:`run_structure`).
     """
     if atoms.cell.rank != 3 or not atoms.pbc.all():
         raise ValueError("ABINIT DFPT needs a fully periodic structure with a 3D cell")
@@ -213,19 +215,23 @@ prtwf 1
 prtden 1
 outdata_prefix "gs_o"
 """
-    ddk = common + f"""
-# step 2: d/dk (non-self-consistent)
+    ddk = {
+        f"ddk{d + 1}": common
+        + f"""
+# step 2: d/dk (non-self-consistent), direction {d + 1} of 3
 kptopt 2
 iscf -3
 rfelfd 2
-rfdir 1 1 1
+rfdir {' '.join('1' if i == d else '0' for i in range(3))}
 tolwfr {settings.tolwfr_ddk:.3e}
 irdwfk 1
 indata_prefix "in"
-outdata_prefix "ddk_o"
+outdata_prefix "ddk{d + 1}_o"
 prtwf 1
 prtden 0
 """
+        for d in range(3)
+    }
     efield = common + f"""
 # step 3: homogeneous electric field (no phonon perturbation)
 kptopt 2
@@ -240,7 +246,7 @@ outdata_prefix "ef_o"
 prtwf 0
 prtden 0
 """
-    return {"gs": gs, "ddk": ddk, "efield": efield}
+    return {"gs": gs, **ddk, "efield": efield}
 
 
 class StepInterrupted(Exception):
@@ -279,7 +285,9 @@ def run_step(
     nice: int = 19,
     stop_event: threading.Event | None = None,
 ) -> float:
-    """Run one step (``gs``, ``ddk`` or ``efield``) in ``directory``; return wall seconds.
+    """Run one ABINIT input ``<step>.abi`` (``gs``, ``ddk1``-``ddk3``, ``efield``) in ``directory``.
+
+    Returns the wall seconds.
 
     The child runs in its own process group so that a timeout, a set
     ``stop_event`` or an exception kills every MPI rank.  Raises
@@ -314,7 +322,7 @@ def run_step(
     text = abo.read_text(errors="replace")
     if "Calculation completed" not in text:
         raise AbinitError(f"{step}: output incomplete; {_first_error(directory / f'{step}.log')}")
-    if step != "ddk" and "not enough SCF cycles to converge" in text:
+    if not step.startswith("ddk") and "not enough SCF cycles to converge" in text:
         raise AbinitError(f"{step}: SCF not converged in nstep iterations")
     return time.time() - t0
 
@@ -364,28 +372,47 @@ def run_structure(
     directory.mkdir(parents=True, exist_ok=True)
     inputs = make_inputs(atoms, settings)
     natom = len(atoms)
+
+    def run_once(name: str) -> float:
+        marker = directory / f"{name}.done"
+        if marker.is_file():
+            return float(marker.read_text().strip() or 0.0)
+        (directory / f"{name}.abi").write_text(inputs[name])
+        for stale in directory.glob(f"{name}.abo*"):
+            stale.unlink()  # ABINIT renames instead of overwriting; keep one output
+        seconds = run_step(directory, name, ranks, timeout_s, nice, stop_event)
+        _write_marker(marker, seconds)
+        return seconds
+
     timings = {}
     for step in STEPS:
         marker = directory / f"{step}.done"
         if marker.is_file():
             timings[step] = float(marker.read_text().strip() or 0.0)
             continue
-        (directory / f"{step}.abi").write_text(inputs[step])
-        for stale in directory.glob(f"{step}.abo*"):
-            stale.unlink()  # ABINIT renames instead of overwriting; keep one output
         if step in ("ddk", "efield"):
             _link(directory, "gs_o_WFK", "in_WFK")
+        if step == "ddk":
+            timings[step] = sum(run_once(f"ddk{d + 1}") for d in range(3))
+            _write_marker(marker, timings[step])
+            continue
         if step == "efield":
-            for idir in range(3):
-                ipert = 3 * natom + idir + 1  # ddk = perturbation natom+1: files 1WF{3*natom+1..3}
-                _link(directory, f"ddk_o_1WF{ipert}", f"in_1WF{ipert}")
-        timings[step] = run_step(directory, step, ranks, timeout_s, nice, stop_event)
-        tmp = directory / f".{step}.done.tmp"
-        tmp.write_text(f"{timings[step]:.1f}\n")
-        os.replace(tmp, marker)
+            for d in range(3):
+                ipert = 3 * natom + d + 1  # ddk = perturbation natom+1: files 1WF{3*natom+1..3}
+                source = f"ddk{d + 1}_o_1WF{ipert}"
+                if not (directory / source).is_file():
+                    source = f"ddk_o_1WF{ipert}"  # ddk.done from one run for all directions (before the split)
+                _link(directory, source, f"in_1WF{ipert}")
+        timings[step] = run_once(step)
     if cleanup:
         cleanup_restart_files(directory)
     return timings
+
+
+def _write_marker(marker: Path, seconds: float) -> None:
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(f"{seconds:.1f}\n")
+    os.replace(tmp, marker)
 
 
 def cleanup_restart_files(directory: str | os.PathLike) -> None:

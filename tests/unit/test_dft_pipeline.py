@@ -65,7 +65,10 @@ def test_inputs_for_each_structure_type(kind):
         ngkpt = [int(x) for x in _var(text, "ngkpt")[0]]
         assert ngkpt == s.kmesh(atoms)
     assert "kptopt 1" in inp["gs"] and "optstress 1" in inp["gs"]
-    assert "rfelfd 2" in inp["ddk"] and "iscf -3" in inp["ddk"] and "kptopt 2" in inp["ddk"]
+    for d, rfdir in enumerate(("1 0 0", "0 1 0", "0 0 1")):
+        ddk = inp[f"ddk{d + 1}"]
+        assert "rfelfd 2" in ddk and "iscf -3" in ddk and "kptopt 2" in ddk
+        assert f"rfdir {rfdir}" in ddk and f'outdata_prefix "ddk{d + 1}_o"' in ddk
     assert "rfelfd 3" in inp["efield"] and "rfphon 0" in inp["efield"] and "kptopt 2" in inp["efield"]
     typat = [int(x) for x in _var(inp["gs"], "typat")[0]]
     znucl = [int(x) for x in _var(inp["gs"], "znucl")[0]]
@@ -211,6 +214,9 @@ def test_run_structure_resumes_at_first_unfinished_step(tmp_path, monkeypatch):
 
     def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
         calls.append(step)
+        if step.startswith("ddk"):
+            d = int(step[3])
+            (directory / f"ddk{d}_o_1WF{15 + d}").write_text("ddk")
         return 1.0
 
     monkeypatch.setattr(dft_abinit, "run_step", fake_step)
@@ -219,18 +225,37 @@ def test_run_structure_resumes_at_first_unfinished_step(tmp_path, monkeypatch):
     d.mkdir()
     (d / "gs.done").write_text("123.0\n")  # ground state finished before a kill
     (d / "gs_o_WFK").write_text("wavefunctions")
-    for i in (16, 17, 18):
-        (d / f"ddk_o_1WF{i}").write_text("ddk")
+    (d / "ddk1.done").write_text("7.0\n")  # first ddk direction finished too
+    (d / "ddk1_o_1WF16").write_text("ddk")
     timings = run_structure(atoms, AbinitSettings(), d, cleanup=False)
-    assert calls == ["ddk", "efield"]
-    assert timings == {"gs": 123.0, "ddk": 1.0, "efield": 1.0}
+    assert calls == ["ddk2", "ddk3", "efield"]
+    assert timings == {"gs": 123.0, "ddk": 9.0, "efield": 1.0}
+    assert (d / "ddk.done").read_text().strip() == "9.0"
+    assert "rfdir 0 1 0" in (d / "ddk2.abi").read_text()
     # efield reads the GS WFK and the three ddk files through in_* links
     assert (d / "in_WFK").resolve() == (d / "gs_o_WFK").resolve()
-    assert sorted(p.name for p in d.glob("in_1WF*")) == ["in_1WF16", "in_1WF17", "in_1WF18"]
+    assert {p.name: p.resolve().name for p in d.glob("in_1WF*")} == {
+        "in_1WF16": "ddk1_o_1WF16", "in_1WF17": "ddk2_o_1WF17", "in_1WF18": "ddk3_o_1WF18"}
     calls.clear()
     run_structure(atoms, AbinitSettings(), d, cleanup=True)
     assert calls == []  # all steps done
     assert not (d / "gs_o_WFK").exists() and not list(d.glob("*1WF*"))
+
+
+@needs_psp
+def test_run_structure_reads_ddk_files_of_a_single_ddk_run(tmp_path, monkeypatch):
+    """Directories whose ddk ran as one ABINIT run (rfdir 1 1 1) before the split still finish."""
+    calls = []
+    monkeypatch.setattr(dft_abinit, "run_step", lambda directory, step, *a, **k: calls.append(step) or 1.0)
+    d = tmp_path / "s"
+    d.mkdir()
+    for name in ("gs.done", "ddk.done"):
+        (d / name).write_text("5.0\n")
+    for i in (16, 17, 18):
+        (d / f"ddk_o_1WF{i}").write_text("ddk")
+    run_structure(make_structure("cubic5", 0), AbinitSettings(), d, cleanup=False)
+    assert calls == ["efield"]
+    assert sorted(p.resolve().name for p in d.glob("in_1WF*")) == ["ddk_o_1WF16", "ddk_o_1WF17", "ddk_o_1WF18"]
 
 
 @needs_psp
