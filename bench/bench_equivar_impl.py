@@ -16,6 +16,11 @@ difference of the raw Z* (e) between the two, and ``rel_diff`` that over ``max |
 The fast forward is also timed with ``--threads-fast`` threads (default 1 and 2), for the
 "BM2 forward <= 1.2 ms/atom on 2 cores" goal.
 
+``tp_impl="compiled"`` (the fast form through ``torch.compile``) is timed in the same run
+unless ``--no-compiled``: the one-off compilation (``compile_s``), then the median of
+``--repeats`` interleaved with fast forwards (``ratio_fast_over_compiled``), and its
+largest Z* difference from the fast path (``compiled_max_abs_diff_e``).
+
 Results are printed and written to ``bench/results/bench_equivar_impl.json``.
 
 Usage::
@@ -54,8 +59,33 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
+def _bench_compiled(model: Equivar, g, z_fast: torch.Tensor, repeats: int) -> dict:
+    """Compile time, then fast and compiled forwards interleaved (medians), Z* difference."""
+    model.tp_impl = "compiled"
+    t0 = time.perf_counter()
+    _, z_comp = model.forward_graph(g, return_raw=True)
+    compile_s = time.perf_counter() - t0
+    t_fast, t_comp = [], []
+    for _ in range(repeats):
+        for impl, ts in (("fast", t_fast), ("compiled", t_comp)):
+            model.tp_impl = impl
+            t0 = time.perf_counter()
+            model.forward_graph(g)
+            ts.append(time.perf_counter() - t0)
+    model.tp_impl = "fast"
+    diff = (z_comp - z_fast).abs().max().item()
+    return {
+        "compile_s": compile_s,
+        "fast_ms_interleaved": 1e3 * statistics.median(t_fast),
+        "compiled_ms": 1e3 * statistics.median(t_comp),
+        "ratio_fast_over_compiled": statistics.median(t_fast) / statistics.median(t_comp),
+        "compiled_max_abs_diff_e": diff,
+        "compiled_identical_to_1e-5": diff <= 1e-5 * max(1.0, z_fast.abs().max().item()),
+    }
+
+
 def bench_model(name: str, n_atoms: int, dtype: str, repeats: int, stock_repeats: int,
-                threads_fast: list[int]) -> dict:  # fmt: skip
+                threads_fast: list[int], compiled: bool = True) -> dict:  # fmt: skip
     torch.manual_seed(0)
     atoms = pnma_catio3().repeat(supercell_repeat(n_atoms))
     atoms.rattle(0.02, seed=0)
@@ -77,6 +107,8 @@ def bench_model(name: str, n_atoms: int, dtype: str, repeats: int, stock_repeats
             t_stock.append(time.perf_counter() - t0)
         model.tp_impl = "fast"
         t_fast_after = _median_time(lambda: model.forward_graph(g), CPU, repeats)
+        if compiled:
+            row.update(_bench_compiled(model, g, z_fast, repeats))
         per_threads = {}
         for nt in threads_fast:
             torch.set_num_threads(nt)
@@ -116,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch threads of the fast-vs-stock ratio"
     )
     p.add_argument("--threads-fast", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--no-compiled", action="store_true", help="skip tp_impl='compiled'")
     p.add_argument("--pause-dft", action="store_true", help="pause the ABINIT job meanwhile")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "bench_equivar_impl.json"))
     args = p.parse_args(argv)
@@ -125,15 +158,19 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name in args.models:
             r = bench_model(name, args.n_atoms, args.dtype, args.repeats, args.stock_repeats,
-                            args.threads_fast)  # fmt: skip
+                            args.threads_fast, not args.no_compiled)  # fmt: skip
             rows.append(r)
             thr = ", ".join(f"{k} thr {v:.3f}" for k, v in r["fast_ms_per_atom_by_threads"].items())
             print(f"{name} N={r['n_atoms']} edges={r['n_edges']} {args.dtype} | fast {r['fast_ms']:8.1f} ms"
                   f" | stock e3nn {r['stock_ms']:9.1f} ms | x{r['ratio_stock_over_fast']:.1f}"
                   f" | max|dZ| {r['max_abs_diff_e']:.2e} e (max|Z| {r['max_abs_z_e']:.2f})"
                   f" | fast ms/atom: {thr}", flush=True)  # fmt: skip
+            if "compiled_ms" in r:
+                print(f"{name} compiled: {r['compiled_ms']:.1f} ms vs fast {r['fast_ms_interleaved']:.1f} ms"
+                      f" | x{r['ratio_fast_over_compiled']:.2f} | compile {r['compile_s']:.0f} s"
+                      f" | max|dZ| {r['compiled_max_abs_diff_e']:.2e} e", flush=True)  # fmt: skip
         info = {
-            "benchmark": "Equivar forward, tp_impl fast vs stock e3nn TensorProduct, same weights and graph",
+            "benchmark": "Equivar forward, tp_impl fast vs stock e3nn TensorProduct (and vs compiled), same weights and graph",
             "results": rows,
             "machine": machine_info(load_before, args.pause_dft, torch_threads=args.threads),
             "versions": versions(e3nn=True),

@@ -39,7 +39,7 @@ LR_SCHEDULES = ("none", "cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 MIXED_PRECISION = ("none", "bf16")
-TP_IMPLS = ("fast", "e3nn")
+TP_IMPLS = ("fast", "compiled", "e3nn")
 
 #: fields that may differ between a checkpoint and the config that resumes it
 RESUMABLE_CHANGES = frozenset(
@@ -119,8 +119,9 @@ class TrainConfig:
     mixed_precision : {"none", "bf16"}
         ``"bf16"``: bfloat16 autocast for the forward pass (meant for CUDA; also runs on
         CPU, usually slower there). Parameters, optimizer and loss stay in ``dtype``.
-    tp_impl : {"fast", "e3nn"}
-        Implementation of the equivariant layers (same parameters).
+    tp_impl : {"fast", "compiled", "e3nn"}
+        Implementation of the equivariant layers (same parameters; ``"compiled"`` adds a
+        one-off ``torch.compile`` of forward and backward).
     num_workers : int
         DataLoader worker processes (graphs are precomputed; 0 is usually enough).
     out : str

@@ -177,6 +177,39 @@ def test_model_fast_matches_e3nn_reference_with_same_state_dict(overrides):
     assert copy.deepcopy(ref)._e3nn_cache == {}
 
 
+def _compiled_vs_fast(with_grad: bool):
+    """Z* (and dΣZ²/dR) of tp_impl="compiled" vs "fast", same weights (two cell sizes
+    without gradients: a new edge count must not change the result)."""
+    model = randomized(SMALL, seed=5)
+    structures = [rattled_catio3(3)] + ([] if with_grad else [rattled_catio3(4).repeat((2, 1, 1))])
+    for atoms in structures:
+        g = batch_from_atoms(atoms, dtype="float64")
+        out = {}
+        for impl in ("fast", "compiled"):
+            model.tp_impl = impl
+            pos = g.positions.clone().requires_grad_(with_grad)
+            with torch.set_grad_enabled(with_grad):
+                z = model(pos, g.numbers, g.edge_index, g.shifts, g.cell, g.batch, 1)
+                grad = torch.autograd.grad((z**2).sum(), pos)[0] if with_grad else None
+            out[impl] = (z.detach(), grad)
+        assert out["fast"][0].abs().max() > 0.1
+        torch.testing.assert_close(out["compiled"][0], out["fast"][0], atol=1e-10, rtol=0)
+        if with_grad:
+            torch.testing.assert_close(out["compiled"][1], out["fast"][1], atol=1e-10, rtol=0)
+    # the compiled function is a cache: never pickled or deep-copied
+    assert model._compiled_fast is not None and copy.deepcopy(model)._compiled_fast is None
+
+
+def test_compiled_tp_impl_matches_fast_no_grad():
+    """torch.compile of the fast path (~1 min of compilation on 2 cores)."""
+    _compiled_vs_fast(with_grad=False)
+
+
+@pytest.mark.slow
+def test_compiled_tp_impl_matches_fast_with_position_gradient():
+    _compiled_vs_fast(with_grad=True)
+
+
 # --------------------------------------------------------------------------- Cartesian map
 def test_cartesian_matrix_is_e3nn_cartesian_tensor_and_equivariant():
     m = irreps_to_cartesian_matrix(torch.float64)
