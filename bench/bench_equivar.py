@@ -247,7 +247,7 @@ def machine_info(load_before: list[float], dft_paused: bool, torch_threads: int 
         "load_average_before": load_before,
         "load_average_after": list(os.getloadavg()),
         "dft_paused": bool(dft_paused),
-        "note": "shared 2-core VM with a nice'd MACE training job and other users",
+        "note": "shared 2-core VM; the load averages record the other work running (ABINIT is paused only with --pause-dft)",
     }
 
 
