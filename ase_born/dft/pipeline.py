@@ -42,7 +42,7 @@ import numpy as np
 from ase import Atoms
 
 from ase_born.dft.abinit import AbinitError, AbinitSettings, StepInterrupted, run_structure
-from ase_born.io.abinit import AbinitParseError, read_abinit_output
+from ase_born.io.abinit import AbinitParseError, read_abinit_output, read_run_times
 from ase_born.io.extxyz import read_frames, write_frames
 
 DEFAULT_OUTPUT = Path("data/dft/catio3_dfpt.extxyz")
@@ -130,7 +130,24 @@ def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, 
         wall_s=float(sum(timings.values())),
         wall_s_steps=json.dumps({k: round(v, 1) for k, v in timings.items()}),
     )
+    cpu = cpu_seconds(directory)
+    if cpu is not None:
+        frame.info["cpu_s"] = cpu
     return frame
+
+
+def cpu_seconds(directory: str | os.PathLike) -> float | None:
+    """CPU seconds of a finished structure (all steps, all MPI ranks), from its ``.abo`` files.
+
+    ``None`` unless the GS, all ddk directions (one run or three) and the efield step
+    report their times.
+    """
+    directory = Path(directory)
+    ddk = ["ddk.abo"] if (directory / "ddk.abo").is_file() else [f"ddk{d}.abo" for d in (1, 2, 3)]
+    times = [read_run_times(directory / name) for name in ["gs.abo", *ddk, "efield.abo"]]
+    if any(t is None for t in times):
+        return None
+    return float(sum(t[0] for t in times))
 
 
 @dataclass
@@ -309,6 +326,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     failures = _load_json(Path(workdir) / "failures.json", {})
     rows: dict[str, Counter] = defaultdict(Counter)
     cost: dict[str, list[float]] = defaultdict(list)
+    cpu: dict[str, list[float]] = defaultdict(list)
     for a in plan:
         sid, kind = a.info["structure_id"], str(a.info.get("kind"))
         rows[kind]["planned"] += 1
@@ -318,6 +336,9 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
             rows[kind]["test"] += f.info.get("split") == "test"
             if "wall_s" in f.info:
                 cost[kind].append(float(f.info["wall_s"]) * int(f.info.get("mpi_ranks", 1)))
+            c = f.info.get("cpu_s", cpu_seconds(Path(workdir) / sid))
+            if c is not None:
+                cpu[kind].append(float(c))
         elif sid in failures:
             rows[kind]["failed"] += 1
         elif (Path(workdir) / sid / "gs.done").is_file() or (Path(workdir) / sid / "gs.abi").is_file():
@@ -326,6 +347,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
         kind: {
             **dict(c),
             "mean_core_hours": (float(np.mean(cost[kind])) / 3600.0) if cost[kind] else None,
+            "mean_cpu_hours": (float(np.mean(cpu[kind])) / 3600.0) if cpu[kind] else None,
         }
         for kind, c in rows.items()
     }
@@ -347,14 +369,17 @@ def print_status(st: dict, file=sys.stdout) -> None:
     print(f"{st['plan']}: {st['done']}/{st['total']} structures in {st['output']}", file=file)
     if st.get("extra"):
         print(f"plus {len(st['extra'])} frame(s) not in the plan: {', '.join(st['extra'])}", file=file)
-    print(f"{'kind':<10}{'planned':>8}{'done':>6}{'test':>6}{'running':>8}{'failed':>7}{'core-h/struct':>15}", file=file)
+    print(f"{'kind':<10}{'planned':>8}{'done':>6}{'test':>6}{'running':>8}{'failed':>7}"
+          f"{'core-h/struct':>15}{'cpu-h/struct':>14}", file=file)  # fmt: skip
     for kind, c in st["kinds"].items():
-        ch = c.get("mean_core_hours")
+        ch, cpu = c.get("mean_core_hours"), c.get("mean_cpu_hours")
         print(
             f"{kind:<10}{c.get('planned', 0):>8}{c.get('done', 0):>6}{c.get('test', 0):>6}"
-            f"{c.get('in_progress', 0):>8}{c.get('failed', 0):>7}{(f'{ch:.2f}' if ch else '-'):>15}",
+            f"{c.get('in_progress', 0):>8}{c.get('failed', 0):>7}{(f'{ch:.2f}' if ch else '-'):>15}"
+            f"{(f'{cpu:.2f}' if cpu else '-'):>14}",
             file=file,
         )
+    print("core-h = wall x MPI ranks; cpu-h = CPU time summed over ranks (ABINIT's own count)", file=file)
     if st["max_asr_violation_per_formula_unit_e"] is not None:
         print(f"max |sum_k Z*| per formula unit: {st['max_asr_violation_per_formula_unit_e']:.3f} e", file=file)
     for sid, reason in st["failures"].items():

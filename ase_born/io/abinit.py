@@ -171,6 +171,25 @@ def _atoms_from_echo(echo: dict) -> Atoms:
     )
 
 
+_CPU_RE = re.compile(r"^\+Overall time at end \(sec\) : cpu=\s*([0-9.Ee+-]+)\s+wall=\s*([0-9.Ee+-]+)", re.MULTILINE)
+
+
+def read_run_times(path: str | os.PathLike) -> tuple[float, float] | None:
+    """``(cpu_s, wall_s)`` of a finished ABINIT run, summed over its MPI processes.
+
+    From the ``+Overall time at end (sec) : cpu= ... wall= ...`` line of the ``.abo``;
+    ``None`` if the file or the line is missing. CPU seconds do not count time the
+    processes spent stopped or waiting for a busy core, so they measure the cost of a run
+    on a shared machine better than the wall clock.
+    """
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    m = _CPU_RE.findall(text)
+    return (float(m[-1][0]), float(m[-1][1])) if m else None
+
+
 def _version(text: str) -> str | None:
     m = re.search(r"\.Version\s+(\S+)\s+of ABINIT", text)
     return m.group(1) if m else None

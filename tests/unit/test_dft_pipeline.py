@@ -284,3 +284,20 @@ def test_abinit_end_to_end_tiny_cell(tmp_path):
     assert np.isfinite(z).all() and 1.0 < z[0, 0, 0] < 4.0 and 4.0 < z[1, 1, 1] < 12.0
     assert f.info["epsilon_inf"][0, 0] > 1.0
     assert np.abs(f.get_forces()).max() > 0
+
+
+def test_cpu_seconds_sums_every_step(tmp_path):
+    from ase_born.dft.pipeline import cpu_seconds
+
+    def abo(name, cpu):
+        (tmp_path / name).write_text(f"...\n+Overall time at end (sec) : cpu=  {cpu}  wall=  {2 * cpu}\n")
+
+    abo("gs.abo", 10.0)
+    abo("ddk1.abo", 20.0)
+    abo("ddk2.abo", 20.0)
+    abo("efield.abo", 30.0)
+    assert cpu_seconds(tmp_path) is None  # ddk3 missing: not finished
+    abo("ddk3.abo", 25.0)
+    assert cpu_seconds(tmp_path) == pytest.approx(105.0)
+    abo("ddk.abo", 50.0)  # a directory from the single ddk run
+    assert cpu_seconds(tmp_path) == pytest.approx(90.0)

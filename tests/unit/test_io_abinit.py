@@ -13,6 +13,7 @@ from ase_born.io.abinit import (
     dielectric_from_table,
     parse_final_echo,
     read_abinit_output,
+    read_run_times,
 )
 from ase_born.io.extxyz import get_born_charges, read_frames, write_frames
 
@@ -109,3 +110,12 @@ def test_gs_only_has_no_born(tmp_path):
     assert "born_effective_charges" not in a.arrays
     with pytest.raises(AbinitParseError, match="no Born charges"):
         read_abinit_output(DATA / "gs.abo", DATA / "gs.abo")
+
+
+def test_run_times_of_real_outputs(tmp_path):
+    # "+Overall time at end (sec) : cpu= ... wall= ..." (summed over MPI processes)
+    assert read_run_times(DATA / "gs.abo") == (24.4, 40.6)
+    assert read_run_times(DATA / "efield.abo") == (7.1, 10.7)
+    assert read_run_times(tmp_path / "missing.abo") is None
+    (tmp_path / "killed.abo").write_text("ABINIT output cut before the end\n")
+    assert read_run_times(tmp_path / "killed.abo") is None
