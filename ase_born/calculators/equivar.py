@@ -54,8 +54,8 @@ class EquivarCalculator(Calculator, BornChargeModel):
         Enforce the acoustic sum rule (default True). An ASE parameter: ``calc.set(asr=...)``.
     tp_impl : {"fast", "compiled", "e3nn"}
         Tensor-product implementation (same results; ``"e3nn"`` is the slow reference,
-        ``"compiled"`` is ``"fast"`` through ``torch.compile``: ~1.9x faster on CPU after a
-        one-off compilation of 1-2 min, for long MD runs).
+        ``"compiled"`` is ``"fast"`` through ``torch.compile``: 1.8-1.9x faster on CPU after a
+        one-off compilation of 20-75 s, for long MD runs).
     trust : bool
         Passed to :meth:`Equivar.load` when ``model`` is a path: allow full unpickling of
         a file that is not a plain-tensor model file (can execute code; see there).

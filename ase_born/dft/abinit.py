@@ -376,7 +376,7 @@ def run_structure(
     def run_once(name: str) -> float:
         marker = directory / f"{name}.done"
         if marker.is_file():
-            return float(marker.read_text().strip() or 0.0)
+            return _read_marker(marker)
         (directory / f"{name}.abi").write_text(inputs[name])
         for stale in directory.glob(f"{name}.abo*"):
             stale.unlink()  # ABINIT renames instead of overwriting; keep one output
@@ -388,7 +388,7 @@ def run_structure(
     for step in STEPS:
         marker = directory / f"{step}.done"
         if marker.is_file():
-            timings[step] = float(marker.read_text().strip() or 0.0)
+            timings[step] = _read_marker(marker)
             continue
         if step in ("ddk", "efield"):
             _link(directory, "gs_o_WFK", "in_WFK")
@@ -407,6 +407,10 @@ def run_structure(
     if cleanup:
         cleanup_restart_files(directory)
     return timings
+
+
+def _read_marker(marker: Path) -> float:
+    return float(marker.read_text().strip() or 0.0)
 
 
 def _write_marker(marker: Path, seconds: float) -> None:

@@ -336,7 +336,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
             rows[kind]["test"] += f.info.get("split") == "test"
             if "wall_s" in f.info:
                 cost[kind].append(float(f.info["wall_s"]) * int(f.info.get("mpi_ranks", 1)))
-            c = f.info.get("cpu_s", cpu_seconds(Path(workdir) / sid))
+            c = f.info["cpu_s"] if "cpu_s" in f.info else cpu_seconds(Path(workdir) / sid)
             if c is not None:
                 cpu[kind].append(float(c))
         elif sid in failures:

@@ -93,10 +93,11 @@ Two implementations of the tensor product (same parameters, same results)
 ``tp_impl="compiled"``
     The fast form below through ``torch.compile(dynamic=True)`` (TorchInductor fuses the
     memory-bound per-path message assembly; needs a C++ compiler on CPU, Triton on CUDA).
-    Compiled lazily on the first call (about 1-2 min on CPU, once per process and
-    model; changing the number of atoms or edges does not recompile). Measured on
-    2-core CPU, BM2, 640 atoms, 1 thread: 1.9x the eager fast path, same Z* to ~1e-6
-    (``bench/bench_equivar_impl.py``). Worth it for MD runs of thousands of steps.
+    Compiled lazily on the first call (20-75 s on CPU without gradients, depending on
+    TorchInductor's on-disk cache; once per process and model; changing the number of
+    atoms or edges does not recompile). Measured on 2-core CPU, BM2, 640 atoms, 1 thread:
+    1.8-1.9x the eager fast path, same Z* to ~1e-6 (``bench/bench_equivar_impl.py``).
+    Worth it for MD runs of thousands of steps.
 ``tp_impl="fast"`` (default)
     Edge features are products ``a_{v,l}(r) Y_lm(r̂)`` of a radial channel vector and the
     spherical harmonics (true by construction: the edge linear acts on the radial index

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ase_born.models.equivar import EquivarConfig, preset
+from ase_born.models.equivar import TP_IMPLS, EquivarConfig, preset
 
 LOSSES = ("l1", "mse", "huber")
 LOSS_ON = ("raw", "corrected")
@@ -39,7 +39,6 @@ LR_SCHEDULES = ("none", "cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 MIXED_PRECISION = ("none", "bf16")
-TP_IMPLS = ("fast", "compiled", "e3nn")
 
 #: fields that may differ between a checkpoint and the config that resumes it
 RESUMABLE_CHANGES = frozenset(

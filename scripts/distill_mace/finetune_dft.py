@@ -46,6 +46,7 @@ from ase.io import read, write
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from ase_born.conventions import KEY_BORN
 from ase_born.workflows.models import mace_calculator
 
 
@@ -90,8 +91,7 @@ def labelled(frames: list) -> list:
         b.info["REF_energy"] = float(r["energy"])
         b.info["REF_stress"] = np.asarray(r["stress"], float)  # ASE sign, eV/Å³, Voigt
         b.arrays["REF_forces"] = np.asarray(r["forces"], float)
-        for key in ("born_effective_charges",):
-            b.arrays.pop(key, None)
+        b.arrays.pop(KEY_BORN, None)
         out.append(b)
     return out
 
