@@ -51,6 +51,8 @@ DEFAULT_GRID: tuple[tuple[str, str, dict], ...] = (
     ("tol", "ecut40_k4_tol1e-6", {"ecut_Ha": 40.0, "kpt_density": 2.4, "tolvrs_efield": 1e-6, "tolvrs_gs": 1e-10}),
     # the ddk step costs 70-85 % of a structure: is its wavefunction tolerance too strict?
     ("tol", "ecut30_k4_ddk1e-16", {"ecut_Ha": 30.0, "kpt_density": 2.4, "tolwfr_ddk": 1e-16}),
+    # on symmetry-free cells the E-field step costs as much as the ddk step: both looser
+    ("tol", "ecut30_k4_loose", {"ecut_Ha": 30.0, "kpt_density": 2.4, "tolwfr_ddk": 1e-12, "tolvrs_efield": 1e-6}),
 )
 
 

@@ -9,8 +9,14 @@ Layout
     (``gs.done``, ``ddk.done``, ``efield.done``) and the restart files of the
     unfinished step chain (see :mod:`ase_born.dft.abinit`).
 ``<workdir>/settings.json``
-    The ABINIT settings the workdir was started with; a later run with other
-    settings is refused (mixing settings would silently corrupt the dataset).
+    The ABINIT settings of the latest run; a later run with other physics
+    settings (cutoff, k-points, functional, pseudopotentials) is refused (mixing
+    them would silently corrupt the dataset).  Tolerances
+    (:data:`~ase_born.dft.abinit.TOLERANCE_KEYS`) may change between runs.
+``<workdir>/<structure_id>/settings.json``
+    The settings a structure started with; it finishes with them even when a
+    later run has other tolerances, so each frame's ``dft_settings`` is what
+    every one of its steps used.
 ``<workdir>/failures.json``
     ``{structure_id: [{"reason": ..., "time": ...}, ...]}``; a structure that
     failed ``max_attempts`` times is skipped, not retried forever.
@@ -41,7 +47,13 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from ase_born.dft.abinit import AbinitError, AbinitSettings, StepInterrupted, run_structure
+from ase_born.dft.abinit import (
+    TOLERANCE_KEYS,
+    AbinitError,
+    AbinitSettings,
+    StepInterrupted,
+    run_structure,
+)
 from ase_born.io.abinit import AbinitParseError, read_abinit_output, read_run_times
 from ase_born.io.extxyz import read_frames, write_frames
 
@@ -86,20 +98,42 @@ def _dump_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def check_settings(workdir: Path, settings: AbinitSettings) -> None:
-    """Record settings on first use of ``workdir``; refuse different ones later."""
+def check_settings(workdir: Path, settings: AbinitSettings) -> AbinitSettings:
+    """Record ``settings`` for ``workdir``; refuse other physics settings later.
+
+    Returns the settings stored before this call (``settings`` on first use): those
+    of structure directories started before per-structure settings were recorded.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "settings.json"
     current = settings.to_dict()
     stored = _load_json(path, None)
-    if stored is None:
+    if stored is not None:
+        diff = {k: (stored.get(k), current.get(k)) for k in set(stored) | set(current)
+                if k not in TOLERANCE_KEYS and stored.get(k) != current.get(k)}
+        if diff:
+            raise ValueError(
+                f"{workdir} was started with different ABINIT settings {diff} (stored, requested); "
+                "use another --workdir/--output for other settings"
+            )
+    if stored != current:
         _dump_json(path, current)
-    elif stored != current:
-        diff = {k: (stored.get(k), current.get(k)) for k in set(stored) | set(current) if stored.get(k) != current.get(k)}
-        raise ValueError(
-            f"{workdir} was started with different ABINIT settings {diff} (stored, requested); "
-            "use another --workdir/--output for other settings"
-        )
+    return settings if stored is None else AbinitSettings.from_dict(stored)
+
+
+def structure_settings(directory: Path, settings: AbinitSettings, legacy: AbinitSettings) -> AbinitSettings:
+    """The settings a structure runs with: those it started with, recorded in its directory.
+
+    A new structure gets ``settings``; a directory with finished steps but no record
+    (started before records existed) gets ``legacy``, the workdir's earlier settings.
+    """
+    path = directory / "settings.json"
+    if path.is_file():
+        return AbinitSettings.from_dict(json.loads(path.read_text()))
+    chosen = legacy if any(directory.glob("*.done")) else settings
+    directory.mkdir(parents=True, exist_ok=True)
+    _dump_json(path, chosen.to_dict())
+    return chosen
 
 
 def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, timings: dict, ranks: int) -> Atoms:
@@ -224,7 +258,7 @@ def run_plan(
     """
     settings = settings or AbinitSettings()
     workdir, output = Path(workdir), Path(output)
-    check_settings(workdir, settings)
+    legacy = check_settings(workdir, settings)
     plan = load_plan(plan_path)
     done = finished_ids(output)
     failures = _load_json(workdir / "failures.json", {})
@@ -261,8 +295,9 @@ def run_plan(
             raise StopRequested
         t0 = time.time()
         directory = workdir / sid
-        timings = runner(structure, settings, directory, ranks=ranks, timeout_s=timeout_s, nice=nice, stop_event=stop)
-        frame = frame_from_run(structure, directory, settings, timings, ranks)
+        own = structure_settings(directory, settings, legacy)
+        timings = runner(structure, own, directory, ranks=ranks, timeout_s=timeout_s, nice=nice, stop_event=stop)
+        frame = frame_from_run(structure, directory, own, timings, ranks)
         write_frames(output, frame, append=True)
         (directory / "DONE").write_text(f"{time.time() - t0:.1f}\n")
         with lock:

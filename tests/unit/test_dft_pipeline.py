@@ -206,6 +206,44 @@ def test_settings_mismatch_refused(tmp_path):
     check_settings(tmp_path, AbinitSettings())
     with pytest.raises(ValueError, match="different ABINIT settings"):
         check_settings(tmp_path, AbinitSettings(ecut_Ha=40.0))
+    with pytest.raises(ValueError, match="kpt_density"):
+        check_settings(tmp_path, AbinitSettings(kpt_density=2.4, tolwfr_ddk=1e-20))
+    # tolerances may change; the call returns the settings stored before it
+    assert check_settings(tmp_path, AbinitSettings(tolwfr_ddk=1e-20)) == AbinitSettings()
+    assert check_settings(tmp_path, AbinitSettings()).tolwfr_ddk == 1e-20
+
+
+def test_structure_finishes_with_the_tolerances_it_started_with(tmp_path):
+    """A run with new tolerances finishes a half-done structure with its old ones."""
+    plan = _fake_plan(tmp_path, n=3)
+    out, work = tmp_path / "data.xyz", tmp_path / "runs"
+    old, new = AbinitSettings(tolwfr_ddk=1e-16, tolvrs_efield=1e-8), AbinitSettings(tolwfr_ddk=1e-12)
+    run_plan(plan, out, work, settings=old, max_structures=1, runner=FakeAbinit(), log=lambda m: None)
+    # s1 was interrupted after its ground state, with a settings record
+    (work / "s1").mkdir(parents=True)
+    (work / "s1" / "settings.json").write_text(json.dumps(old.to_dict()))
+    (work / "s1" / "gs.done").write_text("1.0\n")
+    # s2 was interrupted after its ground state by a version that wrote no record
+    (work / "s2").mkdir()
+    (work / "s2" / "gs.done").write_text("1.0\n")
+    seen = {}
+
+    class Recording(FakeAbinit):
+        def __call__(self, structure, settings, directory, **kw):
+            seen[structure.info["structure_id"]] = settings
+            return super().__call__(structure, settings, directory, **kw)
+
+    run_plan(plan, out, work, settings=new, runner=Recording(), log=lambda m: None)
+    assert seen == {"s1": old, "s2": old}
+    frames = {f.info["structure_id"]: f for f in read_frames(out)}
+    for sid in ("s0", "s1", "s2"):
+        assert json.loads(frames[sid].info["dft_settings"]) == old.to_dict()
+    # a structure not started before gets the new tolerances
+    plan4 = _fake_plan(tmp_path, n=4)
+    seen.clear()
+    run_plan(plan4, out, work, settings=new, runner=Recording(), log=lambda m: None)
+    assert seen == {"s3": new}
+    assert json.loads(read_frames(out)[-1].info["dft_settings"])["tolwfr_ddk"] == 1e-12
 
 
 @needs_psp
