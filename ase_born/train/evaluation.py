@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms
+from ase.data import chemical_symbols
 
 from ase_born.models.equivar import Equivar, enforce_asr
 from ase_born.models.graph import build_graph, collate
@@ -164,4 +165,70 @@ def predict_born_charges(
     return out
 
 
-__all__ = ["Predictions", "evaluate", "forward_batch", "predict_born_charges"]
+def equilibrium_check(
+    pred: np.ndarray,
+    reference: np.ndarray,
+    numbers: Sequence[int] | np.ndarray,
+    *,
+    diag_rel_tol: float = 0.05,
+    offdiag_abs_tol: float = 0.1,
+) -> dict[str, Any]:
+    """Atom-by-atom check of predicted ``Z*`` against DFPT on one structure.
+
+    The default model's acceptance test on the equilibrium Pnma cell: every
+    atom's diagonal elements within ``diag_rel_tol`` (relative) of the reference
+    and every off-diagonal element within ``offdiag_abs_tol`` (e).
+
+    Parameters
+    ----------
+    pred, reference : numpy.ndarray, shape=(n_atoms, 3, 3)
+        ``Z*[k, b, a]`` (e).
+    numbers : sequence of int, shape=(n_atoms,)
+
+    Returns
+    -------
+    dict
+        ``passed``, the worst relative diagonal and absolute off-diagonal errors
+        with the atoms they occur on, and per-atom rows (``index``, ``symbol``,
+        ``max_rel_diag``, ``max_abs_offdiag``, predicted and reference diagonal).
+    """
+    pred, reference = np.asarray(pred, dtype=float), np.asarray(reference, dtype=float)
+    if pred.shape != reference.shape or pred.ndim != 3 or pred.shape[1:] != (3, 3):
+        raise ValueError(f"pred {pred.shape} and reference {reference.shape} must both be (n_atoms, 3, 3)")
+    numbers = np.asarray(numbers, dtype=int)
+    if numbers.shape != (len(pred),):
+        raise ValueError(f"numbers {numbers.shape} must be ({len(pred)},)")
+    idx = np.arange(3)
+    ref_diag, pred_diag = reference[:, idx, idx], pred[:, idx, idx]
+    if np.any(np.abs(ref_diag) < 1e-6):
+        raise ValueError("a reference diagonal Z* is zero: the relative error is undefined")
+    rel = np.abs(pred_diag - ref_diag) / np.abs(ref_diag)
+    off = np.abs(pred - reference)
+    off[:, idx, idx] = 0.0
+    off_max = off.reshape(len(pred), 9).max(axis=1)
+    atoms_rows = [
+        {
+            "index": int(k),
+            "symbol": chemical_symbols[numbers[k]],
+            "max_rel_diag": float(rel[k].max()),
+            "max_abs_offdiag": float(off_max[k]),
+            "pred_diag": pred_diag[k].tolist(),
+            "ref_diag": ref_diag[k].tolist(),
+        }
+        for k in range(len(pred))
+    ]
+    worst_d, worst_o = int(rel.max(axis=1).argmax()), int(off_max.argmax())
+    return {
+        "passed": bool(rel.max() <= diag_rel_tol and off_max.max() <= offdiag_abs_tol),
+        "diag_rel_tol": diag_rel_tol,
+        "offdiag_abs_tol": offdiag_abs_tol,
+        "max_rel_diag": float(rel.max()),
+        "max_rel_diag_atom": worst_d,
+        "max_abs_offdiag": float(off_max.max()),
+        "max_abs_offdiag_atom": worst_o,
+        "n_atoms_failing": int(np.sum((rel.max(axis=1) > diag_rel_tol) | (off_max > offdiag_abs_tol))),
+        "atoms": atoms_rows,
+    }
+
+
+__all__ = ["Predictions", "equilibrium_check", "evaluate", "forward_batch", "predict_born_charges"]

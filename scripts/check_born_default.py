@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Acceptance checks of a Born-charge model against the project's DFPT data (issue 6).
+
+    python scripts/check_born_default.py                        # the shipped default model
+    python scripts/check_born_default.py --model runs/x/model.pt --out runs/x/check.json
+    python scripts/check_born_default.py --set-epsilon          # also ship ε∞ of pnma_eq
+
+Prints and writes (``--out``, JSON):
+
+* metrics on the fixed DFPT TEST split (frames with ``info["split"] == "test"``, never used
+  for model selection), the trainer's definitions (:mod:`ase_born.train.metrics`: the
+  sum-rule-corrected prediction against the sum-rule-corrected DFPT Z*; the ASR violation
+  of the raw network output);
+* the equilibrium check on ``pnma_eq`` (the experimental Pnma structure): every atom's
+  diagonal Z* within 5 % and every off-diagonal element within 0.1 e of the raw DFPT
+  values (:func:`ase_born.train.evaluation.equilibrium_check`), when that frame exists.
+
+``--set-epsilon`` writes the DFPT ε∞ of ``pnma_eq`` into ``data/models/defaults.json``
+(the ε∞ the main job adds to the ionic part).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ase_born import defaults
+from ase_born.calculators.equivar import EquivarCalculator
+from ase_born.conventions import KEY_BORN, KEY_EPSILON_INF
+from ase_born.io.extxyz import get_born_charges, read_frames
+from ase_born.train.dataset import correct_asr
+from ase_born.train.evaluation import equilibrium_check
+from ase_born.train.metrics import compute_metrics
+
+REFERENCE_ID = "pnma_eq"
+
+
+def raw_prediction(calc: EquivarCalculator, atoms) -> np.ndarray:
+    """The network's Z* before the sum-rule correction, ``shape=(n_atoms, 3, 3)``."""
+    a = atoms.copy()
+    a.calc = calc
+    return np.asarray(calc.get_property(KEY_BORN, a), dtype=float)
+
+
+def check(model_path: Path, frames: list, device: str = "cpu") -> dict:
+    calc = EquivarCalculator(str(model_path), device=device, dtype="float64", asr=False)
+    report: dict = {"model": str(model_path), "sha256": defaults.sha256(model_path)}
+    test = [f for f in frames if f.info.get("split") == "test"]
+    if test:
+        raw = [raw_prediction(calc, f) for f in test]
+        dft = [get_born_charges(f) for f in test]
+        batch = np.concatenate([np.full(len(f), i) for i, f in enumerate(test)])
+        report["test"] = compute_metrics(
+            np.concatenate([correct_asr(z) for z in raw]), np.concatenate([correct_asr(z) for z in dft]),
+            np.concatenate([f.numbers for f in test]),
+            pred_raw=np.concatenate(raw), target_raw=np.concatenate(dft), batch=batch,
+        )  # fmt: skip
+        report["test"]["structure_ids"] = [str(f.info.get("structure_id")) for f in test]
+        kinds: dict[str, int] = {}
+        for f in test:
+            kinds[str(f.info.get("kind"))] = kinds.get(str(f.info.get("kind")), 0) + 1
+        report["test"]["kinds"] = kinds
+    ref = [f for f in frames if f.info.get("structure_id") == REFERENCE_ID]
+    if ref:
+        f = ref[-1]
+        pred = correct_asr(raw_prediction(calc, f))
+        report[REFERENCE_ID] = equilibrium_check(pred, get_born_charges(f), f.numbers)
+        report[REFERENCE_ID][KEY_EPSILON_INF] = np.asarray(f.info[KEY_EPSILON_INF]).tolist()
+    return report
+
+
+def set_epsilon(frames: list) -> dict:
+    ref = [f for f in frames if f.info.get("structure_id") == REFERENCE_ID]
+    if not ref:
+        raise SystemExit(f"no {REFERENCE_ID} frame in the dataset yet: ε∞ left as it is")
+    f = ref[-1]
+    eps = np.asarray(f.info[KEY_EPSILON_INF], dtype=float).reshape(3, 3)
+    eps = 0.5 * (eps + eps.T)
+    settings = json.loads(f.info.get("dft_settings", "{}"))
+    entry = {
+        "value": np.round(eps, 4).tolist(),
+        "source": (
+            f"ABINIT DFPT eps_inf of {REFERENCE_ID} (experimental Pnma CaTiO3, {f.info.get('xc', 'PBEsol')}, "
+            f"{settings.get('ecut_Ha', '?')} Ha, k-mesh {list(np.asarray(f.info.get('kpts', [])).tolist())}), "
+            "symmetrised; cell axes of the Pnma setting of ase_born.dft.sampler.pnma_catio3"
+        ),
+    }
+    card_path = defaults.models_dir() / "defaults.json"
+    card = json.loads(card_path.read_text())
+    card[KEY_EPSILON_INF] = entry
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="Equivar .pt file (default: the shipped model)")
+    ap.add_argument("--data", type=Path, default=Path("data/dft/catio3_dfpt.extxyz"))
+    ap.add_argument("--out", type=Path, default=None, help="JSON report")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set-epsilon", action="store_true", help=f"ship the DFPT ε∞ of {REFERENCE_ID}")
+    args = ap.parse_args(argv)
+    model = args.model
+    if model is None:
+        entry = defaults.model_card().get("born_model")
+        if not entry:
+            raise SystemExit("no default Born model in data/models/defaults.json; pass --model")
+        model = defaults.models_dir() / entry["file"]
+    frames = read_frames(args.data)
+    report = check(model, frames, args.device)
+    if "test" in report:
+        t = report["test"]
+        print(f"TEST ({len(t['structure_ids'])} structures {t['kinds']}): MAE {t['mae']:.4f} e, RMSE {t['rmse']:.4f} e, "
+              f"RMSPE diag {t['rmspe_diag']:.2f} %, raw ASR violation {t['asr_violation_mae']:.4f} e")
+        print("  MAE per species: " + ", ".join(f"{k} {v:.4f}" for k, v in t["mae_per_species"].items()))
+    else:
+        print("TEST: no test frames in the dataset")
+    if REFERENCE_ID in report:
+        r = report[REFERENCE_ID]
+        print(f"{REFERENCE_ID}: {'PASS' if r['passed'] else 'FAIL'} — worst diagonal {100 * r['max_rel_diag']:.2f} % "
+              f"(atom {r['max_rel_diag_atom']}, tol {100 * r['diag_rel_tol']:.0f} %), worst off-diagonal "
+              f"{r['max_abs_offdiag']:.3f} e (atom {r['max_abs_offdiag_atom']}, tol {r['offdiag_abs_tol']} e), "
+              f"{r['n_atoms_failing']} of {len(r['atoms'])} atoms outside")
+    else:
+        print(f"{REFERENCE_ID}: not in the dataset yet")
+    if args.set_epsilon:
+        print("epsilon_inf shipped:", set_epsilon(frames)["value"])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

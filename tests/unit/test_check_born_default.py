@@ -1,0 +1,103 @@
+"""The default Born model's acceptance checks (scripts/check_born_default.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ase_born import defaults
+from ase_born.dft.sampler import pnma_catio3
+from ase_born.io.extxyz import read_frames, set_born_charges, write_frames
+from ase_born.train.evaluation import equilibrium_check
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("check_born_default", ROOT / "scripts" / "check_born_default.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _reference(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 0.05, (n, 3, 3))
+    z[:, [0, 1, 2], [0, 1, 2]] = rng.choice([2.5, 7.2, -5.6, -2.0], size=(n, 1)) * (1 + 0.1 * rng.random((n, 3)))
+    return z
+
+
+def test_equilibrium_check_tolerances():
+    ref = _reference()
+    numbers = [20, 22, 8, 8]
+    z = ref.copy()
+    z[:, [0, 1, 2], [0, 1, 2]] *= 1.049
+    z[:, 0, 1] += 0.099
+    r = equilibrium_check(z, ref, numbers)
+    assert r["passed"] and r["n_atoms_failing"] == 0
+    assert r["max_rel_diag"] == pytest.approx(0.049)
+    assert r["max_abs_offdiag"] == pytest.approx(0.099)
+    # one diagonal element of atom 2 off by 6 %: that atom fails, and is named
+    z2 = ref.copy()
+    z2[2, 1, 1] *= 0.94
+    r = equilibrium_check(z2, ref, numbers)
+    assert not r["passed"] and r["n_atoms_failing"] == 1 and r["max_rel_diag_atom"] == 2
+    assert r["atoms"][2]["symbol"] == "O" and r["atoms"][2]["max_rel_diag"] == pytest.approx(0.06)
+    # one off-diagonal element of atom 3 off by 0.11 e
+    z3 = ref.copy()
+    z3[3, 2, 0] -= 0.11
+    r = equilibrium_check(z3, ref, numbers)
+    assert not r["passed"] and r["max_abs_offdiag_atom"] == 3 and r["max_abs_offdiag"] == pytest.approx(0.11)
+    with pytest.raises(ValueError, match="must both be"):
+        equilibrium_check(z[:3], ref, numbers)
+    with pytest.raises(ValueError, match="numbers"):
+        equilibrium_check(z, ref, numbers[:3])
+
+
+@pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
+def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys):
+    """TEST metrics and the pnma_eq check run the shipped model; --set-epsilon writes the card."""
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    card = defaults.model_card()
+    shutil.copy(defaults.models_dir() / "defaults.json", models / "defaults.json")
+    shutil.copy(defaults.models_dir() / card["born_model"]["file"], models / card["born_model"]["file"])
+    monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path / "data"))
+    mod = _script()
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    atoms = pnma_catio3()
+    calc = EquivarCalculator(str(models / card["born_model"]["file"]), dtype="float64", asr=True)
+    pred = mod.raw_prediction(calc, atoms)  # sum rule enforced (asr=True)
+    frames = []
+    for sid, scale in (("pnma_eq", 1.03), ("other", 1.2)):
+        f = atoms.copy()
+        dft = pred.copy()
+        dft[:, [0, 1, 2], [0, 1, 2]] *= scale
+        set_born_charges(f, dft)
+        f.info.update(structure_id=sid, split="test", kind="pnma20",
+                      epsilon_inf=np.array([[6.0, 0.01, 0], [0.0, 6.1, 0], [0, 0, 5.9]]))
+        frames.append(f)
+    data = tmp_path / "dfpt.extxyz"
+    write_frames(data, frames)
+    out = tmp_path / "check.json"
+    assert mod.main(["--data", str(data), "--out", str(out), "--set-epsilon"]) == 0
+    text = capsys.readouterr().out
+    assert "pnma_eq: PASS" in text and "TEST (2 structures" in text
+    report = json.loads(out.read_text())
+    assert report["pnma_eq"]["max_rel_diag"] == pytest.approx(0.03 / 1.03, rel=1e-4)
+    assert report["test"]["n_structures"] == 2 and report["test"]["kinds"] == {"pnma20": 2}
+    eps = json.loads((models / "defaults.json").read_text())["epsilon_inf"]
+    np.testing.assert_allclose(eps["value"], [[6.0, 0.005, 0], [0.005, 6.1, 0], [0, 0, 5.9]])
+    assert "pnma_eq" in eps["source"]
+    # the same model against Z* 8 % larger fails
+    frames[0].arrays["born_effective_charges"][:, [0, 1, 2], [0, 1, 2]] *= 1.08 / 1.03
+    write_frames(data, frames)
+    mod.main(["--data", str(data)])
+    assert "pnma_eq: FAIL" in capsys.readouterr().out
+    assert len(read_frames(data)) == 2
