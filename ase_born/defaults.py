@@ -64,7 +64,8 @@ def available() -> bool:
     return bool(card.get("force_field")) and bool(card.get("born_model"))
 
 
-def _checked_file(entry: dict[str, Any]) -> Path:
+def checked_file(entry: dict[str, Any]) -> Path:
+    """Path of a card entry's model file, after checking it exists and has the card's SHA-256."""
     path = models_dir() / entry["file"]
     if not path.is_file():
         raise FileNotFoundError(f"default model file missing: {path}")
@@ -112,7 +113,7 @@ def load_force_field(device: str = "cpu", dtype: str = "float64"):
     """
     from ase_born.workflows.models import mace_calculator
 
-    return mace_calculator(_checked_file(model_card()["force_field"]), device=device, dtype=dtype)
+    return mace_calculator(checked_file(model_card()["force_field"]), device=device, dtype=dtype)
 
 
 def load_born_model(device: str = "cpu", dtype: str = "float64"):
@@ -126,7 +127,7 @@ def load_born_model(device: str = "cpu", dtype: str = "float64"):
             "it is trained once the project's DFPT dataset has a training split). Pass your own Equivar "
             "model (EquivarCalculator('model.pt')) or FixedBornCharges."
         )
-    path = _checked_file(card["born_model"])
+    path = checked_file(card["born_model"])
     calc = EquivarCalculator(str(path), device=device, dtype=dtype)
     return _SpeciesGuard(calc, set(card["born_model"]["elements"]), "the default Equivar model")
 

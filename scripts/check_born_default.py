@@ -15,14 +15,19 @@ Prints and writes (``--out``, JSON):
   diagonal Z* within 5 % and every off-diagonal element within 0.1 e of the raw DFPT
   values (:func:`ase_born.train.evaluation.equilibrium_check`), when that frame exists.
 
-``--set-epsilon`` writes the DFPT ε∞ of ``pnma_eq`` into ``data/models/defaults.json``
-(the ε∞ the main job adds to the ionic part).
+``--set-epsilon`` writes the DFPT ε∞ of ``pnma_eq`` into the repository's
+``data/models/defaults.json`` (``--card`` for another file): the isotropic value
+trace/3 as the shipped ε∞ (the main job applies it to cells in any orientation), the
+full tensor (axes of :func:`ase_born.dft.sampler.pnma_catio3`) alongside for reference.
+
+Exit status 1 when the ``pnma_eq`` check fails, 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,15 +37,17 @@ from ase_born import defaults
 from ase_born.calculators.equivar import EquivarCalculator
 from ase_born.conventions import KEY_BORN, KEY_EPSILON_INF
 from ase_born.io.extxyz import get_born_charges, read_frames
-from ase_born.train.dataset import correct_asr
+from ase_born.train.dataset import correct_asr, split_tag
 from ase_born.train.evaluation import equilibrium_check
 from ase_born.train.metrics import compute_metrics
 
 REFERENCE_ID = "pnma_eq"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def raw_prediction(calc: EquivarCalculator, atoms) -> np.ndarray:
     """The network's Z* before the sum-rule correction, ``shape=(n_atoms, 3, 3)``."""
+    calc.set(asr=False)
     a = atoms.copy()
     a.calc = calc
     return np.asarray(calc.get_property(KEY_BORN, a), dtype=float)
@@ -49,7 +56,7 @@ def raw_prediction(calc: EquivarCalculator, atoms) -> np.ndarray:
 def check(model_path: Path, frames: list, device: str = "cpu") -> dict:
     calc = EquivarCalculator(str(model_path), device=device, dtype="float64", asr=False)
     report: dict = {"model": str(model_path), "sha256": defaults.sha256(model_path)}
-    test = [f for f in frames if f.info.get("split") == "test"]
+    test = [f for f in frames if split_tag(f) == "test"]
     if test:
         raw = [raw_prediction(calc, f) for f in test]
         dft = [get_born_charges(f) for f in test]
@@ -73,33 +80,40 @@ def check(model_path: Path, frames: list, device: str = "cpu") -> dict:
     return report
 
 
-def set_epsilon(frames: list) -> dict:
+def set_epsilon(frames: list, card_path: Path) -> dict | None:
+    """Ship the DFPT ε∞ of ``pnma_eq`` in ``card_path``; ``None`` when that frame does not exist yet."""
     ref = [f for f in frames if f.info.get("structure_id") == REFERENCE_ID]
     if not ref:
-        raise SystemExit(f"no {REFERENCE_ID} frame in the dataset yet: ε∞ left as it is")
+        return None
     f = ref[-1]
     eps = np.asarray(f.info[KEY_EPSILON_INF], dtype=float).reshape(3, 3)
     eps = 0.5 * (eps + eps.T)
+    iso = float(np.trace(eps) / 3.0)
     settings = json.loads(f.info.get("dft_settings", "{}"))
     entry = {
-        "value": np.round(eps, 4).tolist(),
+        "value": np.round(iso * np.eye(3), 4).tolist(),
+        "tensor": np.round(eps, 4).tolist(),
         "source": (
             f"ABINIT DFPT eps_inf of {REFERENCE_ID} (experimental Pnma CaTiO3, {f.info.get('xc', 'PBEsol')}, "
-            f"{settings.get('ecut_Ha', '?')} Ha, k-mesh {list(np.asarray(f.info.get('kpts', [])).tolist())}), "
-            "symmetrised; cell axes of the Pnma setting of ase_born.dft.sampler.pnma_catio3"
+            f"{settings.get('ecut_Ha', '?')} Ha, k-mesh {np.asarray(f.info.get('kpts', [])).tolist()}): "
+            "isotropic part trace/3 (value); the symmetrised tensor in the axes of "
+            "ase_born.dft.sampler.pnma_catio3 (tensor)"
         ),
     }
-    card_path = defaults.models_dir() / "defaults.json"
     card = json.loads(card_path.read_text())
     card[KEY_EPSILON_INF] = entry
-    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    tmp = card_path.with_name(f".{card_path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(card, indent=1) + "\n")
+    os.replace(tmp, card_path)
     return entry
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="Equivar .pt file (default: the shipped model)")
-    ap.add_argument("--data", type=Path, default=Path("data/dft/catio3_dfpt.extxyz"))
+    ap.add_argument("--data", type=Path, default=REPO / "data" / "dft" / "catio3_dfpt.extxyz")
+    ap.add_argument("--card", type=Path, default=REPO / "data" / "models" / "defaults.json",
+                    help="model card that --set-epsilon writes")
     ap.add_argument("--out", type=Path, default=None, help="JSON report")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--set-epsilon", action="store_true", help=f"ship the DFPT ε∞ of {REFERENCE_ID}")
@@ -109,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = defaults.model_card().get("born_model")
         if not entry:
             raise SystemExit("no default Born model in data/models/defaults.json; pass --model")
-        model = defaults.models_dir() / entry["file"]
+        model = defaults.checked_file(entry)  # refuses a file whose SHA-256 is not the card's
     frames = read_frames(args.data)
     report = check(model, frames, args.device)
     if "test" in report:
@@ -127,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['n_atoms_failing']} of {len(r['atoms'])} atoms outside")
     else:
         print(f"{REFERENCE_ID}: not in the dataset yet")
-    if args.set_epsilon:
-        print("epsilon_inf shipped:", set_epsilon(frames)["value"])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
-    return 0
+    if args.set_epsilon:
+        entry = set_epsilon(frames, args.card)
+        print(f"epsilon_inf: {REFERENCE_ID} not in the dataset yet, card left as it is" if entry is None
+              else f"epsilon_inf shipped in {args.card}: {entry['value'][0][0]} (tensor {entry['tensor']})")
+    return 0 if report.get(REFERENCE_ID, {"passed": True})["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -98,42 +98,56 @@ def _dump_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def check_settings(workdir: Path, settings: AbinitSettings) -> AbinitSettings:
+def _physics_diff(stored: dict, requested: dict) -> dict:
+    """Settings other than tolerances that differ: ``{key: (stored, requested)}``."""
+    return {k: (stored.get(k), requested.get(k)) for k in sorted(set(stored) | set(requested))
+            if k not in TOLERANCE_KEYS and stored.get(k) != requested.get(k)}
+
+
+def check_settings(workdir: Path, settings: AbinitSettings) -> None:
     """Record ``settings`` for ``workdir``; refuse other physics settings later.
 
-    Returns the settings stored before this call (``settings`` on first use): those
-    of structure directories started before per-structure settings were recorded.
+    Tolerances may change.  Before the stored ones are replaced, every structure
+    directory with finished steps but no settings record of its own gets the stored
+    settings as its record: it was started with them and finishes with them.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "settings.json"
     current = settings.to_dict()
     stored = _load_json(path, None)
-    if stored is not None:
-        diff = {k: (stored.get(k), current.get(k)) for k in set(stored) | set(current)
-                if k not in TOLERANCE_KEYS and stored.get(k) != current.get(k)}
-        if diff:
-            raise ValueError(
-                f"{workdir} was started with different ABINIT settings {diff} (stored, requested); "
-                "use another --workdir/--output for other settings"
-            )
-    if stored != current:
+    if stored is None:
         _dump_json(path, current)
-    return settings if stored is None else AbinitSettings.from_dict(stored)
+        return
+    diff = _physics_diff(stored, current)
+    if diff:
+        raise ValueError(
+            f"{workdir} was started with different ABINIT settings {diff} (stored, requested); "
+            "use another --workdir/--output for other settings"
+        )
+    if stored != current:
+        for d in sorted(p for p in workdir.iterdir() if p.is_dir()):
+            if any(d.glob("*.done")) and not (d / "settings.json").is_file():
+                _dump_json(d / "settings.json", stored)
+        _dump_json(path, current)
 
 
-def structure_settings(directory: Path, settings: AbinitSettings, legacy: AbinitSettings) -> AbinitSettings:
+def structure_settings(directory: Path, settings: AbinitSettings) -> AbinitSettings:
     """The settings a structure runs with: those it started with, recorded in its directory.
 
-    A new structure gets ``settings``; a directory with finished steps but no record
-    (started before records existed) gets ``legacy``, the workdir's earlier settings.
+    A structure with finished steps keeps its recorded settings (physics settings other
+    than ``settings``'s are refused); one with no finished step (new, or failed before
+    its first step ended) gets ``settings``, so a larger ``nstep`` reaches a retry.
     """
     path = directory / "settings.json"
-    if path.is_file():
-        return AbinitSettings.from_dict(json.loads(path.read_text()))
-    chosen = legacy if any(directory.glob("*.done")) else settings
+    if path.is_file() and any(directory.glob("*.done")):
+        recorded = json.loads(path.read_text())
+        diff = _physics_diff(recorded, settings.to_dict())
+        if diff:
+            raise ValueError(f"{directory} was started with different ABINIT settings {diff} (recorded, requested)")
+        return AbinitSettings.from_dict(recorded)
     directory.mkdir(parents=True, exist_ok=True)
-    _dump_json(path, chosen.to_dict())
-    return chosen
+    _dump_json(path, settings.to_dict())
+    return settings
 
 
 def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, timings: dict, ranks: int) -> Atoms:
@@ -258,7 +272,7 @@ def run_plan(
     """
     settings = settings or AbinitSettings()
     workdir, output = Path(workdir), Path(output)
-    legacy = check_settings(workdir, settings)
+    check_settings(workdir, settings)
     plan = load_plan(plan_path)
     done = finished_ids(output)
     failures = _load_json(workdir / "failures.json", {})
@@ -271,11 +285,12 @@ def run_plan(
     ]
     skipped = sum(len(failures.get(a.info["structure_id"], [])) >= max_attempts for a in plan
                   if a.info["structure_id"] not in done)
-    progress = Progress(total=len(plan), done=len(done))
+    n_done = len(done & {a.info["structure_id"] for a in plan})  # frames outside the plan (conv_cubic) not counted
+    progress = Progress(total=len(plan), done=n_done)
     for a in read_frames(output) if done else []:
         if "wall_s" in a.info:
             progress.costs[str(a.info.get("kind"))].append(float(a.info["wall_s"]) * int(a.info.get("mpi_ranks", ranks)) / ranks)
-    log(f"plan {plan_path}: {len(plan)} structures, {len(done)} done, {skipped} skipped after failures, {len(todo)} to run")
+    log(f"plan {plan_path}: {len(plan)} structures, {n_done} done, {skipped} skipped after failures, {len(todo)} to run")
     stop = threading.Event()
     lock = threading.Lock()
     counts = Counter()
@@ -295,7 +310,10 @@ def run_plan(
             raise StopRequested
         t0 = time.time()
         directory = workdir / sid
-        own = structure_settings(directory, settings, legacy)
+        own = structure_settings(directory, settings)
+        if own != settings:
+            diff = {k: v for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
+            log(f"{sid}: finishing with the tolerances it started with {diff}")
         timings = runner(structure, own, directory, ranks=ranks, timeout_s=timeout_s, nice=nice, stop_event=stop)
         frame = frame_from_run(structure, directory, own, timings, ranks)
         write_frames(output, frame, append=True)

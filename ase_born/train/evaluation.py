@@ -205,6 +205,7 @@ def equilibrium_check(
     rel = np.abs(pred_diag - ref_diag) / np.abs(ref_diag)
     off = np.abs(pred - reference)
     off[:, idx, idx] = 0.0
+    rel, off = np.nan_to_num(rel, nan=np.inf), np.nan_to_num(off, nan=np.inf)  # a NaN prediction fails
     off_max = off.reshape(len(pred), 9).max(axis=1)
     atoms_rows = [
         {

@@ -13,6 +13,7 @@ import pytest
 from ase_born import defaults
 from ase_born.dft.sampler import pnma_catio3
 from ase_born.io.extxyz import read_frames, set_born_charges, write_frames
+from ase_born.train.dataset import correct_asr
 from ase_born.train.evaluation import equilibrium_check
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,10 @@ def test_equilibrium_check_tolerances():
     z3[3, 2, 0] -= 0.11
     r = equilibrium_check(z3, ref, numbers)
     assert not r["passed"] and r["max_abs_offdiag_atom"] == 3 and r["max_abs_offdiag"] == pytest.approx(0.11)
+    z4 = ref.copy()
+    z4[0, 0, 0] = np.nan
+    r = equilibrium_check(z4, ref, numbers)
+    assert not r["passed"] and r["n_atoms_failing"] == 1
     with pytest.raises(ValueError, match="must both be"):
         equilibrium_check(z[:3], ref, numbers)
     with pytest.raises(ValueError, match="numbers"):
@@ -72,8 +77,8 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys):
     from ase_born.calculators.equivar import EquivarCalculator
 
     atoms = pnma_catio3()
-    calc = EquivarCalculator(str(models / card["born_model"]["file"]), dtype="float64", asr=True)
-    pred = mod.raw_prediction(calc, atoms)  # sum rule enforced (asr=True)
+    calc = EquivarCalculator(str(models / card["born_model"]["file"]), dtype="float64")
+    pred = correct_asr(mod.raw_prediction(calc, atoms))
     frames = []
     for sid, scale in (("pnma_eq", 1.03), ("other", 1.2)):
         f = atoms.copy()
@@ -86,18 +91,19 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys):
     data = tmp_path / "dfpt.extxyz"
     write_frames(data, frames)
     out = tmp_path / "check.json"
-    assert mod.main(["--data", str(data), "--out", str(out), "--set-epsilon"]) == 0
+    assert mod.main(["--data", str(data), "--out", str(out), "--set-epsilon", "--card", str(models / "defaults.json")]) == 0
     text = capsys.readouterr().out
     assert "pnma_eq: PASS" in text and "TEST (2 structures" in text
     report = json.loads(out.read_text())
     assert report["pnma_eq"]["max_rel_diag"] == pytest.approx(0.03 / 1.03, rel=1e-4)
     assert report["test"]["n_structures"] == 2 and report["test"]["kinds"] == {"pnma20": 2}
     eps = json.loads((models / "defaults.json").read_text())["epsilon_inf"]
-    np.testing.assert_allclose(eps["value"], [[6.0, 0.005, 0], [0.005, 6.1, 0], [0, 0, 5.9]])
+    np.testing.assert_allclose(eps["value"], 6.0 * np.eye(3))
+    np.testing.assert_allclose(eps["tensor"], [[6.0, 0.005, 0], [0.005, 6.1, 0], [0, 0, 5.9]])
     assert "pnma_eq" in eps["source"]
     # the same model against Z* 8 % larger fails
     frames[0].arrays["born_effective_charges"][:, [0, 1, 2], [0, 1, 2]] *= 1.08 / 1.03
     write_frames(data, frames)
-    mod.main(["--data", str(data)])
+    assert mod.main(["--data", str(data)]) == 1
     assert "pnma_eq: FAIL" in capsys.readouterr().out
     assert len(read_frames(data)) == 2

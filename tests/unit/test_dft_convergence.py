@@ -56,6 +56,8 @@ def test_run_resumes_and_exports_a_point_as_frame(tmp_path):
 
     def fake_runner(atoms, settings, directory, ranks, timeout_s, nice):
         calls.append(settings.ecut_Ha)
+        # every point runs at the study's tight tolerances, not the production defaults
+        assert settings.tolwfr_ddk == conv.STUDY_TOLERANCES["tolwfr_ddk"] == 1e-20
         directory.mkdir(parents=True, exist_ok=True)
         for name in ("gs.abo", "efield.abo"):
             shutil.copy(DATA / name, directory / name)
@@ -76,7 +78,15 @@ def test_run_resumes_and_exports_a_point_as_frame(tmp_path):
     np.testing.assert_array_equal(get_born_charges(back), get_born_charges(ref))
     assert back.info["structure_id"] == "conv_cubic" and back.info["split"] == "train"
     assert back.info["convergence_point"] == grid[0][1]
-    assert json.loads(back.info["dft_settings"])["ecut_Ha"] == grid[0][2]["ecut_Ha"]
+    recorded = json.loads(back.info["dft_settings"])
+    assert recorded["ecut_Ha"] == grid[0][2]["ecut_Ha"]
+    assert recorded["tolwfr_ddk"] == 1e-20 and recorded["tolvrs_efield"] == 1e-8
+    # a point stored before full settings were kept (overrides only) exports the same settings
+    old = json.loads(out.read_text())
+    del old["points"][grid[0][1]]["abinit_settings"]
+    out.write_text(json.dumps(old))
+    again = conv.export_frame(grid[0][1], tmp_path / "frames2.extxyz", work, out, structure=structure)
+    assert json.loads(again.info["dft_settings"]) == recorded
     assert back.get_potential_energy() == pytest.approx(frame.get_potential_energy())
     with pytest.raises(KeyError, match="not finished"):
         conv.export_frame("ecut99_k9", xyz, work, out, structure=structure)

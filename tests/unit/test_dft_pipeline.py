@@ -19,7 +19,7 @@ from ase_born.dft.abinit import (
     n_occupied_bands,
     run_structure,
 )
-from ase_born.dft.pipeline import check_settings, finished_ids, run_plan, status
+from ase_born.dft.pipeline import check_settings, finished_ids, run_plan, status, structure_settings
 from ase_born.dft.sampler import (
     einstein_sigma,
     is_test_id,
@@ -208,14 +208,14 @@ def test_settings_mismatch_refused(tmp_path):
         check_settings(tmp_path, AbinitSettings(ecut_Ha=40.0))
     with pytest.raises(ValueError, match="kpt_density"):
         check_settings(tmp_path, AbinitSettings(kpt_density=2.4, tolwfr_ddk=1e-20))
-    # tolerances may change; the call returns the settings stored before it
-    assert check_settings(tmp_path, AbinitSettings(tolwfr_ddk=1e-20)) == AbinitSettings()
-    assert check_settings(tmp_path, AbinitSettings()).tolwfr_ddk == 1e-20
+    # tolerances may change
+    check_settings(tmp_path, AbinitSettings(tolwfr_ddk=1e-20))
+    assert json.loads((tmp_path / "settings.json").read_text())["tolwfr_ddk"] == 1e-20
 
 
 def test_structure_finishes_with_the_tolerances_it_started_with(tmp_path):
     """A run with new tolerances finishes a half-done structure with its old ones."""
-    plan = _fake_plan(tmp_path, n=3)
+    plan = _fake_plan(tmp_path, n=4)
     out, work = tmp_path / "data.xyz", tmp_path / "runs"
     old, new = AbinitSettings(tolwfr_ddk=1e-16, tolvrs_efield=1e-8), AbinitSettings(tolwfr_ddk=1e-12)
     run_plan(plan, out, work, settings=old, max_structures=1, runner=FakeAbinit(), log=lambda m: None)
@@ -223,9 +223,10 @@ def test_structure_finishes_with_the_tolerances_it_started_with(tmp_path):
     (work / "s1").mkdir(parents=True)
     (work / "s1" / "settings.json").write_text(json.dumps(old.to_dict()))
     (work / "s1" / "gs.done").write_text("1.0\n")
-    # s2 was interrupted after its ground state by a version that wrote no record
-    (work / "s2").mkdir()
-    (work / "s2" / "gs.done").write_text("1.0\n")
+    # s2 and s3 were interrupted after their ground state by a version that wrote no record
+    for sid in ("s2", "s3"):
+        (work / sid).mkdir()
+        (work / sid / "gs.done").write_text("1.0\n")
     seen = {}
 
     class Recording(FakeAbinit):
@@ -233,20 +234,33 @@ def test_structure_finishes_with_the_tolerances_it_started_with(tmp_path):
             seen[structure.info["structure_id"]] = settings
             return super().__call__(structure, settings, directory, **kw)
 
+    # the first run with new tolerances computes only s1; s3, computed by a later run
+    # with the same new tolerances, still finishes with the old ones
+    messages = []
+    run_plan(plan, out, work, settings=new, runner=Recording(), only_ids=["s1"], log=messages.append)
     run_plan(plan, out, work, settings=new, runner=Recording(), log=lambda m: None)
-    assert seen == {"s1": old, "s2": old}
+    assert seen == {"s1": old, "s2": old, "s3": old}
+    assert any("s1: finishing with the tolerances it started with" in m for m in messages)
     frames = {f.info["structure_id"]: f for f in read_frames(out)}
-    for sid in ("s0", "s1", "s2"):
+    for sid in ("s0", "s1", "s2", "s3"):
         assert json.loads(frames[sid].info["dft_settings"]) == old.to_dict()
-    # a structure not started before gets the new tolerances
-    plan4 = _fake_plan(tmp_path, n=4)
+    # a structure not started before gets the new tolerances; so does one whose record
+    # exists but no step finished (a failed ground state retried with a larger nstep)
+    plan6 = _fake_plan(tmp_path, n=6)
+    (work / "s5").mkdir()
+    (work / "s5" / "settings.json").write_text(json.dumps(old.to_dict()))
     seen.clear()
-    run_plan(plan4, out, work, settings=new, runner=Recording(), log=lambda m: None)
-    assert seen == {"s3": new}
+    run_plan(plan6, out, work, settings=new, runner=Recording(), log=lambda m: None)
+    assert seen == {"s4": new, "s5": new}
     assert json.loads(read_frames(out)[-1].info["dft_settings"])["tolwfr_ddk"] == 1e-12
+    # a recorded structure with other physics settings is refused (recorded as a failure)
+    (work / "s6").mkdir()
+    (work / "s6" / "settings.json").write_text(json.dumps(AbinitSettings(tolwfr_ddk=1e-12, ecut_Ha=40.0).to_dict()))
+    (work / "s6" / "gs.done").write_text("1.0\n")
+    with pytest.raises(ValueError, match="ecut_Ha"):
+        structure_settings(work / "s6", new)
 
 
-@needs_psp
 def test_run_structure_resumes_at_first_unfinished_step(tmp_path, monkeypatch):
     calls = []
 
