@@ -3,6 +3,11 @@
 # beginning of every work session, from the repository root:
 #     setsid nohup bash scripts/dft_background.sh > dft_runs/background.log 2>&1 &
 # Everything is resumable; pause for benchmarks with  bash scripts/dft_pause.sh stop|cont
+#
+# DFT_HOURS (default 2.6): only structures expected to finish within that many hours start.
+# A work session here lasts 3 h and its run directories (restart files) do not survive it, so
+# a structure killed at the stop is lost whole; 2.6 h leaves time to commit the finished frames.
+# On a machine that keeps running, set DFT_HOURS=1000.
 set -u
 cd "$(dirname "$0")/.."
 mkdir -p dft_runs
@@ -10,4 +15,4 @@ echo $$ > dft_runs/background.pid
 # 1) the convergence study (resumes point by point; done points are skipped at once),
 # 2) the plan, in its order (every structure type represented early)
 ase-born dft converge --ranks 2
-ase-born dft run --ranks 2
+ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 DEFAULT_PLAN = "data/dft/plan_catio3.extxyz"
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--max-attempts", type=int, default=2, help="failures after which a structure is skipped")
     pr.add_argument("--max-structures", type=int, default=None, help="stop after this many finished structures")
     pr.add_argument("--only", nargs="*", default=None, help="restrict to these structure IDs")
+    pr.add_argument("--hours", type=float, default=None,
+                    help="start only structures expected (from the finished ones' measured cost, x1.2) "
+                         "to finish within this many hours; the rest are deferred to a later run")
     pr.add_argument("--nice", type=int, default=19)
     pr.add_argument("--ecut-Ha", type=float, default=None, help="plane-wave cutoff (Hartree)")
     pr.add_argument("--kpt-density", type=float, default=None, help="k-points per 1/Å (ASE convention)")
@@ -100,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         only_ids=args.only,
         nice=args.nice,
         log=lambda m: print(m, flush=True),
+        deadline=None if args.hours is None else time.time() + 3600.0 * args.hours,
     )
     print(json.dumps(counts))
     return 0

@@ -19,7 +19,15 @@ from ase_born.dft.abinit import (
     n_occupied_bands,
     run_structure,
 )
-from ase_born.dft.pipeline import check_settings, finished_ids, run_plan, status, structure_settings
+from ase_born.dft.pipeline import (
+    CostModel,
+    check_settings,
+    finished_ids,
+    run_plan,
+    status,
+    structure_settings,
+    work_units,
+)
 from ase_born.dft.sampler import (
     einstein_sigma,
     is_test_id,
@@ -353,3 +361,54 @@ def test_cpu_seconds_sums_every_step(tmp_path):
     assert cpu_seconds(tmp_path) == pytest.approx(105.0)
     abo("ddk.abo", 50.0)  # a directory from the single ddk run
     assert cpu_seconds(tmp_path) == pytest.approx(90.0)
+
+
+def test_deadline_defers_structures_that_cannot_finish(tmp_path):
+    """Only structures whose estimated wall time (x safety) fits before the deadline start."""
+    base = read_abinit_output(DATA / "gs.abo")
+    settings = AbinitSettings()
+    small = [base.copy() for _ in range(3)]
+    big = base.repeat((2, 2, 2))
+    plan = []
+    for i, a in enumerate([small[0], big, small[1], small[2]]):
+        a.info.update(structure_id=f"s{i}", kind="cubic5" if len(a) == len(base) else "big", split="train")
+        plan.append(a)
+    write_frames(tmp_path / "plan.xyz", plan)
+    u_small = work_units(base, settings.kmesh(base))
+    u_big = work_units(big, settings.kmesh(big))
+    assert u_big == pytest.approx(8 * u_small)  # 64x N^2, 1/8 of the k-points
+    # one measured structure of the small kind: 1000 s of wall time on 2 ranks
+    out, work = tmp_path / "data.xyz", tmp_path / "runs"
+    measured = base.copy()
+    measured.info.update(structure_id="s0", kind="cubic5", split="train", wall_s=1000.0, mpi_ranks=2,
+                         kpts=np.array(settings.kmesh(base)))
+    write_frames(out, measured)
+    now = [0.0]
+
+    class Clocked(FakeAbinit):
+        def __call__(self, structure, *args, **kw):
+            now[0] += 1400.0  # each fake structure takes 1400 s on the fake clock
+            super().__call__(structure, *args, **kw)
+            return {"gs": 400.0, "ddk": 500.0, "efield": 500.0}
+
+    messages = []
+    fake = Clocked()
+    counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, runner=fake, log=messages.append,
+                      deadline=2500.0, clock=lambda: now[0])
+    # s1 (8000 s x 1.2 expected) is deferred, s2 fits (1200 s <= 2500 s); then the median rate is
+    # 1200 s per small structure, and s3 (1440 s) no longer fits in the 1100 s left
+    assert fake.calls == ["s2"]
+    assert counts["finished"] == 1 and counts["deferred"] == 2 and counts["pending"] == 2
+    assert any(m.startswith("defer s1:") for m in messages) and any(m.startswith("defer s3:") for m in messages)
+    # without a deadline everything left runs
+    fake = Clocked()
+    run_plan(tmp_path / "plan.xyz", out, work, settings=settings, runner=fake, log=lambda m: None)
+    assert fake.calls == ["s1", "s3"]
+
+
+def test_cost_model_scales_by_work_units_and_ranks():
+    model = CostModel(ranks=2)
+    assert model.estimate_s("cubic5", 10.0) is None
+    model.add("cubic5", 100.0, 1000.0, ranks=4)  # 4 ranks -> 2000 s on 2
+    assert model.estimate_s("cubic5", 50.0) == pytest.approx(1000.0)
+    assert model.estimate_s("pnma20", 200.0) == pytest.approx(4000.0)  # unknown kind: scaled from the others
