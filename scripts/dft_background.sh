@@ -4,9 +4,11 @@
 #     setsid nohup bash scripts/dft_background.sh > dft_runs/background.log 2>&1 &
 # Everything is resumable; pause for benchmarks with  bash scripts/dft_pause.sh stop|cont
 #
-# DFT_HOURS (default 2.6): only structures expected to finish within that many hours start.
-# A work session here lasts 3 h and its run directories (restart files) do not survive it, so
-# a structure killed at the stop is lost whole; 2.6 h leaves time to commit the finished frames.
+# DFT_HOURS (default 2.6): the pipeline stops after that many hours, and starts a structure only
+# if its ground state and one field direction are expected to finish before then.  A work
+# session here lasts 3 h and its run directories (wavefunctions) do not survive it; finished
+# field directions of an unfinished structure do (data/dft/partial/, commit it with the
+# dataset), so long structures finish over several sessions.  2.6 h leaves time to commit.
 # On a machine that keeps running, set DFT_HOURS=1000.
 set -u
 cd "$(dirname "$0")/.."

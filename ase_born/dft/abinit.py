@@ -1,18 +1,29 @@
 """ABINIT density-functional perturbation theory: inputs and runs.
 
-One structure is computed in three ABINIT runs, each in its own input file in the
+One structure is computed in seven ABINIT runs, each in its own input file in the
 structure's directory, so that an interrupted structure resumes at the last
-finished step (ABINIT's own restart files: the ground-state ``WFK`` and the ddk
+finished run (ABINIT's own restart files: the ground-state ``WFK`` and the ddk
 first-order wavefunctions ``1WF{3*natom+1..3}`` are kept until the structure is
 finished, then deleted):
 
 1. ``gs``: self-consistent ground state (energy, forces, stress), writes WFK;
-2. ``ddk``: non-self-consistent d/dk perturbation (``rfelfd 2``, ``iscf -3``),
-   one ABINIT run per direction (``ddk1``, ``ddk2``, ``ddk3``), so that a killed
-   20-atom structure loses at most one direction of its most expensive step;
-3. ``efield``: electric-field perturbation only (``rfelfd 3``, ``rfphon 0``),
-   which prints the clamped-ion dielectric tensor ε∞ and the Born effective
-   charges "from electric field response" (no phonon perturbations needed).
+2. then for each reduced direction ``d`` = 1, 2, 3:
+   ``ddk{d}``: non-self-consistent d/dk perturbation (``rfelfd 2``, ``iscf -3``), and
+   ``efield{d}``: electric-field perturbation along ``d`` only (``rfelfd 3``,
+   ``rfphon 0``), reading the ddk files of directions 1..d.  Its derivative database
+   (kept as ``efield{d}.ddb``, a few kB) holds the mixed field/displacement derivatives
+   (row ``d`` of Z* in reduced coordinates) and the field-field elements ``(d, j ≤ d)``;
+   the three together give Z* and the whole (symmetric) ε∞ —
+   :func:`ase_born.io.abinit.response_from_ddb`, identical to ABINIT's one-run tables
+   to 5e-11 e.
+
+A finished direction is therefore a small self-contained result: a structure too
+long for one work session can be finished direction by direction in several
+(:mod:`ase_born.dft.pipeline` carries the finished ``efield{d}.ddb`` files over);
+only the field-field elements between directions computed in different sessions are
+then missing (filled from the structure's symmetry where it fixes them).  Directories
+started with the older layouts (one ``ddk`` run, one ``efield`` run with all three
+directions, parsed from its printed tables) still finish that way.
 
 Only occupied bands are computed (``nband`` = valence electrons / 2, ``occopt 1``;
 insulators only).  The DFPT steps use time-reversal symmetry (``kptopt 2``), the
@@ -58,7 +69,8 @@ DEFAULT_PSEUDOPOTENTIALS: Mapping[str, str] = {
     "Ba": "Ba.psp8",
 }
 
-STEPS = ("gs", "ddk", "efield")
+STEPS = ("gs", "ddk", "efield")  # cost groups; runs: gs, ddk1, efield1, ddk2, efield2, ddk3, efield3
+DIRECTIONS = (1, 2, 3)
 
 #: settings that only set how tightly a step converges: they may change between
 #: structures of one dataset (each frame records its own), unlike the physics ones
@@ -172,10 +184,13 @@ def make_inputs(atoms: Atoms, settings: AbinitSettings) -> dict[str, str]:
     Returns
     -------
     dict
-        ``{"gs", "ddk1", "ddk2", "ddk3", "efield"}`` to input text; file names
-        used inside: the GS writes ``gs_o_WFK``; ddk direction ``d`` reads it
-        through ``in_WFK`` and writes ``ddk{d}_o_1WF{3*natom+d}``; efield reads
-        ``in_WFK`` and ``in_1WF*`` (symlinks made by :func:`run_structure`).
+        ``{"gs", "ddk1", "ddk2", "ddk3", "efield1", "efield2", "efield3", "efield"}`` to
+        input text; file names used inside: the GS writes ``gs_o_WFK``; ddk direction
+        ``d`` reads it through ``in_WFK`` and writes ``ddk{d}_o_1WF{3*natom+d}``;
+        ``efield{d}`` (field along reduced direction ``d``) reads ``in_WFK`` and
+        ``in_1WF*`` (symlinks made by :func:`run_structure`) and writes
+        ``ef{d}_o_DDB``; ``efield`` (all three directions in one run, the older
+        layout) writes the printed tables parsed from its ``.abo``.
     """
     if atoms.cell.rank != 3 or not atoms.pbc.all():
         raise ValueError("ABINIT DFPT needs a fully periodic structure with a 3D cell")
@@ -238,21 +253,28 @@ prtden 0
 """
         for d in range(3)
     }
-    efield = common + f"""
-# step 3: homogeneous electric field (no phonon perturbation)
+    def efield(rfdir: str, prefix: str, what: str) -> str:
+        return common + f"""
+# step 3: homogeneous electric field (no phonon perturbation), {what}
 kptopt 2
 rfelfd 3
 rfphon 0
-rfdir 1 1 1
+rfdir {rfdir}
 tolvrs {settings.tolvrs_efield:.3e}
 irdwfk 1
 irdddk 1
 indata_prefix "in"
-outdata_prefix "ef_o"
+outdata_prefix "{prefix}"
 prtwf 0
 prtden 0
 """
-    return {"gs": gs, **ddk, "efield": efield}
+
+    per_direction = {
+        f"efield{d + 1}": efield(" ".join("1" if i == d else "0" for i in range(3)), f"ef{d + 1}_o",
+                                 f"direction {d + 1} of 3")
+        for d in range(3)
+    }
+    return {"gs": gs, **ddk, **per_direction, "efield": efield("1 1 1", "ef_o", "all directions")}
 
 
 class StepInterrupted(Exception):
@@ -361,18 +383,22 @@ def run_structure(
     nice: int = 19,
     cleanup: bool = True,
     stop_event: threading.Event | None = None,
+    on_direction=None,
 ) -> dict[str, float]:
     """Compute one structure, resuming at the first unfinished step.
 
-    Each finished step leaves ``<step>.done`` (containing its wall seconds).
-    On success (and ``cleanup=True``) the restart files (WFK, DEN, 1WF, POT) are
-    deleted; the ``.abo`` outputs stay for parsing and provenance.
+    Each finished run leaves ``<run>.done`` (containing its wall seconds).  A
+    direction whose ``efield{d}.done`` and ``efield{d}.ddb`` exist (also when they
+    were carried over from another session) is not computed again.  On success (and
+    ``cleanup=True``) the restart files (WFK, DEN, 1WF, POT, raw DDB) are deleted;
+    the ``.abo`` outputs and ``efield{d}.ddb`` stay for parsing and provenance.
+    ``on_direction(d)`` is called after each finished field direction.
 
     Returns
     -------
     dict
-        Wall seconds per step (steps done in an earlier, interrupted run are
-        read back from their markers).
+        Wall seconds per cost group ``gs``, ``ddk``, ``efield`` (runs done in an
+        earlier, interrupted call are read back from their markers).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -390,26 +416,56 @@ def run_structure(
         _write_marker(marker, seconds)
         return seconds
 
-    timings = {}
-    for step in STEPS:
-        marker = directory / f"{step}.done"
-        if marker.is_file():
-            timings[step] = _read_marker(marker)
-            continue
-        if step in ("ddk", "efield"):
-            _link(directory, "gs_o_WFK", "in_WFK")
-        if step == "ddk":
-            timings[step] = sum(run_once(f"ddk{d + 1}") for d in range(3))
-            _write_marker(marker, timings[step])
-            continue
-        if step == "efield":
-            for d in range(3):
-                ipert = 3 * natom + d + 1  # ddk = perturbation natom+1: files 1WF{3*natom+1..3}
-                source = f"ddk{d + 1}_o_1WF{ipert}"
-                if not (directory / source).is_file():
-                    source = f"ddk_o_1WF{ipert}"  # ddk.done from one run for all directions (before the split)
+    def _link_wfk() -> None:
+        _link(directory, "gs_o_WFK", "in_WFK")
+
+    def link_ddk(directions) -> None:
+        for old in directory.glob("in_1WF*"):
+            old.unlink()
+        for d in directions:
+            ipert = 3 * natom + d  # ddk = perturbation natom+1: files 1WF{3*natom+1..3}
+            source = f"ddk{d}_o_1WF{ipert}"
+            if not (directory / source).is_file():
+                source = f"ddk_o_1WF{ipert}"  # one ddk run for all directions (oldest layout)
+            if (directory / source).is_file():
                 _link(directory, source, f"in_1WF{ipert}")
-        timings[step] = run_once(step)
+
+    legacy = (directory / "ddk.done").is_file() or (directory / "efield.done").is_file()
+    remaining = [d for d in DIRECTIONS if not (directory / f"efield{d}.done").is_file()]
+    if (directory / "gs.done").is_file() and not (directory / "gs_o_WFK").is_file() and (
+        remaining if not legacy else not (directory / "efield.done").is_file()
+    ):
+        (directory / "gs.done").unlink()  # ground state carried over from another session: wavefunctions needed again
+    timings = {"gs": run_once("gs")}
+    if legacy:
+        # older layout: all ddk directions first, then one efield run with rfdir 1 1 1
+        timings["ddk"] = _read_marker(directory / "ddk.done")
+        if not (directory / "efield.done").is_file():
+            _link_wfk()
+            link_ddk(DIRECTIONS)
+        timings["efield"] = run_once("efield")
+    else:
+        timings["ddk"] = timings["efield"] = 0.0
+        for d in DIRECTIONS:
+            if not (directory / f"efield{d}.done").is_file():
+                _link_wfk()
+                timings["ddk"] += run_once(f"ddk{d}")
+                # the ddk files of directions 1..d that exist (all of them unless earlier
+                # directions were finished in another session): field-field elements (d, j<=d)
+                link_ddk(range(1, d + 1))
+            elif (directory / f"ddk{d}.done").is_file():
+                timings["ddk"] += _read_marker(directory / f"ddk{d}.done")
+            seconds = run_once(f"efield{d}")
+            ddb = directory / f"ef{d}_o_DDB"
+            if ddb.is_file():
+                tmp = directory / f".efield{d}.ddb.tmp"
+                shutil.copyfile(ddb, tmp)
+                os.replace(tmp, directory / f"efield{d}.ddb")
+            if not (directory / f"efield{d}.ddb").is_file():
+                raise AbinitError(f"efield{d}: no derivative database (ef{d}_o_DDB) written")
+            timings["efield"] += seconds
+            if on_direction is not None:
+                on_direction(d)
     if cleanup:
         cleanup_restart_files(directory)
     return timings

@@ -37,8 +37,8 @@ import numpy as np
 from ase import Atoms
 
 from ase_born.dft.abinit import AbinitSettings, run_structure
+from ase_born.dft.pipeline import read_run_directory
 from ase_born.dft.sampler import cubic_catio3
-from ase_born.io.abinit import read_abinit_output
 
 #: tolerances of every grid point unless it overrides them (the production defaults
 #: were 1e-20 / 1e-8 when the study ran and are looser now)
@@ -75,7 +75,7 @@ def convergence_structure() -> Atoms:
 
 
 def _point_result(directory: Path) -> dict:
-    f = read_abinit_output(directory / "gs.abo", directory / "efield.abo")
+    f = read_run_directory(directory)
     z = f.arrays["born_effective_charges"]
     return {
         "born_effective_charges": z.tolist(),

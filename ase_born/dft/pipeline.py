@@ -20,6 +20,11 @@ Layout
 ``<workdir>/failures.json``
     ``{structure_id: [{"reason": ..., "time": ...}, ...]}``; a structure that
     failed ``max_attempts`` times is skipped, not retried forever.
+``<carry>/<structure_id>/`` (default ``data/dft/partial/``, committed with the data)
+    The finished field directions of an unfinished structure (``efield{d}.ddb``,
+    markers, ``.abo`` outputs): run directories do not outlive a work session here,
+    these small files do, so a structure too long for one session is finished
+    direction by direction over several.  Removed once the frame is written.
 ``<output>`` (default ``data/dft/catio3_dfpt.extxyz``)
     One frame per finished structure, appended atomically
     (:func:`ase_born.io.extxyz.write_frames` with ``append=True``).  A structure
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -48,17 +54,28 @@ import numpy as np
 from ase import Atoms
 
 from ase_born.dft.abinit import (
+    DIRECTIONS,
     TOLERANCE_KEYS,
     AbinitError,
     AbinitSettings,
     StepInterrupted,
     run_structure,
 )
-from ase_born.io.abinit import AbinitParseError, read_abinit_output, read_run_times
+from ase_born.io.abinit import (
+    AbinitParseError,
+    read_abinit_output,
+    read_run_times,
+    response_from_ddb,
+)
 from ase_born.io.extxyz import read_frames, write_frames
 
 DEFAULT_OUTPUT = Path("data/dft/catio3_dfpt.extxyz")
 DEFAULT_WORKDIR = Path("dft_runs/catio3")
+DEFAULT_CARRY = Path("data/dft/partial")
+
+#: share of a structure's cost in the ground state and in each field direction (ddk + efield):
+#: measured GS 13 % (cubic5_0000) and 20 % (tilt10_0000); rounded up for planning
+F_GS, F_DIRECTION = 0.2, 0.3
 
 
 class StopRequested(Exception):
@@ -150,13 +167,32 @@ def structure_settings(directory: Path, settings: AbinitSettings) -> AbinitSetti
     return settings
 
 
+def read_run_directory(directory: str | os.PathLike) -> Atoms:
+    """The results of a finished structure directory: ground state + Born charges + ε∞.
+
+    Reads ``gs.abo`` and either the per-direction databases ``efield{1,2,3}.ddb``
+    (:func:`~ase_born.io.abinit.response_from_ddb`; unknown ε∞ elements filled by
+    :func:`complete_by_symmetry` where the structure's symmetry fixes them) or, for
+    directories of the older layout (``efield.done``), the tables of ``efield.abo``.
+    """
+    directory = Path(directory)
+    if (directory / "efield.done").is_file() or not (directory / "efield1.ddb").is_file():
+        return read_abinit_output(directory / "gs.abo", directory / "efield.abo")
+    parsed = read_abinit_output(directory / "gs.abo")
+    z, eps = response_from_ddb([directory / f"efield{d}.ddb" for d in DIRECTIONS])
+    parsed.arrays["born_effective_charges"] = z
+    parsed.info["epsilon_inf"] = complete_by_symmetry(eps, parsed)
+    parsed.info["acoustic_sum"] = z.sum(axis=0)
+    return parsed
+
+
 def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, timings: dict, ranks: int) -> Atoms:
     """Parse a finished structure directory into a dataset frame.
 
     The frame keeps the plan's exact positions/cell (checked against ABINIT's
     echo to 1e-6 Å) and carries provenance in ``info``.
     """
-    parsed = read_abinit_output(directory / "gs.abo", directory / "efield.abo")
+    parsed = read_run_directory(directory)
     if parsed.get_chemical_symbols() != structure.get_chemical_symbols():
         raise AbinitParseError("species order in ABINIT output differs from the plan")
     dpos = np.abs(parsed.positions - structure.positions).max()
@@ -184,15 +220,53 @@ def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, 
     return frame
 
 
+def complete_by_symmetry(eps: np.ndarray, atoms: Atoms, symprec: float = 1e-4) -> np.ndarray:
+    """Fill unknown (NaN) elements of a symmetric tensor that the crystal's point group fixes.
+
+    The tensor must lie in the space of symmetric tensors invariant under the
+    rotations of ``atoms`` (spglib, ``symprec`` Å); its coordinates in a basis of
+    that space are fitted to the known elements, and the NaN elements are taken from
+    the fit when the known ones determine it (they do for ``pnma_eq``: mmm makes
+    ε∞ diagonal).  Otherwise the NaNs stay.
+    """
+    eps = np.asarray(eps, dtype=float)
+    if not np.isnan(eps).any():
+        return eps
+    import spglib
+
+    cell = (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers)
+    sym = spglib.get_symmetry(cell, symprec=symprec)
+    lat = atoms.cell.array.T  # columns = lattice vectors
+    rots = [lat @ r @ np.linalg.inv(lat) for r in (sym["rotations"] if sym else [np.eye(3)])]
+    basis = []
+    for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
+        e = np.zeros((3, 3))
+        e[i, j] = e[j, i] = 1.0
+        basis.append(sum(r @ e @ r.T for r in rots) / len(rots))
+    b = np.array([m.ravel() for m in basis]).T  # (9, 6), spans the invariant tensors
+    u, sv, _ = np.linalg.svd(b, full_matrices=False)
+    inv = u[:, sv > 1e-8 * sv.max()]  # orthonormal basis of the invariant space
+    known = ~np.isnan(eps.ravel())
+    if np.linalg.matrix_rank(inv[known]) < inv.shape[1]:
+        return eps
+    coef, *_ = np.linalg.lstsq(inv[known], eps.ravel()[known], rcond=None)
+    out = eps.ravel().copy()
+    out[~known] = (inv @ coef)[~known]
+    return out.reshape(3, 3)
+
+
 def cpu_seconds(directory: str | os.PathLike) -> float | None:
     """CPU seconds of a finished structure (all steps, all MPI ranks), from its ``.abo`` files.
 
-    ``None`` unless the GS, all ddk directions (one run or three) and the efield step
-    report their times.
+    ``None`` unless the GS, all ddk directions (one run or three) and the efield
+    step(s) report their times.  For a structure finished over several sessions it is
+    the sum of the runs that were kept: each field direction once, the last ground
+    state only.
     """
     directory = Path(directory)
-    ddk = ["ddk.abo"] if (directory / "ddk.abo").is_file() else [f"ddk{d}.abo" for d in (1, 2, 3)]
-    times = [read_run_times(directory / name) for name in ["gs.abo", *ddk, "efield.abo"]]
+    ddk = ["ddk.abo"] if (directory / "ddk.abo").is_file() else [f"ddk{d}.abo" for d in DIRECTIONS]
+    efield = ["efield.abo"] if (directory / "efield.done").is_file() else [f"efield{d}.abo" for d in DIRECTIONS]
+    times = [read_run_times(directory / name) for name in ["gs.abo", *ddk, *efield]]
     if any(t is None for t in times):
         return None
     return float(sum(t[0] for t in times))
@@ -262,6 +336,40 @@ def _fmt_s(s: float | None) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+_CARRIED = ("efield{d}.ddb", "efield{d}.done", "efield{d}.abo", "ddk{d}.done", "ddk{d}.abo")
+
+
+def carried_directions(carry_dir: Path) -> list[int]:
+    """Field directions finished and carried over for one structure."""
+    return [d for d in DIRECTIONS if (carry_dir / f"efield{d}.ddb").is_file() and (carry_dir / f"efield{d}.done").is_file()]
+
+
+def save_direction(directory: Path, carry_dir: Path, d: int) -> None:
+    """Copy field direction ``d`` (and the ground state's output) into the carry directory.
+
+    Markers are copied last and each file atomically, so a half-copied direction is
+    not taken for a finished one.
+    """
+    carry_dir.mkdir(parents=True, exist_ok=True)
+    names = [n.format(d=d) for n in _CARRIED] + ["gs.abo", "gs.done", "settings.json"]
+    for name in sorted(names, key=lambda n: n.endswith(".done")):
+        src = directory / name
+        if src.is_file():
+            tmp = carry_dir / f".{name}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, carry_dir / name)
+
+
+def restore_carried(carry_dir: Path, directory: Path) -> None:
+    """Copy carried files into a run directory that lacks them."""
+    if not carry_dir.is_dir():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for src in sorted(carry_dir.iterdir(), key=lambda p: p.name.endswith(".done")):
+        if src.is_file() and not src.name.startswith(".") and not (directory / src.name).exists():
+            shutil.copyfile(src, directory / src.name)
+
+
 def run_plan(
     plan_path: str | os.PathLike,
     output: str | os.PathLike = DEFAULT_OUTPUT,
@@ -280,6 +388,7 @@ def run_plan(
     deadline: float | None = None,
     safety: float = 1.2,
     clock: Callable[[], float] = time.time,
+    carry: str | os.PathLike | None = "auto",
 ) -> dict[str, int]:
     """Compute every unfinished structure of a plan; resumable and interruptible.
 
@@ -306,12 +415,17 @@ def run_plan(
     runner : callable
         ``run_structure``-compatible function (tests substitute a fake ABINIT).
     deadline : float, optional
-        Epoch seconds (``clock()``) by which this call's work must be finished: a
-        structure starts only if ``safety`` x its estimated wall time
-        (:class:`CostModel`, from the finished frames) fits before it; the others
-        are deferred, not failed, and the call ends when nothing fits.  Work that is
-        killed unfinished is lost where run directories do not outlive a session,
-        so a session that must stop at a known time runs only what can finish.
+        Epoch seconds (``clock()``) at which this call stops (running ABINIT steps are
+        killed, as at the end of a work session).  A structure starts only if
+        ``safety`` x the estimated wall time of its ground state and at least one
+        field direction (:class:`CostModel`, :data:`F_GS`, :data:`F_DIRECTION`)
+        fits before it; the others are deferred, not failed.  The call ends when
+        nothing fits.
+    carry : path-like, "auto" or None
+        Directory for the finished field directions of unfinished structures (see
+        the module doc); ``"auto"``: ``partial/`` beside ``output``
+        (:data:`DEFAULT_CARRY` for the default output); ``None`` keeps them only in
+        the run directories.
     clock : callable
         Time source for ``deadline`` (tests substitute a fake clock).
 
@@ -358,24 +472,45 @@ def run_plan(
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, handler)
 
+    carry_root = None if carry is None else output.parent / "partial" if carry == "auto" else Path(carry)
+    carried = {a.info["structure_id"]: carried_directions(carry_root / a.info["structure_id"])
+               for a in todo} if carry_root is not None else {}
+    if any(carried.values()):
+        log("carried over: " + ", ".join(f"{k} directions {v}" for k, v in carried.items() if v))
+
     def work(structure: Atoms) -> None:
         sid = structure.info["structure_id"]
         if stop.is_set():
             raise StopRequested
         t0 = time.time()
         directory = workdir / sid
+        if carry_root is not None:
+            restore_carried(carry_root / sid, directory)
         own = structure_settings(directory, settings)
         if own != settings:
             diff = {k: v for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
             log(f"{sid}: finishing with the tolerances it started with {diff}")
-        timings = runner(structure, own, directory, ranks=ranks, timeout_s=timeout_s, nice=nice, stop_event=stop)
+
+        def keep(d: int) -> None:
+            if carry_root is not None:
+                save_direction(directory, carry_root / sid, d)
+
+        kwargs = {"ranks": ranks, "timeout_s": timeout_s, "nice": nice, "stop_event": stop}
+        if carry_root is not None:
+            kwargs["on_direction"] = keep
+        timings = runner(structure, own, directory, **kwargs)
         frame = frame_from_run(structure, directory, own, timings, ranks)
+        if np.isnan(frame.info["epsilon_inf"]).any():
+            log(f"{sid}: epsilon_inf elements between directions computed in different sessions are unknown (NaN)")
         write_frames(output, frame, append=True)
         (directory / "DONE").write_text(f"{time.time() - t0:.1f}\n")
+        if carry_root is not None and (carry_root / sid).is_dir():
+            shutil.rmtree(carry_root / sid)
         with lock:
             counts["finished"] += 1
             progress.done += 1
-            model.add(structure.info.get("kind"), units[sid], float(sum(timings.values())))
+            if not carried.get(sid):  # a structure partly computed earlier would look cheap
+                model.add(structure.info.get("kind"), units[sid], float(sum(timings.values())))
 
     deferred: set[str] = set()
 
@@ -386,10 +521,13 @@ def run_plan(
             if deadline is not None:
                 est = model.estimate_s(s.info.get("kind"), units[sid])
                 left = deadline - clock()
+                if est is not None:
+                    est *= F_GS + F_DIRECTION  # the ground state and one field direction must fit
                 if est is not None and safety * est > left:
                     if sid not in deferred:
                         deferred.add(sid)
-                        log(f"defer {sid}: needs ~{_fmt_s(safety * est)} (x{safety} margin), "
+                        log(f"defer {sid}: its ground state and one field direction need ~{_fmt_s(safety * est)} "
+                            f"(x{safety} margin), "
                             f"{_fmt_s(max(left, 0.0))} left before the deadline")
                     continue
             return pending.pop(i)
@@ -408,6 +546,8 @@ def run_plan(
                     if s is None:
                         break
                     est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
+                    if est is not None and carried.get(s.info["structure_id"]):
+                        est *= F_GS + F_DIRECTION * (3 - len(carried[s.info["structure_id"]]))
                     log(f"start {s.info['structure_id']} ({s.info.get('kind')}, {len(s)} atoms, "
                         f"estimated {_fmt_s(est)})")
                     started[s.info["structure_id"]] = time.time()
@@ -415,6 +555,9 @@ def run_plan(
                 if not running:
                     break
                 finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                if deadline is not None and clock() >= deadline and not stop.is_set():
+                    log("deadline reached: stopping (finished field directions are kept)")
+                    stop.set()
                 for fut in finished:
                     s = running.pop(fut)
                     sid = s.info["structure_id"]
@@ -454,7 +597,9 @@ def run_plan(
 
 def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUTPUT,
            workdir: str | os.PathLike = DEFAULT_WORKDIR) -> dict:
-    """Summary of a plan: per kind done/in progress/failed/pending, cost and ASR statistics."""
+    """Summary of a plan: per kind done/in progress/failed/pending, cost and ASR statistics,
+    and the field directions carried over for unfinished structures (``partial/`` beside
+    ``output``)."""
     plan = load_plan(plan_path)
     frames = read_frames(output) if Path(output).is_file() and Path(output).stat().st_size else []
     done = {str(a.info["structure_id"]): a for a in frames}
@@ -488,6 +633,8 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     }
     asr = [np.abs(np.asarray(f.info["acoustic_sum"])).max() / (len(f) / 5) for f in frames if "acoustic_sum" in f.info]
     planned = {str(a.info["structure_id"]) for a in plan}
+    carry = Path(output).parent / "partial"
+    partial = {sid: dirs for sid in sorted(planned - set(done)) if (dirs := carried_directions(carry / sid))}
     return {
         "plan": str(plan_path),
         "output": str(output),
@@ -497,6 +644,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
         "kinds": summary,
         "max_asr_violation_per_formula_unit_e": float(max(asr)) if asr else None,
         "failures": {k: v[-1]["reason"] for k, v in failures.items()},
+        "partial": partial,
     }
 
 
@@ -519,3 +667,5 @@ def print_status(st: dict, file=sys.stdout) -> None:
         print(f"max |sum_k Z*| per formula unit: {st['max_asr_violation_per_formula_unit_e']:.3f} e", file=file)
     for sid, reason in st["failures"].items():
         print(f"failed {sid}: {reason}", file=file)
+    for sid, dirs in st.get("partial", {}).items():
+        print(f"carried over: {sid}, field directions {dirs} of 3 finished", file=file)

@@ -261,3 +261,122 @@ def read_abinit_output(
     if results:
         atoms.calc = SinglePointCalculator(atoms, **results)
     return atoms
+
+
+# --- derivative databases (DDB) of electric-field runs ------------------------------------------
+
+_DDB_HEADER_END = "Description of the potentials"
+
+
+def read_ddb(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[tuple[int, int, int, int], float]]:
+    """Header and second-derivative elements of an ABINIT DDB text file.
+
+    Returns
+    -------
+    header : dict
+        Header variables as float arrays (``natom``, ``acell``, ``rprim``, ``typat``,
+        ``zion``, ...; ``D`` exponents read).
+    elements : dict
+        ``(dir1, pert1, dir2, pert2) -> real part`` of every "2nd derivatives" block
+        (directions in REDUCED coordinates; perturbations numbered as in the module doc).
+    """
+    text = Path(path).read_text(errors="replace")
+    if "DERIVATIVE DATABASE" not in text:
+        raise AbinitParseError(f"{path}: not an ABINIT DDB file")
+    head = text.split(_DDB_HEADER_END, 1)[0]
+    header: dict[str, list[float]] = {}
+    name = None
+    for line in head.splitlines()[2:]:
+        parts = line.split()
+        if not parts:
+            continue
+        if re.fullmatch(r"[a-z_]+", parts[0]):
+            name = parts[0]
+            vals = parts[1:]
+            header[name] = []
+        elif name is None:
+            continue
+        else:
+            vals = parts
+        try:
+            header[name].extend(_to_float(v) for v in vals)
+        except ValueError:  # free-text line ("Note : ...")
+            header.pop(name, None)
+            name = None
+    elements: dict[tuple[int, int, int, int], float] = {}
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if "2nd derivatives" not in line:
+            continue
+        n = int(line.split(":")[-1])
+        for row in lines[i + 2 : i + 2 + n]:  # after the "qpt" line
+            p = row.split()
+            elements[(int(p[0]), int(p[1]), int(p[2]), int(p[3]))] = _to_float(p[4])
+    return {k: np.asarray(v) for k, v in header.items()}, elements
+
+
+def response_from_ddb(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
+    """Born charges and ε∞ from the DDBs of electric-field runs (one or several directions).
+
+    The DDB stores mixed derivatives in reduced coordinates; in Cartesian ones
+    (checked against ABINIT's own printed tables to 5e-11 on a non-orthogonal cell,
+    ``tests/unit/test_io_abinit.py``)::
+
+        Z*[k, a, b] = zion_k δ_ab + Σ_ij (R/2π)[a, i] · D[k, i, j] · G[b, j]
+        ε∞[a, b]   = δ_ab − (4π/Ω) Σ_ij (R/2π)[a, i] · DE[i, j] · (R/2π)[b, j]
+
+    with ``R`` the lattice vectors as columns (Bohr), ``G = R⁻ᵀ`` (reciprocal vectors
+    as columns, no 2π), ``D[k, i, j]`` the element (atom ``k`` displaced along reduced
+    ``j``, field along reduced ``i``), ``DE`` the field-field block and Ω the volume
+    (Bohr³).  Z* is returned in CONVENTIONS order ``Z*[k, field, displacement]``.
+
+    The field-field block is symmetric; an element present in only one order is used
+    for both.  A run of field direction ``i`` contains ``DE[i, j]`` only for the ddk
+    directions ``j`` it could read, so runs that together hold the lower triangle give
+    the whole tensor; elements found in no file leave ε∞ entries NaN (a Cartesian
+    element mixes several reduced ones).
+
+    Raises
+    ------
+    AbinitParseError
+        When the files disagree on the structure or a field direction is missing
+        (every Z* element needs all three).
+    """
+    header, elements = None, {}
+    for p in paths:
+        h, el = read_ddb(p)
+        if header is None:
+            header = h
+        elif any(not np.allclose(h[k], header[k]) for k in ("natom", "acell", "rprim", "xred", "typat")):
+            raise AbinitParseError(f"{p}: DDB of another structure than {paths[0]}")
+        elements.update(el)
+    if header is None:
+        raise AbinitParseError("no DDB files given")
+    natom = int(header["natom"][0])
+    field = natom + 2
+    rprimd = header["rprim"].reshape(3, 3) * header["acell"][:, None]  # rows = lattice vectors
+    r = rprimd.T / (2.0 * np.pi)
+    g = np.linalg.inv(rprimd)  # columns: reciprocal vectors (no 2π), G = R^-T
+    zion = header["zion"][header["typat"].astype(int) - 1]
+    d = np.full((natom, 3, 3), np.nan)
+    for (d1, p1, d2, p2), val in elements.items():
+        if p2 == field and 1 <= p1 <= natom:
+            d[p1 - 1, d2 - 1, d1 - 1] = val
+        elif p1 == field and 1 <= p2 <= natom and np.isnan(d[p2 - 1, d1 - 1, d2 - 1]):
+            d[p2 - 1, d1 - 1, d2 - 1] = val
+    missing = [int(i) + 1 for i in np.flatnonzero(np.isnan(d).any(axis=(0, 2)))]
+    if missing:
+        raise AbinitParseError(f"electric-field direction(s) {missing} (reduced) missing from the DDB files")
+    z = np.einsum("ai,kij,bj->kab", r, d, g) + zion[:, None, None] * np.eye(3)
+    de = np.full((3, 3), np.nan)
+    for i in range(3):
+        for j in range(3):
+            vals = [elements[key] for key in ((i + 1, field, j + 1, field), (j + 1, field, i + 1, field)) if key in elements]
+            if vals:
+                de[i, j] = float(np.mean(vals))
+    volume = abs(np.linalg.det(rprimd))
+    eps = np.eye(3) - 4.0 * np.pi / volume * (r @ np.nan_to_num(de) @ r.T)
+    # a Cartesian element is unknown if it mixes an unknown reduced one
+    unknown = (np.abs(r) > 1e-12).astype(float) @ np.isnan(de).astype(float) @ (np.abs(r.T) > 1e-12).astype(float)
+    eps[unknown > 0] = np.nan
+    return z, eps

@@ -15,6 +15,7 @@ from ase_born.dft import abinit as dft_abinit
 from ase_born.dft.abinit import (
     AbinitError,
     AbinitSettings,
+    StepInterrupted,
     make_inputs,
     n_occupied_bands,
     run_structure,
@@ -156,14 +157,15 @@ class FakeAbinit:
         self.calls = []
         self.fail_ids = set(fail_ids)
 
-    def __call__(self, structure, settings, directory, ranks, timeout_s, nice, stop_event):
+    def __call__(self, structure, settings, directory, ranks, timeout_s, nice, stop_event, **kw):
         sid = structure.info["structure_id"]
         self.calls.append(sid)
         if sid in self.fail_ids:
             raise AbinitError("gs: SCF not converged in nstep iterations")
         directory.mkdir(parents=True, exist_ok=True)
         shutil.copy(DATA / "gs.abo", directory / "gs.abo")
-        shutil.copy(DATA / "efield.abo", directory / "efield.abo")
+        shutil.copy(DATA / "efield.abo", directory / "efield.abo")  # one efield run, printed tables
+        (directory / "efield.done").write_text("20.0\n")
         return {"gs": 10.0, "ddk": 5.0, "efield": 20.0}
 
 
@@ -270,13 +272,17 @@ def test_structure_finishes_with_the_tolerances_it_started_with(tmp_path):
 
 
 def test_run_structure_resumes_at_first_unfinished_step(tmp_path, monkeypatch):
-    calls = []
+    calls, links = [], {}
 
     def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
         calls.append(step)
         if step.startswith("ddk"):
             d = int(step[3])
             (directory / f"ddk{d}_o_1WF{15 + d}").write_text("ddk")
+        if step.startswith("efield"):
+            d = int(step[6])
+            links[step] = {p.name: p.resolve().name for p in directory.glob("in_1WF*")}
+            (directory / f"ef{d}_o_DDB").write_text(f"ddb {d}")
         return 1.0
 
     monkeypatch.setattr(dft_abinit, "run_step", fake_step)
@@ -287,19 +293,52 @@ def test_run_structure_resumes_at_first_unfinished_step(tmp_path, monkeypatch):
     (d / "gs_o_WFK").write_text("wavefunctions")
     (d / "ddk1.done").write_text("7.0\n")  # first ddk direction finished too
     (d / "ddk1_o_1WF16").write_text("ddk")
-    timings = run_structure(atoms, AbinitSettings(), d, cleanup=False)
-    assert calls == ["ddk2", "ddk3", "efield"]
-    assert timings == {"gs": 123.0, "ddk": 9.0, "efield": 1.0}
-    assert (d / "ddk.done").read_text().strip() == "9.0"
-    assert "rfdir 0 1 0" in (d / "ddk2.abi").read_text()
-    # efield reads the GS WFK and the three ddk files through in_* links
+    done = []
+    timings = run_structure(atoms, AbinitSettings(), d, cleanup=False, on_direction=done.append)
+    assert calls == ["efield1", "ddk2", "efield2", "ddk3", "efield3"]
+    assert done == [1, 2, 3]
+    assert timings == {"gs": 123.0, "ddk": 9.0, "efield": 3.0}
+    assert "rfdir 0 1 0" in (d / "ddk2.abi").read_text() and "rfdir 0 0 1" in (d / "efield3.abi").read_text()
+    # efield{d} reads the GS WFK and the ddk files of directions 1..d through in_* links
     assert (d / "in_WFK").resolve() == (d / "gs_o_WFK").resolve()
-    assert {p.name: p.resolve().name for p in d.glob("in_1WF*")} == {
-        "in_1WF16": "ddk1_o_1WF16", "in_1WF17": "ddk2_o_1WF17", "in_1WF18": "ddk3_o_1WF18"}
+    assert links == {
+        "efield1": {"in_1WF16": "ddk1_o_1WF16"},
+        "efield2": {"in_1WF16": "ddk1_o_1WF16", "in_1WF17": "ddk2_o_1WF17"},
+        "efield3": {"in_1WF16": "ddk1_o_1WF16", "in_1WF17": "ddk2_o_1WF17", "in_1WF18": "ddk3_o_1WF18"},
+    }
+    assert [(d / f"efield{i}.ddb").read_text() for i in (1, 2, 3)] == ["ddb 1", "ddb 2", "ddb 3"]
     calls.clear()
     run_structure(atoms, AbinitSettings(), d, cleanup=True)
     assert calls == []  # all steps done
-    assert not (d / "gs_o_WFK").exists() and not list(d.glob("*1WF*"))
+    assert not (d / "gs_o_WFK").exists() and not list(d.glob("*1WF*")) and not list(d.glob("*_DDB"))
+    assert len(list(d.glob("efield?.ddb"))) == 3  # the results stay
+
+
+def test_run_structure_finishes_directions_carried_from_another_session(tmp_path, monkeypatch):
+    """Finished field directions (done marker + DDB) carried into a fresh directory are not recomputed;
+    the ground state is, since its wavefunctions are gone."""
+    calls, links = [], {}
+
+    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
+        calls.append(step)
+        if step.startswith("ddk"):
+            (directory / f"ddk{step[3]}_o_1WF{15 + int(step[3])}").write_text("ddk")
+        if step == "gs":
+            (directory / "gs_o_WFK").write_text("wfk")
+        if step.startswith("efield"):
+            links[step] = sorted(p.name for p in directory.glob("in_1WF*"))
+            (directory / f"ef{step[6]}_o_DDB").write_text("ddb")
+        return 2.0
+
+    monkeypatch.setattr(dft_abinit, "run_step", fake_step)
+    d = tmp_path / "s"
+    d.mkdir()
+    for name, text in (("gs.done", "50.0"), ("efield1.done", "9.0"), ("efield1.ddb", "ddb 1"), ("ddk1.done", "4.0")):
+        (d / name).write_text(text)
+    timings = run_structure(make_structure("cubic5", 0), AbinitSettings(), d, cleanup=False)
+    assert calls == ["gs", "ddk2", "efield2", "ddk3", "efield3"]
+    assert links == {"efield2": ["in_1WF17"], "efield3": ["in_1WF17", "in_1WF18"]}  # ddk1 is gone
+    assert timings == {"gs": 2.0, "ddk": 8.0, "efield": 13.0}
 
 
 @needs_psp
@@ -311,6 +350,7 @@ def test_run_structure_reads_ddk_files_of_a_single_ddk_run(tmp_path, monkeypatch
     d.mkdir()
     for name in ("gs.done", "ddk.done"):
         (d / name).write_text("5.0\n")
+    (d / "gs_o_WFK").write_text("wfk")
     for i in (16, 17, 18):
         (d / f"ddk_o_1WF{i}").write_text("ddk")
     run_structure(make_structure("cubic5", 0), AbinitSettings(), d, cleanup=False)
@@ -355,12 +395,16 @@ def test_cpu_seconds_sums_every_step(tmp_path):
     abo("gs.abo", 10.0)
     abo("ddk1.abo", 20.0)
     abo("ddk2.abo", 20.0)
-    abo("efield.abo", 30.0)
+    for d in (1, 2, 3):
+        abo(f"efield{d}.abo", 10.0)
     assert cpu_seconds(tmp_path) is None  # ddk3 missing: not finished
     abo("ddk3.abo", 25.0)
     assert cpu_seconds(tmp_path) == pytest.approx(105.0)
     abo("ddk.abo", 50.0)  # a directory from the single ddk run
     assert cpu_seconds(tmp_path) == pytest.approx(90.0)
+    abo("efield.abo", 40.0)  # ... and the single efield run of the older layout
+    (tmp_path / "efield.done").write_text("1.0\n")
+    assert cpu_seconds(tmp_path) == pytest.approx(100.0)
 
 
 def test_deadline_defers_structures_that_cannot_finish(tmp_path):
@@ -387,16 +431,17 @@ def test_deadline_defers_structures_that_cannot_finish(tmp_path):
 
     class Clocked(FakeAbinit):
         def __call__(self, structure, *args, **kw):
-            now[0] += 1400.0  # each fake structure takes 1400 s on the fake clock
+            now[0] += 1900.0  # each fake structure takes 1900 s on the fake clock
             super().__call__(structure, *args, **kw)
-            return {"gs": 400.0, "ddk": 500.0, "efield": 500.0}
+            return {"gs": 400.0, "ddk": 750.0, "efield": 750.0}
 
     messages = []
     fake = Clocked()
     counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, runner=fake, log=messages.append,
                       deadline=2500.0, clock=lambda: now[0])
-    # s1 (8000 s x 1.2 expected) is deferred, s2 fits (1200 s <= 2500 s); then the median rate is
-    # 1200 s per small structure, and s3 (1440 s) no longer fits in the 1100 s left
+    # a structure starts when its ground state and one field direction (F_GS + F_DIRECTION = 0.5 of
+    # it) fit: s1 (0.5 x 8000 s x 1.2 margin) is deferred, s2 fits (600 s <= 2500 s); then the
+    # median rate is 1450 s per small structure, and s3 (870 s) no longer fits in the 600 s left
     assert fake.calls == ["s2"]
     assert counts["finished"] == 1 and counts["deferred"] == 2 and counts["pending"] == 2
     assert any(m.startswith("defer s1:") for m in messages) and any(m.startswith("defer s3:") for m in messages)
@@ -412,3 +457,79 @@ def test_cost_model_scales_by_work_units_and_ranks():
     model.add("cubic5", 100.0, 1000.0, ranks=4)  # 4 ranks -> 2000 s on 2
     assert model.estimate_s("cubic5", 50.0) == pytest.approx(1000.0)
     assert model.estimate_s("pnma20", 200.0) == pytest.approx(4000.0)  # unknown kind: scaled from the others
+
+
+def test_complete_by_symmetry_fills_what_the_point_group_fixes():
+    from ase_born.dft.pipeline import complete_by_symmetry
+
+    pnma = pnma_catio3()  # mmm: epsilon is diagonal in the cell axes
+    eps = np.array([[6.1, np.nan, np.nan], [np.nan, 5.9, np.nan], [np.nan, np.nan, 6.3]])
+    np.testing.assert_allclose(complete_by_symmetry(eps, pnma), np.diag([6.1, 5.9, 6.3]), atol=1e-12)
+    p1 = make_structure("cubic5", 3)  # rattled: no symmetry fixes the off-diagonal elements
+    assert np.isnan(complete_by_symmetry(eps, p1)).sum() == 6
+    full = np.array([[6.0, 0.1, 0.0], [0.1, 6.0, 0.2], [0.0, 0.2, 6.0]])
+    assert complete_by_symmetry(full, p1) is not None and np.array_equal(complete_by_symmetry(full, p1), full)
+
+
+def test_field_directions_carried_over_a_stop_finish_the_structure(tmp_path, monkeypatch):
+    """A deadline stop after field direction 1 keeps it in the carry directory (committed data);
+    a later run in a FRESH work directory restores it and computes only the rest."""
+    tiny = DATA / "tilt10_tiny"
+    structure = read_abinit_output(tiny / "gs.abo")
+    structure.info.update(structure_id="t0", kind="tilt10", split="train")
+    write_frames(tmp_path / "plan.xyz", structure)
+    out = tmp_path / "data" / "dft.xyz"
+    now = [0.0]
+    calls = []
+    deadline_session = [True]
+
+    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
+        if deadline_session[0] and now[0] >= 100.0:  # past the deadline: wait to be stopped, as ABINIT would
+            assert stop_event is not None and stop_event.wait(10.0)
+            raise StepInterrupted(f"{step}: stopped on request")
+        calls.append(step)
+        if step == "gs":
+            shutil.copy(tiny / "gs.abo", directory / "gs.abo")
+            (directory / "gs_o_WFK").write_text("wfk")
+        elif step.startswith("ddk"):
+            (directory / f"ddk{step[3]}_o_1WF{30 + int(step[3])}").write_text("ddk")
+        elif step.startswith("efield"):
+            shutil.copy(tiny / f"efield{step[6]}.ddb", directory / f"ef{step[6]}_o_DDB")
+            now[0] += 100.0  # the first field direction ends at the deadline
+        return 10.0
+
+    monkeypatch.setattr(dft_abinit, "run_step", fake_step)
+    messages = []
+    counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs1", settings=AbinitSettings(ecut_Ha=12.0),
+                      deadline=100.0, clock=lambda: now[0], log=messages.append)
+    assert counts.get("finished", 0) == 0 and calls == ["gs", "ddk1", "efield1"]
+    assert any("deadline reached" in m for m in messages)
+    carry = out.parent / "partial" / "t0"
+    assert sorted(p.name for p in carry.iterdir()) == [
+        "ddk1.done", "efield1.ddb", "efield1.done", "gs.abo", "gs.done", "settings.json"]
+    # next session: new machine, nothing of runs1 is left
+    shutil.rmtree(tmp_path / "runs1")
+    calls.clear()
+    deadline_session[0] = False
+    counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs2", settings=AbinitSettings(ecut_Ha=12.0),
+                      log=messages.append)
+    assert counts["finished"] == 1
+    assert calls == ["gs", "ddk2", "efield2", "ddk3", "efield3"]  # the ground state again, direction 1 not
+    (frame,) = read_frames(out)
+    ref = read_abinit_output(tiny / "gs.abo", tiny / "efield_onerun.abo")
+    np.testing.assert_allclose(get_born_charges(frame), get_born_charges(ref), atol=1e-9)
+    # these DDBs came from one session (direction 2 had ddk 1): the whole epsilon is known
+    np.testing.assert_allclose(frame.info["epsilon_inf"], ref.info["epsilon_inf"], atol=1e-6)
+    assert not carry.exists()
+    assert status(tmp_path / "plan.xyz", out, tmp_path / "runs2")["partial"] == {}
+
+
+def test_status_lists_carried_directions(tmp_path):
+    plan = _fake_plan(tmp_path, n=2)
+    out = tmp_path / "data.xyz"
+    carry = tmp_path / "partial" / "s1"
+    carry.mkdir(parents=True)
+    for name in ("efield2.ddb", "efield2.done", "efield3.ddb"):  # efield3 has no marker: not finished
+        (carry / name).write_text("x")
+    st = status(plan, out, tmp_path / "runs")
+    assert st["partial"] == {"s1": [2]}

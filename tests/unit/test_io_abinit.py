@@ -13,7 +13,9 @@ from ase_born.io.abinit import (
     dielectric_from_table,
     parse_final_echo,
     read_abinit_output,
+    read_ddb,
     read_run_times,
+    response_from_ddb,
 )
 from ase_born.io.extxyz import get_born_charges, read_frames, write_frames
 
@@ -119,3 +121,56 @@ def test_run_times_of_real_outputs(tmp_path):
     assert read_run_times(tmp_path / "missing.abo") is None
     (tmp_path / "killed.abo").write_text("ABINIT output cut before the end\n")
     assert read_run_times(tmp_path / "killed.abo") is None
+
+
+TILT = DATA / "tilt10_tiny"
+
+
+def test_ddb_per_direction_runs_reproduce_the_one_run_tables():
+    """Reduced -> Cartesian conversion of the DDB elements on a non-orthogonal cell."""
+    ref = read_abinit_output(TILT / "gs.abo", TILT / "efield_onerun.abo")
+    z, eps = response_from_ddb([TILT / f"efield{d}.ddb" for d in (1, 2, 3)])
+    zr = get_born_charges(ref)
+    assert np.abs(ref.cell.array - np.diag(np.diag(ref.cell.array))).max() > 3.0  # far from orthogonal
+    np.testing.assert_allclose(z, zr, atol=1e-9)  # same CONVENTIONS order, Z*[k, field, displacement]
+    assert np.abs(zr - zr.transpose(0, 2, 1)).max() > 0.05  # the order matters here
+    # the one-run table averages the two non-stationary orders of each field-field element
+    np.testing.assert_allclose(eps, ref.info["epsilon_inf"], atol=1e-6)
+    np.testing.assert_allclose(eps, eps.T, atol=1e-12)
+
+
+def test_ddb_header_and_elements():
+    header, el = read_ddb(TILT / "efield2.ddb")
+    assert int(header["natom"][0]) == 10 and header["zion"].tolist() == [10.0, 12.0, 6.0]
+    assert header["rprim"].shape == (9,) and header["typat"].tolist() == [1, 1, 2, 2, 3, 3, 3, 3, 3, 3]
+    field = 12
+    # direction 2 with the ddk files of directions 1 and 2: field-field (2,1) and (2,2), not (2,3)
+    assert (2, field, 1, field) in el and (2, field, 2, field) in el and (2, field, 3, field) not in el
+    assert all((j, k, 2, field) in el for k in range(1, 11) for j in (1, 2, 3))
+
+
+def test_ddb_missing_direction_or_structure_mismatch(tmp_path):
+    with pytest.raises(AbinitParseError, match="direction"):
+        response_from_ddb([TILT / "efield1.ddb", TILT / "efield2.ddb"])
+    with pytest.raises(AbinitParseError, match="not an ABINIT DDB"):
+        response_from_ddb([TILT / "gs.abo"])
+    other = tmp_path / "other.ddb"
+    text = (TILT / "efield3.ddb").read_text()
+    other.write_text(text.replace("typat         1    1    2    2", "typat         2    1    1    2", 1))
+    with pytest.raises(AbinitParseError, match="another structure"):
+        response_from_ddb([TILT / "efield1.ddb", TILT / "efield2.ddb", other])
+
+
+def test_ddb_unknown_field_field_elements_are_nan(tmp_path):
+    """Directions computed in different sessions miss their mixed field-field elements."""
+    field = 12
+    lines = (TILT / "efield2.ddb").read_text().splitlines()
+    keep = [ln for ln in lines if ln.split()[:4] != ["1", str(field), "2", str(field)]
+            and ln.split()[:4] != ["2", str(field), "1", str(field)]]
+    n_removed = len(lines) - len(keep)
+    assert n_removed == 2
+    keep = [ln.replace("# elements :      63", "# elements :      61") for ln in keep]
+    (tmp_path / "e2.ddb").write_text("\n".join(keep) + "\n")
+    z, eps = response_from_ddb([TILT / "efield1.ddb", tmp_path / "e2.ddb", TILT / "efield3.ddb"])
+    np.testing.assert_allclose(z, response_from_ddb([TILT / f"efield{d}.ddb" for d in (1, 2, 3)])[0])
+    assert np.isnan(eps).any()  # every Cartesian element mixes reduced (1, 2) on this cell
