@@ -273,14 +273,18 @@ def cpu_seconds(directory: str | os.PathLike) -> float | None:
 
 
 def work_units(atoms: Atoms, kmesh: Sequence[int]) -> float:
-    """Relative cost of one structure: N_atoms² × k-points of its full mesh.
+    """Relative cost of one structure: N_atoms³ × k-points of its full mesh.
 
-    Bands grow with N and plane waves with the volume (∝ N), so one k-point costs
-    ~N²; symmetry only makes the estimate pessimistic.  Measured here (2 ranks):
-    cubic5 (6x6x6) and tilt10 agree with it to ~40 %, good enough to decide what
-    fits before a deadline.
+    Bands and plane waves both grow with N, and at 20 atoms the N³ work
+    (orthogonalisation of 80 bands) dominates: one ddk iteration per k-point took
+    0.093 s on cubic5 and 4.7 s on pnma_eq (2 ranks), 51x for 4x the atoms (N^2.8).
+    The DFPT steps use no symmetry (ABINIT's little group of the ddk and field
+    perturbations is the identity even for Pnma), so symmetric structures are not
+    cheaper.  Only kinds without a measured structure rely on this scaling (the
+    estimate then comes from the other kinds' rates and is pessimistic for 10
+    atoms: cubic5 → tilt10 measured 2.7x, N³ says 5.6x).
     """
-    return float(len(atoms) ** 2 * int(np.prod(kmesh)))
+    return float(len(atoms) ** 3 * int(np.prod(kmesh)))
 
 
 @dataclass

@@ -420,7 +420,7 @@ def test_deadline_defers_structures_that_cannot_finish(tmp_path):
     write_frames(tmp_path / "plan.xyz", plan)
     u_small = work_units(base, settings.kmesh(base))
     u_big = work_units(big, settings.kmesh(big))
-    assert u_big == pytest.approx(8 * u_small)  # 64x N^2, 1/8 of the k-points
+    assert u_big == pytest.approx(64 * u_small)  # 512x N^3, 1/8 of the k-points
     # one measured structure of the small kind: 1000 s of wall time on 2 ranks
     out, work = tmp_path / "data.xyz", tmp_path / "runs"
     measured = base.copy()
@@ -440,7 +440,7 @@ def test_deadline_defers_structures_that_cannot_finish(tmp_path):
     counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, runner=fake, log=messages.append,
                       deadline=2500.0, clock=lambda: now[0])
     # a structure starts when its ground state and one field direction (F_GS + F_DIRECTION = 0.5 of
-    # it) fit: s1 (0.5 x 8000 s x 1.2 margin) is deferred, s2 fits (600 s <= 2500 s); then the
+    # it) fit: s1 (0.5 x 64000 s x 1.2 margin) is deferred, s2 fits (600 s <= 2500 s); then the
     # median rate is 1450 s per small structure, and s3 (870 s) no longer fits in the 600 s left
     assert fake.calls == ["s2"]
     assert counts["finished"] == 1 and counts["deferred"] == 2 and counts["pending"] == 2
