@@ -69,7 +69,7 @@ DEFAULT_PSEUDOPOTENTIALS: Mapping[str, str] = {
     "Ba": "Ba.psp8",
 }
 
-STEPS = ("gs", "ddk", "efield")  # cost groups; runs: gs, ddk1, efield1, ddk2, efield2, ddk3, efield3
+#: field (and ddk) directions, reduced coordinates; runs: gs, ddk1, efield1, ddk2, efield2, ddk3, efield3
 DIRECTIONS = (1, 2, 3)
 
 #: settings that only set how tightly a step converges: they may change between
@@ -431,10 +431,11 @@ def run_structure(
                 _link(directory, source, f"in_1WF{ipert}")
 
     legacy = (directory / "ddk.done").is_file() or (directory / "efield.done").is_file()
-    remaining = [d for d in DIRECTIONS if not (directory / f"efield{d}.done").is_file()]
-    if (directory / "gs.done").is_file() and not (directory / "gs_o_WFK").is_file() and (
-        remaining if not legacy else not (directory / "efield.done").is_file()
-    ):
+    if legacy:
+        field_runs_left = not (directory / "efield.done").is_file()
+    else:
+        field_runs_left = any(not (directory / f"efield{d}.done").is_file() for d in DIRECTIONS)
+    if (directory / "gs.done").is_file() and not (directory / "gs_o_WFK").is_file() and field_runs_left:
         (directory / "gs.done").unlink()  # ground state carried over from another session: wavefunctions needed again
     timings = {"gs": run_once("gs")}
     if legacy:

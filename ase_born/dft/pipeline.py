@@ -71,7 +71,13 @@ from ase_born.io.extxyz import read_frames, write_frames
 
 DEFAULT_OUTPUT = Path("data/dft/catio3_dfpt.extxyz")
 DEFAULT_WORKDIR = Path("dft_runs/catio3")
-DEFAULT_CARRY = Path("data/dft/partial")
+
+
+def carry_directory(output: str | os.PathLike) -> Path:
+    """Where the finished field directions of unfinished structures are kept: ``partial/``
+    beside the dataset file (``data/dft/partial`` for the default output)."""
+    return Path(output).parent / "partial"
+
 
 #: share of a structure's cost in the ground state and in each field direction (ddk + efield):
 #: measured GS 13 % (cubic5_0000) and 20 % (tilt10_0000); rounded up for planning
@@ -427,9 +433,8 @@ def run_plan(
         nothing fits.
     carry : path-like, "auto" or None
         Directory for the finished field directions of unfinished structures (see
-        the module doc); ``"auto"``: ``partial/`` beside ``output``
-        (:data:`DEFAULT_CARRY` for the default output); ``None`` keeps them only in
-        the run directories.
+        the module doc); ``"auto"``: :func:`carry_directory` of ``output``; ``None``
+        keeps them only in the run directories.
     clock : callable
         Time source for ``deadline`` (tests substitute a fake clock).
 
@@ -476,7 +481,7 @@ def run_plan(
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, handler)
 
-    carry_root = None if carry is None else output.parent / "partial" if carry == "auto" else Path(carry)
+    carry_root = None if carry is None else carry_directory(output) if carry == "auto" else Path(carry)
     carried = {a.info["structure_id"]: carried_directions(carry_root / a.info["structure_id"])
                for a in todo} if carry_root is not None else {}
     if any(carried.values()):
@@ -495,13 +500,9 @@ def run_plan(
             diff = {k: v for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
             log(f"{sid}: finishing with the tolerances it started with {diff}")
 
-        def keep(d: int) -> None:
-            if carry_root is not None:
-                save_direction(directory, carry_root / sid, d)
-
         kwargs = {"ranks": ranks, "timeout_s": timeout_s, "nice": nice, "stop_event": stop}
         if carry_root is not None:
-            kwargs["on_direction"] = keep
+            kwargs["on_direction"] = lambda d: save_direction(directory, carry_root / sid, d)
         timings = runner(structure, own, directory, **kwargs)
         frame = frame_from_run(structure, directory, own, timings, ranks)
         if np.isnan(frame.info["epsilon_inf"]).any():
@@ -518,15 +519,21 @@ def run_plan(
 
     deferred: set[str] = set()
 
+    def estimate_s(s: Atoms, n_directions: int | None = None) -> float | None:
+        """Estimated wall time of ``s`` (the measured rates are whole structures), or of its
+        ground state and ``n_directions`` field directions."""
+        est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
+        if est is None or n_directions is None:
+            return est
+        return est * (F_GS + F_DIRECTION * n_directions)
+
     def next_structure() -> Atoms | None:
         """First pending structure that fits before the deadline (plan order), or None."""
         for i, s in enumerate(pending):
             sid = s.info["structure_id"]
             if deadline is not None:
-                est = model.estimate_s(s.info.get("kind"), units[sid])
+                est = estimate_s(s, 1)  # the ground state and one field direction must fit
                 left = deadline - clock()
-                if est is not None:
-                    est *= F_GS + F_DIRECTION  # the ground state and one field direction must fit
                 if est is not None and safety * est > left:
                     if sid not in deferred:
                         deferred.add(sid)
@@ -549,9 +556,8 @@ def run_plan(
                     s = next_structure()
                     if s is None:
                         break
-                    est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
-                    if est is not None and carried.get(s.info["structure_id"]):
-                        est *= F_GS + F_DIRECTION * (3 - len(carried[s.info["structure_id"]]))
+                    n_carried = len(carried.get(s.info["structure_id"], []))
+                    est = estimate_s(s, len(DIRECTIONS) - n_carried if n_carried else None)
                     log(f"start {s.info['structure_id']} ({s.info.get('kind')}, {len(s)} atoms, "
                         f"estimated {_fmt_s(est)})")
                     started[s.info["structure_id"]] = time.time()
@@ -637,7 +643,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     }
     asr = [np.abs(np.asarray(f.info["acoustic_sum"])).max() / (len(f) / 5) for f in frames if "acoustic_sum" in f.info]
     planned = {str(a.info["structure_id"]) for a in plan}
-    carry = Path(output).parent / "partial"
+    carry = carry_directory(output)
     partial = {sid: dirs for sid in sorted(planned - set(done)) if (dirs := carried_directions(carry / sid))}
     return {
         "plan": str(plan_path),

@@ -358,15 +358,12 @@ def response_from_ddb(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, n
     r = rprimd.T / (2.0 * np.pi)
     g = np.linalg.inv(rprimd)  # columns: reciprocal vectors (no 2π), G = R^-T
     zion = header["zion"][header["typat"].astype(int) - 1]
-    d = np.full((natom, 3, 3), np.nan)
-    for (d1, p1, d2, p2), val in elements.items():
-        if p2 == field and 1 <= p1 <= natom:
-            d[p1 - 1, d2 - 1, d1 - 1] = val
-        elif p1 == field and 1 <= p2 <= natom and np.isnan(d[p2 - 1, d1 - 1, d2 - 1]):
-            d[p2 - 1, d1 - 1, d2 - 1] = val
-    missing = [int(i) + 1 for i in np.flatnonzero(np.isnan(d).any(axis=(0, 2)))]
+    present = {d2 for (_, p1, d2, p2) in elements if p2 == field and 1 <= p1 <= natom}
+    missing = [i for i in (1, 2, 3) if i not in present]
     if missing:
         raise AbinitParseError(f"electric-field direction(s) {missing} (reduced) missing from the DDB files")
+    # the same (field, atom) mapping as the printed tables, in reduced directions: d[k, field i, displacement j]
+    d = born_charges_from_table([(*key, val) for key, val in elements.items()], natom)
     z = np.einsum("ai,kij,bj->kab", r, d, g) + zion[:, None, None] * np.eye(3)
     de = np.full((3, 3), np.nan)
     for i in range(3):
