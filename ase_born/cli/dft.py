@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--hours", type=float, default=None,
                     help="stop after this many hours (the run in progress is killed; finished field "
                          "directions are kept in data/dft/partial/), and start a structure only if its "
-                         "ground state and one field direction are expected (measured cost, x1.2) to "
+                         "ground state (unless its run directory keeps it) and one field direction are expected (measured cost, x1.2) to "
                          "finish before then; the rest are deferred to a later run")
     pr.add_argument("--nice", type=int, default=19)
     pr.add_argument("--ecut-Ha", type=float, default=None, help="plane-wave cutoff (Hartree)")

@@ -427,9 +427,9 @@ def run_plan(
     deadline : float, optional
         Epoch seconds (``clock()``) at which this call stops (running ABINIT steps are
         killed, as at the end of a work session).  A structure starts only if
-        ``safety`` x the estimated wall time of its ground state and at least one
-        field direction (:class:`CostModel`, :data:`F_GS`, :data:`F_DIRECTION`)
-        fits before it; the others are deferred, not failed.  The call ends when
+        ``safety`` x the estimated wall time of its ground state (unless its run
+        directory keeps the wavefunctions) and one field direction (:class:`CostModel`,
+        :data:`F_GS`, :data:`F_DIRECTION`) fits before it; the others are deferred, not failed.  The call ends when
         nothing fits.
     carry : path-like, "auto" or None
         Directory for the finished field directions of unfinished structures (see
@@ -519,32 +519,45 @@ def run_plan(
 
     deferred: set[str] = set()
 
+    def work_left(s: Atoms) -> tuple[bool, int]:
+        """Whether ``s`` still needs its ground state, and how many field directions are left
+        (finished ones in its run directory or carried over do not count)."""
+        sid = s.info["structure_id"]
+        directory = workdir / sid
+        done = set(carried.get(sid, [])) | {d for d in DIRECTIONS if (directory / f"efield{d}.done").is_file()}
+        left = len(DIRECTIONS) - len(done)
+        gs_kept = (directory / "gs.done").is_file() and (directory / "gs_o_WFK").is_file()
+        return left > 0 and not gs_kept, left
+
     def estimate_s(s: Atoms, n_directions: int | None = None) -> float | None:
-        """Estimated wall time of ``s`` (the measured rates are whole structures), or of its
-        ground state and ``n_directions`` field directions."""
+        """Estimated wall time of the work left on ``s`` (ground state if needed, field
+        directions not yet done), or of that ground state and ``n_directions`` directions."""
         est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
-        if est is None or n_directions is None:
+        if est is None:
             return est
-        return est * (F_GS + F_DIRECTION * n_directions)
+        gs, left = work_left(s)
+        return est * (F_GS * gs + F_DIRECTION * (left if n_directions is None else min(n_directions, left)))
 
     def next_structure() -> Atoms | None:
-        """First pending structure that fits before the deadline (plan order), or None."""
+        """First pending structure that fits before the deadline, or None."""
         for i, s in enumerate(pending):
             sid = s.info["structure_id"]
             if deadline is not None:
-                est = estimate_s(s, 1)  # the ground state and one field direction must fit
+                est = estimate_s(s, 1)  # the ground state (unless kept) and one field direction must fit
                 left = deadline - clock()
                 if est is not None and safety * est > left:
                     if sid not in deferred:
                         deferred.add(sid)
-                        log(f"defer {sid}: its ground state and one field direction need ~{_fmt_s(safety * est)} "
+                        log(f"defer {sid}: its next field direction (and ground state, unless kept) need ~{_fmt_s(safety * est)} "
                             f"(x{safety} margin), "
                             f"{_fmt_s(max(left, 0.0))} left before the deadline")
                     continue
             return pending.pop(i)
         return None
 
-    pending = list(todo)
+    # Carried-over structures first: each session redoes their ground state, and they are the
+    # closest to a finished frame.  Plan order otherwise (stable sort).
+    pending = sorted(todo, key=lambda s: not carried.get(s.info["structure_id"]))
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             running = {}
@@ -556,8 +569,7 @@ def run_plan(
                     s = next_structure()
                     if s is None:
                         break
-                    n_carried = len(carried.get(s.info["structure_id"], []))
-                    est = estimate_s(s, len(DIRECTIONS) - n_carried if n_carried else None)
+                    est = estimate_s(s)
                     log(f"start {s.info['structure_id']} ({s.info.get('kind')}, {len(s)} atoms, "
                         f"estimated {_fmt_s(est)})")
                     started[s.info["structure_id"]] = time.time()
