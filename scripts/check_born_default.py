@@ -11,6 +11,8 @@ Prints and writes (``--out``, JSON):
   for model selection), the trainer's definitions (:mod:`ase_born.train.metrics`: the
   sum-rule-corrected prediction against the sum-rule-corrected DFPT Z*; the ASR violation
   of the raw network output);
+* the mean diagonal Z* per species the model predicts on the experimental Pnma structure
+  (:func:`ase_born.dft.sampler.pnma_catio3`; a bias check while ``pnma_eq`` has no DFPT frame);
 * the equilibrium check on ``pnma_eq`` (the experimental Pnma structure): every atom's
   diagonal Z* within 5 % and every off-diagonal element within 0.1 e of the raw DFPT
   values (:func:`ase_born.train.evaluation.equilibrium_check`), when that frame exists.
@@ -36,6 +38,7 @@ import numpy as np
 from ase_born import defaults
 from ase_born.calculators.equivar import EquivarCalculator
 from ase_born.conventions import KEY_BORN, KEY_EPSILON_INF
+from ase_born.dft.sampler import pnma_catio3
 from ase_born.io.extxyz import get_born_charges, read_frames
 from ase_born.train.dataset import correct_asr, split_tag
 from ase_born.train.evaluation import equilibrium_check
@@ -71,6 +74,11 @@ def check(model_path: Path, frames: list, device: str = "cpu") -> dict:
         for f in test:
             kinds[str(f.info.get("kind"))] = kinds.get(str(f.info.get("kind")), 0) + 1
         report["test"]["kinds"] = kinds
+    z = correct_asr(raw_prediction(calc, pnma_catio3()))
+    symbols = np.array(pnma_catio3().get_chemical_symbols())
+    report["pnma_experimental_mean_diag"] = {
+        el: float(np.mean(np.diagonal(z[symbols == el], axis1=1, axis2=2))) for el in sorted(set(symbols))
+    }
     ref = [f for f in frames if f.info.get("structure_id") == REFERENCE_ID]
     if ref:
         f = ref[-1]
@@ -133,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  MAE per species: " + ", ".join(f"{k} {v:.4f}" for k, v in t["mae_per_species"].items()))
     else:
         print("TEST: no test frames in the dataset")
+    print("experimental Pnma, mean diagonal Z* (sum rule applied): "
+          + ", ".join(f"{k} {v:+.3f}" for k, v in report["pnma_experimental_mean_diag"].items()) + " e")
     if REFERENCE_ID in report:
         r = report[REFERENCE_ID]
         print(f"{REFERENCE_ID}: {'PASS' if r['passed'] else 'FAIL'} — worst diagonal {100 * r['max_rel_diag']:.2f} % "

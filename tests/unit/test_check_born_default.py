@@ -97,6 +97,10 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys):
     report = json.loads(out.read_text())
     assert report["pnma_eq"]["max_rel_diag"] == pytest.approx(0.03 / 1.03, rel=1e-4)
     assert report["test"]["n_structures"] == 2 and report["test"]["kinds"] == {"pnma20": 2}
+    symbols = np.array(atoms.get_chemical_symbols())
+    for el, mean in report["pnma_experimental_mean_diag"].items():  # the shipped model on experimental Pnma
+        assert mean == pytest.approx(np.mean(np.diagonal(pred[symbols == el], axis1=1, axis2=2)), abs=1e-9)
+    assert "experimental Pnma, mean diagonal Z*" in text
     eps = json.loads((models / "defaults.json").read_text())["epsilon_inf"]
     np.testing.assert_allclose(eps["value"], 6.0 * np.eye(3))
     np.testing.assert_allclose(eps["tensor"], [[6.0, 0.005, 0], [0.005, 6.1, 0], [0, 0, 5.9]])
