@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase import units
 
 from ase_born.dft import convergence as conv
 from ase_born.io.abinit import read_abinit_output
@@ -21,6 +22,7 @@ def _point(axis, ecut, kmesh, zscale=1.0, eps=6.0):
     return {"axis": axis, "settings": {"ecut_Ha": ecut}, "kmesh": kmesh,
             "born_effective_charges": z.tolist(), "epsilon_inf": (np.eye(3) * eps).tolist(),
             "acoustic_sum": (np.eye(3) * 0.1 * (50 - ecut) / 10).tolist(),
+            "stress": [0.01 + 0.0025 * (50 - ecut)] * 3 + [0.0] * 3,  # eV/Å³, Pulay-like in the cutoff
             "wall_s": {"gs": 60.0, "ddk": 60.0, "efield": 120.0}}
 
 
@@ -43,6 +45,7 @@ def test_analyse_errors_against_most_converged_point():
     assert an["ecut30_k4@k"]["max_rel_err_Z_diag"] == pytest.approx(0.02)
     assert an["ecut30_k4"]["max_abs_asr_violation_e"] == pytest.approx(0.2)
     assert an["ecut30_k4"]["wall_min"] == 4.0
+    assert an["ecut30_k4"]["pressure_GPa"] == pytest.approx(-0.06 / units.GPa)
     table = conv.markdown_table({"points": points, "analysis": an})
     assert "| ecut30_k4 (vs ecut50_k4) | 30 | 4x4x4 | 2.00% |" in table
     assert "| ecut30_k3 (vs ecut30_k6) | 30 | 3x3x3 | 1.00% |" in table
@@ -119,3 +122,25 @@ def test_k_limit_extrapolates_a_geometric_sequence_and_tol_points_use_their_base
     assert an["ecut30_k4_ddk1e-16"]["max_rel_err_Z_diag"] == pytest.approx(1e-3)
     table = conv.markdown_table({"points": points, "analysis": an})
     assert "| ecut30_k6 (vs k-limit (Aitken, ecut30_k4/ecut30_k5/ecut30_k6)) | 30 | 6x6x6 | 0.04% |" in table
+
+
+def test_pulay_stress_from_the_cutoff_axis():
+    points = {lbl: _point("ecut", e, [4, 4, 4]) for lbl, e in (("ecut30_k4", 30.0), ("ecut50_k4", 50.0))}
+    points["ecut30_k6"] = _point("kpts", 30.0, [6, 6, 6])
+    assert conv.pulay_stress(30.0, points) == pytest.approx(0.05)
+    assert conv.pulay_stress(50.0, points) == conv.pulay_stress(60.0, points) == 0.0
+    with pytest.raises(ValueError, match="no cutoff-axis point at 35"):
+        conv.pulay_stress(35.0, points)
+    # the committed study: 30 Ha leaves ~ -9 GPa of basis-set pressure (ASE stress +0.056 eV/Å³)
+    study = json.loads((Path(__file__).resolve().parents[2] / "data" / "dft" / "convergence.json").read_text())
+    sigma = conv.pulay_stress(30.0, study["points"])
+    assert 8.0 < sigma / units.GPa < 10.0
+    assert abs(conv.pulay_stress(40.0, study["points"]) / units.GPa) < 0.3
+    # applied to the committed 30 Ha frames: diagonal only, by the frame's own cutoff
+    frames = read_frames(Path(__file__).resolve().parents[2] / "data" / "dft" / "catio3_dfpt.extxyz")
+    for a in frames[:2]:
+        raw = a.calc.results["stress"]
+        np.testing.assert_allclose(conv.basis_corrected_stress(a, study["points"]), raw - sigma * np.r_[1, 1, 1, 0, 0, 0])
+    del frames[0].info["dft_settings"]
+    with pytest.raises(ValueError, match="no dft_settings"):
+        conv.basis_corrected_stress(frames[0], study["points"])
