@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from ase_born.conventions import BOHR_A
 from ase_born.dft.abinit import (
     DIRECTIONS,
     TOLERANCE_KEYS,
@@ -64,6 +65,7 @@ from ase_born.dft.abinit import (
 from ase_born.io.abinit import (
     AbinitParseError,
     read_abinit_output,
+    read_ddb,
     read_run_times,
     response_from_ddb,
 )
@@ -352,6 +354,39 @@ _CARRIED = ("efield{d}.ddb", "efield{d}.done", "efield{d}.abo", "ddk{d}.done", "
 def carried_directions(carry_dir: Path) -> list[int]:
     """Field directions finished and carried over for one structure."""
     return [d for d in DIRECTIONS if (carry_dir / f"efield{d}.ddb").is_file() and (carry_dir / f"efield{d}.done").is_file()]
+
+
+def partial_born_charges(carry_dir: str | os.PathLike, structure: Atoms) -> tuple[np.ndarray, list[int]]:
+    """Z* of an unfinished structure from its carried field directions.
+
+    Returns ``(z, directions)``: ``z`` in CONVENTIONS order with NaN rows where the
+    missing directions are needed (:func:`~ase_born.io.abinit.response_from_ddb` with
+    ``partial=True``), and the finished reduced directions.
+
+    Raises
+    ------
+    FileNotFoundError
+        When no direction is carried in ``carry_dir``.
+    AbinitParseError
+        When the DDBs belong to another structure than ``structure`` (cell, positions,
+        species order).
+    """
+    carry_dir = Path(carry_dir)
+    dirs = carried_directions(carry_dir)
+    if not dirs:
+        raise FileNotFoundError(f"no finished field direction in {carry_dir}")
+    paths = [carry_dir / f"efield{d}.ddb" for d in dirs]
+    header, _ = read_ddb(paths[0])
+    cell = (header["rprim"].reshape(3, 3) * header["acell"][:, None]) * BOHR_A
+    xred = header["xred"].reshape(-1, 3)
+    numbers = np.rint(header["znucl"][header["typat"].astype(int) - 1]).astype(int)
+    dx = xred - structure.get_scaled_positions(wrap=False)
+    if (len(numbers) != len(structure) or not np.array_equal(numbers, structure.numbers)
+            or not np.allclose(cell, structure.cell.array, atol=1e-5)
+            or not np.allclose(dx - np.rint(dx), 0.0, atol=1e-6)):
+        raise AbinitParseError(f"{paths[0]}: DDB of another structure than {structure.info.get('structure_id', '?')}")
+    z, _ = response_from_ddb(paths, partial=True)
+    return z, dirs
 
 
 def save_direction(directory: Path, carry_dir: Path, d: int) -> None:

@@ -122,8 +122,11 @@ def _response_table(text: str, header: str) -> list[tuple[int, int, int, int, fl
     return rows
 
 
-def born_charges_from_table(rows: Sequence[tuple[int, int, int, int, float]], natom: int) -> np.ndarray:
-    """Z* ``(natom, 3, 3)`` in CONVENTIONS order from ABINIT table rows (see module doc)."""
+def born_charges_from_table(
+    rows: Sequence[tuple[int, int, int, int, float]], natom: int, complete: bool = True
+) -> np.ndarray:
+    """Z* ``(natom, 3, 3)`` in CONVENTIONS order from ABINIT table rows (see module doc);
+    with ``complete=False`` elements absent from ``rows`` are NaN instead of an error."""
     z = np.full((natom, 3, 3), np.nan)
     field = natom + 2
     for d1, p1, d2, p2, val in rows:
@@ -134,7 +137,7 @@ def born_charges_from_table(rows: Sequence[tuple[int, int, int, int, float]], na
         else:
             continue
         z[k - 1, b - 1, a - 1] = val
-    if np.isnan(z).any():
+    if complete and np.isnan(z).any():
         missing = sorted({int(i) + 1 for i in np.argwhere(np.isnan(z))[:, 0]})
         raise AbinitParseError(f"effective-charge table incomplete (atoms {missing}); use rfdir 1 1 1 and all atoms")
     return z
@@ -315,7 +318,7 @@ def read_ddb(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[tuple
     return {k: np.asarray(v) for k, v in header.items()}, elements
 
 
-def response_from_ddb(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
+def response_from_ddb(paths: Sequence[str | os.PathLike], partial: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Born charges and ε∞ from the DDBs of electric-field runs (one or several directions).
 
     The DDB stores mixed derivatives in reduced coordinates; in Cartesian ones
@@ -336,11 +339,16 @@ def response_from_ddb(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, n
     the whole tensor; elements found in no file leave ε∞ entries NaN (a Cartesian
     element mixes several reduced ones).
 
+    With ``partial=True`` missing field directions are allowed (a structure whose
+    directions are not all finished): the Z* rows ``Z*[:, a, :]`` that mix a missing
+    reduced direction are NaN (in an orthogonal cell, field direction ``i`` alone gives
+    the Cartesian row ``a = i``).
+
     Raises
     ------
     AbinitParseError
-        When the files disagree on the structure or a field direction is missing
-        (every Z* element needs all three).
+        When the files disagree on the structure or (unless ``partial``) a field
+        direction is missing (every Z* element needs all three).
     """
     header, elements = None, {}
     for p in paths:
@@ -360,11 +368,13 @@ def response_from_ddb(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, n
     zion = header["zion"][header["typat"].astype(int) - 1]
     present = {d2 for (_, p1, d2, p2) in elements if p2 == field and 1 <= p1 <= natom}
     missing = [i for i in (1, 2, 3) if i not in present]
-    if missing:
+    if missing and not partial:
         raise AbinitParseError(f"electric-field direction(s) {missing} (reduced) missing from the DDB files")
     # the same (field, atom) mapping as the printed tables, in reduced directions: d[k, field i, displacement j]
-    d = born_charges_from_table([(*key, val) for key, val in elements.items()], natom)
-    z = np.einsum("ai,kij,bj->kab", r, d, g) + zion[:, None, None] * np.eye(3)
+    d = born_charges_from_table([(*key, val) for key, val in elements.items()], natom, complete=not partial)
+    z = np.einsum("ai,kij,bj->kab", r, np.nan_to_num(d), g) + zion[:, None, None] * np.eye(3)
+    unknown_rows = (np.abs(r) > 1e-12).astype(float) @ np.isnan(d).any(axis=(0, 2)).astype(float)
+    z[:, unknown_rows > 0, :] = np.nan
     de = np.full((3, 3), np.nan)
     for i in range(3):
         for j in range(3):

@@ -58,6 +58,18 @@ def test_equilibrium_check_tolerances():
     z4[0, 0, 0] = np.nan
     r = equilibrium_check(z4, ref, numbers)
     assert not r["passed"] and r["n_atoms_failing"] == 1
+    assert r["n_elements_checked"] == 36
+    # a partial reference (field direction 1 only): the rows not computed are not checked
+    part = ref.copy()
+    part[:, 1:, :] = np.nan
+    r = equilibrium_check(z2, part, numbers)  # z2 is off in row 1 only
+    assert r["passed"] and r["n_elements_checked"] == 12
+    z5 = z2.copy()
+    z5[1, 0, 2] += 0.2
+    r = equilibrium_check(z5, part, numbers)
+    assert not r["passed"] and r["max_abs_offdiag_atom"] == 1
+    with pytest.raises(ValueError, match="no known element"):
+        equilibrium_check(z, np.full_like(ref, np.nan), numbers)
     with pytest.raises(ValueError, match="must both be"):
         equilibrium_check(z[:3], ref, numbers)
     with pytest.raises(ValueError, match="numbers"):
@@ -111,3 +123,40 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys):
     assert mod.main(["--data", str(data)]) == 1
     assert "pnma_eq: FAIL" in capsys.readouterr().out
     assert len(read_frames(data)) == 2
+
+
+@pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
+def test_script_checks_the_carried_directions_of_an_unfinished_pnma_eq(tmp_path, capsys):
+    """Real DDBs (the tiny tilted cell standing in for pnma_eq): all three directions carried
+    give the full check; one direction of this skewed cell determines no Cartesian element."""
+    from ase_born.io.abinit import read_abinit_output, response_from_ddb
+
+    tiny = ROOT / "tests" / "data" / "abinit" / "tilt10_tiny"
+    structure = read_abinit_output(tiny / "gs.abo")
+    structure.info.update(structure_id="pnma_eq", split="test", kind="pnma_eq")
+    plan = tmp_path / "plan.extxyz"
+    write_frames(plan, structure)
+    data = tmp_path / "dfpt.extxyz"
+    data.write_text("")
+    carry = tmp_path / "partial" / "pnma_eq"
+    carry.mkdir(parents=True)
+    shutil.copy(tiny / "efield1.ddb", carry / "efield1.ddb")
+    (carry / "efield1.done").write_text("1\n")
+    mod = _script()
+    args = ["--data", str(data), "--partial", str(carry), "--plan", str(plan), "--out", str(tmp_path / "r.json")]
+    assert mod.main(args) == 0
+    assert "pnma_eq (unfinished, field directions [1] of 3): the finished directions determine no" in capsys.readouterr().out
+    for d in (2, 3):
+        shutil.copy(tiny / f"efield{d}.ddb", carry / f"efield{d}.ddb")
+        (carry / f"efield{d}.done").write_text("1\n")
+    mod.main(args)
+    assert "field directions [1, 2, 3] of 3), 90 of 90 Z* elements" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())["pnma_eq_partial"]
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    calc = EquivarCalculator(str(defaults.checked_file(defaults.model_card()["born_model"])), dtype="float64")
+    pred = correct_asr(mod.raw_prediction(calc, structure))
+    ref, _ = response_from_ddb([tiny / f"efield{d}.ddb" for d in (1, 2, 3)])
+    expected = equilibrium_check(pred, ref, structure.numbers)
+    assert report["max_rel_diag"] == pytest.approx(expected["max_rel_diag"])
+    assert report["passed"] == expected["passed"] and report["directions"] == [1, 2, 3]

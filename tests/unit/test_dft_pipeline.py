@@ -577,3 +577,26 @@ def test_deadline_check_counts_only_the_work_left(tmp_path):
     assert fake.calls == ["s1"]
     (start,) = [m for m in messages if m.startswith("start s1")]
     assert "estimated 14m59s" in start or "estimated 15m00s" in start  # 3 directions, no GS: 900 s
+
+
+def test_partial_born_charges_check_the_structure(tmp_path):
+    from ase_born.dft.pipeline import partial_born_charges
+    from ase_born.io.abinit import AbinitParseError
+
+    tiny = DATA / "tilt10_tiny"
+    structure = read_abinit_output(tiny / "gs.abo")
+    with pytest.raises(FileNotFoundError):
+        partial_born_charges(tmp_path, structure)
+    for d in (1, 2):
+        shutil.copy(tiny / f"efield{d}.ddb", tmp_path / f"efield{d}.ddb")
+        (tmp_path / f"efield{d}.done").write_text("1\n")
+    z, dirs = partial_born_charges(tmp_path, structure)
+    assert dirs == [1, 2] and z.shape == (10, 3, 3) and np.isnan(z).all()  # skewed cell: no row from 2 of 3
+    moved = structure.copy()
+    moved.positions[3] += 0.01
+    with pytest.raises(AbinitParseError, match="another structure"):
+        partial_born_charges(tmp_path, moved)
+    swapped = structure.copy()
+    swapped.numbers[[0, 2]] = swapped.numbers[[2, 0]]
+    with pytest.raises(AbinitParseError, match="another structure"):
+        partial_born_charges(tmp_path, swapped)

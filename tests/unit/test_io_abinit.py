@@ -174,3 +174,37 @@ def test_ddb_unknown_field_field_elements_are_nan(tmp_path):
     z, eps = response_from_ddb([TILT / "efield1.ddb", tmp_path / "e2.ddb", TILT / "efield3.ddb"])
     np.testing.assert_allclose(z, response_from_ddb([TILT / f"efield{d}.ddb" for d in (1, 2, 3)])[0])
     assert np.isnan(eps).any()  # every Cartesian element mixes reduced (1, 2) on this cell
+
+
+def test_ddb_partial_directions_give_the_rows_they_determine(monkeypatch):
+    """partial=True: in an orthogonal cell field direction i alone gives the Cartesian row
+    Z*[:, i, :], equal to the full result; in a skewed cell it determines no row."""
+    from ase_born.io import abinit as io_abinit
+
+    files = [TILT / f"efield{d}.ddb" for d in (1, 2, 3)]
+    full, _ = response_from_ddb(files)
+    z1, _ = response_from_ddb(files[:1], partial=True)
+    assert np.isnan(z1).all()  # every Cartesian row mixes all three reduced directions here
+    np.testing.assert_allclose(response_from_ddb(files, partial=True)[0], full)
+
+    real = io_abinit.read_ddb
+
+    def orthogonal(path):  # the same elements on an orthorhombic cell
+        header, el = real(path)
+        header = dict(header, rprim=np.diag([7.2, 7.3, 7.4]).ravel(), acell=np.ones(3))
+        return header, el
+
+    monkeypatch.setattr(io_abinit, "read_ddb", orthogonal)
+    full, eps_full = response_from_ddb(files)
+    for subset in ([1], [1, 3], [2]):
+        z, eps = response_from_ddb([files[d - 1] for d in subset], partial=True)
+        for d in subset:  # the diagonal field-field element of each finished direction is known
+            assert eps[d - 1, d - 1] == pytest.approx(eps_full[d - 1, d - 1])
+        assert 2 in subset or np.isnan(eps[1, 1])
+        for a in range(3):
+            if a + 1 in subset:
+                np.testing.assert_allclose(z[:, a, :], full[:, a, :], atol=1e-12)
+            else:
+                assert np.isnan(z[:, a, :]).all()
+    with pytest.raises(AbinitParseError, match="direction"):
+        response_from_ddb(files[:1])
