@@ -18,10 +18,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from ase.io import read
-
 sys.path.insert(0, str(Path(__file__).parent))
-from evaluate import compare, predict  # script folder on the path (above)
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # ase_born (its basis-set stress correction)
+from evaluate import compare_dft  # script folder on the path (above)
 
 
 def main(argv=None) -> None:
@@ -29,24 +28,17 @@ def main(argv=None) -> None:
     ap.add_argument("--dft", default="data/dft/catio3_dfpt.extxyz")
     ap.add_argument("--out", default="data/models/mace_catio3_teacher_vs_dft.json")
     args = ap.parse_args(argv)
-    dft = Path(args.dft)
-    frames = read(dft, ":") if dft.exists() and dft.stat().st_size > 0 else []
-    if not frames:
-        print(f"{dft} missing or empty: nothing to compare")
-        return
     warnings.filterwarnings("ignore")
     import torch
     from sevenn.calculator import SevenNetCalculator
 
     torch.set_num_threads(1)
     calc = SevenNetCalculator("7net-0", device="cpu")
-    result = {
-        "file": str(dft),
-        "model": "SevenNet-0 (7net-0, 11Jul2024)",
-        **compare(frames, predict(frames, calc), remove_energy_offset=True),
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    result: dict = {"model": "SevenNet-0 (7net-0, 11Jul2024)"}
+    compare_dft(calc, Path(args.dft), result)
+    dft = result.pop("dft")
+    Path(args.out).write_text(json.dumps({**result, **dft}, indent=2))
+    print("wrote", args.out)
 
 
 if __name__ == "__main__":
