@@ -356,6 +356,19 @@ def carried_directions(carry_dir: Path) -> list[int]:
     return [d for d in DIRECTIONS if (carry_dir / f"efield{d}.ddb").is_file() and (carry_dir / f"efield{d}.done").is_file()]
 
 
+def _carried_timings(carry_dir: Path, dirs: Sequence[int]) -> tuple[float, float] | None:
+    """(ground-state, per-direction) wall seconds measured on a carried structure (the
+    markers do not record the MPI ranks: the same count is assumed); ``None`` when its
+    markers lack the times."""
+    try:
+        gs = float((carry_dir / "gs.done").read_text().strip())
+        per_dir = float(np.mean([float((carry_dir / f"ddk{d}.done").read_text().strip())
+                                 + float((carry_dir / f"efield{d}.done").read_text().strip()) for d in dirs]))
+    except (OSError, ValueError):
+        return None
+    return gs, per_dir
+
+
 def partial_born_charges(carry_dir: str | os.PathLike, structure: Atoms) -> tuple[np.ndarray, list[int]]:
     """Z* of an unfinished structure from its carried field directions.
 
@@ -521,6 +534,8 @@ def run_plan(
                for a in todo} if carry_root is not None else {}
     if any(carried.values()):
         log("carried over: " + ", ".join(f"{k} directions {v}" for k, v in carried.items() if v))
+    own_timings = {sid: t for sid, dirs in carried.items() if dirs
+                   and (t := _carried_timings(carry_root / sid, dirs)) is not None}
 
     def work(structure: Atoms) -> None:
         sid = structure.info["structure_id"]
@@ -566,12 +581,16 @@ def run_plan(
 
     def estimate_s(s: Atoms, n_directions: int | None = None) -> float | None:
         """Estimated wall time of the work left on ``s`` (ground state if needed, field
-        directions not yet done), or of that ground state and ``n_directions`` directions."""
-        est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
-        if est is None:
-            return est
+        directions not yet done), or of that ground state and ``n_directions`` directions.
+        A structure with carried directions is timed by its own markers (its ground state
+        and the mean ddk + field time of its finished directions), others by the model."""
         gs, left = work_left(s)
-        return est * (F_GS * gs + F_DIRECTION * (left if n_directions is None else min(n_directions, left)))
+        n = left if n_directions is None else min(n_directions, left)
+        own = own_timings.get(s.info["structure_id"])
+        if own is not None:
+            return own[0] * gs + own[1] * n
+        est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
+        return None if est is None else est * (F_GS * gs + F_DIRECTION * n)
 
     def next_structure() -> Atoms | None:
         """First pending structure that fits before the deadline, or None."""

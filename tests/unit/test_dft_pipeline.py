@@ -600,3 +600,23 @@ def test_partial_born_charges_check_the_structure(tmp_path):
     swapped.numbers[[0, 2]] = swapped.numbers[[2, 0]]
     with pytest.raises(AbinitParseError, match="another structure"):
         partial_born_charges(tmp_path, swapped)
+
+
+def test_carried_structure_is_timed_by_its_own_markers(tmp_path):
+    """A structure with carried directions is estimated from its measured ground state and
+    directions (here 100 s and 200 + 300 s), not from the kind's scaled rate."""
+    plan = _fake_plan(tmp_path, n=1)
+    carry = tmp_path / "partial" / "s0"
+    carry.mkdir(parents=True)
+    for name, value in (("gs.done", 100.0), ("ddk1.done", 200.0), ("efield1.done", 300.0), ("efield1.ddb", 0)):
+        (carry / name).write_text(f"{value}\n")
+    messages, fake = [], FakeAbinit()
+    # GS + one direction x1.2 = 720 s
+    run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
+             deadline=700.0, clock=lambda: 0.0)
+    assert fake.calls == [] and any(m.startswith("defer s0:") and "12m00s" in m for m in messages)
+    messages.clear()
+    run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
+             deadline=800.0, clock=lambda: 0.0)
+    assert fake.calls == ["s0"]
+    assert any(m.startswith("start s0") and "estimated 18m20s" in m for m in messages)  # GS + 2 directions left
