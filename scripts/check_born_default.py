@@ -94,8 +94,9 @@ def check(model_path: Path, frames: list, device: str = "cpu", carry_dir: Path |
         for f in test:
             kinds[str(f.info.get("kind"))] = kinds.get(str(f.info.get("kind")), 0) + 1
         report["test"]["kinds"] = kinds
-    z = correct_asr(raw_prediction(calc, pnma_catio3()))
-    symbols = np.array(pnma_catio3().get_chemical_symbols())
+    pnma = pnma_catio3()
+    z = correct_asr(raw_prediction(calc, pnma))
+    symbols = np.array(pnma.get_chemical_symbols())
     report["pnma_experimental_mean_diag"] = {
         el: float(np.mean(np.diagonal(z[symbols == el], axis1=1, axis2=2))) for el in sorted(set(symbols))
     }

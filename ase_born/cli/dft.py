@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--hours", type=float, default=None,
                     help="stop after this many hours (the run in progress is killed; finished field "
                          "directions are kept in data/dft/partial/), and start a structure only if its "
-                         "ground state (unless its run directory keeps it) and one field direction are expected (measured cost, x1.2) to "
-                         "finish before then; the rest are deferred to a later run")
+                         "ground state (unless its run directory keeps it) and one field direction are "
+                         "expected (measured cost, x1.2) to finish before then; the rest are deferred to "
+                         "a later run")
     pr.add_argument("--nice", type=int, default=19)
     pr.add_argument("--ecut-Ha", type=float, default=None, help="plane-wave cutoff (Hartree)")
     pr.add_argument("--kpt-density", type=float, default=None, help="k-points per 1/Å (ASE convention)")

@@ -408,7 +408,7 @@ def run_structure(
     def run_once(name: str) -> float:
         marker = directory / f"{name}.done"
         if marker.is_file():
-            return _read_marker(marker)
+            return read_marker(marker)
         (directory / f"{name}.abi").write_text(inputs[name])
         for stale in directory.glob(f"{name}.abo*"):
             stale.unlink()  # ABINIT renames instead of overwriting; keep one output
@@ -440,7 +440,7 @@ def run_structure(
     timings = {"gs": run_once("gs")}
     if legacy:
         # older layout: all ddk directions first, then one efield run with rfdir 1 1 1
-        timings["ddk"] = _read_marker(directory / "ddk.done")
+        timings["ddk"] = read_marker(directory / "ddk.done")
         if not (directory / "efield.done").is_file():
             _link_wfk()
             link_ddk(DIRECTIONS)
@@ -455,7 +455,7 @@ def run_structure(
                 # directions were finished in another session): field-field elements (d, j<=d)
                 link_ddk(range(1, d + 1))
             elif (directory / f"ddk{d}.done").is_file():
-                timings["ddk"] += _read_marker(directory / f"ddk{d}.done")
+                timings["ddk"] += read_marker(directory / f"ddk{d}.done")
             seconds = run_once(f"efield{d}")
             ddb = directory / f"ef{d}_o_DDB"
             if ddb.is_file():
@@ -472,7 +472,8 @@ def run_structure(
     return timings
 
 
-def _read_marker(marker: Path) -> float:
+def read_marker(marker: Path) -> float:
+    """Wall seconds recorded in a run's done marker."""
     return float(marker.read_text().strip() or 0.0)
 
 

@@ -53,19 +53,18 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from ase_born.conventions import BOHR_A
 from ase_born.dft.abinit import (
     DIRECTIONS,
     TOLERANCE_KEYS,
     AbinitError,
     AbinitSettings,
     StepInterrupted,
+    read_marker,
     run_structure,
 )
 from ase_born.io.abinit import (
     AbinitParseError,
     read_abinit_output,
-    read_ddb,
     read_run_times,
     response_from_ddb,
 )
@@ -194,6 +193,17 @@ def read_run_directory(directory: str | os.PathLike) -> Atoms:
     return parsed
 
 
+def check_same_structure(parsed: Atoms, structure: Atoms) -> None:
+    """Raise :class:`AbinitParseError` unless the structure ABINIT echoed is the plan's
+    (same species order, positions and cell to 1e-6 Å)."""
+    if parsed.get_chemical_symbols() != structure.get_chemical_symbols():
+        raise AbinitParseError("species order in ABINIT output differs from the plan")
+    dpos = np.abs(parsed.positions - structure.positions).max()
+    dcell = np.abs(parsed.cell.array - structure.cell.array).max()
+    if dpos > 1e-6 or dcell > 1e-6:
+        raise AbinitParseError(f"ABINIT structure differs from the plan (|Δr| {dpos:.2e} Å, |Δcell| {dcell:.2e} Å)")
+
+
 def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, timings: dict, ranks: int) -> Atoms:
     """Parse a finished structure directory into a dataset frame.
 
@@ -201,12 +211,7 @@ def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, 
     echo to 1e-6 Å) and carries provenance in ``info``.
     """
     parsed = read_run_directory(directory)
-    if parsed.get_chemical_symbols() != structure.get_chemical_symbols():
-        raise AbinitParseError("species order in ABINIT output differs from the plan")
-    dpos = np.abs(parsed.positions - structure.positions).max()
-    dcell = np.abs(parsed.cell.array - structure.cell.array).max()
-    if dpos > 1e-6 or dcell > 1e-6:
-        raise AbinitParseError(f"ABINIT structure differs from the plan (|Δr| {dpos:.2e} Å, |Δcell| {dcell:.2e} Å)")
+    check_same_structure(parsed, structure)
     frame = structure.copy()
     frame.arrays["born_effective_charges"] = parsed.arrays["born_effective_charges"]
     frame.calc = parsed.calc
@@ -361,9 +366,9 @@ def _carried_timings(carry_dir: Path, dirs: Sequence[int]) -> tuple[float, float
     markers do not record the MPI ranks: the same count is assumed); ``None`` when its
     markers lack the times."""
     try:
-        gs = float((carry_dir / "gs.done").read_text().strip())
-        per_dir = float(np.mean([float((carry_dir / f"ddk{d}.done").read_text().strip())
-                                 + float((carry_dir / f"efield{d}.done").read_text().strip()) for d in dirs]))
+        gs = read_marker(carry_dir / "gs.done")
+        per_dir = float(np.mean([read_marker(carry_dir / f"ddk{d}.done") + read_marker(carry_dir / f"efield{d}.done")
+                                 for d in dirs]))
     except (OSError, ValueError):
         return None
     return gs, per_dir
@@ -381,23 +386,19 @@ def partial_born_charges(carry_dir: str | os.PathLike, structure: Atoms) -> tupl
     FileNotFoundError
         When no direction is carried in ``carry_dir``.
     AbinitParseError
-        When the DDBs belong to another structure than ``structure`` (cell, positions,
-        species order).
+        When the carried ground-state output (the run the DDBs continue) is of another
+        structure than ``structure`` (:func:`check_same_structure`).
     """
     carry_dir = Path(carry_dir)
     dirs = carried_directions(carry_dir)
     if not dirs:
         raise FileNotFoundError(f"no finished field direction in {carry_dir}")
+    try:
+        check_same_structure(read_abinit_output(carry_dir / "gs.abo"), structure)
+    except AbinitParseError as exc:
+        raise AbinitParseError(f"{carry_dir}: carried data of another structure than "
+                               f"{structure.info.get('structure_id', '?')}: {exc}") from exc
     paths = [carry_dir / f"efield{d}.ddb" for d in dirs]
-    header, _ = read_ddb(paths[0])
-    cell = (header["rprim"].reshape(3, 3) * header["acell"][:, None]) * BOHR_A
-    xred = header["xred"].reshape(-1, 3)
-    numbers = np.rint(header["znucl"][header["typat"].astype(int) - 1]).astype(int)
-    dx = xred - structure.get_scaled_positions(wrap=False)
-    if (len(numbers) != len(structure) or not np.array_equal(numbers, structure.numbers)
-            or not np.allclose(cell, structure.cell.array, atol=1e-5)
-            or not np.allclose(dx - np.rint(dx), 0.0, atol=1e-6)):
-        raise AbinitParseError(f"{paths[0]}: DDB of another structure than {structure.info.get('structure_id', '?')}")
     z, _ = response_from_ddb(paths, partial=True)
     return z, dirs
 
@@ -477,8 +478,8 @@ def run_plan(
         killed, as at the end of a work session).  A structure starts only if
         ``safety`` x the estimated wall time of its ground state (unless its run
         directory keeps the wavefunctions) and one field direction (:class:`CostModel`,
-        :data:`F_GS`, :data:`F_DIRECTION`) fits before it; the others are deferred, not failed.  The call ends when
-        nothing fits.
+        :data:`F_GS`, :data:`F_DIRECTION`) fits before it; the others are deferred, not
+        failed.  The call ends when nothing fits.
     carry : path-like, "auto" or None
         Directory for the finished field directions of unfinished structures (see
         the module doc); ``"auto"``: :func:`carry_directory` of ``output``; ``None``

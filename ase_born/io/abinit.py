@@ -372,9 +372,9 @@ def response_from_ddb(paths: Sequence[str | os.PathLike], partial: bool = False)
         raise AbinitParseError(f"electric-field direction(s) {missing} (reduced) missing from the DDB files")
     # the same (field, atom) mapping as the printed tables, in reduced directions: d[k, field i, displacement j]
     d = born_charges_from_table([(*key, val) for key, val in elements.items()], natom, complete=not partial)
+    mixes = (np.abs(r) > 1e-12).astype(float)  # [a, i]: Cartesian a involves reduced i
     z = np.einsum("ai,kij,bj->kab", r, np.nan_to_num(d), g) + zion[:, None, None] * np.eye(3)
-    unknown_rows = (np.abs(r) > 1e-12).astype(float) @ np.isnan(d).any(axis=(0, 2)).astype(float)
-    z[:, unknown_rows > 0, :] = np.nan
+    z[:, mixes @ np.isnan(d).any(axis=(0, 2)) > 0, :] = np.nan  # rows that need a missing field direction
     de = np.full((3, 3), np.nan)
     for i in range(3):
         for j in range(3):
@@ -384,6 +384,5 @@ def response_from_ddb(paths: Sequence[str | os.PathLike], partial: bool = False)
     volume = abs(np.linalg.det(rprimd))
     eps = np.eye(3) - 4.0 * np.pi / volume * (r @ np.nan_to_num(de) @ r.T)
     # a Cartesian element is unknown if it mixes an unknown reduced one
-    unknown = (np.abs(r) > 1e-12).astype(float) @ np.isnan(de).astype(float) @ (np.abs(r.T) > 1e-12).astype(float)
-    eps[unknown > 0] = np.nan
+    eps[mixes @ np.isnan(de).astype(float) @ mixes.T > 0] = np.nan
     return z, eps

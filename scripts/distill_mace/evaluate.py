@@ -198,8 +198,8 @@ def md_step_timing(calc) -> dict:
     return out
 
 
-def compare_dft(calc, dft: Path, result: dict, key: str = "dft") -> None:
-    """Fill ``result[key]``: errors of ``calc`` against the ABINIT PBEsol frames of ``dft``."""
+def compare_dft(calc, dft: Path, result: dict) -> None:
+    """Fill ``result["dft"]``: errors of ``calc`` against the ABINIT PBEsol frames of ``dft``."""
     frames = []
     if dft.exists() and dft.stat().st_size > 0:
         try:
@@ -210,12 +210,12 @@ def compare_dft(calc, dft: Path, result: dict, key: str = "dft") -> None:
             frames = read(dft, ":")
     if frames:
         preds = predict(frames, calc)
-        result[key] = {
+        result["dft"] = {
             "file": str(dft),
             "functional": "PBEsol (ABINIT)",
             **compare(frames, preds, remove_energy_offset=True),
         }
-        d = result[key]
+        d = result["dft"]
         print(
             f"vs ABINIT DFT ({d['n_frames']} frames, {d['n_atoms']} atoms): "
             f"F MAE {d['forces_meV_per_A']['mae']:.1f} / RMSE {d['forces_meV_per_A']['rmse']:.1f} "
@@ -236,14 +236,14 @@ def compare_dft(calc, dft: Path, result: dict, key: str = "dft") -> None:
                 b.info["REF_stress"] = basis_corrected_stress(a, points)
                 corrected.append(b)
             c = compare(corrected, preds)
-            result[key]["basis_corrected"] = {
+            result["dft"]["basis_corrected"] = {
                 "note": "DFT stress minus the Pulay stress of its cutoff (ase_born.dft.convergence.pulay_stress)",
                 **{k: c[k] for k in ("stress_meV_per_A3", "pressure_offset_GPa")},
             }
             print(f"  after the basis-set stress correction: S MAE {c['stress_meV_per_A3']['mae']:.2f} meV/Å³, "
                   f"pressure offset {c['pressure_offset_GPa']:+.2f} GPa")
     else:
-        result[key] = {"file": str(dft), "skipped": "file missing or without frames"}
+        result["dft"] = {"file": str(dft), "skipped": "file missing or without frames"}
         print(f"{dft} missing or empty: DFT check skipped")
 
 

@@ -140,6 +140,7 @@ def test_script_checks_the_carried_directions_of_an_unfinished_pnma_eq(tmp_path,
     data.write_text("")
     carry = tmp_path / "partial" / "pnma_eq"
     carry.mkdir(parents=True)
+    shutil.copy(tiny / "gs.abo", carry / "gs.abo")
     shutil.copy(tiny / "efield1.ddb", carry / "efield1.ddb")
     (carry / "efield1.done").write_text("1\n")
     mod = _script()

@@ -587,6 +587,7 @@ def test_partial_born_charges_check_the_structure(tmp_path):
     structure = read_abinit_output(tiny / "gs.abo")
     with pytest.raises(FileNotFoundError):
         partial_born_charges(tmp_path, structure)
+    shutil.copy(tiny / "gs.abo", tmp_path / "gs.abo")  # carried with every direction (save_direction)
     for d in (1, 2):
         shutil.copy(tiny / f"efield{d}.ddb", tmp_path / f"efield{d}.ddb")
         (tmp_path / f"efield{d}.done").write_text("1\n")
