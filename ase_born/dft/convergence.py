@@ -117,12 +117,19 @@ def run_convergence(
         res = _point_result(workdir / label)
         res.update(axis=axis, settings=over, abinit_settings=settings.to_dict(), kmesh=settings.kmesh(atoms), wall_s=timings, ranks=ranks)
         points[label] = res
-        results["analysis"] = analyse(points)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, output)
+        _store(results, points, output)
+    if points and json.dumps(results.get("analysis")) != json.dumps(analyse(points)):
+        _store(results, points, output)  # an analysis stored by an older version is refreshed
     return results
+
+
+def _store(results: dict, points: dict, output: Path) -> None:
+    """Analyse ``points`` into ``results`` and write them atomically to ``output``."""
+    results["analysis"] = analyse(points)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, output)
 
 
 def export_frame(

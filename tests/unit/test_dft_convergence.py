@@ -73,6 +73,16 @@ def test_run_resumes_and_exports_a_point_as_frame(tmp_path):
     res = conv.run_convergence(work, out, grid=grid, runner=fake_runner, structure=structure, log=lambda m: None)
     assert len(calls) == 2 and list(res["points"]) == [g[1] for g in grid]  # first point not rerun
     assert json.loads(out.read_text())["points"][grid[1][1]]["wall_s"]["efield"] == 3.0
+    # an analysis stored by an older version (no pressure column) is refreshed on the next call
+    stale = json.loads(out.read_text())
+    for a in stale["analysis"].values():
+        a.pop("pressure_GPa")
+    out.write_text(json.dumps(stale))
+    res = conv.run_convergence(work, out, grid=grid, runner=fake_runner, structure=structure, log=lambda m: None)
+    assert len(calls) == 2  # nothing rerun
+    stored = json.loads(out.read_text())["analysis"][grid[0][1]]
+    assert stored["pressure_GPa"] == res["analysis"][grid[0][1]]["pressure_GPa"]
+    assert np.isfinite(stored["pressure_GPa"])
 
     xyz = tmp_path / "frames.extxyz"
     frame = conv.export_frame(grid[0][1], xyz, work, out, structure=structure)
