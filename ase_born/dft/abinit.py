@@ -281,6 +281,15 @@ class StepInterrupted(Exception):
     """A step was stopped on request (not a failure of the structure)."""
 
 
+class DirectionDeferred(Exception):
+    """A structure stopped before a field direction that its ``before_direction``
+    callback declined (too long for the time left); finished steps are kept."""
+
+    def __init__(self, direction: int):
+        super().__init__(f"field direction {direction} deferred")
+        self.direction = direction
+
+
 class AbinitError(RuntimeError):
     """An ABINIT run failed; ``reason`` says why in one line."""
 
@@ -384,6 +393,7 @@ def run_structure(
     cleanup: bool = True,
     stop_event: threading.Event | None = None,
     on_direction=None,
+    before_direction=None,
 ) -> dict[str, float]:
     """Compute one structure, resuming at the first unfinished step.
 
@@ -392,7 +402,10 @@ def run_structure(
     were carried over from another session) is not computed again.  On success (and
     ``cleanup=True``) the restart files (WFK, DEN, 1WF, POT, raw DDB) are deleted;
     the ``.abo`` outputs and ``efield{d}.ddb`` stay for parsing and provenance.
-    ``on_direction(d)`` is called after each finished field direction.
+    ``on_direction(d)`` is called after each finished field direction;
+    ``before_direction(d)`` before each unfinished one: when it returns False,
+    :class:`DirectionDeferred` is raised and the run directory (ground-state
+    wavefunctions included) is left for a later call.
 
     Returns
     -------
@@ -449,6 +462,8 @@ def run_structure(
         timings["ddk"] = timings["efield"] = 0.0
         for d in DIRECTIONS:
             if not (directory / f"efield{d}.done").is_file():
+                if before_direction is not None and not before_direction(d):
+                    raise DirectionDeferred(d)
                 _link_wfk()
                 timings["ddk"] += run_once(f"ddk{d}")
                 # the ddk files of directions 1..d that exist (all of them unless earlier

@@ -58,6 +58,7 @@ from ase_born.dft.abinit import (
     TOLERANCE_KEYS,
     AbinitError,
     AbinitSettings,
+    DirectionDeferred,
     StepInterrupted,
     read_marker,
     run_structure,
@@ -367,11 +368,15 @@ def _carried_timings(carry_dir: Path, dirs: Sequence[int]) -> tuple[float, float
     markers lack the times."""
     try:
         gs = read_marker(carry_dir / "gs.done")
-        per_dir = float(np.mean([read_marker(carry_dir / f"ddk{d}.done") + read_marker(carry_dir / f"efield{d}.done")
-                                 for d in dirs]))
+        per_dir = float(np.mean([sum(t) for t in _direction_times(carry_dir, dirs)]))
     except (OSError, ValueError):
         return None
     return gs, per_dir
+
+
+def _direction_times(directory: Path, dirs: Sequence[int]) -> list[tuple[float, float]]:
+    """(ddk, field) wall seconds of the finished field directions ``dirs``, from their markers."""
+    return [(read_marker(directory / f"ddk{d}.done"), read_marker(directory / f"efield{d}.done")) for d in dirs]
 
 
 def partial_born_charges(carry_dir: str | os.PathLike, structure: Atoms) -> tuple[np.ndarray, list[int]]:
@@ -479,7 +484,9 @@ def run_plan(
         ``safety`` x the estimated wall time of its ground state (unless its run
         directory keeps the wavefunctions) and one field direction (:class:`CostModel`,
         :data:`F_GS`, :data:`F_DIRECTION`) fits before it; the others are deferred, not
-        failed.  The call ends when nothing fits.
+        failed.  A started structure is paused before a field direction that no
+        longer fits (its finished steps are kept) and the time goes to structures that
+        fit.  The call ends when nothing fits.
     carry : path-like, "auto" or None
         Directory for the finished field directions of unfinished structures (see
         the module doc); ``"auto"``: :func:`carry_directory` of ``output``; ``None``
@@ -554,6 +561,8 @@ def run_plan(
         kwargs = {"ranks": ranks, "timeout_s": timeout_s, "nice": nice, "stop_event": stop}
         if carry_root is not None:
             kwargs["on_direction"] = lambda d: save_direction(directory, carry_root / sid, d)
+        if deadline is not None:
+            kwargs["before_direction"] = lambda d: direction_fits(structure, directory, d)
         timings = runner(structure, own, directory, **kwargs)
         frame = frame_from_run(structure, directory, own, timings, ranks)
         if np.isnan(frame.info["epsilon_inf"]).any():
@@ -569,6 +578,7 @@ def run_plan(
                 model.add(structure.info.get("kind"), units[sid], float(sum(timings.values())))
 
     deferred: set[str] = set()
+    paused: set[str] = set()  # started, then stopped before a field direction that did not fit
 
     def work_left(s: Atoms) -> tuple[bool, int]:
         """Whether ``s`` still needs its ground state, and how many field directions are left
@@ -593,10 +603,36 @@ def run_plan(
         est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
         return None if est is None else est * (F_GS * gs + F_DIRECTION * n)
 
+    def direction_fits(s: Atoms, directory: Path, d: int) -> bool:
+        """Whether field direction ``d`` of a started structure (ddk unless done, then the
+        field run) is expected to finish before the deadline.  Timed by the structure's own
+        finished directions (this call's or carried ones, restored into ``directory``), else
+        by :func:`estimate_s`.  When it does not fit the structure is paused, not stopped:
+        the time left goes to structures that fit."""
+        finished = [k for k in DIRECTIONS
+                    if (directory / f"efield{k}.done").is_file() and (directory / f"ddk{k}.done").is_file()]
+        try:
+            times = _direction_times(directory, finished)
+        except (OSError, ValueError):
+            times = []
+        if times:
+            ddk_s, field_s = np.mean(times, axis=0)
+            need = float(field_s + (0.0 if (directory / f"ddk{d}.done").is_file() else ddk_s))
+        else:
+            need = estimate_s(s, 1)
+        left = deadline - clock()
+        if need is None or safety * need <= left:
+            return True
+        log(f"pause {s.info['structure_id']} before field direction {d}: it needs ~{_fmt_s(safety * need)} "
+            f"(x{safety} margin), {_fmt_s(max(left, 0.0))} left before the deadline (finished steps are kept)")
+        return False
+
     def next_structure() -> Atoms | None:
         """First pending structure that fits before the deadline, or None."""
         for i, s in enumerate(pending):
             sid = s.info["structure_id"]
+            if sid in paused:
+                continue
             if deadline is not None:
                 est = estimate_s(s, 1)  # the ground state (unless kept) and one field direction must fit
                 left = deadline - clock()
@@ -640,6 +676,11 @@ def run_plan(
                     sid = s.info["structure_id"]
                     try:
                         fut.result()
+                    except DirectionDeferred:
+                        deferred.add(sid)  # left for a later call, counted as pending and deferred
+                        paused.add(sid)
+                        pending.append(s)
+                        continue
                     except (StopRequested, StepInterrupted):
                         continue
                     except (AbinitError, AbinitParseError, ValueError, OSError) as exc:

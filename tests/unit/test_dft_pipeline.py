@@ -22,6 +22,7 @@ from ase_born.dft.abinit import (
 )
 from ase_born.dft.pipeline import (
     CostModel,
+    carried_directions,
     check_settings,
     finished_ids,
     run_plan,
@@ -621,3 +622,56 @@ def test_carried_structure_is_timed_by_its_own_markers(tmp_path):
              deadline=800.0, clock=lambda: 0.0)
     assert fake.calls == ["s0"]
     assert any(m.startswith("start s0") and "estimated 18m20s" in m for m in messages)  # GS + 2 directions left
+
+
+def test_structure_pauses_before_a_direction_that_does_not_fit(tmp_path, monkeypatch):
+    """A long structure stops before a field direction that cannot finish before the deadline
+    (timed by its own finished direction); the time left goes to a structure that fits, and a
+    later call resumes the paused one on its kept ground state."""
+    tiny = DATA / "tilt10_tiny"
+    structure = read_abinit_output(tiny / "gs.abo")
+    plan = []
+    for sid in ("big", "small"):
+        a = structure.copy()
+        a.info.update(structure_id=sid, kind="tilt10", split="train")
+        plan.append(a)
+    write_frames(tmp_path / "plan.xyz", plan)
+    out, work = tmp_path / "data" / "dft.xyz", tmp_path / "runs"
+    now = [0.0]
+    calls = []
+    cost = {"gs": 10.0, "ddk": 40.0, "efield": 60.0}
+
+    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
+        calls.append((directory.name, step))
+        if step == "gs":
+            shutil.copy(tiny / "gs.abo", directory / "gs.abo")
+            (directory / "gs_o_WFK").write_text("wfk")
+        elif step.startswith("ddk"):
+            (directory / f"ddk{step[3]}_o_1WF{30 + int(step[3])}").write_text("ddk")
+        else:
+            shutil.copy(tiny / f"efield{step[6]}.ddb", directory / f"ef{step[6]}_o_DDB")
+        seconds = cost[step.rstrip("123")] if directory.name == "big" else 1.0
+        now[0] += seconds
+        return seconds
+
+    monkeypatch.setattr(dft_abinit, "run_step", fake_step)
+    messages = []
+    settings = AbinitSettings(ecut_Ha=12.0)
+    counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, deadline=150.0, clock=lambda: now[0],
+                      log=messages.append)
+    # big: GS + direction 1 end at 110 s; direction 2 needs (40 + 60) x 1.2 = 120 s > 40 s left
+    assert [s for d, s in calls if d == "big"] == ["gs", "ddk1", "efield1"]
+    assert [s for d, s in calls if d == "small"] == ["gs", "ddk1", "efield1", "ddk2", "efield2", "ddk3", "efield3"]
+    assert any(m.startswith("pause big before field direction 2") and "2m00s" in m for m in messages)
+    assert counts["finished"] == 1 and counts["deferred"] == 1 and counts["pending"] == 1
+    assert finished_ids(out) == {"small"}
+    assert (work / "big" / "gs_o_WFK").is_file()  # kept for a later call on this machine
+    assert carried_directions(out.parent / "partial" / "big") == [1]
+    calls.clear()
+    counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, log=messages.append)
+    assert counts["finished"] == 1
+    assert [s for d, s in calls] == ["ddk2", "efield2", "ddk3", "efield3"]  # no ground state again
+    frame = read_frames(out)[-1]
+    assert frame.info["structure_id"] == "big"
+    ref = read_abinit_output(tiny / "gs.abo", tiny / "efield_onerun.abo")
+    np.testing.assert_allclose(get_born_charges(frame), get_born_charges(ref), atol=1e-9)
