@@ -753,9 +753,14 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     planned = {str(a.info["structure_id"]) for a in plan}
     carry = carry_directory(output)
     partial = {sid: dirs for sid in sorted(planned - set(done)) if (dirs := carried_directions(carry / sid))}
+    # unfinished structures whose run directory still holds the ground-state wavefunctions
+    # (a machine that kept its files): they resume without redoing the ground state
+    kept_gs = [sid for sid in sorted(planned - set(done))
+               if (Path(workdir) / sid / "gs.done").is_file() and (Path(workdir) / sid / "gs_o_WFK").is_file()]
     return {
         "plan": str(plan_path),
         "output": str(output),
+        "workdir": str(workdir),
         "total": len(plan),
         "done": len(planned & set(done)),
         "extra": sorted(set(done) - planned),  # frames not from the plan (e.g. the convergence cell)
@@ -763,6 +768,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
         "max_asr_violation_per_formula_unit_e": float(max(asr)) if asr else None,
         "failures": {k: v[-1]["reason"] for k, v in failures.items()},
         "partial": partial,
+        "kept_ground_state": kept_gs,
     }
 
 
@@ -787,3 +793,5 @@ def print_status(st: dict, file=sys.stdout) -> None:
         print(f"failed {sid}: {reason}", file=file)
     for sid, dirs in st.get("partial", {}).items():
         print(f"carried over: {sid}, field directions {dirs} of 3 finished", file=file)
+    if st.get("kept_ground_state"):
+        print(f"ground state kept in {st['workdir']} (no GS to redo): {', '.join(st['kept_ground_state'])}", file=file)

@@ -1,5 +1,6 @@
 """DFT pipeline without ABINIT: inputs, sampler, resume logic (fake runner)."""
 
+import io
 import json
 import shutil
 import threading
@@ -25,6 +26,7 @@ from ase_born.dft.pipeline import (
     carried_directions,
     check_settings,
     finished_ids,
+    print_status,
     run_plan,
     status,
     structure_settings,
@@ -666,6 +668,11 @@ def test_structure_pauses_before_a_direction_that_does_not_fit(tmp_path, monkeyp
     assert counts["finished"] == 1 and counts["deferred"] == 1 and counts["pending"] == 1
     assert finished_ids(out) == {"small"}
     assert (work / "big" / "gs_o_WFK").is_file()  # kept for a later call on this machine
+    st = status(tmp_path / "plan.xyz", out, work)
+    assert st["kept_ground_state"] == ["big"] and st["partial"] == {"big": [1]}
+    buf = io.StringIO()
+    print_status(st, buf)
+    assert "(no GS to redo): big" in buf.getvalue()
     assert carried_directions(out.parent / "partial" / "big") == [1]
     calls.clear()
     counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, log=messages.append)
