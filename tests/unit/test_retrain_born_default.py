@@ -1,0 +1,95 @@
+"""Retraining the default Born model when the DFPT data have grown (scripts/retrain_born_default.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ase_born import defaults
+from ase_born.dft.sampler import pnma_catio3
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("retrain_born_default", ROOT / "scripts" / "retrain_born_default.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_retrain_is_due_at_fifty_percent_growth():
+    mod = _script()
+    fitted = {f"s{i}" for i in range(6)}
+    due, msg = mod.retrain_due(fitted | {"n0"}, fitted)
+    assert not due and "retrain at >= 9" in msg
+    assert mod.retrain_due(fitted | {"n0", "n1", "n2"}, fitted)[0]
+    # a structure that left the training set counts against the growth
+    assert not mod.retrain_due((fitted - {"s0"}) | {"n0", "n1", "n2"}, fitted)[0]
+    assert mod.retrain_due({"a"}, set())[0]  # nothing fitted yet: any data is due
+
+
+def test_training_structures_leave_out_test():
+    mod = _script()
+    frames = []
+    for sid, kind, split in (("cubic5_0000", "cubic5", "test"), ("cubic5_0001", "cubic5", "train"),
+                             ("conv_cubic", None, None)):
+        a = pnma_catio3()
+        a.info["structure_id"] = sid
+        if kind:
+            a.info["kind"] = kind
+        if split:
+            a.info["split"] = split
+        frames.append(a)
+    assert mod.training_structures(frames) == {"cubic5_0001": "cubic5", "conv_cubic": "conv_cubic"}
+
+
+def test_install_refreshes_the_card(tmp_path, monkeypatch):
+    """Installing a finished run (here: the shipped model itself) copies it over the shipped
+    file and rewrites hash, reference numbers, TEST MAE, training IDs and summary."""
+    mod = _script()
+    card = defaults.model_card()
+    born = card["born_model"]
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(defaults.models_dir() / defaults.CARD_NAME, models / defaults.CARD_NAME)
+    shutil.copy(defaults.models_dir() / born["file"], models / born["file"])
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(defaults.models_dir() / born["file"], run / "model.pt")
+    metrics = json.loads((defaults.models_dir() / (Path(born["file"]).stem + "_metrics.json")).read_text())
+    metrics["test"]["mae"] = 0.0123
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    # stale card entries that install must replace
+    stale = json.loads((models / defaults.CARD_NAME).read_text())
+    stale["born_model"]["sha256"] = "0" * 64
+    stale["born_model"]["reference_check"]["born_charges_first3"] = [[[0.0] * 3] * 3] * 3
+    (models / defaults.CARD_NAME).write_text(json.dumps(stale))
+    monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path))
+    ids = {"conv_cubic": "conv_cubic", "cubic5_0001": "cubic5", "cubic5_0002": "cubic5", "tilt10_0000": "tilt10"}
+    mod.install(run, ids, mod.CONFIG)
+    new = json.loads((models / defaults.CARD_NAME).read_text())["born_model"]
+    assert new["sha256"] == born["sha256"] == defaults.sha256(models / born["file"])
+    np.testing.assert_allclose(new["reference_check"]["born_charges_first3"],
+                               born["reference_check"]["born_charges_first3"], atol=1e-10)
+    assert new["test_mae_e"] == 0.0123 and new["training_structures"] == sorted(ids)
+    assert "139,905 params" in new["summary"] and "(conv_cubic 1, cubic5 2, tilt10 1;" in new["summary"]
+    assert "TEST MAE 0.012 e" in new["summary"] and new["summary"].startswith("PROVISIONAL")
+    assert json.loads((models / (Path(born["file"]).stem + "_metrics.json")).read_text())["test"]["mae"] == 0.0123
+    # an unfinished run is refused
+    metrics["status"] = "interrupted"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(SystemExit, match="interrupted"):
+        mod.install(run, ids, mod.CONFIG)
+
+
+def test_check_says_whether_due(capsys):
+    """On the repository's own data and card (no training, nothing written)."""
+    assert _script().main(["--check"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(("retrain due: ", "not due: ")) and "training structures now" in out
