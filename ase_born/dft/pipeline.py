@@ -776,7 +776,7 @@ def print_status(st: dict, file=sys.stdout) -> None:
     print(f"{st['plan']}: {st['done']}/{st['total']} structures in {st['output']}", file=file)
     if st.get("extra"):
         print(f"plus {len(st['extra'])} frame(s) not in the plan: {', '.join(st['extra'])}", file=file)
-    print(f"{'kind':<10}{'planned':>8}{'done':>6}{'test':>6}{'running':>8}{'failed':>7}"
+    print(f"{'kind':<10}{'planned':>8}{'done':>6}{'test':>6}{'started':>8}{'failed':>7}"
           f"{'core-h/struct':>15}{'cpu-h/struct':>14}", file=file)  # fmt: skip
     for kind, c in st["kinds"].items():
         ch, cpu = c.get("mean_core_hours"), c.get("mean_cpu_hours")
@@ -786,7 +786,8 @@ def print_status(st: dict, file=sys.stdout) -> None:
             f"{(f'{cpu:.2f}' if cpu else '-'):>14}",
             file=file,
         )
-    print("core-h = wall x MPI ranks; cpu-h = CPU time summed over ranks (ABINIT's own count)", file=file)
+    print("started = has a run directory, not finished (running now or interrupted); "
+          "core-h = wall x MPI ranks; cpu-h = CPU time summed over ranks (ABINIT's own count)", file=file)
     if st["max_asr_violation_per_formula_unit_e"] is not None:
         print(f"max |sum_k Z*| per formula unit: {st['max_asr_violation_per_formula_unit_e']:.3f} e", file=file)
     for sid, reason in st["failures"].items():
