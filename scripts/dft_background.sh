@@ -4,12 +4,16 @@
 #     setsid nohup bash scripts/dft_background.sh > dft_runs/background.log 2>&1 &
 # Everything is resumable; pause for benchmarks with  bash scripts/dft_pause.sh stop|cont
 #
-# DFT_HOURS (default 2.6): the pipeline stops after that many hours, and starts a structure only
-# if its ground state and one field direction are expected to finish before then.  A work
-# session here lasts 3 h and its run directories (wavefunctions) do not survive it; finished
-# field directions of an unfinished structure do (data/dft/partial/, commit it with the
-# dataset), so long structures finish over several sessions.  2.6 h leaves time to commit.
-# On a machine that keeps running, set DFT_HOURS=1000.
+# DFT_HOURS (default 2.6): the pipeline stops after that many hours (2.6 h of a 3 h work session
+# leaves time to commit); it starts a structure, and each ABINIT step, only when it is expected to
+# finish before then, and pauses a structure before a step that is not.  Finished field
+# directions of an unfinished structure are copied to data/dft/partial/ (commit it with the
+# dataset), so long structures finish over several sessions even when the run directories
+# (wavefunctions) are lost with the machine.  On a machine that keeps running, DFT_HOURS=1000.
+# DFT_STEP_LEVEL (default auto): yes lets a structure span sessions step by step (its run
+# directory survives: the case from session 6 on; 20-atom cells need it, their ground state and
+# one direction take ~3 h); no requires its ground state and a whole field direction to fit
+# (a fresh machine each session); auto: yes when dft_runs/ holds steps of unfinished structures.
 set -u
 cd "$(dirname "$0")/.."
 mkdir -p dft_runs
@@ -17,4 +21,4 @@ echo $$ > dft_runs/background.pid
 # 1) the convergence study (resumes point by point; done points are skipped at once),
 # 2) the plan, in its order (every structure type represented early)
 ase-born dft converge --ranks 2
-ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}"
+ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}" --step-level "${DFT_STEP_LEVEL:-auto}"

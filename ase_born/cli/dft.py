@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "ground state (unless its run directory keeps it) and one field direction are "
                          "expected (measured cost, x1.2) to finish before then; the rest are deferred to "
                          "a later run")
+    pr.add_argument("--step-level", choices=("auto", "yes", "no"), default="auto",
+                    help="with --hours: start a structure (and each ABINIT step) when that step alone fits "
+                         "before the deadline, so long structures span calls (yes: the work directory "
+                         "survives between calls); no: its ground state and a whole field direction must fit; "
+                         "auto (default): yes when the work directory holds finished steps of an unfinished "
+                         "structure from an earlier call")
     pr.add_argument("--nice", type=int, default=19)
     pr.add_argument("--ecut-Ha", type=float, default=None, help="plane-wave cutoff (Hartree)")
     pr.add_argument("--kpt-density", type=float, default=None, help="k-points per 1/Å (ASE convention)")
@@ -85,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ase_born.dft.abinit import AbinitSettings
-    from ase_born.dft.pipeline import run_plan
+    from ase_born.dft.pipeline import resolve_step_level, run_plan
 
     settings = AbinitSettings()
     over = {}
@@ -108,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         nice=args.nice,
         log=lambda m: print(m, flush=True),
         deadline=None if args.hours is None else time.time() + 3600.0 * args.hours,
+        step_level=resolve_step_level(args.step_level, args.workdir, args.output),
     )
     print(json.dumps(counts))
     return 0

@@ -281,13 +281,13 @@ class StepInterrupted(Exception):
     """A step was stopped on request (not a failure of the structure)."""
 
 
-class DirectionDeferred(Exception):
-    """A structure stopped before a field direction that its ``before_direction``
-    callback declined (too long for the time left); finished steps are kept."""
+class StructurePaused(Exception):
+    """A structure stopped before a step that its ``before_step`` callback declined (too
+    long for the time left); finished steps and the run directory are kept."""
 
-    def __init__(self, direction: int):
-        super().__init__(f"field direction {direction} deferred")
-        self.direction = direction
+    def __init__(self, step: str):
+        super().__init__(f"paused before {step}")
+        self.step = step
 
 
 class AbinitError(RuntimeError):
@@ -393,7 +393,7 @@ def run_structure(
     cleanup: bool = True,
     stop_event: threading.Event | None = None,
     on_direction=None,
-    before_direction=None,
+    before_step=None,
 ) -> dict[str, float]:
     """Compute one structure, resuming at the first unfinished step.
 
@@ -403,9 +403,9 @@ def run_structure(
     ``cleanup=True``) the restart files (WFK, DEN, 1WF, POT, raw DDB) are deleted;
     the ``.abo`` outputs and ``efield{d}.ddb`` stay for parsing and provenance.
     ``on_direction(d)`` is called after each finished field direction;
-    ``before_direction(d)`` before each unfinished one: when it returns False,
-    :class:`DirectionDeferred` is raised and the run directory (ground-state
-    wavefunctions included) is left for a later call.
+    ``before_step(name)`` before each step still to run (``gs``, ``ddk{d}``,
+    ``efield{d}``): when it returns False, :class:`StructurePaused` is raised and the
+    run directory (wavefunctions included) is left for a later call.
 
     Returns
     -------
@@ -422,6 +422,8 @@ def run_structure(
         marker = directory / f"{name}.done"
         if marker.is_file():
             return read_marker(marker)
+        if before_step is not None and not before_step(name):
+            raise StructurePaused(name)
         (directory / f"{name}.abi").write_text(inputs[name])
         for stale in directory.glob(f"{name}.abo*"):
             stale.unlink()  # ABINIT renames instead of overwriting; keep one output
@@ -462,8 +464,6 @@ def run_structure(
         timings["ddk"] = timings["efield"] = 0.0
         for d in DIRECTIONS:
             if not (directory / f"efield{d}.done").is_file():
-                if before_direction is not None and not before_direction(d):
-                    raise DirectionDeferred(d)
                 _link_wfk()
                 timings["ddk"] += run_once(f"ddk{d}")
                 # the ddk files of directions 1..d that exist (all of them unless earlier

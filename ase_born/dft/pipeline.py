@@ -58,8 +58,8 @@ from ase_born.dft.abinit import (
     TOLERANCE_KEYS,
     AbinitError,
     AbinitSettings,
-    DirectionDeferred,
     StepInterrupted,
+    StructurePaused,
     read_marker,
     run_structure,
 )
@@ -368,15 +368,26 @@ def _carried_timings(carry_dir: Path, dirs: Sequence[int]) -> tuple[float, float
     markers lack the times."""
     try:
         gs = read_marker(carry_dir / "gs.done")
-        per_dir = float(np.mean([sum(t) for t in _direction_times(carry_dir, dirs)]))
+        per_dir = float(np.mean([read_marker(carry_dir / f"ddk{d}.done") + read_marker(carry_dir / f"efield{d}.done")
+                                 for d in dirs]))
     except (OSError, ValueError):
         return None
     return gs, per_dir
 
 
-def _direction_times(directory: Path, dirs: Sequence[int]) -> list[tuple[float, float]]:
-    """(ddk, field) wall seconds of the finished field directions ``dirs``, from their markers."""
-    return [(read_marker(directory / f"ddk{d}.done"), read_marker(directory / f"efield{d}.done")) for d in dirs]
+def resolve_step_level(choice: str, workdir: str | os.PathLike, output: str | os.PathLike) -> bool:
+    """``run_plan(step_level=...)`` from ``"yes"``, ``"no"`` or ``"auto"``: yes when the work
+    directory holds finished steps of an unfinished structure, i.e. it survived an earlier
+    call (on a machine that keeps its files a structure may then span calls)."""
+    if choice in ("yes", "no"):
+        return choice == "yes"
+    if choice != "auto":
+        raise ValueError(f"step level must be 'yes', 'no' or 'auto', got {choice!r}")
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        return False
+    done = finished_ids(output)
+    return any(d.is_dir() and d.name not in done and any(d.glob("*.done")) for d in workdir.iterdir())
 
 
 def partial_born_charges(carry_dir: str | os.PathLike, structure: Atoms) -> tuple[np.ndarray, list[int]]:
@@ -453,6 +464,7 @@ def run_plan(
     safety: float = 1.2,
     clock: Callable[[], float] = time.time,
     carry: str | os.PathLike | None = "auto",
+    step_level: bool = False,
 ) -> dict[str, int]:
     """Compute every unfinished structure of a plan; resumable and interruptible.
 
@@ -487,6 +499,14 @@ def run_plan(
         failed.  A started structure is paused before a field direction that no
         longer fits (its finished steps are kept) and the time goes to structures that
         fit.  The call ends when nothing fits.
+    step_level : bool
+        For a work directory that survives between calls (a machine that keeps its
+        files): a structure starts, and each of its ABINIT steps runs, when that step
+        alone fits before the deadline, so structures longer than one call (20-atom
+        cells: ground state + one direction ≈ 3 h) progress step by step.  Default:
+        the ground state and a whole field direction must fit, the safe rule when run
+        directories may be lost and only finished directions are carried
+        (:func:`resolve_step_level` chooses from the work directory).
     carry : path-like, "auto" or None
         Directory for the finished field directions of unfinished structures (see
         the module doc); ``"auto"``: :func:`carry_directory` of ``output``; ``None``
@@ -562,7 +582,7 @@ def run_plan(
         if carry_root is not None:
             kwargs["on_direction"] = lambda d: save_direction(directory, carry_root / sid, d)
         if deadline is not None:
-            kwargs["before_direction"] = lambda d: direction_fits(structure, directory, d)
+            kwargs["before_step"] = lambda name: step_fits(structure, name)
         timings = runner(structure, own, directory, **kwargs)
         frame = frame_from_run(structure, directory, own, timings, ranks)
         if np.isnan(frame.info["epsilon_inf"]).any():
@@ -603,44 +623,90 @@ def run_plan(
         est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
         return None if est is None else est * (F_GS * gs + F_DIRECTION * n)
 
-    def direction_fits(s: Atoms, directory: Path, d: int) -> bool:
-        """Whether field direction ``d`` of a started structure (ddk unless done, then the
-        field run) is expected to finish before the deadline.  Timed by the structure's own
-        finished directions (this call's or carried ones, restored into ``directory``), else
-        by :func:`estimate_s`.  When it does not fit the structure is paused, not stopped:
-        the time left goes to structures that fit."""
-        finished = [k for k in DIRECTIONS
-                    if (directory / f"efield{k}.done").is_file() and (directory / f"ddk{k}.done").is_file()]
-        try:
-            times = _direction_times(directory, finished)
-        except (OSError, ValueError):
-            times = []
-        if times:
-            ddk_s, field_s = np.mean(times, axis=0)
-            need = float(field_s + (0.0 if (directory / f"ddk{d}.done").is_file() else ddk_s))
+    def step_s(s: Atoms, name: str) -> float | None:
+        """Expected wall seconds of one step (``gs``, ``ddk{d}``, ``efield{d}``) of ``s``:
+        measured on the structure itself (the markers of its finished steps in its run
+        directory or carried over; its carried ground state), else the cost model."""
+        sid = s.info["structure_id"]
+        if name == "gs":
+            if sid in own_timings:
+                return own_timings[sid][0]
         else:
-            need = estimate_s(s, 1)
+            step = name.rstrip("0123456789")
+            places = [workdir / sid] + ([carry_root / sid] if carry_root is not None else [])
+            measured = {}
+            for k in DIRECTIONS:
+                for place in places:
+                    marker = place / f"{step}{k}.done"
+                    if k not in measured and marker.is_file():
+                        try:
+                            measured[k] = read_marker(marker)
+                        except (OSError, ValueError):
+                            pass
+            if measured:
+                return float(np.mean(list(measured.values())))
+        est = model.estimate_s(s.info.get("kind"), units[sid])
+        return None if est is None else est * (F_GS if name == "gs" else 0.5 * F_DIRECTION)
+
+    def next_step(s: Atoms) -> str:
+        """The first step ``s`` still needs (its ground state unless the run directory keeps it)."""
+        gs, _ = work_left(s)
+        if gs:
+            return "gs"
+        directory = workdir / s.info["structure_id"]
+        done = set(carried.get(s.info["structure_id"], []))
+        for d in DIRECTIONS:
+            if d not in done and not (directory / f"efield{d}.done").is_file():
+                return f"efield{d}" if (directory / f"ddk{d}.done").is_file() else f"ddk{d}"
+        return "gs"
+
+    def need_s(s: Atoms, name: str) -> float | None:
+        """Wall seconds that must fit before the deadline to start step ``name`` of ``s``: with
+        ``step_level`` the step alone; otherwise the step and the rest of its field direction
+        (after a ground state: a whole first direction), so that a direction is not left
+        half done in a run directory that may not survive."""
+        parts = [name]
+        if not step_level:
+            if name == "gs":
+                d = next((k for k in DIRECTIONS if k not in carried.get(s.info["structure_id"], [])), 1)
+                parts += [f"ddk{d}", f"efield{d}"]
+            elif name.startswith("ddk"):
+                parts.append("efield" + name[3:])
+        times = [step_s(s, p) for p in parts]
+        return None if any(t is None for t in times) else float(sum(times))
+
+    def step_fits(s: Atoms, name: str) -> bool:
+        """``before_step`` of a started structure: whether step ``name`` (:func:`need_s`) is
+        expected to finish before the deadline.  When it does not the structure is paused,
+        not stopped: its finished steps are kept and the time left goes to structures that
+        fit."""
+        if name != "gs" and not name[-1:].isdigit():
+            return True  # the older one-run layout
+        need = need_s(s, name)
         left = deadline - clock()
         if need is None or safety * need <= left:
             return True
-        log(f"pause {s.info['structure_id']} before field direction {d}: it needs ~{_fmt_s(safety * need)} "
-            f"(x{safety} margin), {_fmt_s(max(left, 0.0))} left before the deadline (finished steps are kept)")
+        what = name if step_level or name == "gs" else f"{name} (field direction {name[-1]})"
+        log(f"pause {s.info['structure_id']} before {what}: needs ~{_fmt_s(safety * need)} (x{safety} margin), "
+            f"{_fmt_s(max(left, 0.0))} left before the deadline (finished steps are kept)")
         return False
 
     def next_structure() -> Atoms | None:
-        """First pending structure that fits before the deadline, or None."""
+        """First pending structure whose next step (:func:`need_s`) fits before the deadline, or None."""
         for i, s in enumerate(pending):
             sid = s.info["structure_id"]
             if sid in paused:
                 continue
             if deadline is not None:
-                est = estimate_s(s, 1)  # the ground state (unless kept) and one field direction must fit
+                name = next_step(s)
+                est = need_s(s, name)
                 left = deadline - clock()
                 if est is not None and safety * est > left:
                     if sid not in deferred:
                         deferred.add(sid)
-                        log(f"defer {sid}: its next field direction (and ground state, unless kept) need ~{_fmt_s(safety * est)} "
-                            f"(x{safety} margin), "
+                        what = (f"its next step ({name})" if step_level else
+                                "its next field direction (and ground state, unless kept)")
+                        log(f"defer {sid}: {what} needs ~{_fmt_s(safety * est)} (x{safety} margin), "
                             f"{_fmt_s(max(left, 0.0))} left before the deadline")
                     continue
             return pending.pop(i)
@@ -676,7 +742,7 @@ def run_plan(
                     sid = s.info["structure_id"]
                     try:
                         fut.result()
-                    except DirectionDeferred:
+                    except StructurePaused:
                         deferred.add(sid)  # left for a later call, counted as pending and deferred
                         paused.add(sid)
                         pending.append(s)

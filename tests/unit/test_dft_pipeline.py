@@ -23,10 +23,10 @@ from ase_born.dft.abinit import (
 )
 from ase_born.dft.pipeline import (
     CostModel,
-    carried_directions,
     check_settings,
     finished_ids,
     print_status,
+    resolve_step_level,
     run_plan,
     status,
     structure_settings,
@@ -626,10 +626,12 @@ def test_carried_structure_is_timed_by_its_own_markers(tmp_path):
     assert any(m.startswith("start s0") and "estimated 18m20s" in m for m in messages)  # GS + 2 directions left
 
 
-def test_structure_pauses_before_a_direction_that_does_not_fit(tmp_path, monkeypatch):
-    """A long structure stops before a field direction that cannot finish before the deadline
-    (timed by its own finished direction); the time left goes to a structure that fits, and a
-    later call resumes the paused one on its kept ground state."""
+@pytest.mark.parametrize("step_level", [False, True])
+def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch, step_level):
+    """A long structure stops before a step that cannot finish before the deadline (timed by
+    its own finished steps); the time left goes to a structure that fits, and a later call
+    resumes the paused one on its kept run directory.  Without ``step_level`` a ddk step
+    starts only with its field step (a whole direction) fitting too."""
     tiny = DATA / "tilt10_tiny"
     structure = read_abinit_output(tiny / "gs.abo")
     plan = []
@@ -659,12 +661,18 @@ def test_structure_pauses_before_a_direction_that_does_not_fit(tmp_path, monkeyp
     monkeypatch.setattr(dft_abinit, "run_step", fake_step)
     messages = []
     settings = AbinitSettings(ecut_Ha=12.0)
-    counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, deadline=150.0, clock=lambda: now[0],
-                      log=messages.append)
-    # big: GS + direction 1 end at 110 s; direction 2 needs (40 + 60) x 1.2 = 120 s > 40 s left
-    assert [s for d, s in calls if d == "big"] == ["gs", "ddk1", "efield1"]
+    counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, deadline=160.0, clock=lambda: now[0],
+                      log=messages.append, step_level=step_level)
+    # big: GS + direction 1 end at 110 s, 50 s left; ddk2 alone needs 40 x 1.2 = 48 s,
+    # with its field step (40 + 60) x 1.2 = 120 s
+    big = [s for d, s in calls if d == "big"]
+    if step_level:
+        assert big == ["gs", "ddk1", "efield1", "ddk2"]
+        assert any(m.startswith("pause big before efield2: needs ~1m12s") for m in messages)
+    else:
+        assert big == ["gs", "ddk1", "efield1"]
+        assert any(m.startswith("pause big before ddk2 (field direction 2): needs ~2m00s") for m in messages)
     assert [s for d, s in calls if d == "small"] == ["gs", "ddk1", "efield1", "ddk2", "efield2", "ddk3", "efield3"]
-    assert any(m.startswith("pause big before field direction 2") and "2m00s" in m for m in messages)
     assert counts["finished"] == 1 and counts["deferred"] == 1 and counts["pending"] == 1
     assert finished_ids(out) == {"small"}
     assert (work / "big" / "gs_o_WFK").is_file()  # kept for a later call on this machine
@@ -673,12 +681,35 @@ def test_structure_pauses_before_a_direction_that_does_not_fit(tmp_path, monkeyp
     buf = io.StringIO()
     print_status(st, buf)
     assert "(no GS to redo): big" in buf.getvalue()
-    assert carried_directions(out.parent / "partial" / "big") == [1]
+    # the run directory of an unfinished structure survived: "auto" schedules step by step
+    assert resolve_step_level("auto", work, out) and not resolve_step_level("no", work, out)
     calls.clear()
     counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, log=messages.append)
     assert counts["finished"] == 1
-    assert [s for d, s in calls] == ["ddk2", "efield2", "ddk3", "efield3"]  # no ground state again
+    rest = ["efield2", "ddk3", "efield3"]
+    assert [s for d, s in calls] == (rest if step_level else ["ddk2", *rest])  # no ground state again
     frame = read_frames(out)[-1]
     assert frame.info["structure_id"] == "big"
     ref = read_abinit_output(tiny / "gs.abo", tiny / "efield_onerun.abo")
     np.testing.assert_allclose(get_born_charges(frame), get_born_charges(ref), atol=1e-9)
+    # every structure finished: nothing left to resume
+    assert not resolve_step_level("auto", work, out)
+
+
+def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
+    """A structure longer than one call starts when step by step is allowed, not otherwise."""
+    plan = _fake_plan(tmp_path, n=1)
+    carry = tmp_path / "partial" / "s0"
+    carry.mkdir(parents=True)
+    for name, value in (("gs.done", 100.0), ("ddk1.done", 200.0), ("efield1.done", 300.0), ("efield1.ddb", 0)):
+        (carry / name).write_text(f"{value}\n")
+    for step_level, expected in ((False, []), (True, ["s0"])):
+        messages, fake = [], FakeAbinit()
+        run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
+                 deadline=200.0, clock=lambda: 0.0, step_level=step_level)  # GS 120 s fits, GS + direction 720 s not
+        assert fake.calls == expected
+        if not step_level:
+            assert any(m.startswith("defer s0: its next field direction") for m in messages)
+    assert not resolve_step_level("auto", tmp_path / "missing", tmp_path / "data.xyz")
+    with pytest.raises(ValueError, match="step level"):
+        resolve_step_level("maybe", tmp_path, tmp_path / "data.xyz")
