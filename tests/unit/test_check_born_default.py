@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,11 +18,6 @@ from ase_born.train.evaluation import equilibrium_check
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("check_born_default", ROOT / "scripts" / "check_born_default.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _reference(n=4, seed=0):
@@ -77,7 +71,7 @@ def test_equilibrium_check_tolerances():
 
 
 @pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
-def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys):
+def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys, load_script):
     """TEST metrics and the pnma_eq check run the shipped model; --set-epsilon writes the card."""
     models = tmp_path / "data" / "models"
     models.mkdir(parents=True)
@@ -85,7 +79,7 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys):
     shutil.copy(defaults.models_dir() / "defaults.json", models / "defaults.json")
     shutil.copy(defaults.models_dir() / card["born_model"]["file"], models / card["born_model"]["file"])
     monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path / "data"))
-    mod = _script()
+    mod = load_script("check_born_default")
     from ase_born.calculators.equivar import EquivarCalculator
 
     atoms = pnma_catio3()
@@ -126,7 +120,7 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
-def test_script_checks_the_carried_directions_of_an_unfinished_pnma_eq(tmp_path, capsys):
+def test_script_checks_the_carried_directions_of_an_unfinished_pnma_eq(tmp_path, capsys, load_script):
     """Real DDBs (the tiny tilted cell standing in for pnma_eq): all three directions carried
     give the full check; one direction of this skewed cell determines no Cartesian element."""
     from ase_born.io.abinit import read_abinit_output, response_from_ddb
@@ -143,7 +137,7 @@ def test_script_checks_the_carried_directions_of_an_unfinished_pnma_eq(tmp_path,
     shutil.copy(tiny / "gs.abo", carry / "gs.abo")
     shutil.copy(tiny / "efield1.ddb", carry / "efield1.ddb")
     (carry / "efield1.done").write_text("1\n")
-    mod = _script()
+    mod = load_script("check_born_default")
     args = ["--data", str(data), "--partial", str(carry), "--plan", str(plan), "--out", str(tmp_path / "r.json")]
     assert mod.main(args) == 0
     assert "pnma_eq (unfinished, field directions [1] of 3): the finished directions determine no" in capsys.readouterr().out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,17 +12,13 @@ import pytest
 from ase_born import defaults
 from ase_born.dft.sampler import pnma_catio3
 
-ROOT = Path(__file__).resolve().parents[2]
+
+@pytest.fixture
+def _script(load_script):
+    return lambda: load_script("retrain_born_default")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("retrain_born_default", ROOT / "scripts" / "retrain_born_default.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_retrain_is_due_at_fifty_percent_growth():
+def test_retrain_is_due_at_fifty_percent_growth(_script):
     mod = _script()
     fitted = {f"s{i}" for i in range(6)}
     due, msg = mod.retrain_due(fitted | {"n0"}, fitted)
@@ -34,7 +29,7 @@ def test_retrain_is_due_at_fifty_percent_growth():
     assert mod.retrain_due({"a"}, set())[0]  # nothing fitted yet: any data is due
 
 
-def test_training_structures_leave_out_test():
+def test_training_structures_leave_out_test(_script):
     mod = _script()
     frames = []
     for sid, kind, split in (("cubic5_0000", "cubic5", "test"), ("cubic5_0001", "cubic5", "train"),
@@ -49,7 +44,7 @@ def test_training_structures_leave_out_test():
     assert mod.training_structures(frames) == {"cubic5_0001": "cubic5", "conv_cubic": "conv_cubic"}
 
 
-def test_install_refreshes_the_card(tmp_path, monkeypatch):
+def test_install_refreshes_the_card(_script, tmp_path, monkeypatch):
     """Installing a finished run (here: the shipped model itself) copies it over the shipped
     file and rewrites hash, reference numbers, TEST MAE, training IDs and summary."""
     mod = _script()
@@ -88,7 +83,7 @@ def test_install_refreshes_the_card(tmp_path, monkeypatch):
         mod.install(run, ids, mod.CONFIG)
 
 
-def test_check_says_whether_due(capsys):
+def test_check_says_whether_due(_script, capsys):
     """On the repository's own data and card (no training, nothing written)."""
     assert _script().main(["--check"]) == 0
     out = capsys.readouterr().out
