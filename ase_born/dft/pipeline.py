@@ -375,6 +375,11 @@ def _carried_timings(carry_dir: Path, dirs: Sequence[int]) -> tuple[float, float
     return gs, per_dir
 
 
+def ground_state_kept(directory: Path) -> bool:
+    """Whether a run directory holds a finished ground state with its wavefunctions."""
+    return (directory / "gs.done").is_file() and (directory / "gs_o_WFK").is_file()
+
+
 def resolve_step_level(choice: str, workdir: str | os.PathLike, output: str | os.PathLike) -> bool:
     """``run_plan(step_level=...)`` from ``"yes"``, ``"no"`` or ``"auto"``: yes when the work
     directory holds finished steps of an unfinished structure, i.e. it survived an earlier
@@ -496,8 +501,8 @@ def run_plan(
         ``safety`` x the estimated wall time of its ground state (unless its run
         directory keeps the wavefunctions) and one field direction (:class:`CostModel`,
         :data:`F_GS`, :data:`F_DIRECTION`) fits before it; the others are deferred, not
-        failed.  A started structure is paused before a field direction that no
-        longer fits (its finished steps are kept) and the time goes to structures that
+        failed.  A started structure is paused before a step (without ``step_level``:
+        before a field direction) that no longer fits (its finished steps are kept) and the time goes to structures that
         fit.  The call ends when nothing fits.
     step_level : bool
         For a work directory that survives between calls (a machine that keeps its
@@ -598,7 +603,7 @@ def run_plan(
                 model.add(structure.info.get("kind"), units[sid], float(sum(timings.values())))
 
     deferred: set[str] = set()
-    paused: set[str] = set()  # started, then stopped before a field direction that did not fit
+    paused: set[str] = set()  # started, then stopped before a step that did not fit (StructurePaused)
 
     def work_left(s: Atoms) -> tuple[bool, int]:
         """Whether ``s`` still needs its ground state, and how many field directions are left
@@ -607,7 +612,7 @@ def run_plan(
         directory = workdir / sid
         done = set(carried.get(sid, [])) | {d for d in DIRECTIONS if (directory / f"efield{d}.done").is_file()}
         left = len(DIRECTIONS) - len(done)
-        gs_kept = (directory / "gs.done").is_file() and (directory / "gs_o_WFK").is_file()
+        gs_kept = ground_state_kept(directory)
         return left > 0 and not gs_kept, left
 
     def estimate_s(s: Atoms, n_directions: int | None = None) -> float | None:
@@ -821,8 +826,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     partial = {sid: dirs for sid in sorted(planned - set(done)) if (dirs := carried_directions(carry / sid))}
     # unfinished structures whose run directory still holds the ground-state wavefunctions
     # (a machine that kept its files): they resume without redoing the ground state
-    kept_gs = [sid for sid in sorted(planned - set(done))
-               if (Path(workdir) / sid / "gs.done").is_file() and (Path(workdir) / sid / "gs_o_WFK").is_file()]
+    kept_gs = [sid for sid in sorted(planned - set(done)) if ground_state_kept(Path(workdir) / sid)]
     return {
         "plan": str(plan_path),
         "output": str(output),
