@@ -362,19 +362,6 @@ def carried_directions(carry_dir: Path) -> list[int]:
     return [d for d in DIRECTIONS if (carry_dir / f"efield{d}.ddb").is_file() and (carry_dir / f"efield{d}.done").is_file()]
 
 
-def _carried_timings(carry_dir: Path, dirs: Sequence[int]) -> tuple[float, float] | None:
-    """(ground-state, per-direction) wall seconds measured on a carried structure (the
-    markers do not record the MPI ranks: the same count is assumed); ``None`` when its
-    markers lack the times."""
-    try:
-        gs = read_marker(carry_dir / "gs.done")
-        per_dir = float(np.mean([read_marker(carry_dir / f"ddk{d}.done") + read_marker(carry_dir / f"efield{d}.done")
-                                 for d in dirs]))
-    except (OSError, ValueError):
-        return None
-    return gs, per_dir
-
-
 def ground_state_kept(directory: Path) -> bool:
     """Whether a run directory holds a finished ground state with its wavefunctions."""
     return (directory / "gs.done").is_file() and (directory / "gs_o_WFK").is_file()
@@ -567,8 +554,6 @@ def run_plan(
                for a in todo} if carry_root is not None else {}
     if any(carried.values()):
         log("carried over: " + ", ".join(f"{k} directions {v}" for k, v in carried.items() if v))
-    own_timings = {sid: t for sid, dirs in carried.items() if dirs
-                   and (t := _carried_timings(carry_root / sid, dirs)) is not None}
 
     def work(structure: Atoms) -> None:
         sid = structure.info["structure_id"]
@@ -615,43 +600,41 @@ def run_plan(
         gs_kept = ground_state_kept(directory)
         return left > 0 and not gs_kept, left
 
-    def estimate_s(s: Atoms, n_directions: int | None = None) -> float | None:
-        """Estimated wall time of the work left on ``s`` (ground state if needed, field
-        directions not yet done), or of that ground state and ``n_directions`` directions.
-        A structure with carried directions is timed by its own markers (its ground state
-        and the mean ddk + field time of its finished directions), others by the model."""
-        gs, left = work_left(s)
-        n = left if n_directions is None else min(n_directions, left)
-        own = own_timings.get(s.info["structure_id"])
-        if own is not None:
-            return own[0] * gs + own[1] * n
-        est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
-        return None if est is None else est * (F_GS * gs + F_DIRECTION * n)
+    def measured_s(s: Atoms, step: str) -> float | None:
+        """Mean wall seconds of ``step`` (``gs``, ``ddk`` or ``efield``) measured on ``s``
+        itself: the markers of its finished steps in its run directory or carried over (the
+        markers do not record the MPI ranks: the same count is assumed); ``None`` if none."""
+        sid = s.info["structure_id"]
+        places = [workdir / sid] + ([carry_root / sid] if carry_root is not None else [])
+        names = ["gs"] if step == "gs" else [f"{step}{k}" for k in DIRECTIONS]
+        measured = {}
+        for name in names:
+            for place in places:
+                marker = place / f"{name}.done"
+                if name not in measured and marker.is_file():
+                    try:
+                        measured[name] = read_marker(marker)
+                    except (OSError, ValueError):
+                        pass
+        return float(np.mean(list(measured.values()))) if measured else None
 
     def step_s(s: Atoms, name: str) -> float | None:
         """Expected wall seconds of one step (``gs``, ``ddk{d}``, ``efield{d}``) of ``s``:
-        measured on the structure itself (the markers of its finished steps in its run
-        directory or carried over; its carried ground state), else the cost model."""
-        sid = s.info["structure_id"]
-        if name == "gs":
-            if sid in own_timings:
-                return own_timings[sid][0]
-        else:
-            step = name.rstrip("0123456789")
-            places = [workdir / sid] + ([carry_root / sid] if carry_root is not None else [])
-            measured = {}
-            for k in DIRECTIONS:
-                for place in places:
-                    marker = place / f"{step}{k}.done"
-                    if k not in measured and marker.is_file():
-                        try:
-                            measured[k] = read_marker(marker)
-                        except (OSError, ValueError):
-                            pass
-            if measured:
-                return float(np.mean(list(measured.values())))
-        est = model.estimate_s(s.info.get("kind"), units[sid])
-        return None if est is None else est * (F_GS if name == "gs" else 0.5 * F_DIRECTION)
+        measured on the structure itself (:func:`measured_s`), else the cost model."""
+        step = name.rstrip("0123456789")
+        own = measured_s(s, step)
+        if own is not None:
+            return own
+        est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]])
+        return None if est is None else est * (F_GS if step == "gs" else 0.5 * F_DIRECTION)
+
+    def estimate_s(s: Atoms) -> float | None:
+        """Estimated wall time of the work left on ``s`` (ground state if needed, field
+        directions not yet done) from :func:`step_s` (its own markers, else the cost model)."""
+        gs, left = work_left(s)
+        parts = (["gs"] if gs else []) + ["ddk", "efield"] * left
+        times = [step_s(s, p) for p in parts]
+        return None if any(t is None for t in times) else float(sum(times))
 
     def next_step(s: Atoms) -> str:
         """The first step ``s`` still needs (its ground state unless the run directory keeps it)."""

@@ -626,6 +626,21 @@ def test_carried_structure_is_timed_by_its_own_markers(tmp_path):
     assert any(m.startswith("start s0") and "estimated 18m20s" in m for m in messages)  # GS + 2 directions left
 
 
+def test_kept_run_directory_is_timed_by_its_own_markers(tmp_path):
+    """The start estimate of a structure resumed in its kept run directory (no carry) uses
+    the markers there, like the deadline checks do: 2 directions left at 200 + 300 s."""
+    plan = _fake_plan(tmp_path, n=1)
+    run = tmp_path / "runs" / "s0"
+    run.mkdir(parents=True)
+    for name, value in (("gs.done", 100.0), ("gs_o_WFK", 0), ("ddk1.done", 200.0), ("efield1.done", 300.0)):
+        (run / name).write_text(f"{value}\n")
+    messages, fake = [], FakeAbinit()
+    run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
+             deadline=1e5, clock=lambda: 0.0, carry=None)
+    assert fake.calls == ["s0"]
+    assert any(m.startswith("start s0") and "estimated 16m40s" in m for m in messages)
+
+
 @pytest.mark.parametrize("step_level", [False, True])
 def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch, step_level):
     """A long structure stops before a step that cannot finish before the deadline (timed by
