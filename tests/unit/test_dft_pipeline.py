@@ -460,6 +460,12 @@ def test_cost_model_scales_by_work_units_and_ranks():
     model.add("cubic5", 100.0, 1000.0, ranks=4)  # 4 ranks -> 2000 s on 2
     assert model.estimate_s("cubic5", 50.0) == pytest.approx(1000.0)
     assert model.estimate_s("pnma20", 200.0) == pytest.approx(4000.0)  # unknown kind: scaled from the others
+    model.add("tilt10", 100.0, 500.0, n_atoms=10)
+    model.add("pnma_eq", 100.0, 400.0, n_atoms=20)
+    # an unknown kind is scaled from the kinds with the nearest cell size, else from all
+    assert model.estimate_s("pnma20", 100.0, n_atoms=20) == pytest.approx(400.0)
+    assert model.estimate_s("tilt12", 100.0, n_atoms=12) == pytest.approx(500.0)  # nearest: 10 atoms
+    assert model.estimate_s("pnma20", 100.0) == pytest.approx(500.0)  # no size: median of all
 
 
 def test_complete_by_symmetry_fills_what_the_point_group_fixes():
