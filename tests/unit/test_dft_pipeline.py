@@ -612,39 +612,27 @@ def test_partial_born_charges_check_the_structure(tmp_path):
         partial_born_charges(tmp_path, swapped)
 
 
-def test_carried_structure_is_timed_by_its_own_markers(tmp_path):
-    """A structure with carried directions is estimated from its measured ground state and
-    directions (here 100 s and 200 + 300 s), not from the kind's scaled rate."""
+@pytest.mark.parametrize("where", ["carried", "run directory"])
+def test_structure_is_timed_by_its_own_markers(tmp_path, where):
+    """A structure with finished steps is estimated from their markers (here GS 100 s, a
+    direction 200 + 300 s), not from the kind's scaled rate: carried over (the GS is redone:
+    GS + 2 directions) or in its kept run directory (2 directions)."""
     plan = _fake_plan(tmp_path, n=1)
-    carry = tmp_path / "partial" / "s0"
-    carry.mkdir(parents=True)
-    for name, value in (("gs.done", 100.0), ("ddk1.done", 200.0), ("efield1.done", 300.0), ("efield1.ddb", 0)):
-        (carry / name).write_text(f"{value}\n")
+    carried = where == "carried"
+    place = tmp_path / "partial" / "s0" if carried else tmp_path / "runs" / "s0"
+    place.mkdir(parents=True)
+    for name, value in (("gs.done", 100.0), ("ddk1.done", 200.0), ("efield1.done", 300.0),
+                        ("efield1.ddb" if carried else "gs_o_WFK", 0)):
+        (place / name).write_text(f"{value}\n")
     messages, fake = [], FakeAbinit()
-    # GS + one direction x1.2 = 720 s
+    if carried:  # GS + one direction x1.2 = 720 s
+        run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
+                 deadline=700.0, clock=lambda: 0.0)
+        assert fake.calls == [] and any(m.startswith("defer s0:") and "12m00s" in m for m in messages)
     run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
-             deadline=700.0, clock=lambda: 0.0)
-    assert fake.calls == [] and any(m.startswith("defer s0:") and "12m00s" in m for m in messages)
-    messages.clear()
-    run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
-             deadline=800.0, clock=lambda: 0.0)
+             deadline=1e5, clock=lambda: 0.0, carry="auto" if carried else None)
     assert fake.calls == ["s0"]
-    assert any(m.startswith("start s0") and "estimated 18m20s" in m for m in messages)  # GS + 2 directions left
-
-
-def test_kept_run_directory_is_timed_by_its_own_markers(tmp_path):
-    """The start estimate of a structure resumed in its kept run directory (no carry) uses
-    the markers there, like the deadline checks do: 2 directions left at 200 + 300 s."""
-    plan = _fake_plan(tmp_path, n=1)
-    run = tmp_path / "runs" / "s0"
-    run.mkdir(parents=True)
-    for name, value in (("gs.done", 100.0), ("gs_o_WFK", 0), ("ddk1.done", 200.0), ("efield1.done", 300.0)):
-        (run / name).write_text(f"{value}\n")
-    messages, fake = [], FakeAbinit()
-    run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
-             deadline=1e5, clock=lambda: 0.0, carry=None)
-    assert fake.calls == ["s0"]
-    assert any(m.startswith("start s0") and "estimated 16m40s" in m for m in messages)
+    assert any(m.startswith("start s0") and f"estimated {'18m20s' if carried else '16m40s'}" in m for m in messages)
 
 
 @pytest.mark.parametrize("step_level", [False, True])
