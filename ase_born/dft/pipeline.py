@@ -603,15 +603,23 @@ def run_plan(
     deferred: set[str] = set()
     paused: set[str] = set()  # started, then stopped before a step that did not fit (StructurePaused)
 
-    def work_left(s: Atoms) -> tuple[bool, int]:
-        """Whether ``s`` still needs its ground state, and how many field directions are left
-        (finished ones in its run directory or carried over do not count)."""
+    def steps_left(s: Atoms) -> list[str]:
+        """The ABINIT steps ``s`` still needs, in order: its ground state unless the run
+        directory keeps it, then per field direction not finished (in the run directory or
+        carried over) its ddk (unless done on the kept ground state) and field steps."""
         sid = s.info["structure_id"]
         directory = workdir / sid
         done = set(carried.get(sid, [])) | {d for d in DIRECTIONS if (directory / f"efield{d}.done").is_file()}
-        left = len(DIRECTIONS) - len(done)
+        todo = [d for d in DIRECTIONS if d not in done]
+        if not todo:
+            return []
         gs_kept = ground_state_kept(directory)
-        return left > 0 and not gs_kept, left
+        steps = [] if gs_kept else ["gs"]
+        for d in todo:
+            if not (gs_kept and (directory / f"ddk{d}.done").is_file()):
+                steps.append(f"ddk{d}")
+            steps.append(f"efield{d}")
+        return steps
 
     def measured_s(s: Atoms, step: str) -> float | None:
         """Mean wall seconds of ``step`` (``gs``, ``ddk`` or ``efield``) measured on ``s``
@@ -642,24 +650,14 @@ def run_plan(
         return None if est is None else est * (F_GS if step == "gs" else 0.5 * F_DIRECTION)
 
     def estimate_s(s: Atoms) -> float | None:
-        """Estimated wall time of the work left on ``s`` (ground state if needed, field
-        directions not yet done) from :func:`step_s` (its own markers, else the cost model)."""
-        gs, left = work_left(s)
-        parts = (["gs"] if gs else []) + ["ddk", "efield"] * left
-        times = [step_s(s, p) for p in parts]
+        """Estimated wall time of the steps left on ``s`` (:func:`steps_left`) from
+        :func:`step_s` (its own markers, else the cost model)."""
+        times = [step_s(s, p) for p in steps_left(s)]
         return None if any(t is None for t in times) else float(sum(times))
 
     def next_step(s: Atoms) -> str:
-        """The first step ``s`` still needs (its ground state unless the run directory keeps it)."""
-        gs, _ = work_left(s)
-        if gs:
-            return "gs"
-        directory = workdir / s.info["structure_id"]
-        done = set(carried.get(s.info["structure_id"], []))
-        for d in DIRECTIONS:
-            if d not in done and not (directory / f"efield{d}.done").is_file():
-                return f"efield{d}" if (directory / f"ddk{d}.done").is_file() else f"ddk{d}"
-        return "gs"
+        """The first step ``s`` still needs (:func:`steps_left`)."""
+        return (steps_left(s) or ["gs"])[0]
 
     def need_s(s: Atoms, name: str) -> float | None:
         """Wall seconds that must fit before the deadline to start step ``name`` of ``s``: with

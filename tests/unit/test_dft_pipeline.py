@@ -722,3 +722,19 @@ def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
     assert not resolve_step_level("auto", tmp_path / "missing", tmp_path / "data.xyz")
     with pytest.raises(ValueError, match="step level"):
         resolve_step_level("maybe", tmp_path, tmp_path / "data.xyz")
+
+
+def test_start_estimate_counts_a_half_done_direction_by_its_steps_left(tmp_path):
+    """Resumed after ddk2 on its kept ground state: the estimate is efield2 + ddk3 + efield3
+    (300 + 200 + 300 s), not two whole directions."""
+    plan = _fake_plan(tmp_path, n=1)
+    run = tmp_path / "runs" / "s0"
+    run.mkdir(parents=True)
+    for name, value in (("gs.done", 100.0), ("gs_o_WFK", 0), ("ddk1.done", 200.0), ("efield1.done", 300.0),
+                        ("ddk2.done", 200.0)):
+        (run / name).write_text(f"{value}\n")
+    messages, fake = [], FakeAbinit()
+    run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
+             deadline=1e5, clock=lambda: 0.0, carry=None)
+    assert fake.calls == ["s0"]
+    assert any(m.startswith("start s0") and "estimated 13m20s" in m for m in messages)
