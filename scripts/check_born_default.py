@@ -90,6 +90,10 @@ def check(model_path: Path, frames: list, device: str = "cpu", carry_dir: Path |
             pred_raw=np.concatenate(raw), target_raw=np.concatenate(dft), batch=batch,
         )  # fmt: skip
         report["test"]["structure_ids"] = [str(f.info.get("structure_id")) for f in test]
+        report["test"]["mae_per_structure"] = {
+            sid: float(np.mean(np.abs(correct_asr(r) - correct_asr(d))))
+            for sid, r, d in zip(report["test"]["structure_ids"], raw, dft)
+        }
         kinds: dict[str, int] = {}
         for f in test:
             kinds[str(f.info.get("kind"))] = kinds.get(str(f.info.get("kind")), 0) + 1
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"TEST ({len(t['structure_ids'])} structures {t['kinds']}): MAE {t['mae']:.4f} e, RMSE {t['rmse']:.4f} e, "
               f"RMSPE diag {t['rmspe_diag']:.2f} %, raw ASR violation {t['asr_violation_mae']:.4f} e")
         print("  MAE per species: " + ", ".join(f"{k} {v:.4f}" for k, v in t["mae_per_species"].items()))
+        print("  MAE per structure: " + ", ".join(f"{k} {v:.4f}" for k, v in t["mae_per_structure"].items()))
     else:
         print("TEST: no test frames in the dataset")
     print("experimental Pnma, mean diagonal Z* (sum rule applied): "

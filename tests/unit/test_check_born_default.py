@@ -103,6 +103,8 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys, load_script):
     report = json.loads(out.read_text())
     assert report["pnma_eq"]["max_rel_diag"] == pytest.approx(0.03 / 1.03, rel=1e-4)
     assert report["test"]["n_structures"] == 2 and report["test"]["kinds"] == {"pnma20": 2}
+    per = report["test"]["mae_per_structure"]  # equal atom counts: the overall MAE is their mean
+    assert per["other"] > 5 * per["pnma_eq"] and np.mean(list(per.values())) == pytest.approx(report["test"]["mae"])
     symbols = np.array(atoms.get_chemical_symbols())
     for el, mean in report["pnma_experimental_mean_diag"].items():  # the shipped model on experimental Pnma
         assert mean == pytest.approx(np.mean(np.diagonal(pred[symbols == el], axis1=1, axis2=2)), abs=1e-9)
