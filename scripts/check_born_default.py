@@ -83,16 +83,16 @@ def check(model_path: Path, frames: list, device: str = "cpu", carry_dir: Path |
     if test:
         raw = [raw_prediction(calc, f) for f in test]
         dft = [get_born_charges(f) for f in test]
+        pred, ref = [correct_asr(z) for z in raw], [correct_asr(z) for z in dft]
         batch = np.concatenate([np.full(len(f), i) for i, f in enumerate(test)])
         report["test"] = compute_metrics(
-            np.concatenate([correct_asr(z) for z in raw]), np.concatenate([correct_asr(z) for z in dft]),
+            np.concatenate(pred), np.concatenate(ref),
             np.concatenate([f.numbers for f in test]),
             pred_raw=np.concatenate(raw), target_raw=np.concatenate(dft), batch=batch,
         )  # fmt: skip
         report["test"]["structure_ids"] = [str(f.info.get("structure_id")) for f in test]
         report["test"]["mae_per_structure"] = {
-            sid: float(np.mean(np.abs(correct_asr(r) - correct_asr(d))))
-            for sid, r, d in zip(report["test"]["structure_ids"], raw, dft)
+            sid: float(np.mean(np.abs(p - r))) for sid, p, r in zip(report["test"]["structure_ids"], pred, ref)
         }
         kinds: dict[str, int] = {}
         for f in test:
