@@ -85,6 +85,25 @@ def carry_directory(output: str | os.PathLike) -> Path:
 #: measured GS 13 % (cubic5_0000) and 20 % (tilt10_0000); rounded up for planning
 F_GS, F_DIRECTION = 0.2, 0.3
 
+#: wall seconds per CPU second of one MPI rank when ABINIT has its cores to itself
+#: (measured on finished frames: cubic5 1.01-1.03, tilt10_0000 1.02, pnma_eq 1.06)
+WALL_PER_CPU = 1.06
+
+
+def unloaded_wall_s(wall_s: float, cpu_s: float | None, wall_sum_s: float | None) -> float:
+    """Wall seconds a run would have taken with its cores to itself.
+
+    ``wall_s`` is its measured wall time; ``cpu_s`` and ``wall_sum_s`` are its CPU and wall
+    seconds summed over its MPI ranks (:func:`~ase_born.io.abinit.read_run_times`).  A run
+    at ``nice`` 19 beside other work gets less than a core per rank, so its wall time
+    overstates the cost (tilt10_0001's ground state: 4541 s of wall time, 0.62 CPU
+    seconds per wall second); the estimate is then :data:`WALL_PER_CPU` x its CPU seconds
+    per rank.  Never more than ``wall_s``.
+    """
+    if not cpu_s or not wall_sum_s or wall_sum_s <= 0:
+        return float(wall_s)
+    return float(wall_s) * min(1.0, WALL_PER_CPU * float(cpu_s) / float(wall_sum_s))
+
 
 class StopRequested(Exception):
     """Raised inside a worker when the pipeline was asked to stop."""
@@ -329,8 +348,11 @@ class CostModel:
         if "wall_s" not in frame.info:
             return
         kmesh = frame.info["kpts"] if "kpts" in frame.info else settings.kmesh(frame)
-        self.add(frame.info.get("kind"), work_units(frame, kmesh), float(frame.info["wall_s"]),
-                 int(frame.info.get("mpi_ranks", self.ranks)), n_atoms=len(frame))
+        ranks = int(frame.info.get("mpi_ranks", self.ranks))
+        wall = float(frame.info["wall_s"])
+        if "cpu_s" in frame.info:  # a structure slowed down by other work counts at its idle-machine cost
+            wall = unloaded_wall_s(wall, float(frame.info["cpu_s"]), wall * ranks)
+        self.add(frame.info.get("kind"), work_units(frame, kmesh), wall, ranks, n_atoms=len(frame))
 
     def estimate_s(self, kind: str, units: float, n_atoms: int | None = None) -> float | None:
         rates = self.rates.get(str(kind))
@@ -624,7 +646,9 @@ def run_plan(
     def measured_s(s: Atoms, step: str) -> float | None:
         """Mean wall seconds of ``step`` (``gs``, ``ddk`` or ``efield``) measured on ``s``
         itself: the markers of its finished steps in its run directory or carried over (the
-        markers do not record the MPI ranks: the same count is assumed); ``None`` if none."""
+        markers do not record the MPI ranks: the same count is assumed), each corrected to
+        its idle-machine cost by the CPU time in its ``.abo`` (:func:`unloaded_wall_s`);
+        ``None`` if none."""
         sid = s.info["structure_id"]
         places = [workdir / sid] + ([carry_root / sid] if carry_root is not None else [])
         names = ["gs"] if step == "gs" else [f"{step}{k}" for k in DIRECTIONS]
@@ -634,9 +658,11 @@ def run_plan(
                 marker = place / f"{name}.done"
                 if name not in measured and marker.is_file():
                     try:
-                        measured[name] = read_marker(marker)
+                        wall = read_marker(marker)
                     except (OSError, ValueError):
-                        pass
+                        continue
+                    cpu, wall_sum = read_run_times(place / f"{name}.abo") or (None, None)
+                    measured[name] = unloaded_wall_s(wall, cpu, wall_sum)
         return float(np.mean(list(measured.values()))) if measured else None
 
     def step_s(s: Atoms, name: str) -> float | None:

@@ -635,6 +635,47 @@ def test_structure_is_timed_by_its_own_markers(tmp_path, where):
     assert any(m.startswith("start s0") and f"estimated {'18m20s' if carried else '16m40s'}" in m for m in messages)
 
 
+def test_unloaded_wall_time_from_cpu_seconds():
+    """A run slowed down by other work on the machine is costed at its CPU time per rank
+    (x WALL_PER_CPU), never above its measured wall time; no CPU time: the wall time."""
+    from ase_born.dft.pipeline import WALL_PER_CPU, unloaded_wall_s
+
+    # tilt10_0001's ground state: 4541.5 s wall on 2 ranks, 5642.8 CPU s / 9081.4 wall s summed
+    assert unloaded_wall_s(4541.5, 5642.8, 9081.4) == pytest.approx(WALL_PER_CPU * 5642.8 / 2, rel=1e-3)
+    assert unloaded_wall_s(1000.0, 1990.0, 2000.0) == 1000.0  # cores to itself: the wall time
+    assert unloaded_wall_s(1000.0, None, None) == 1000.0
+    model = CostModel(ranks=2)
+    model.add_frame(_timed_frame(wall_s=2000.0, cpu_s=2000.0), AbinitSettings())  # half the CPU it wanted
+    assert model.estimate_s("cubic5", 1.0) == pytest.approx(WALL_PER_CPU * 1000.0 / _model_units())
+
+
+def _timed_frame(**info):
+    a = read_abinit_output(DATA / "gs.abo")
+    a.info.update(structure_id="s0", kind="cubic5", split="train", mpi_ranks=2, kpts=np.array([1, 1, 1]), **info)
+    return a
+
+
+def _model_units():
+    return work_units(_timed_frame(), [1, 1, 1])
+
+
+def test_loaded_markers_are_costed_by_their_cpu_time(tmp_path):
+    """A carried structure whose ground state ran at half speed (400 s wall, 400 CPU s over 2
+    ranks x 400 s) is estimated at 1.06 x 200 s for it; a step without its .abo by its marker."""
+    plan = _fake_plan(tmp_path, n=1)
+    place = tmp_path / "partial" / "s0"
+    place.mkdir(parents=True)
+    for name, value in (("gs.done", 400.0), ("ddk1.done", 200.0), ("efield1.done", 300.0), ("efield1.ddb", 0)):
+        (place / name).write_text(f"{value}\n")
+    (place / "gs.abo").write_text("...\n+Overall time at end (sec) : cpu=  400.0  wall=  800.0\n")
+    (place / "efield1.abo").write_text("...\n+Overall time at end (sec) : cpu=  700.0  wall=  600.0\n")
+    messages, fake = [], FakeAbinit()
+    run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
+             deadline=1e5, clock=lambda: 0.0)
+    # 212 s + two directions of 200 + 300 s = 1212 s
+    assert fake.calls == ["s0"] and any(m.startswith("start s0") and "estimated 20m12s" in m for m in messages)
+
+
 @pytest.mark.parametrize("step_level", [False, True])
 def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch, step_level):
     """A long structure stops before a step that cannot finish before the deadline (timed by
