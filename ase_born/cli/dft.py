@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "survives between calls); no: its ground state and a whole field direction must fit; "
                          "auto (default): yes when the work directory holds finished steps of an unfinished "
                          "structure from an earlier call")
+    pr.add_argument("--no-complete-epsilon", dest="complete_epsilon", action="store_false",
+                    help="do not run the ddk of field directions carried over from another session again "
+                         "(by default they are, when they fit before --hours, so the frame has every "
+                         "ε∞ element; without them ε∞ elements between sessions are NaN)")
     pr.add_argument("--nice", type=int, default=19)
     pr.add_argument("--ecut-Ha", type=float, default=None, help="plane-wave cutoff (Hartree)")
     pr.add_argument("--kpt-density", type=float, default=None, help="k-points per 1/Å (ASE convention)")
@@ -115,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         log=lambda m: print(m, flush=True),
         deadline=None if args.hours is None else time.time() + 3600.0 * args.hours,
         step_level=resolve_step_level(args.step_level, args.workdir, args.output),
+        complete_epsilon=args.complete_epsilon,
     )
     print(json.dumps(counts))
     return 0

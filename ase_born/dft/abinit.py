@@ -394,6 +394,7 @@ def run_structure(
     stop_event: threading.Event | None = None,
     on_direction=None,
     before_step=None,
+    complete_epsilon: bool = True,
 ) -> dict[str, float]:
     """Compute one structure, resuming at the first unfinished step.
 
@@ -406,6 +407,14 @@ def run_structure(
     ``before_step(name)`` before each step still to run (``gs``, ``ddk{d}``,
     ``efield{d}``): when it returns False, :class:`StructurePaused` is raised and the
     run directory (wavefunctions included) is left for a later call.
+
+    A direction ``c`` finished on another ground state (carried over from another
+    session) has no ddk wavefunctions on this one, so a later field direction ``d > c``
+    could not give ε∞[d, c].  Before the ddk of the first direction run on a ground
+    state, the ddk of each such ``c`` is therefore run again (``eps_ddk{c}``: the
+    ``ddk{c}`` input, same output files) when ``complete_epsilon`` is true; these
+    steps are optional: when ``before_step("eps_ddk{c}")`` returns False the step is
+    skipped (the ε∞ elements stay unknown), not paused.
 
     Returns
     -------
@@ -434,16 +443,39 @@ def run_structure(
     def _link_wfk() -> None:
         _link(directory, "gs_o_WFK", "in_WFK")
 
+    def ddk_file(d: int) -> str | None:
+        """The ddk wavefunctions of direction ``d`` on this ground state, if any."""
+        ipert = 3 * natom + d  # ddk = perturbation natom+1: files 1WF{3*natom+1..3}
+        for source in (f"ddk{d}_o_1WF{ipert}", f"ddk_o_1WF{ipert}"):  # per direction; one run (oldest layout)
+            if (directory / source).is_file():
+                return source
+        return None
+
     def link_ddk(directions) -> None:
         for old in directory.glob("in_1WF*"):
             old.unlink()
         for d in directions:
-            ipert = 3 * natom + d  # ddk = perturbation natom+1: files 1WF{3*natom+1..3}
-            source = f"ddk{d}_o_1WF{ipert}"
-            if not (directory / source).is_file():
-                source = f"ddk_o_1WF{ipert}"  # one ddk run for all directions (oldest layout)
-            if (directory / source).is_file():
-                _link(directory, source, f"in_1WF{ipert}")
+            source = ddk_file(d)
+            if source is not None:
+                _link(directory, source, f"in_1WF{3 * natom + d}")
+
+    def refresh_ddk(d: int) -> float:
+        """Optional ddk runs (``eps_ddk{c}``) for the directions ``c < d`` finished on another
+        ground state, so that the field runs from ``d`` on also give ε∞[d, c]; wall seconds."""
+        seconds = 0.0
+        for c in range(1, d):
+            if ddk_file(c) is not None or not (directory / f"efield{c}.done").is_file():
+                continue
+            name = f"eps_ddk{c}"
+            if before_step is not None and not before_step(name):
+                continue
+            (directory / f"{name}.abi").write_text(inputs[f"ddk{c}"])
+            for stale in directory.glob(f"{name}.abo*"):
+                stale.unlink()
+            step_s = run_step(directory, name, ranks, timeout_s, nice, stop_event)
+            _write_marker(directory / f"{name}.done", step_s)
+            seconds += step_s
+        return seconds
 
     legacy = (directory / "ddk.done").is_file() or (directory / "efield.done").is_file()
     if legacy:
@@ -465,6 +497,8 @@ def run_structure(
         for d in DIRECTIONS:
             if not (directory / f"efield{d}.done").is_file():
                 _link_wfk()
+                if complete_epsilon:
+                    timings["ddk"] += refresh_ddk(d)
                 timings["ddk"] += run_once(f"ddk{d}")
                 # the ddk files of directions 1..d that exist (all of them unless earlier
                 # directions were finished in another session): field-field elements (d, j<=d)

@@ -302,7 +302,8 @@ def cpu_seconds(directory: str | os.PathLike) -> float | None:
     times = [read_run_times(directory / name) for name in ["gs.abo", *ddk, *efield]]
     if any(t is None for t in times):
         return None
-    return float(sum(t[0] for t in times))
+    extra = [read_run_times(p) for p in sorted(directory.glob("eps_ddk*.abo"))]  # ddk runs again for ε∞
+    return float(sum(t[0] for t in times + [e for e in extra if e is not None]))
 
 
 def work_units(atoms: Atoms, kmesh: Sequence[int]) -> float:
@@ -491,6 +492,7 @@ def run_plan(
     clock: Callable[[], float] = time.time,
     carry: str | os.PathLike | None = "auto",
     step_level: bool = False,
+    complete_epsilon: bool = True,
 ) -> dict[str, int]:
     """Compute every unfinished structure of a plan; resumable and interruptible.
 
@@ -533,6 +535,11 @@ def run_plan(
         the ground state and a whole field direction must fit, the safe rule when run
         directories may be lost and only finished directions are carried
         (:func:`resolve_step_level` chooses from the work directory).
+    complete_epsilon : bool
+        Passed to the runner (:func:`~ase_born.dft.abinit.run_structure`): run the ddk of
+        directions finished on another ground state again (``eps_ddk{c}``, optional steps
+        that run only when they and the next field direction fit before the deadline) so
+        that the frame's ε∞ is complete.
     carry : path-like, "auto" or None
         Directory for the finished field directions of unfinished structures (see
         the module doc); ``"auto"``: :func:`carry_directory` of ``output``; ``None``
@@ -603,6 +610,8 @@ def run_plan(
             log(f"{sid}: finishing with the tolerances it started with {diff}")
 
         kwargs = {"ranks": ranks, "timeout_s": timeout_s, "nice": nice, "stop_event": stop}
+        if not complete_epsilon:
+            kwargs["complete_epsilon"] = False
         if carry_root is not None:
             kwargs["on_direction"] = lambda d: save_direction(directory, carry_root / sid, d)
         if deadline is not None:
@@ -668,7 +677,7 @@ def run_plan(
     def step_s(s: Atoms, name: str) -> float | None:
         """Expected wall seconds of one step (``gs``, ``ddk{d}``, ``efield{d}``) of ``s``:
         measured on the structure itself (:func:`measured_s`), else the cost model."""
-        step = name.rstrip("0123456789")
+        step = name.rstrip("0123456789").removeprefix("eps_")  # eps_ddk{c}: a ddk run again
         own = measured_s(s, step)
         if own is not None:
             return own
@@ -692,11 +701,16 @@ def run_plan(
         half done in a run directory that may not survive."""
         parts = [name]
         if not step_level:
+            sid = s.info["structure_id"]
             if name == "gs":
-                d = next((k for k in DIRECTIONS if k not in carried.get(s.info["structure_id"], [])), 1)
+                d = next((k for k in DIRECTIONS if k not in carried.get(sid, [])), 1)
                 parts += [f"ddk{d}", f"efield{d}"]
             elif name.startswith("ddk"):
                 parts.append("efield" + name[3:])
+            elif name.startswith("eps_ddk"):  # runs before the ddk of the next direction
+                d = next((k for k in DIRECTIONS if k not in carried.get(sid, [])
+                          and not (workdir / sid / f"efield{k}.done").is_file()), 1)
+                parts += [f"ddk{d}", f"efield{d}"]
         times = [step_s(s, p) for p in parts]
         return None if any(t is None for t in times) else float(sum(times))
 
@@ -711,6 +725,10 @@ def run_plan(
         left = deadline - clock()
         if need is None or safety * need <= left:
             return True
+        if name.startswith("eps_"):
+            log(f"skip {name} of {s.info['structure_id']}: needs ~{_fmt_s(safety * need)} (x{safety} margin, with the "
+                f"next field direction), {_fmt_s(max(left, 0.0))} left; ε∞ elements with direction {name[-1]} stay unknown")
+            return False
         what = name if step_level or name == "gs" else f"{name} (field direction {name[-1]})"
         log(f"pause {s.info['structure_id']} before {what}: needs ~{_fmt_s(safety * need)} (x{safety} margin), "
             f"{_fmt_s(max(left, 0.0))} left before the deadline (finished steps are kept)")

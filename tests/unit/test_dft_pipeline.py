@@ -338,7 +338,9 @@ def test_run_structure_finishes_directions_carried_from_another_session(tmp_path
     d.mkdir()
     for name, text in (("gs.done", "50.0"), ("efield1.done", "9.0"), ("efield1.ddb", "ddb 1"), ("ddk1.done", "4.0")):
         (d / name).write_text(text)
-    timings = run_structure(make_structure("cubic5", 0), AbinitSettings(), d, cleanup=False)
+    # (without the optional ddk of direction 1 on the new ground state for ε∞[2:, 1]:
+    # test_carried_direction_gets_its_ddk_again_for_epsilon)
+    timings = run_structure(make_structure("cubic5", 0), AbinitSettings(), d, cleanup=False, complete_epsilon=False)
     assert calls == ["gs", "ddk2", "efield2", "ddk3", "efield3"]
     assert links == {"efield2": ["in_1WF17"], "efield3": ["in_1WF17", "in_1WF18"]}  # ddk1 is gone
     assert timings == {"gs": 2.0, "ddk": 8.0, "efield": 13.0}
@@ -387,6 +389,39 @@ def test_abinit_end_to_end_tiny_cell(tmp_path):
     assert np.isfinite(z).all() and 1.0 < z[0, 0, 0] < 4.0 and 4.0 < z[1, 1, 1] < 12.0
     assert f.info["epsilon_inf"][0, 0] > 1.0
     assert np.abs(f.get_forces()).max() > 0
+
+
+@pytest.mark.slow
+@needs_psp
+def test_abinit_structure_over_two_sessions_keeps_every_epsilon_element(tmp_path):
+    """Runs ABINIT (2 ranks, ~4 min): direction 1 in one session, 2 and 3 on a new ground state
+    in the next.  With the ddk of direction 1 run again there (eps_ddk1) the frame matches a
+    one-session run (Z* and the whole ε∞); without it the ε∞ elements between the sessions are
+    unknown (the strained cell mixes them into every Cartesian element)."""
+    from ase_born.dft.abinit import StructurePaused
+    from ase_born.dft.pipeline import read_run_directory, save_direction
+
+    if shutil.which("abinit") is None:
+        pytest.skip("abinit not installed")
+    atoms = make_structure("cubic5", 1)
+    s = AbinitSettings(ecut_Ha=12.0, kpt_density=0.5)
+    run_structure(atoms, s, tmp_path / "one", ranks=2)
+    ref = read_run_directory(tmp_path / "one")
+    with pytest.raises(StructurePaused):
+        run_structure(atoms, s, tmp_path / "first", ranks=2, before_step=lambda name: name in ("gs", "ddk1", "efield1"))
+    for complete in (True, False):
+        second = tmp_path / f"second_{complete}"
+        save_direction(tmp_path / "first", second, 1)  # what a new machine gets: outputs, markers, DDB
+        assert sorted(p.name for p in second.glob("*.done")) == ["ddk1.done", "efield1.done", "gs.done"]
+        run_structure(atoms, s, second, ranks=2, complete_epsilon=complete)
+        frame = read_run_directory(second)
+        np.testing.assert_allclose(get_born_charges(frame), get_born_charges(ref), atol=2e-4)
+        eps = frame.info["epsilon_inf"]
+        if complete:
+            assert (second / "eps_ddk1.done").is_file()
+            np.testing.assert_allclose(eps, ref.info["epsilon_inf"], atol=2e-4)
+        else:
+            assert np.isnan(eps).any()
 
 
 def test_cpu_seconds_sums_every_step(tmp_path):
@@ -500,8 +535,8 @@ def test_field_directions_carried_over_a_stop_finish_the_structure(tmp_path, mon
         if step == "gs":
             shutil.copy(tiny / "gs.abo", directory / "gs.abo")
             (directory / "gs_o_WFK").write_text("wfk")
-        elif step.startswith("ddk"):
-            (directory / f"ddk{step[3]}_o_1WF{30 + int(step[3])}").write_text("ddk")
+        elif "ddk" in step:  # ddk{d} or eps_ddk{d}
+            (directory / f"ddk{step[-1]}_o_1WF{30 + int(step[-1])}").write_text("ddk")
         elif step.startswith("efield"):
             shutil.copy(tiny / f"efield{step[6]}.ddb", directory / f"ef{step[6]}_o_DDB")
             now[0] += 100.0  # the first field direction ends at the deadline
@@ -523,7 +558,8 @@ def test_field_directions_carried_over_a_stop_finish_the_structure(tmp_path, mon
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs2", settings=AbinitSettings(ecut_Ha=12.0),
                       log=messages.append)
     assert counts["finished"] == 1
-    assert calls == ["gs", "ddk2", "efield2", "ddk3", "efield3"]  # the ground state again, direction 1 not
+    # the ground state again, direction 1 not: only its ddk, for ε∞[2:, 1] on the new ground state
+    assert calls == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
     (frame,) = read_frames(out)
     ref = read_abinit_output(tiny / "gs.abo", tiny / "efield_onerun.abo")
     np.testing.assert_allclose(get_born_charges(frame), get_born_charges(ref), atol=1e-9)
@@ -744,6 +780,93 @@ def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch,
     np.testing.assert_allclose(get_born_charges(frame), get_born_charges(ref), atol=1e-9)
     # every structure finished: nothing left to resume
     assert not resolve_step_level("auto", work, out)
+
+
+def _fake_steps(monkeypatch, now=None, cost=None):
+    """Replace ABINIT by file-writing stand-ins on the tilt10_tiny outputs (10 atoms: ddk files
+    1WF31-33); returns the steps run and, per field run, the ddk directions it was given."""
+    tiny = DATA / "tilt10_tiny"
+    calls, linked = [], {}
+
+    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
+        calls.append((directory.name, step))
+        kind = step.rstrip("123").removeprefix("eps_")
+        if step == "gs":
+            shutil.copy(tiny / "gs.abo", directory / "gs.abo")
+            (directory / "gs_o_WFK").write_text("wfk")
+        elif kind == "ddk":
+            c = int(step[-1])
+            rfdir = " ".join("1" if i == c - 1 else "0" for i in range(3))
+            assert f"rfdir {rfdir}" in (directory / f"{step}.abi").read_text()
+            (directory / f"ddk{c}_o_1WF{30 + c}").write_text("ddk")
+        else:
+            d = int(step[-1])
+            linked[d] = sorted(int(p.name[6:]) - 30 for p in directory.glob("in_1WF*"))
+            shutil.copy(tiny / f"efield{d}.ddb", directory / f"ef{d}_o_DDB")
+        seconds = 1.0 if cost is None else cost[kind]
+        if now is not None:
+            now[0] += seconds
+        return seconds
+
+    monkeypatch.setattr(dft_abinit, "run_step", fake_step)
+    return calls, linked
+
+
+def _carry_direction_1(place, times=(10.0, 40.0, 60.0)):
+    """Direction 1 of the tilt10_tiny structure finished in an earlier session: outputs and markers only."""
+    tiny = DATA / "tilt10_tiny"
+    place.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny / "gs.abo", place / "gs.abo")
+    shutil.copy(tiny / "efield1.ddb", place / "efield1.ddb")
+    for name, value in zip(("gs.done", "ddk1.done", "efield1.done"), times):
+        (place / name).write_text(f"{value}\n")
+
+
+def test_carried_direction_gets_its_ddk_again_for_epsilon(tmp_path, monkeypatch):
+    """On a new ground state the ddk of a carried direction is run again (eps_ddk1) before the
+    next direction, so the field runs 2 and 3 get every ddk up to their own (ε∞[2, 1], ε∞[3, 1]);
+    refused by ``before_step`` or turned off it is skipped, not a pause."""
+    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
+    settings = AbinitSettings(ecut_Ha=12.0)
+    for mode in ("run", "refused", "off"):
+        calls, linked = _fake_steps(monkeypatch)
+        work = tmp_path / mode
+        _carry_direction_1(work)
+        kw = {"before_step": lambda name: not name.startswith("eps_")} if mode == "refused" else {}
+        run_structure(structure, settings, work, ranks=1, cleanup=False, complete_epsilon=mode != "off", **kw)
+        steps = [s for _, s in calls]
+        if mode == "run":
+            assert steps == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
+            assert linked == {2: [1, 2], 3: [1, 2, 3]} and (work / "eps_ddk1.done").is_file()
+        else:
+            assert steps == ["gs", "ddk2", "efield2", "ddk3", "efield3"]
+            assert linked == {2: [2], 3: [2, 3]}
+
+
+def test_epsilon_ddk_runs_only_when_it_fits_with_the_next_direction(tmp_path, monkeypatch):
+    """The scheduler lets eps_ddk1 run only when it and the next whole direction fit before the
+    deadline (times from the carried markers: GS 10, ddk 40, field 60 s, x1.2); otherwise it is
+    skipped with a message and the direction runs without it."""
+    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
+    structure.info.update(structure_id="big", kind="tilt10", split="train")
+    write_frames(tmp_path / "plan.xyz", [structure])
+    settings = AbinitSettings(ecut_Ha=12.0)
+    for deadline, with_eps in ((150.0, False), (1e5, True)):
+        out = tmp_path / f"data{int(deadline)}" / "dft.xyz"
+        now = [0.0]
+        calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 10.0, "ddk": 40.0, "efield": 60.0})
+        _carry_direction_1(out.parent / "partial" / "big")
+        messages = []
+        run_plan(tmp_path / "plan.xyz", out, tmp_path / f"runs{int(deadline)}", settings=settings,
+                 deadline=deadline, clock=lambda now=now: now[0], log=messages.append)
+        steps = [s for _, s in calls]
+        if with_eps:
+            assert steps == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
+            assert finished_ids(out) == {"big"}
+        else:
+            # after the GS (t = 10 s): eps_ddk1 + ddk2 + efield2 = 140 s x 1.2 > 140 s left; ddk2 + efield2 fit
+            assert steps == ["gs", "ddk2", "efield2"]
+            assert any(m.startswith("skip eps_ddk1 of big: needs ~2m48s") for m in messages)
 
 
 def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
