@@ -427,18 +427,22 @@ def run_structure(
     inputs = make_inputs(atoms, settings)
     natom = len(atoms)
 
+    def execute(name: str, text: str) -> float:
+        """Run input ``text`` as ``<name>.abi`` and leave its done marker; wall seconds."""
+        (directory / f"{name}.abi").write_text(text)
+        for stale in directory.glob(f"{name}.abo*"):
+            stale.unlink()  # ABINIT renames instead of overwriting; keep one output
+        seconds = run_step(directory, name, ranks, timeout_s, nice, stop_event)
+        _write_marker(directory / f"{name}.done", seconds)
+        return seconds
+
     def run_once(name: str) -> float:
         marker = directory / f"{name}.done"
         if marker.is_file():
             return read_marker(marker)
         if before_step is not None and not before_step(name):
             raise StructurePaused(name)
-        (directory / f"{name}.abi").write_text(inputs[name])
-        for stale in directory.glob(f"{name}.abo*"):
-            stale.unlink()  # ABINIT renames instead of overwriting; keep one output
-        seconds = run_step(directory, name, ranks, timeout_s, nice, stop_event)
-        _write_marker(marker, seconds)
-        return seconds
+        return execute(name, inputs[name])
 
     def _link_wfk() -> None:
         _link(directory, "gs_o_WFK", "in_WFK")
@@ -467,14 +471,8 @@ def run_structure(
             if ddk_file(c) is not None or not (directory / f"efield{c}.done").is_file():
                 continue
             name = f"eps_ddk{c}"
-            if before_step is not None and not before_step(name):
-                continue
-            (directory / f"{name}.abi").write_text(inputs[f"ddk{c}"])
-            for stale in directory.glob(f"{name}.abo*"):
-                stale.unlink()
-            step_s = run_step(directory, name, ranks, timeout_s, nice, stop_event)
-            _write_marker(directory / f"{name}.done", step_s)
-            seconds += step_s
+            if before_step is None or before_step(name):
+                seconds += execute(name, inputs[f"ddk{c}"])
         return seconds
 
     legacy = (directory / "ddk.done").is_file() or (directory / "efield.done").is_file()

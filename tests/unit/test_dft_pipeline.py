@@ -394,7 +394,7 @@ def test_abinit_end_to_end_tiny_cell(tmp_path):
 @pytest.mark.slow
 @needs_psp
 def test_abinit_structure_over_two_sessions_keeps_every_epsilon_element(tmp_path):
-    """Runs ABINIT (2 ranks, ~4 min): direction 1 in one session, 2 and 3 on a new ground state
+    """Runs ABINIT (2 ranks, ~80 s): direction 1 in one session, 2 and 3 on a new ground state
     in the next.  With the ddk of direction 1 run again there (eps_ddk1) the frame matches a
     one-session run (Z* and the whole ε∞); without it the ε∞ elements between the sessions are
     unknown (the strained cell mixes them into every Cartesian element)."""
