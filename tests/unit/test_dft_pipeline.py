@@ -524,29 +524,13 @@ def test_field_directions_carried_over_a_stop_finish_the_structure(tmp_path, mon
     write_frames(tmp_path / "plan.xyz", structure)
     out = tmp_path / "data" / "dft.xyz"
     now = [0.0]
-    calls = []
-    deadline_session = [True]
-
-    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
-        if deadline_session[0] and now[0] >= 100.0:  # past the deadline: wait to be stopped, as ABINIT would
-            assert stop_event is not None and stop_event.wait(10.0)
-            raise StepInterrupted(f"{step}: stopped on request")
-        calls.append(step)
-        if step == "gs":
-            shutil.copy(tiny / "gs.abo", directory / "gs.abo")
-            (directory / "gs_o_WFK").write_text("wfk")
-        elif "ddk" in step:  # ddk{d} or eps_ddk{d}
-            (directory / f"ddk{step[-1]}_o_1WF{30 + int(step[-1])}").write_text("ddk")
-        elif step.startswith("efield"):
-            shutil.copy(tiny / f"efield{step[6]}.ddb", directory / f"ef{step[6]}_o_DDB")
-            now[0] += 100.0  # the first field direction ends at the deadline
-        return 10.0
-
-    monkeypatch.setattr(dft_abinit, "run_step", fake_step)
+    deadline_session = [100.0]  # the first field direction ends at the deadline
+    calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 0.0, "ddk": 0.0, "efield": 100.0},
+                           block_from=deadline_session)
     messages = []
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs1", settings=AbinitSettings(ecut_Ha=12.0),
                       deadline=100.0, clock=lambda: now[0], log=messages.append)
-    assert counts.get("finished", 0) == 0 and calls == ["gs", "ddk1", "efield1"]
+    assert counts.get("finished", 0) == 0 and [s for _, s in calls] == ["gs", "ddk1", "efield1"]
     assert any("deadline reached" in m for m in messages)
     carry = out.parent / "partial" / "t0"
     assert sorted(p.name for p in carry.iterdir()) == [
@@ -554,12 +538,12 @@ def test_field_directions_carried_over_a_stop_finish_the_structure(tmp_path, mon
     # next session: new machine, nothing of runs1 is left
     shutil.rmtree(tmp_path / "runs1")
     calls.clear()
-    deadline_session[0] = False
+    deadline_session[0] = None
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs2", settings=AbinitSettings(ecut_Ha=12.0),
                       log=messages.append)
     assert counts["finished"] == 1
     # the ground state again, direction 1 not: only its ddk, for ε∞[2:, 1] on the new ground state
-    assert calls == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
+    assert [s for _, s in calls] == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
     (frame,) = read_frames(out)
     ref = read_abinit_output(tiny / "gs.abo", tiny / "efield_onerun.abo")
     np.testing.assert_allclose(get_born_charges(frame), get_born_charges(ref), atol=1e-9)
@@ -728,23 +712,8 @@ def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch,
     write_frames(tmp_path / "plan.xyz", plan)
     out, work = tmp_path / "data" / "dft.xyz", tmp_path / "runs"
     now = [0.0]
-    calls = []
     cost = {"gs": 10.0, "ddk": 40.0, "efield": 60.0}
-
-    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
-        calls.append((directory.name, step))
-        if step == "gs":
-            shutil.copy(tiny / "gs.abo", directory / "gs.abo")
-            (directory / "gs_o_WFK").write_text("wfk")
-        elif step.startswith("ddk"):
-            (directory / f"ddk{step[3]}_o_1WF{30 + int(step[3])}").write_text("ddk")
-        else:
-            shutil.copy(tiny / f"efield{step[6]}.ddb", directory / f"ef{step[6]}_o_DDB")
-        seconds = cost[step.rstrip("123")] if directory.name == "big" else 1.0
-        now[0] += seconds
-        return seconds
-
-    monkeypatch.setattr(dft_abinit, "run_step", fake_step)
+    calls, _ = _fake_steps(monkeypatch, now, cost=lambda name, kind: cost[kind] if name == "big" else 1.0)
     messages = []
     settings = AbinitSettings(ecut_Ha=12.0)
     counts = run_plan(tmp_path / "plan.xyz", out, work, settings=settings, deadline=160.0, clock=lambda: now[0],
@@ -782,13 +751,26 @@ def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch,
     assert not resolve_step_level("auto", work, out)
 
 
-def _fake_steps(monkeypatch, now=None, cost=None):
+def _fake_steps(monkeypatch, now=None, cost=None, block_from=None):
     """Replace ABINIT by file-writing stand-ins on the tilt10_tiny outputs (10 atoms: ddk files
-    1WF31-33); returns the steps run and, per field run, the ddk directions it was given."""
+    1WF31-33); returns the steps run and, per field run, the ddk directions it was given.
+
+    ``cost`` gives each step's seconds (added to the clock ``now[0]``): a dict by step kind
+    (gs, ddk, efield) or a function of (run directory name, kind); 1 s when None.  With
+    ``block_from[0]`` set, a step that starts at or after that time waits to be stopped, as
+    ABINIT would run on past a deadline."""
     tiny = DATA / "tilt10_tiny"
     calls, linked = [], {}
 
+    def seconds_of(name, kind):
+        if cost is None:
+            return 1.0
+        return cost(name, kind) if callable(cost) else cost[kind]
+
     def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
+        if block_from is not None and block_from[0] is not None and now[0] >= block_from[0]:
+            assert stop_event is not None and stop_event.wait(10.0)
+            raise StepInterrupted(f"{step}: stopped on request")
         calls.append((directory.name, step))
         kind = step.rstrip("123").removeprefix("eps_")
         if step == "gs":
@@ -803,7 +785,7 @@ def _fake_steps(monkeypatch, now=None, cost=None):
             d = int(step[-1])
             linked[d] = sorted(int(p.name[6:]) - 30 for p in directory.glob("in_1WF*"))
             shutil.copy(tiny / f"efield{d}.ddb", directory / f"ef{d}_o_DDB")
-        seconds = 1.0 if cost is None else cost[kind]
+        seconds = seconds_of(directory.name, kind)
         if now is not None:
             now[0] += seconds
         return seconds
