@@ -14,11 +14,31 @@
 # directory survives: the case from session 6 on; 20-atom cells need it, their ground state and
 # one direction take ~3 h); no requires its ground state and a whole field direction to fit
 # (a fresh machine each session); auto: yes when dft_runs/ holds steps of unfinished structures.
+# DFT_COMMIT (default 0): 1 commits data/dft (finished frames, carried directions) to git every
+# 15 min while the pipeline runs and once when it stops, so the data land even when the work
+# session ends without a hand-made commit.  Only data/dft goes into these commits.
 set -u
 cd "$(dirname "$0")/.."
 mkdir -p dft_runs
 echo $$ > dft_runs/background.pid
 # 1) the convergence study (resumes point by point; done points are skipped at once),
 # 2) the plan, in its order (every structure type represented early)
+commit_data() {
+    [ "${DFT_COMMIT:-0}" = 1 ] && git rev-parse --git-dir > /dev/null 2>&1 || return 0
+    git add -A data/dft && ! git diff --cached --quiet -- data/dft || return 0
+    frames=$(grep -c '^Lattice=' data/dft/catio3_dfpt.extxyz 2> /dev/null)
+    carried=$(find data/dft/partial -mindepth 1 -maxdepth 1 -type d 2> /dev/null | wc -l)
+    git commit -q -m "DFT: $frames frames, $carried structures carried (auto-commit by dft_background.sh)" \
+        -- data/dft || echo "auto-commit failed (will retry)"
+}
 ase-born dft converge --ranks 2
-ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}" --step-level "${DFT_STEP_LEVEL:-auto}"
+ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}" --step-level "${DFT_STEP_LEVEL:-auto}" &
+run=$!
+while kill -0 $run 2> /dev/null; do
+    for _ in $(seq 90); do kill -0 $run 2> /dev/null || break; sleep 10; done
+    commit_data
+done
+wait $run
+status=$?
+commit_data
+exit $status
