@@ -16,7 +16,6 @@ from ase_born.dft import abinit as dft_abinit
 from ase_born.dft.abinit import (
     AbinitError,
     AbinitSettings,
-    StepInterrupted,
     make_inputs,
     n_occupied_bands,
     run_structure,
@@ -524,9 +523,8 @@ def test_field_directions_carried_over_a_stop_finish_the_structure(tmp_path, mon
     write_frames(tmp_path / "plan.xyz", structure)
     out = tmp_path / "data" / "dft.xyz"
     now = [0.0]
-    deadline_session = [100.0]  # the first field direction ends at the deadline
-    calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 0.0, "ddk": 0.0, "efield": 100.0},
-                           block_from=deadline_session)
+    # the first field direction ends at the deadline; no step may start after it
+    calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 0.0, "ddk": 0.0, "efield": 100.0})
     messages = []
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs1", settings=AbinitSettings(ecut_Ha=12.0),
                       deadline=100.0, clock=lambda: now[0], log=messages.append)
@@ -538,7 +536,6 @@ def test_field_directions_carried_over_a_stop_finish_the_structure(tmp_path, mon
     # next session: new machine, nothing of runs1 is left
     shutil.rmtree(tmp_path / "runs1")
     calls.clear()
-    deadline_session[0] = None
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs2", settings=AbinitSettings(ecut_Ha=12.0),
                       log=messages.append)
     assert counts["finished"] == 1
@@ -751,14 +748,12 @@ def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch,
     assert not resolve_step_level("auto", work, out)
 
 
-def _fake_steps(monkeypatch, now=None, cost=None, block_from=None):
+def _fake_steps(monkeypatch, now=None, cost=None):
     """Replace ABINIT by file-writing stand-ins on the tilt10_tiny outputs (10 atoms: ddk files
     1WF31-33); returns the steps run and, per field run, the ddk directions it was given.
 
     ``cost`` gives each step's seconds (added to the clock ``now[0]``): a dict by step kind
-    (gs, ddk, efield) or a function of (run directory name, kind); 1 s when None.  With
-    ``block_from[0]`` set, a step that starts at or after that time waits to be stopped, as
-    ABINIT would run on past a deadline."""
+    (gs, ddk, efield) or a function of (run directory name, kind); 1 s when None."""
     tiny = DATA / "tilt10_tiny"
     calls, linked = [], {}
 
@@ -768,9 +763,6 @@ def _fake_steps(monkeypatch, now=None, cost=None, block_from=None):
         return cost(name, kind) if callable(cost) else cost[kind]
 
     def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
-        if block_from is not None and block_from[0] is not None and now[0] >= block_from[0]:
-            assert stop_event is not None and stop_event.wait(10.0)
-            raise StepInterrupted(f"{step}: stopped on request")
         calls.append((directory.name, step))
         kind = step.rstrip("123").removeprefix("eps_")
         if step == "gs":
