@@ -21,8 +21,6 @@ set -u
 cd "$(dirname "$0")/.."
 mkdir -p dft_runs
 echo $$ > dft_runs/background.pid
-# 1) the convergence study (resumes point by point; done points are skipped at once),
-# 2) the plan, in its order (every structure type represented early)
 commit_data() {
     [ "${DFT_COMMIT:-0}" = 1 ] && git rev-parse --git-dir > /dev/null 2>&1 || return 0
     git add -A data/dft && ! git diff --cached --quiet -- data/dft || return 0
@@ -31,12 +29,15 @@ commit_data() {
     git commit -q -m "DFT: $frames frames, $carried structures carried (auto-commit by dft_background.sh)" \
         -- data/dft || echo "auto-commit failed (will retry)"
 }
+# 1) the convergence study (resumes point by point; done points are skipped at once),
+# 2) the plan, in its order (every structure type represented early)
 ase-born dft converge --ranks 2
 ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}" --step-level "${DFT_STEP_LEVEL:-auto}" &
 run=$!
-while kill -0 $run 2> /dev/null; do
-    for _ in $(seq 90); do kill -0 $run 2> /dev/null || break; sleep 10; done
-    commit_data
+ticks=0
+while kill -0 $run 2> /dev/null; do  # every 15 min while it runs, then once when it stops
+    sleep 10
+    (( ++ticks % 90 )) || commit_data
 done
 wait $run
 status=$?
