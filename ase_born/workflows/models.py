@@ -28,6 +28,8 @@ from typing import Any
 from ase import Atoms
 
 STANDIN = "standin"
+# written into os.environ by ``import mace`` (mace-torch 0.3.x); undone by mace_calculator
+_MACE_ENV_FLAG = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 
 def is_factory(model: Any) -> bool:
@@ -130,18 +132,33 @@ def load_force_field(
 def mace_calculator(path: str | os.PathLike, *, device: str = "cpu", dtype: str = "float64") -> Any:
     """``mace.calculators.MACECalculator`` for a model file, without global side effects.
 
-    MACE's calculator sets torch's global default dtype; it is restored here.
+    MACE's calculator sets torch's global default dtype, and importing mace-torch writes
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` into ``os.environ`` (which switches off
+    ``torch.load``'s safe mode for the whole process); both are restored here.  The model
+    file (a pickled module: load only files you trust) is read with ``weights_only=False``
+    explicitly and handed to the calculator, so the environment variable is not needed.
     """
     try:
         import torch
-        from mace.calculators import MACECalculator
-    except ImportError as exc:  # pragma: no cover - mace is a dependency
-        raise ImportError("loading a MACE model needs mace-torch (pip install mace-torch)") from exc
+    except ImportError as exc:  # pragma: no cover - torch is a dependency
+        raise ImportError("loading a MACE model needs torch") from exc
     previous = torch.get_default_dtype()
+    environ_before = os.environ.get(_MACE_ENV_FLAG)
     try:
-        return MACECalculator(model_paths=str(path), device=device, default_dtype=dtype)
+        try:
+            from mace.calculators import MACECalculator
+        except ImportError as exc:  # pragma: no cover - mace is a dependency
+            raise ImportError(
+                "loading a MACE model needs mace-torch (pip install mace-torch)"
+            ) from exc
+        model = torch.load(str(path), map_location=device, weights_only=False)
+        return MACECalculator(models=model, device=device, default_dtype=dtype)
     finally:
         torch.set_default_dtype(previous)
+        if environ_before is None:
+            os.environ.pop(_MACE_ENV_FLAG, None)
+        else:
+            os.environ[_MACE_ENV_FLAG] = environ_before
 
 
 def load_born_model(

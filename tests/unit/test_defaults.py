@@ -1,6 +1,9 @@
 """The shipped default models: file integrity (hash in the card) and a reference evaluation."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -48,6 +51,23 @@ def test_default_mace_reproduces_reference_numbers(card):
     np.testing.assert_allclose(atoms.get_stress(), ref["stress"], atol=1e-7)
     # physics sanity: forces sum to ~zero (translation invariance)
     assert np.abs(atoms.get_forces().sum(axis=0)).max() < 1e-4
+
+
+def test_loading_mace_leaves_the_environment_alone(card):
+    """``import mace`` writes TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (torch.load's safe mode off
+    process-wide); the loader undoes it.  A fresh interpreter, so no earlier import hides it."""
+    code = (
+        "import os, sys, torch\n"
+        "from ase_born import defaults\n"
+        "calc = defaults.load_force_field(device='cpu', dtype='float64')\n"
+        "assert 'mace' in sys.modules, 'mace was not imported'\n"
+        "print(repr(os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD')), torch.get_default_dtype())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split()[-2:] == ["None", "torch.float32"], out.stdout + out.stderr
 
 
 def test_default_calculator_needs_born_model(card):
