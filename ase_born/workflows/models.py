@@ -138,10 +138,8 @@ def mace_calculator(path: str | os.PathLike, *, device: str = "cpu", dtype: str 
     file (a pickled module: load only files you trust) is read with ``weights_only=False``
     explicitly and handed to the calculator, so the environment variable is not needed.
     """
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a dependency
-        raise ImportError("loading a MACE model needs torch") from exc
+    import torch
+
     previous = torch.get_default_dtype()
     environ_before = os.environ.get(_MACE_ENV_FLAG)
     try:
