@@ -11,6 +11,9 @@ Prints and writes (``--out``, JSON):
   for model selection), the trainer's definitions (:mod:`ase_born.train.metrics`: the
   sum-rule-corrected prediction against the sum-rule-corrected DFPT Z*; the ASR violation
   of the raw network output);
+* for the shipped model, the same metrics on ``unseen`` structures: training-split frames
+  whose DFPT finished after the fit (not in the card's ``training_structures``), an
+  out-of-sample view between retrains that does not touch the TEST split;
 * the mean diagonal Z* per species the model predicts on the experimental Pnma structure
   (:func:`ase_born.dft.sampler.pnma_catio3`; a bias check while ``pnma_eq`` has no DFPT frame);
 * the equilibrium check on ``pnma_eq`` (the experimental Pnma structure): every atom's
@@ -36,6 +39,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -75,29 +79,47 @@ def check_partial(calc: EquivarCalculator, carry_dir: Path, plan: Path) -> dict 
     return {"directions": dirs, **equilibrium_check(pred, ref, structure.numbers)}
 
 
+def frame_metrics(calc: EquivarCalculator, frames: list) -> dict:
+    """The trainer's metrics (sum rule applied to prediction and DFPT, raw ASR violation) on
+    ``frames``, with the MAE per structure and per structure kind."""
+    raw = [raw_prediction(calc, f) for f in frames]
+    dft = [get_born_charges(f) for f in frames]
+    pred, ref = [correct_asr(z) for z in raw], [correct_asr(z) for z in dft]
+    batch = np.concatenate([np.full(len(f), i) for i, f in enumerate(frames)])
+    out = compute_metrics(
+        np.concatenate(pred), np.concatenate(ref), np.concatenate([f.numbers for f in frames]),
+        pred_raw=np.concatenate(raw), target_raw=np.concatenate(dft), batch=batch,
+    )
+    out["structure_ids"] = [str(f.info.get("structure_id")) for f in frames]
+    out["mae_per_structure"] = {
+        sid: float(np.mean(np.abs(p - r))) for sid, p, r in zip(out["structure_ids"], pred, ref)
+    }
+    kinds, errors = Counter(), {}
+    for f, p, r in zip(frames, pred, ref):
+        kind = str(f.info.get("kind"))
+        kinds[kind] += 1
+        errors.setdefault(kind, []).append(np.abs(p - r).ravel())
+    out["kinds"] = dict(kinds)
+    out["mae_per_kind"] = {k: float(np.mean(np.concatenate(v))) for k, v in errors.items()}
+    return out
+
+
 def check(model_path: Path, frames: list, device: str = "cpu", carry_dir: Path | None = None,
-          plan: Path | None = None) -> dict:
+          plan: Path | None = None, fitted: set[str] | None = None) -> dict:
+    """The report; ``fitted`` (structure IDs of the model's training set, from its card) adds
+    ``unseen``: the same metrics on training-split frames the model was not fitted to (DFPT
+    finished after it was trained), an out-of-sample view between retrains that leaves the
+    TEST split alone."""
     calc = EquivarCalculator(str(model_path), device=device, dtype="float64", asr=False)
     report: dict = {"model": str(model_path), "sha256": defaults.sha256(model_path)}
     test = [f for f in frames if split_tag(f) == "test"]
     if test:
-        raw = [raw_prediction(calc, f) for f in test]
-        dft = [get_born_charges(f) for f in test]
-        pred, ref = [correct_asr(z) for z in raw], [correct_asr(z) for z in dft]
-        batch = np.concatenate([np.full(len(f), i) for i, f in enumerate(test)])
-        report["test"] = compute_metrics(
-            np.concatenate(pred), np.concatenate(ref),
-            np.concatenate([f.numbers for f in test]),
-            pred_raw=np.concatenate(raw), target_raw=np.concatenate(dft), batch=batch,
-        )  # fmt: skip
-        report["test"]["structure_ids"] = [str(f.info.get("structure_id")) for f in test]
-        report["test"]["mae_per_structure"] = {
-            sid: float(np.mean(np.abs(p - r))) for sid, p, r in zip(report["test"]["structure_ids"], pred, ref)
-        }
-        kinds: dict[str, int] = {}
-        for f in test:
-            kinds[str(f.info.get("kind"))] = kinds.get(str(f.info.get("kind")), 0) + 1
-        report["test"]["kinds"] = kinds
+        report["test"] = frame_metrics(calc, test)
+    if fitted is not None:
+        unseen = [f for f in frames
+                  if split_tag(f) != "test" and str(f.info.get("structure_id")) not in fitted]
+        if unseen:
+            report["unseen"] = frame_metrics(calc, unseen)
     pnma = pnma_catio3()
     z = correct_asr(raw_prediction(calc, pnma))
     symbols = np.array(pnma.get_chemical_symbols())
@@ -145,6 +167,13 @@ def set_epsilon(frames: list, card_path: Path) -> dict | None:
     return entry
 
 
+def print_metrics(head: str, m: dict) -> None:
+    print(f"{head}: MAE {m['mae']:.4f} e, RMSE {m['rmse']:.4f} e, RMSPE diag {m['rmspe_diag']:.2f} %, "
+          f"raw ASR violation {m['asr_violation_mae']:.4f} e")
+    for name in ("species", "kind", "structure"):
+        print(f"  MAE per {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in m[f"mae_per_{name}"].items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="Equivar .pt file (default: the shipped model)")
@@ -158,22 +187,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--set-epsilon", action="store_true", help=f"ship the DFPT ε∞ of {REFERENCE_ID}")
     args = ap.parse_args(argv)
-    model = args.model
+    model, fitted = args.model, None
     if model is None:
         entry = defaults.model_card().get("born_model")
         if not entry:
             raise SystemExit("no default Born model in data/models/defaults.json; pass --model")
         model = defaults.checked_file(entry)  # refuses a file whose SHA-256 is not the card's
+        fitted = set(entry["training_structures"]) if "training_structures" in entry else None
     frames = read_frames(args.data)
-    report = check(model, frames, args.device, args.partial, args.plan)
+    report = check(model, frames, args.device, args.partial, args.plan, fitted)
     if "test" in report:
         t = report["test"]
-        print(f"TEST ({len(t['structure_ids'])} structures {t['kinds']}): MAE {t['mae']:.4f} e, RMSE {t['rmse']:.4f} e, "
-              f"RMSPE diag {t['rmspe_diag']:.2f} %, raw ASR violation {t['asr_violation_mae']:.4f} e")
-        print("  MAE per species: " + ", ".join(f"{k} {v:.4f}" for k, v in t["mae_per_species"].items()))
-        print("  MAE per structure: " + ", ".join(f"{k} {v:.4f}" for k, v in t["mae_per_structure"].items()))
+        print_metrics(f"TEST ({len(t['structure_ids'])} structures {t['kinds']})", t)
     else:
         print("TEST: no test frames in the dataset")
+    if "unseen" in report:
+        u = report["unseen"]
+        print_metrics(f"unseen training-split structures ({len(u['structure_ids'])} {u['kinds']}, DFPT "
+                      "finished after the fit; not used for selection)", u)
     print("experimental Pnma, mean diagonal Z* (sum rule applied): "
           + ", ".join(f"{k} {v:+.3f}" for k, v in report["pnma_experimental_mean_diag"].items()) + " e")
     if REFERENCE_ID in report:

@@ -122,6 +122,45 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys, load_script):
 
 
 @pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
+def test_unseen_reports_only_training_frames_the_shipped_fit_never_saw(tmp_path, capsys,
+                                                                       load_script):
+    """``unseen``: training-split frames missing from the card's training_structures."""
+    mod = load_script("check_born_default")
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    entry = defaults.model_card()["born_model"]
+    fitted = entry["training_structures"][0]
+    calc = EquivarCalculator(str(defaults.checked_file(entry)), dtype="float64")
+    atoms = pnma_catio3()
+    pred = correct_asr(mod.raw_prediction(calc, atoms))
+    frames = []
+    cases = ((fitted, "train", "pnma20", 0.3), ("new_a", "train", "pnma20", 0.01),
+             ("new_b", "train", "tilt10", 0.04), ("held", "test", "pnma20", 0.5))
+    for sid, split, kind, shift in cases:
+        f = atoms.copy()
+        dft = pred.copy()
+        dft[:, 0, 1] += shift  # Z*(0,1) up by shift on odd atoms, 2 shift on even ones:
+        dft[::2, 0, 1] += shift  # after the sum rule (mean removed), ±shift/2 on every atom
+        set_born_charges(f, dft)
+        f.info.update(structure_id=sid, split=split, kind=kind)
+        frames.append(f)
+    data = tmp_path / "dfpt.extxyz"
+    write_frames(data, frames)
+    out = tmp_path / "check.json"
+    mod.main(["--data", str(data), "--out", str(out)])
+    u = json.loads(out.read_text())["unseen"]
+    assert u["structure_ids"] == ["new_a", "new_b"] and u["kinds"] == {"pnma20": 1, "tilt10": 1}
+    # the corrected DFPT Z*(0,1) is off by ±shift/2 on every atom: MAE over 9 elements = shift/18
+    assert u["mae_per_structure"]["new_a"] == pytest.approx(0.01 / 18, rel=1e-6)
+    assert u["mae_per_kind"]["tilt10"] == pytest.approx(0.04 / 18, rel=1e-6)
+    assert u["mae"] == pytest.approx(0.05 / 36, rel=1e-6)
+    assert "unseen training-split structures (2" in capsys.readouterr().out
+    # a model passed by file has no card, so no training set to compare with: no unseen block
+    report = mod.check(defaults.checked_file(entry), frames)
+    assert "unseen" not in report and report["test"]["structure_ids"] == ["held"]
+
+
+@pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
 def test_script_checks_the_carried_directions_of_an_unfinished_pnma_eq(tmp_path, capsys, load_script):
     """Real DDBs (the tiny tilted cell standing in for pnma_eq): all three directions carried
     give the full check; one direction of this skewed cell determines no Cartesian element."""
