@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +93,10 @@ def frame_metrics(calc: EquivarCalculator, frames: list) -> dict:
     out["mae_per_structure"] = {
         sid: float(np.mean(np.abs(p - r))) for sid, p, r in zip(out["structure_ids"], pred, ref)
     }
-    kinds, errors = Counter(), {}
+    errors: dict[str, list[np.ndarray]] = {}  # per kind, one array per structure
     for f, p, r in zip(frames, pred, ref):
-        kind = str(f.info.get("kind"))
-        kinds[kind] += 1
-        errors.setdefault(kind, []).append(np.abs(p - r).ravel())
-    out["kinds"] = dict(kinds)
+        errors.setdefault(str(f.info.get("kind")), []).append(np.abs(p - r).ravel())
+    out["kinds"] = {k: len(v) for k, v in errors.items()}
     out["mae_per_kind"] = {k: float(np.mean(np.concatenate(v))) for k, v in errors.items()}
     return out
 
