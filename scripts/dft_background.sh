@@ -31,6 +31,7 @@ commit_data() {
 }
 # 1) the convergence study (resumes point by point; done points are skipped at once),
 # 2) the plan, in its order (every structure type represented early)
+command -v ase-born > /dev/null || { echo "ase-born not found: install the package first"; exit 127; }
 ase-born dft converge --ranks 2
 ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}" --step-level "${DFT_STEP_LEVEL:-auto}" &
 run=$!
