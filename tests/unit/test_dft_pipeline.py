@@ -876,3 +876,27 @@ def test_start_estimate_counts_a_half_done_direction_by_its_steps_left(tmp_path)
              deadline=1e5, clock=lambda: 0.0, carry=None)
     assert fake.calls == ["s0"]
     assert any(m.startswith("start s0") and "estimated 13m20s" in m for m in messages)
+
+
+def test_background_script_stops_at_once_without_the_cli(tmp_path):
+    """A start that races the install (session 19) must stop with a clear message, not go on
+    to ``dft run`` and print "command not found" twice."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "dft_background.sh"
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(script, tmp_path / "scripts")
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    bin_dir = tmp_path / "bin"  # the coreutils the script needs, and no ase-born
+    bin_dir.mkdir()
+    for tool in ("dirname", "mkdir"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    res = subprocess.run([bash, str(tmp_path / "scripts" / "dft_background.sh")],
+                         env={"PATH": str(bin_dir)}, capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert res.returncode == 127
+    assert "ase-born not found" in res.stdout
+    assert "command not found" not in res.stderr
+    assert (tmp_path / "dft_runs" / "background.pid").exists()
