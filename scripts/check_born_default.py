@@ -78,6 +78,12 @@ def check_partial(calc: EquivarCalculator, carry_dir: Path, plan: Path) -> dict 
     return {"directions": dirs, **equilibrium_check(pred, ref, structure.numbers)}
 
 
+def unseen_frames(frames: list, fitted: set[str]) -> list:
+    """Training-split frames whose structure ID is not in ``fitted`` (the model's fit)."""
+    return [f for f in frames
+            if split_tag(f) != "test" and str(f.info.get("structure_id")) not in fitted]
+
+
 def frame_metrics(calc: EquivarCalculator, frames: list) -> dict:
     """The trainer's metrics (sum rule applied to prediction and DFPT, raw ASR violation) on
     ``frames``, with the MAE per structure and per structure kind."""
@@ -113,8 +119,7 @@ def check(model_path: Path, frames: list, device: str = "cpu", carry_dir: Path |
     if test:
         report["test"] = frame_metrics(calc, test)
     if fitted is not None:
-        unseen = [f for f in frames
-                  if split_tag(f) != "test" and str(f.info.get("structure_id")) not in fitted]
+        unseen = unseen_frames(frames, fitted)
         if unseen:
             report["unseen"] = frame_metrics(calc, unseen)
     pnma = pnma_catio3()

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Seed spread and seed ensemble of the default Born-model recipe, out of sample (issue 6).
+
+    python scripts/born_seed_spread.py                     # seeds 1 2 beside the shipped fit
+    python scripts/born_seed_spread.py --seeds 1 2 3 --threads 2 --out runs/born_seeds
+
+Fits the shipped recipe (``--config``, the provisional default config) again with other
+seeds on exactly the structures of the shipped fit (the card's ``training_structures``;
+TEST frames are not even in the training file), then evaluates each member and the mean
+of all members (a seed ensemble, the shipped model being seed 0) on the "unseen"
+structures of ``check_born_default.py``: training-split frames whose DFPT finished after
+the fit.  The TEST split is never read.  Metrics as the check script's (sum rule applied to
+prediction and DFPT).  A seed whose run directory already holds a completed
+``metrics.json`` is not trained again.  Nothing in ``data/`` changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ase_born import defaults
+from ase_born.io.extxyz import get_born_charges, read_frames, write_frames
+from ase_born.train.dataset import correct_asr, split_tag
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "examples" / "configs" / "equivar_bm2_catio3_provisional.yaml"
+
+
+def _script(name: str):
+    """Import a sibling script (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fit_frames(frames: list, fitted: set[str]) -> list:
+    """The frames of the shipped fit: training split and ID in ``fitted``."""
+    return [f for f in frames
+            if split_tag(f) != "test" and str(f.info.get("structure_id")) in fitted]
+
+
+def spread(preds: dict[str, list[np.ndarray]], ref: list[np.ndarray],
+           ids: list[str]) -> dict[str, dict]:
+    """MAE (e) over all elements and per structure of each member and of their mean
+    (``"ensemble"``); ``preds`` and ``ref`` are sum-rule corrected, one (N, 3, 3) per frame."""
+    rows = dict(preds)
+    rows["ensemble"] = [np.mean([p[i] for p in preds.values()], axis=0) for i in range(len(ref))]
+    out = {}
+    for name, pp in rows.items():
+        err = [np.abs(p - r) for p, r in zip(pp, ref)]
+        out[name] = {"mae": float(np.mean(np.concatenate([e.ravel() for e in err]))),
+                     "mae_per_structure": {s: float(e.mean()) for s, e in zip(ids, err)}}
+    return out
+
+
+def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int) -> Path:
+    """Train the recipe of ``config`` with ``seed`` on ``fit_file`` into ``out`` (resumable)."""
+    metrics = out / "metrics.json"
+    if metrics.exists() and json.loads(metrics.read_text()).get("status") == "completed":
+        return out / "model.pt"
+    cfg = yaml.safe_load(config.read_text())
+    cfg.update(seed=seed, train_files=[str(fit_file)], out=str(out), plots=False, progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out.parent / f"seed{seed}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [sys.executable, "-m", "ase_born.cli.main", "train", str(cfg_path), "--device", "cpu",
+           "--threads", str(threads), "--quiet"]
+    print("+ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+    return out / "model.pt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2],
+                    help="seeds besides the shipped fit (none: evaluate the shipped fit alone)")
+    ap.add_argument("--config", type=Path, default=CONFIG)
+    ap.add_argument("--data", type=Path, default=defaults.data_dir() / "dft" / "catio3_dfpt.extxyz")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "born_seeds")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 beside the DFT pipeline)")
+    args = ap.parse_args(argv)
+
+    check = _script("check_born_default")
+    entry = defaults.model_card()["born_model"]
+    fitted = set(entry["training_structures"])
+    frames = read_frames(args.data)
+    unseen = check.unseen_frames(frames, fitted)
+    if not unseen:
+        raise SystemExit("no unseen structures (every training-split frame was in the shipped fit)")
+    fit = fit_frames(frames, fitted)
+    args.out.mkdir(parents=True, exist_ok=True)
+    fit_file = args.out / "fit.extxyz"
+    write_frames(fit_file, fit)
+    models = {"seed 0 (shipped)": defaults.checked_file(entry)}
+    for seed in args.seeds:
+        models[f"seed {seed}"] = train_seed(args.config, seed, fit_file, args.out / f"seed{seed}",
+                                            args.threads)
+
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    preds = {}
+    for name, path in models.items():
+        calc = EquivarCalculator(str(path), device="cpu", dtype="float64", asr=False)
+        preds[name] = [correct_asr(check.raw_prediction(calc, f)) for f in unseen]
+    ids = [str(f.info["structure_id"]) for f in unseen]
+    report = spread(preds, [correct_asr(get_born_charges(f)) for f in unseen], ids)
+    print(f"fit: {len(fit)} structures (the shipped fit's); unseen: {len(unseen)} structures; MAE in e")
+    print(f"{'model':<18}{'MAE':>8}  " + "  ".join(ids))
+    for name, r in report.items():
+        print(f"{name:<18}{r['mae']:8.4f}  "
+              + "  ".join(f"{r['mae_per_structure'][s]:{len(s)}.3f}" for s in ids))
+    singles = [r["mae"] for n, r in report.items() if n != "ensemble"]
+    print(f"single fits {min(singles):.4f}-{max(singles):.4f} e (mean {np.mean(singles):.4f}); "
+          f"ensemble of {len(singles)}: {report['ensemble']['mae']:.4f} e")
+    (args.out / "spread.json").write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

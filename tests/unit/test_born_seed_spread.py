@@ -1,0 +1,86 @@
+"""scripts/born_seed_spread.py: the seed-ensemble study of the default Born recipe."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from ase_born import defaults
+from ase_born.dft.sampler import pnma_catio3
+from ase_born.io.extxyz import read_frames, set_born_charges, write_frames
+from ase_born.train.dataset import correct_asr
+
+
+def _frame(sid: str, split: str):
+    a = bulk("Cu", "fcc", a=3.6)
+    a.info.update(structure_id=sid, split=split)
+    return a
+
+
+def test_fit_frames_and_unseen_partition_the_training_split(load_script):
+    """The fit set is exactly the card's IDs outside TEST; unseen is the rest of the
+    training split; TEST frames are in neither."""
+    mod = load_script("born_seed_spread")
+    check = load_script("check_born_default")
+    frames = [_frame(s, sp) for s, sp in (("a", "train"), ("b", "train"), ("c", "train"),
+                                          ("t", "test"), ("u", "TEST"))]
+    fitted = {"a", "c", "t"}  # a TEST ID in the card must not pull a TEST frame into the fit
+    assert [f.info["structure_id"] for f in mod.fit_frames(frames, fitted)] == ["a", "c"]
+    assert [f.info["structure_id"] for f in check.unseen_frames(frames, fitted)] == ["b"]
+
+
+def test_spread_ensemble_is_the_mean_of_the_members(load_script):
+    """Two members off by +d and -d on every element: each has MAE d, their mean is exact."""
+    mod = load_script("born_seed_spread")
+    rng = np.random.default_rng(0)
+    ref = [rng.normal(size=(5, 3, 3)), rng.normal(size=(10, 3, 3))]
+    d = [0.02, 0.05]
+    preds = {"a": [r + x for r, x in zip(ref, d)], "b": [r - x for r, x in zip(ref, d)]}
+    out = mod.spread(preds, ref, ["s5", "s10"])
+    assert set(out) == {"a", "b", "ensemble"}
+    assert out["a"]["mae_per_structure"] == pytest.approx({"s5": 0.02, "s10": 0.05})
+    # all elements weigh the same: (45 * 0.02 + 90 * 0.05) / 135
+    assert out["b"]["mae"] == pytest.approx((45 * 0.02 + 90 * 0.05) / 135)
+    assert out["ensemble"]["mae"] == pytest.approx(0.0, abs=1e-15)
+
+
+@pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
+def test_script_with_no_new_seed_matches_the_check_scripts_unseen_block(tmp_path, capsys,
+                                                                       load_script):
+    """With the shipped fit as the only member (no training), the member and the ensemble
+    reproduce check_born_default's "unseen" MAE on the same frames."""
+    mod = load_script("born_seed_spread")
+    check = load_script("check_born_default")
+    entry = defaults.model_card()["born_model"]
+    fitted = entry["training_structures"][0]
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    calc = EquivarCalculator(str(defaults.checked_file(entry)), dtype="float64")
+    atoms = pnma_catio3()
+    pred = correct_asr(check.raw_prediction(calc, atoms))
+    frames = []
+    for sid, split, shift in ((fitted, "train", 0.3), ("new_a", "train", 0.01),
+                              ("new_b", "train", 0.04), ("held", "test", 0.5)):
+        f = atoms.copy()
+        dft = pred.copy()
+        dft[:, 0, 1] += shift
+        dft[::2, 0, 1] += shift  # after the sum rule: ±shift/2 on every atom, MAE shift/18
+        set_born_charges(f, dft)
+        f.info.update(structure_id=sid, split=split, kind="pnma20")
+        frames.append(f)
+    data = tmp_path / "dfpt.extxyz"
+    write_frames(data, frames)
+    assert mod.main(["--seeds", "--data", str(data), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "spread.json").read_text())
+    assert set(report) == {"seed 0 (shipped)", "ensemble"}
+    for r in report.values():
+        assert r["mae_per_structure"] == pytest.approx({"new_a": 0.01 / 18, "new_b": 0.04 / 18},
+                                                       rel=1e-6)
+    assert report["ensemble"]["mae"] == pytest.approx(check.check(
+        defaults.checked_file(entry), frames, fitted={fitted})["unseen"]["mae"], rel=1e-12)
+    fit = read_frames(tmp_path / "out" / "fit.extxyz")
+    assert [f.info["structure_id"] for f in fit] == [fitted]
+    assert "ensemble of 1" in capsys.readouterr().out
