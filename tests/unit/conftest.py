@@ -21,3 +21,36 @@ def load_script():
         return module
 
     return load
+
+
+@pytest.fixture
+def frames_off_the_shipped_born_model(load_script):
+    """``make(cases)``: experimental-Pnma frames whose "DFPT" Z* is the shipped Born model's
+    (sum rule applied) with Z*(0,1) raised by ``shift`` on odd atoms and ``2 shift`` on even
+    ones, so that after the sum rule every atom is off by ±shift/2: MAE shift/18 per frame.
+    ``cases``: (structure_id, split, kind, shift) per frame; ``"FITTED"`` as an ID stands
+    for the first structure of the shipped fit."""
+    from ase_born import defaults
+    from ase_born.calculators.equivar import EquivarCalculator
+    from ase_born.dft.sampler import pnma_catio3
+    from ase_born.io.extxyz import set_born_charges
+    from ase_born.train.dataset import correct_asr
+
+    def make(cases):
+        entry = defaults.model_card()["born_model"]
+        fitted = entry["training_structures"][0]
+        calc = EquivarCalculator(str(defaults.checked_file(entry)), dtype="float64")
+        atoms = pnma_catio3()
+        pred = correct_asr(load_script("check_born_default").raw_prediction(calc, atoms))
+        frames = []
+        for sid, split, kind, shift in cases:
+            f = atoms.copy()
+            dft = pred.copy()
+            dft[:, 0, 1] += shift
+            dft[::2, 0, 1] += shift
+            set_born_charges(f, dft)
+            f.info.update(structure_id=fitted if sid == "FITTED" else sid, split=split, kind=kind)
+            frames.append(f)
+        return frames
+
+    return make

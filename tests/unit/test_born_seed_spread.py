@@ -9,9 +9,7 @@ import pytest
 from ase.build import bulk
 
 from ase_born import defaults
-from ase_born.dft.sampler import pnma_catio3
-from ase_born.io.extxyz import read_frames, set_born_charges, write_frames
-from ase_born.train.dataset import correct_asr
+from ase_born.io.extxyz import read_frames, write_frames
 
 
 def _frame(sid: str, split: str):
@@ -48,29 +46,17 @@ def test_spread_ensemble_is_the_mean_of_the_members(load_script):
 
 
 @pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
-def test_script_with_no_new_seed_matches_the_check_scripts_unseen_block(tmp_path, capsys,
-                                                                       load_script):
+def test_script_with_no_new_seed_matches_the_check_scripts_unseen_block(
+        tmp_path, capsys, load_script, frames_off_the_shipped_born_model):
     """With the shipped fit as the only member (no training), the member and the ensemble
     reproduce check_born_default's "unseen" MAE on the same frames."""
     mod = load_script("born_seed_spread")
     check = load_script("check_born_default")
     entry = defaults.model_card()["born_model"]
     fitted = entry["training_structures"][0]
-    from ase_born.calculators.equivar import EquivarCalculator
-
-    calc = EquivarCalculator(str(defaults.checked_file(entry)), dtype="float64")
-    atoms = pnma_catio3()
-    pred = correct_asr(check.raw_prediction(calc, atoms))
-    frames = []
-    for sid, split, shift in ((fitted, "train", 0.3), ("new_a", "train", 0.01),
-                              ("new_b", "train", 0.04), ("held", "test", 0.5)):
-        f = atoms.copy()
-        dft = pred.copy()
-        dft[:, 0, 1] += shift
-        dft[::2, 0, 1] += shift  # after the sum rule: ±shift/2 on every atom, MAE shift/18
-        set_born_charges(f, dft)
-        f.info.update(structure_id=sid, split=split, kind="pnma20")
-        frames.append(f)
+    frames = frames_off_the_shipped_born_model(
+        (("FITTED", "train", "pnma20", 0.3), ("new_a", "train", "pnma20", 0.01),
+         ("new_b", "train", "pnma20", 0.04), ("held", "test", "pnma20", 0.5)))
     data = tmp_path / "dfpt.extxyz"
     write_frames(data, frames)
     assert mod.main(["--seeds", "--data", str(data), "--out", str(tmp_path / "out")]) == 0

@@ -122,28 +122,14 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys, load_script):
 
 
 @pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
-def test_unseen_reports_only_training_frames_the_shipped_fit_never_saw(tmp_path, capsys,
-                                                                       load_script):
+def test_unseen_reports_only_training_frames_the_shipped_fit_never_saw(
+        tmp_path, capsys, load_script, frames_off_the_shipped_born_model):
     """``unseen``: training-split frames missing from the card's training_structures."""
     mod = load_script("check_born_default")
-    from ase_born.calculators.equivar import EquivarCalculator
-
     entry = defaults.model_card()["born_model"]
-    fitted = entry["training_structures"][0]
-    calc = EquivarCalculator(str(defaults.checked_file(entry)), dtype="float64")
-    atoms = pnma_catio3()
-    pred = correct_asr(mod.raw_prediction(calc, atoms))
-    frames = []
-    cases = ((fitted, "train", "pnma20", 0.3), ("new_a", "train", "pnma20", 0.01),
-             ("new_b", "train", "tilt10", 0.04), ("held", "test", "pnma20", 0.5))
-    for sid, split, kind, shift in cases:
-        f = atoms.copy()
-        dft = pred.copy()
-        dft[:, 0, 1] += shift  # Z*(0,1) up by shift on odd atoms, 2 shift on even ones:
-        dft[::2, 0, 1] += shift  # after the sum rule (mean removed), ±shift/2 on every atom
-        set_born_charges(f, dft)
-        f.info.update(structure_id=sid, split=split, kind=kind)
-        frames.append(f)
+    frames = frames_off_the_shipped_born_model(
+        (("FITTED", "train", "pnma20", 0.3), ("new_a", "train", "pnma20", 0.01),
+         ("new_b", "train", "tilt10", 0.04), ("held", "test", "pnma20", 0.5)))
     data = tmp_path / "dfpt.extxyz"
     write_frames(data, frames)
     out = tmp_path / "check.json"
