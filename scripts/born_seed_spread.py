@@ -2,7 +2,7 @@
 """Seed spread and seed ensemble of the default Born-model recipe, out of sample (issue 6).
 
     python scripts/born_seed_spread.py                     # seeds 1 2 beside the shipped fit
-    python scripts/born_seed_spread.py --seeds 1 2 3 --threads 2 --out runs/born_seeds
+    python scripts/born_seed_spread.py --seeds 1 2 3 --threads 2
 
 Fits the shipped recipe (``--config``, the provisional default config) again with other
 seeds on exactly the structures of the shipped fit (the card's ``training_structures``;
@@ -11,7 +11,8 @@ of all members (a seed ensemble, the shipped model being seed 0) on the "unseen"
 structures of ``check_born_default.py``: training-split frames whose DFPT finished after
 the fit.  The TEST split is never read.  Metrics as the check script's (sum rule applied to
 prediction and DFPT).  A seed whose run directory already holds a completed
-``metrics.json`` is not trained again.  Nothing in ``data/`` changes.
+``metrics.json`` on the same structures is not trained again (runs go to
+``runs/born_seeds_<SHA-256 prefix of the shipped model>``).  Nothing in ``data/`` changes.
 """
 
 from __future__ import annotations
@@ -62,10 +63,18 @@ def spread(preds: dict[str, list[np.ndarray]], ref: list[np.ndarray],
     return out
 
 
-def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int) -> Path:
-    """Train the recipe of ``config`` with ``seed`` on ``fit_file`` into ``out`` (resumable)."""
-    metrics = out / "metrics.json"
+def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int,
+               fit_ids: list[str]) -> Path:
+    """Train the recipe of ``config`` with ``seed`` on ``fit_file`` (the structures
+    ``fit_ids``) into ``out``; a completed run on the same structures is reused, one on other
+    structures (an older shipped fit) is refused."""
+    metrics, ids_file = out / "metrics.json", out / "fit_structures.json"
     if metrics.exists() and json.loads(metrics.read_text()).get("status") == "completed":
+        done_on = json.loads(ids_file.read_text()) if ids_file.exists() else None
+        if done_on != fit_ids:
+            raise SystemExit(f"{out}: a finished run on other structures than the shipped fit's "
+                             f"({ids_file.name} {'differs' if done_on else 'missing'}); "
+                             "pass another --out or remove it")
         return out / "model.pt"
     cfg = yaml.safe_load(config.read_text())
     cfg.update(seed=seed, train_files=[str(fit_file)], out=str(out), plots=False, progress=False)
@@ -76,6 +85,7 @@ def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int)
            "--threads", str(threads), "--quiet"]
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
+    ids_file.write_text(json.dumps(fit_ids) + "\n")
     return out / "model.pt"
 
 
@@ -85,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seeds besides the shipped fit (none: evaluate the shipped fit alone)")
     ap.add_argument("--config", type=Path, default=CONFIG)
     ap.add_argument("--data", type=Path, default=defaults.data_dir() / "dft" / "catio3_dfpt.extxyz")
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "born_seeds")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="run directory (default runs/born_seeds_<first 8 hex of the shipped model's SHA-256>)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 beside the DFT pipeline)")
     args = ap.parse_args(argv)
 
@@ -97,13 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     if not unseen:
         raise SystemExit("no unseen structures (every training-split frame was in the shipped fit)")
     fit = fit_frames(frames, fitted)
+    fit_ids = sorted(str(f.info["structure_id"]) for f in fit)
+    args.out = args.out or REPO / "runs" / f"born_seeds_{entry['sha256'][:8]}"
     args.out.mkdir(parents=True, exist_ok=True)
     fit_file = args.out / "fit.extxyz"
     write_frames(fit_file, fit)
     models = {"seed 0 (shipped)": defaults.checked_file(entry)}
     for seed in args.seeds:
         models[f"seed {seed}"] = train_seed(args.config, seed, fit_file, args.out / f"seed{seed}",
-                                            args.threads)
+                                            args.threads, fit_ids)
 
     from ase_born.calculators.equivar import EquivarCalculator
 

@@ -70,3 +70,20 @@ def test_script_with_no_new_seed_matches_the_check_scripts_unseen_block(
     fit = read_frames(tmp_path / "out" / "fit.extxyz")
     assert [f.info["structure_id"] for f in fit] == [fitted]
     assert "ensemble of 1" in capsys.readouterr().out
+
+
+def test_a_finished_run_on_other_structures_is_refused_not_reused(tmp_path, load_script):
+    """After a retrain the card's fit changes: an old seed run must not join the new
+    ensemble silently; one on the same structures is reused without training."""
+    mod = load_script("born_seed_spread")
+    run = tmp_path / "seed1"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"status": "completed"}))
+    (run / "fit_structures.json").write_text(json.dumps(["a", "b"]))
+    args = (tmp_path / "no_config.yaml", 1, tmp_path / "fit.extxyz", run, 1)
+    assert mod.train_seed(*args, ["a", "b"]) == run / "model.pt"  # no config read, no training
+    with pytest.raises(SystemExit, match="other structures"):
+        mod.train_seed(*args, ["a", "b", "c"])
+    (run / "fit_structures.json").unlink()
+    with pytest.raises(SystemExit, match="missing"):
+        mod.train_seed(*args, ["a", "b"])
