@@ -3,6 +3,7 @@
 
     python scripts/born_seed_spread.py                     # seeds 1 2 beside the shipped fit
     python scripts/born_seed_spread.py --seeds 1 2 3 --threads 2
+    python scripts/born_seed_spread.py --set model=BM1 --seeds 0 1   # a variant of the recipe
 
 Fits the shipped recipe (``--config``, the provisional default config) again with other
 seeds on exactly the structures of the shipped fit (the card's ``training_structures``;
@@ -13,12 +14,16 @@ the fit.  The TEST split is never read.  Metrics as the check script's (sum rule
 prediction and DFPT).  A seed whose run directory already holds a completed
 ``metrics.json`` on the same structures is not trained again (runs go to
 ``runs/born_seeds_<SHA-256 prefix of the shipped model>``).  Nothing in ``data/`` changes.
+
+``--set KEY=VALUE`` changes the recipe (any training-config key, e.g. ``model=BM1`` for the
+larger preset issue 6 asks about): then every member, seed 0 included, is trained with the
+changed recipe, the ensemble is theirs, and the shipped model is printed beside them for
+reference (runs go to ``runs/born_seeds_<prefix>_<key>-<value>``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -29,18 +34,11 @@ import yaml
 
 from ase_born import defaults
 from ase_born.io.extxyz import get_born_charges, read_frames, write_frames
+from ase_born.train.config import TrainConfig
 from ase_born.train.dataset import correct_asr, split_tag
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "examples" / "configs" / "equivar_bm2_catio3_provisional.yaml"
-
-
-def _script(name: str):
-    """Import a sibling script (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fit_frames(frames: list, fitted: set[str]) -> list:
@@ -49,11 +47,43 @@ def fit_frames(frames: list, fitted: set[str]) -> list:
             if split_tag(f) != "test" and str(f.info.get("structure_id")) in fitted]
 
 
-def spread(preds: dict[str, list[np.ndarray]], ref: list[np.ndarray],
-           ids: list[str]) -> dict[str, dict]:
-    """MAE (e) over all elements and per structure of each member and of their mean
-    (``"ensemble"``); ``preds`` and ``ref`` are sum-rule corrected, one (N, 3, 3) per frame."""
-    rows = dict(preds)
+def recipe_changes(items: list[str], base: dict) -> dict:
+    """``KEY=VALUE`` strings (values read as YAML, numbers as numbers) -> dict, checked against the training
+    config (unknown keys and invalid values stop the script before any training)."""
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. model=BM1")
+        value = yaml.safe_load(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        changes[key.strip()] = value
+    for key in ("seed", "train_files", "out"):
+        if key in changes:
+            raise SystemExit(f"--set {key}: set by this script (use --seeds / --data / --out)")
+    try:
+        TrainConfig.from_dict({**base, **changes})
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--set: {err}") from None
+    return changes
+
+
+def variant_tag(changes: dict) -> str:
+    """Directory suffix naming a changed recipe: ``model-BM1_epochs-500`` ('' for none)."""
+    return "_".join(f"{k}-{v}" for k, v in changes.items()).replace("/", "-").replace(" ", "")
+
+
+def spread(preds: dict[str, list[np.ndarray]], ref: list[np.ndarray], ids: list[str],
+           reference: dict[str, list[np.ndarray]] | None = None) -> dict[str, dict]:
+    """MAE (e) over all elements and per structure of each member, of their mean
+    (``"ensemble"``) and of the ``reference`` rows (not in the ensemble); predictions and
+    ``ref`` are sum-rule corrected, one (N, 3, 3) per frame."""
+    rows = dict(reference or {})
+    rows.update(preds)
     rows["ensemble"] = [np.mean([p[i] for p in preds.values()], axis=0) for i in range(len(ref))]
     out = {}
     for name, pp in rows.items():
@@ -64,10 +94,10 @@ def spread(preds: dict[str, list[np.ndarray]], ref: list[np.ndarray],
 
 
 def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int,
-               fit_ids: list[str]) -> Path:
-    """Train the recipe of ``config`` with ``seed`` on ``fit_file`` (the structures
-    ``fit_ids``) into ``out``; a completed run on the same structures is reused, one on other
-    structures (an older shipped fit) is refused."""
+               fit_ids: list[str], changes: dict | None = None) -> Path:
+    """Train the recipe of ``config`` (with ``changes``) with ``seed`` on ``fit_file`` (the
+    structures ``fit_ids``) into ``out``; a completed run on the same structures is reused,
+    one on other structures (an older shipped fit) is refused."""
     metrics, ids_file = out / "metrics.json", out / "fit_structures.json"
     if metrics.exists() and json.loads(metrics.read_text()).get("status") == "completed":
         done_on = json.loads(ids_file.read_text()) if ids_file.exists() else None
@@ -77,6 +107,7 @@ def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int,
                              "pass another --out or remove it")
         return out / "model.pt"
     cfg = yaml.safe_load(config.read_text())
+    cfg.update(changes or {})
     cfg.update(seed=seed, train_files=[str(fit_file)], out=str(out), plots=False, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out.parent / f"seed{seed}.yaml"
@@ -91,16 +122,25 @@ def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2],
-                    help="seeds besides the shipped fit (none: evaluate the shipped fit alone)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None,
+                    help="seeds besides the shipped fit (default 1 2; none: the shipped fit alone); "
+                         "with --set, the seeds to train (default 0 1)")
+    ap.add_argument("--set", dest="changes", metavar="KEY=VALUE", action="append", default=[],
+                    help="change the recipe (training-config key, e.g. model=BM1); repeatable")
     ap.add_argument("--config", type=Path, default=CONFIG)
     ap.add_argument("--data", type=Path, default=defaults.data_dir() / "dft" / "catio3_dfpt.extxyz")
     ap.add_argument("--out", type=Path, default=None,
-                    help="run directory (default runs/born_seeds_<first 8 hex of the shipped model's SHA-256>)")
+                    help="run directory (default runs/born_seeds_<first 8 hex of the shipped model's "
+                         "SHA-256>[_<changes>])")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 beside the DFT pipeline)")
     args = ap.parse_args(argv)
+    changes = recipe_changes(args.changes, yaml.safe_load(args.config.read_text()))
+    seeds = args.seeds if args.seeds is not None else ([0, 1] if changes else [1, 2])
+    if changes and not seeds:
+        raise SystemExit("--set needs at least one seed to train (--seeds 0 1 ...)")
 
-    check = _script("check_born_default")
+    import check_born_default as check  # a sibling script: scripts/ is on sys.path when it runs
+
     entry = defaults.model_card()["born_model"]
     fitted = set(entry["training_structures"])
     frames = read_frames(args.data)
@@ -109,29 +149,35 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no unseen structures (every training-split frame was in the shipped fit)")
     fit = fit_frames(frames, fitted)
     fit_ids = sorted(str(f.info["structure_id"]) for f in fit)
-    args.out = args.out or REPO / "runs" / f"born_seeds_{entry['sha256'][:8]}"
+    tag = variant_tag(changes)
+    args.out = args.out or REPO / "runs" / f"born_seeds_{entry['sha256'][:8]}{'_' + tag if tag else ''}"
     args.out.mkdir(parents=True, exist_ok=True)
     fit_file = args.out / "fit.extxyz"
     write_frames(fit_file, fit)
-    models = {"seed 0 (shipped)": defaults.checked_file(entry)}
-    for seed in args.seeds:
-        models[f"seed {seed}"] = train_seed(args.config, seed, fit_file, args.out / f"seed{seed}",
-                                            args.threads, fit_ids)
+    shipped = {"seed 0 (shipped)": defaults.checked_file(entry)}
+    members = {} if changes else dict(shipped)
+    for seed in seeds:
+        members[f"{tag + ' ' if tag else ''}seed {seed}"] = train_seed(
+            args.config, seed, fit_file, args.out / f"seed{seed}", args.threads, fit_ids, changes)
 
     from ase_born.calculators.equivar import EquivarCalculator
 
-    preds = {}
-    for name, path in models.items():
+    def predict(path: Path) -> list[np.ndarray]:
         calc = EquivarCalculator(str(path), device="cpu", dtype="float64", asr=False)
-        preds[name] = [correct_asr(check.raw_prediction(calc, f)) for f in unseen]
+        return [correct_asr(check.raw_prediction(calc, f)) for f in unseen]
+
+    preds = {name: predict(path) for name, path in members.items()}
+    reference = {name: predict(path) for name, path in shipped.items()} if changes else None
     ids = [str(f.info["structure_id"]) for f in unseen]
-    report = spread(preds, [correct_asr(get_born_charges(f)) for f in unseen], ids)
-    print(f"fit: {len(fit)} structures (the shipped fit's); unseen: {len(unseen)} structures; MAE in e")
-    print(f"{'model':<18}{'MAE':>8}  " + "  ".join(ids))
+    report = spread(preds, [correct_asr(get_born_charges(f)) for f in unseen], ids, reference)
+    print(f"fit: {len(fit)} structures (the shipped fit's); unseen: {len(unseen)} structures; MAE in e"
+          + (f"; recipe changed: {changes}" if changes else ""))
+    width = max(18, *(len(n) + 2 for n in report))
+    print(f"{'model':<{width}}{'MAE':>8}  " + "  ".join(ids))
     for name, r in report.items():
-        print(f"{name:<18}{r['mae']:8.4f}  "
+        print(f"{name:<{width}}{r['mae']:8.4f}  "
               + "  ".join(f"{r['mae_per_structure'][s]:{len(s)}.3f}" for s in ids))
-    singles = [r["mae"] for n, r in report.items() if n != "ensemble"]
+    singles = [report[n]["mae"] for n in preds]
     print(f"single fits {min(singles):.4f}-{max(singles):.4f} e (mean {np.mean(singles):.4f}); "
           f"ensemble of {len(singles)}: {report['ensemble']['mae']:.4f} e")
     (args.out / "spread.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -26,7 +26,6 @@ lists them at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -45,14 +44,6 @@ HAND_EDITED = (
     "README.md (status of the default models: structure count and TEST MAE)",
     "the config's header comment (structures at the last fit, TEST MAE history)",
 )
-
-
-def _script(name: str):
-    """Import a sibling script (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def training_structures(frames: list) -> dict[str, str]:
@@ -102,7 +93,9 @@ def install(out: Path, ids: dict[str, str], config: Path) -> dict:
     entry["summary"] = summary(n_params, Counter(ids.values()), entry["test_mae_e"], config,
                                bool(entry.get("provisional", True)))
     card_path.write_text(json.dumps(card, indent=1) + "\n")
-    _script("update_model_card").main(["--born-model"])  # hash first, then the reference numbers
+    import update_model_card  # a sibling script: scripts/ is on sys.path when a script runs
+
+    update_model_card.main(["--born-model"])  # hash first, then the reference numbers
     return metrics
 
 
@@ -133,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(cmd, check=True, cwd=REPO)
     metrics = install(out, ids, args.config)
     print(f"installed {out} (TEST MAE {metrics['test']['mae']:.4f} e, best epoch {metrics.get('best_epoch')})")
-    _script("check_born_default").main([])
+    import check_born_default
+
+    check_born_default.main([])
     print("\nedit by hand with these numbers:\n  " + "\n  ".join(HAND_EDITED))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,16 +12,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def load_script():
-    """Import a file of ``scripts/`` (not a package) as a module: ``load_script("name")``."""
+def load_script(monkeypatch):
+    """Import a file of ``scripts/`` (not a package) as a module: ``load_script("name")``.
+
+    ``scripts/`` is put on ``sys.path`` as when a script runs (scripts import their siblings
+    by name); sibling modules imported that way are dropped again afterwards."""
+    scripts = ROOT / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+    before = set(sys.modules)
 
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
 
-    return load
+    yield load
+    for name in set(sys.modules) - before:
+        if Path(getattr(sys.modules[name], "__file__", None) or "").parent == scripts:
+            del sys.modules[name]
 
 
 @pytest.fixture

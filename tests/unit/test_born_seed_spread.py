@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from ase.build import bulk
 
 from ase_born import defaults
@@ -87,3 +88,54 @@ def test_a_finished_run_on_other_structures_is_refused_not_reused(tmp_path, load
     (run / "fit_structures.json").unlink()
     with pytest.raises(SystemExit, match="missing"):
         mod.train_seed(*args, ["a", "b"])
+
+
+def test_recipe_changes_are_read_as_yaml_and_checked_before_training(load_script):
+    mod = load_script("born_seed_spread")
+    base = yaml.safe_load(mod.CONFIG.read_text())
+    changes = mod.recipe_changes(["model=BM1", "epochs=500", "lr=1e-3"], base)
+    assert changes == {"model": "BM1", "epochs": 500, "lr": 1e-3}
+    assert mod.variant_tag(changes) == "model-BM1_epochs-500_lr-0.001"
+    assert mod.variant_tag({}) == ""
+    for bad, why in (("modle=BM1", "unknown TrainConfig keys"), ("model=BM9", "BM9"),
+                     ("epochs=0", "epochs must be"), ("seed=3", "set by this script"),
+                     ("BM1", "KEY=VALUE")):
+        with pytest.raises(SystemExit, match=why):
+            mod.recipe_changes([bad], base)
+
+
+def test_reference_rows_stay_out_of_the_ensemble(load_script):
+    mod = load_script("born_seed_spread")
+    ref = [np.zeros((2, 3, 3))]
+    out = mod.spread({"a": [np.full((2, 3, 3), 0.2)], "b": [np.full((2, 3, 3), 0.4)]}, ref, ["s"],
+                     reference={"shipped": [np.full((2, 3, 3), 5.0)]})
+    assert list(out) == ["shipped", "a", "b", "ensemble"]
+    assert out["shipped"]["mae"] == pytest.approx(5.0)
+    assert out["ensemble"]["mae"] == pytest.approx(0.3)
+
+
+@pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
+def test_a_changed_recipe_trains_seed_zero_too_and_shows_the_shipped_fit_apart(
+        tmp_path, capsys, load_script, frames_off_the_shipped_born_model):
+    """--set: every member is trained with the changed recipe (here 2 epochs, so the test is
+    quick); the shipped fit is a reference row, not an ensemble member."""
+    mod = load_script("born_seed_spread")
+    entry = defaults.model_card()["born_model"]
+    frames = frames_off_the_shipped_born_model(
+        ((entry["training_structures"][0], "train", "pnma20", 0.3),
+         ("new_a", "train", "pnma20", 0.01), ("held", "test", "pnma20", 0.5)))
+    data, out = tmp_path / "dfpt.extxyz", tmp_path / "out"
+    write_frames(data, frames)
+    argv = ["--set", "epochs=2", "--seeds", "0", "--data", str(data), "--out", str(out),
+            "--threads", "1"]
+    assert mod.main(argv) == 0
+    cfg = yaml.safe_load((out / "seed0.yaml").read_text())
+    assert (cfg["epochs"], cfg["seed"], cfg["model"]) == (2, 0, "BM2")
+    report = json.loads((out / "spread.json").read_text())
+    assert list(report) == ["seed 0 (shipped)", "epochs-2 seed 0", "ensemble"]
+    assert report["ensemble"] == report["epochs-2 seed 0"]
+    assert report["seed 0 (shipped)"]["mae"] == pytest.approx(0.01 / 18, rel=1e-6)
+    assert report["epochs-2 seed 0"]["mae"] > 10 * report["seed 0 (shipped)"]["mae"]
+    assert "recipe changed: {'epochs': 2}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="at least one seed"):
+        mod.main(["--set", "epochs=2", "--seeds", "--data", str(data), "--out", str(out)])
