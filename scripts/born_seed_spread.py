@@ -48,8 +48,9 @@ def fit_frames(frames: list, fitted: set[str]) -> list:
 
 
 def recipe_changes(items: list[str], base: dict) -> dict:
-    """``KEY=VALUE`` strings (values read as YAML, numbers as numbers) -> dict, checked against the training
-    config (unknown keys and invalid values stop the script before any training)."""
+    """``KEY=VALUE`` strings (values read as YAML, numbers as numbers) -> dict, checked
+    against the training config (unknown keys and invalid values stop the script before
+    any training)."""
     changes = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -93,11 +94,27 @@ def spread(preds: dict[str, list[np.ndarray]], ref: list[np.ndarray], ids: list[
     return out
 
 
+#: config keys this script sets per run (paths, output) and that do not change the fit
+_NOT_RECIPE = ("train_files", "out", "device", "plots", "progress")
+
+
+def recipe_differences(run: Path, intended: dict) -> list[str]:
+    """Keys whose value in the finished ``run`` (its ``config.yaml``, written by the
+    trainer) differs from the ``intended`` config, paths and output switches aside."""
+    recorded = TrainConfig.from_yaml(run / "config.yaml").to_dict()
+    want = TrainConfig.from_dict(intended).to_dict()
+    return sorted(k for k in want if k not in _NOT_RECIPE and recorded.get(k) != want[k])
+
+
 def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int,
                fit_ids: list[str], changes: dict | None = None) -> Path:
     """Train the recipe of ``config`` (with ``changes``) with ``seed`` on ``fit_file`` (the
-    structures ``fit_ids``) into ``out``; a completed run on the same structures is reused,
-    one on other structures (an older shipped fit) is refused."""
+    structures ``fit_ids``) into ``out``; a completed run on the same structures with the same
+    recipe is reused, one on other structures (an older shipped fit) or with another recipe
+    is refused."""
+    cfg = yaml.safe_load(config.read_text())
+    cfg.update(changes or {})
+    cfg.update(seed=seed, train_files=[str(fit_file)], out=str(out), plots=False, progress=False)
     metrics, ids_file = out / "metrics.json", out / "fit_structures.json"
     if metrics.exists() and json.loads(metrics.read_text()).get("status") == "completed":
         done_on = json.loads(ids_file.read_text()) if ids_file.exists() else None
@@ -105,10 +122,10 @@ def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int,
             raise SystemExit(f"{out}: a finished run on other structures than the shipped fit's "
                              f"({ids_file.name} {'differs' if done_on else 'missing'}); "
                              "pass another --out or remove it")
+        if differ := recipe_differences(out, cfg):
+            raise SystemExit(f"{out}: a finished run with another recipe ({', '.join(differ)} "
+                             "differ); pass another --out or remove it")
         return out / "model.pt"
-    cfg = yaml.safe_load(config.read_text())
-    cfg.update(changes or {})
-    cfg.update(seed=seed, train_files=[str(fit_file)], out=str(out), plots=False, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out.parent / f"seed{seed}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))

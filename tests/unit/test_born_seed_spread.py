@@ -73,16 +73,23 @@ def test_script_with_no_new_seed_matches_the_check_scripts_unseen_block(
     assert "ensemble of 1" in capsys.readouterr().out
 
 
-def test_a_finished_run_on_other_structures_is_refused_not_reused(tmp_path, load_script):
+def test_a_finished_run_on_other_structures_or_recipe_is_refused_not_reused(tmp_path, load_script):
     """After a retrain the card's fit changes: an old seed run must not join the new
-    ensemble silently; one on the same structures is reused without training."""
+    ensemble silently, nor one of another recipe (an explicit --out shared by two --set
+    studies); one on the same structures and recipe is reused without training."""
     mod = load_script("born_seed_spread")
     run = tmp_path / "seed1"
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"status": "completed"}))
     (run / "fit_structures.json").write_text(json.dumps(["a", "b"]))
-    args = (tmp_path / "no_config.yaml", 1, tmp_path / "fit.extxyz", run, 1)
-    assert mod.train_seed(*args, ["a", "b"]) == run / "model.pt"  # no config read, no training
+    recipe = yaml.safe_load(mod.CONFIG.read_text())
+    # what the trainer records: the script's paths, the device it ran on
+    recipe.update(seed=1, train_files=["/elsewhere/fit.extxyz"], out="/elsewhere", device="cpu")
+    (run / "config.yaml").write_text(yaml.safe_dump(recipe))
+    args = (mod.CONFIG, 1, tmp_path / "fit.extxyz", run, 1)
+    assert mod.train_seed(*args, ["a", "b"]) == run / "model.pt"  # reused: no training
+    with pytest.raises(SystemExit, match=r"another recipe \(model, seed differ\)"):
+        mod.train_seed(mod.CONFIG, 2, tmp_path / "fit.extxyz", run, 1, ["a", "b"], {"model": "BM1"})
     with pytest.raises(SystemExit, match="other structures"):
         mod.train_seed(*args, ["a", "b", "c"])
     (run / "fit_structures.json").unlink()
