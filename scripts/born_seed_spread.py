@@ -34,7 +34,7 @@ import yaml
 
 from ase_born import defaults
 from ase_born.io.extxyz import get_born_charges, read_frames, write_frames
-from ase_born.train.config import TrainConfig
+from ase_born.train.config import TrainConfig, config_differences
 from ase_born.train.dataset import correct_asr, split_tag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,15 +95,14 @@ def spread(preds: dict[str, list[np.ndarray]], ref: list[np.ndarray], ids: list[
 
 
 #: config keys this script sets per run (paths, output) and that do not change the fit
-_NOT_RECIPE = ("train_files", "out", "device", "plots", "progress")
+_NOT_RECIPE = frozenset({"train_files", "out", "device", "plots", "progress"})
 
 
 def recipe_differences(run: Path, intended: dict) -> list[str]:
     """Keys whose value in the finished ``run`` (its ``config.yaml``, written by the
     trainer) differs from the ``intended`` config, paths and output switches aside."""
-    recorded = TrainConfig.from_yaml(run / "config.yaml").to_dict()
-    want = TrainConfig.from_dict(intended).to_dict()
-    return sorted(k for k in want if k not in _NOT_RECIPE and recorded.get(k) != want[k])
+    recorded = TrainConfig.from_yaml(run / "config.yaml")
+    return list(config_differences(recorded, TrainConfig.from_dict(intended), ignore=_NOT_RECIPE))
 
 
 def train_seed(config: Path, seed: int, fit_file: Path, out: Path, threads: int,

@@ -88,7 +88,7 @@ def test_a_finished_run_on_other_structures_or_recipe_is_refused_not_reused(tmp_
     (run / "config.yaml").write_text(yaml.safe_dump(recipe))
     args = (mod.CONFIG, 1, tmp_path / "fit.extxyz", run, 1)
     assert mod.train_seed(*args, ["a", "b"]) == run / "model.pt"  # reused: no training
-    with pytest.raises(SystemExit, match=r"another recipe \(model, seed differ\)"):
+    with pytest.raises(SystemExit, match=r"another recipe \(model.int_num_feat, seed differ\)"):
         mod.train_seed(mod.CONFIG, 2, tmp_path / "fit.extxyz", run, 1, ["a", "b"], {"model": "BM1"})
     with pytest.raises(SystemExit, match="other structures"):
         mod.train_seed(*args, ["a", "b", "c"])
