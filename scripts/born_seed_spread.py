@@ -35,7 +35,7 @@ import yaml
 from ase_born import defaults
 from ase_born.io.extxyz import get_born_charges, read_frames, write_frames
 from ase_born.train.config import TrainConfig, config_differences
-from ase_born.train.dataset import correct_asr, split_tag
+from ase_born.train.dataset import correct_asr, training_frames
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "examples" / "configs" / "equivar_bm2_catio3_provisional.yaml"
@@ -43,8 +43,7 @@ CONFIG = REPO / "examples" / "configs" / "equivar_bm2_catio3_provisional.yaml"
 
 def fit_frames(frames: list, fitted: set[str]) -> list:
     """The frames of the shipped fit: training split and ID in ``fitted``."""
-    return [f for f in frames
-            if split_tag(f) != "test" and str(f.info.get("structure_id")) in fitted]
+    return training_frames(frames, fitted)
 
 
 def recipe_changes(items: list[str], base: dict) -> dict:

@@ -49,7 +49,7 @@ from ase_born.conventions import KEY_BORN, KEY_EPSILON_INF
 from ase_born.dft.pipeline import carried_directions, load_plan, partial_born_charges
 from ase_born.dft.sampler import pnma_catio3
 from ase_born.io.extxyz import get_born_charges, read_frames
-from ase_born.train.dataset import correct_asr, split_tag
+from ase_born.train.dataset import correct_asr, split_tag, training_frames
 from ase_born.train.evaluation import equilibrium_check
 from ase_born.train.metrics import compute_metrics
 
@@ -80,8 +80,7 @@ def check_partial(calc: EquivarCalculator, carry_dir: Path, plan: Path) -> dict 
 
 def unseen_frames(frames: list, fitted: set[str]) -> list:
     """Training-split frames whose structure ID is not in ``fitted`` (the model's fit)."""
-    return [f for f in frames
-            if split_tag(f) != "test" and str(f.info.get("structure_id")) not in fitted]
+    return training_frames(frames, fitted, exclude=True)
 
 
 def frame_metrics(calc: EquivarCalculator, frames: list) -> dict:

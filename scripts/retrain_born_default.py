@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ase_born import defaults
 from ase_born.io.extxyz import read_frames
-from ase_born.train.dataset import split_tag
+from ase_born.train.dataset import training_frames
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "examples" / "configs" / "equivar_bm2_catio3_provisional.yaml"
@@ -49,7 +49,7 @@ HAND_EDITED = (
 def training_structures(frames: list) -> dict[str, str]:
     """Structure ID -> kind of every frame outside the fixed TEST split."""
     return {str(a.info["structure_id"]): str(a.info.get("kind", a.info["structure_id"]))
-            for a in frames if split_tag(a) != "test"}
+            for a in training_frames(frames)}
 
 
 def retrain_due(now: set[str], fitted: set[str], growth: float = 0.5) -> tuple[bool, str]:

@@ -378,6 +378,22 @@ def split_tag(atoms: Atoms, where: str = "frame") -> str:
     return tag
 
 
+def training_frames(
+    frames: Iterable[Atoms], ids: Iterable[str] | None = None, *, exclude: bool = False
+) -> list[Atoms]:
+    """Frames outside the fixed TEST split; with ``ids``, only those whose
+    ``info["structure_id"]`` is in ``ids`` (``exclude=True``: only those not in it)."""
+    keep = None if ids is None else {str(i) for i in ids}
+    out = []
+    for atoms in frames:
+        if split_tag(atoms) == "test":
+            continue
+        if keep is not None and (str(atoms.info.get("structure_id")) in keep) == exclude:
+            continue
+        out.append(atoms)
+    return out
+
+
 def load_splits(
     train_files: Sequence[str | os.PathLike],
     *,

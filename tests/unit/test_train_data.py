@@ -18,6 +18,7 @@ from ase_born.train.dataset import (
     kfold_by_structure,
     load_splits,
     split_by_structure,
+    training_frames,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,6 +125,18 @@ def test_bad_split_tag_and_leaks(tmp_path):
     write_frames(val_f, [_frame("s1", seed=9)])
     with pytest.raises(DatasetError, match=r"\['s1'\] are in both the train and the val set"):
         load_splits([train_f], val_file=val_f)
+
+
+
+def test_training_frames_drop_test_and_select_by_id():
+    frames = [_frame("a"), _frame("b", split="TEST "), _frame("c", split="train"), _frame("d")]
+    ids = lambda fs: [f.info["structure_id"] for f in fs]
+    assert ids(training_frames(frames)) == ["a", "c", "d"]
+    assert ids(training_frames(frames, {"a", "b", "d"})) == ["a", "d"]  # b is TEST
+    assert ids(training_frames(frames, ["a", "b"], exclude=True)) == ["c", "d"]
+    assert training_frames(frames, []) == []
+    with pytest.raises(DatasetError, match="must be one of"):
+        training_frames([_frame("e", split="val")])
 
 
 # ---------------------------------------------------------------- splits
