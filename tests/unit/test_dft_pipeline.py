@@ -900,3 +900,19 @@ def test_background_script_stops_at_once_without_the_cli(tmp_path):
     assert "ase-born not found" in res.stdout
     assert "command not found" not in res.stderr
     assert (tmp_path / "dft_runs" / "background.pid").exists()
+
+
+@pytest.mark.parametrize("action", ["run", "status"])
+def test_cli_without_a_plan_says_where_it_looked(tmp_path, monkeypatch, action):
+    """``ase-born dft run|status`` outside the repository root (the default plan path is
+    relative): a one-line error naming the path and the directory, exit status 1, no
+    traceback and no ABINIT started."""
+    from ase_born.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        main(["dft", action, "--workdir", str(tmp_path / "runs")])
+    msg = str(err.value.code)
+    assert "plan file not found: data/dft/plan_catio3.extxyz" in msg
+    assert str(tmp_path) in msg and "ase-born dft plan" in msg
+    assert not (tmp_path / "runs").exists()
