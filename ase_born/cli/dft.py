@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ase_born.cli._errors import reports_errors
+
 DEFAULT_PLAN = "data/dft/plan_catio3.extxyz"
 
 
@@ -77,18 +79,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help=f"run directories (default {DEFAULT_WORKDIR})")
 
 
-def _existing_plan(path: str) -> str:
-    """``path`` when it is a file; otherwise stop with a message that says where it was looked
-    for (the default is relative to the repository root) instead of a traceback."""
-    if not Path(path).is_file():
-        where = "" if Path(path).is_absolute() else f" (relative to {Path.cwd()})"
-        raise SystemExit(
-            f"ase-born dft: error: plan file not found: {path}{where}; run from the repository "
-            f"root, pass the plan's path, or write one with `ase-born dft plan`"
-        )
-    return path
-
-
 def _plan(args: argparse.Namespace) -> int:
     from ase_born.dft.sampler import make_plan
     from ase_born.io.extxyz import write_frames
@@ -103,6 +93,7 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors
 def _run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -117,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         over["kpt_density"] = args.kpt_density
     settings = dataclasses.replace(settings, **over)
     counts = run_plan(
-        _existing_plan(args.plan),
+        args.plan,
         output=args.output,
         workdir=args.workdir,
         settings=settings,
@@ -155,10 +146,11 @@ def _converge(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors
 def _status(args: argparse.Namespace) -> int:
     from ase_born.dft.pipeline import print_status, status
 
-    st = status(_existing_plan(args.plan), args.output, args.workdir)
+    st = status(args.plan, args.output, args.workdir)
     if args.json:
         print(json.dumps(st, indent=1))
     else:

@@ -14,11 +14,11 @@ Examples
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import pickle
 import sys
+
+from ase_born.cli._errors import reports_errors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,21 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_predict)
 
 
-def _reports_errors(func):
-    """Turn expected failures (bad config/data/checkpoint, missing files) into exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (OSError, ValueError, pickle.UnpicklingError) as exc:
-            print(f"ase-born {args.command}: error: {exc}", file=sys.stderr)
-            return 1
-
-    return wrapper
-
-
-@_reports_errors
+@reports_errors
 def _train(args: argparse.Namespace) -> int:
     import logging
 
@@ -161,7 +147,7 @@ def _load_model(path: str, device: str):
     return Equivar.load(path, device=device)
 
 
-@_reports_errors
+@reports_errors
 def _evaluate(args: argparse.Namespace) -> int:
     from ase_born.train.dataset import BornDataset, read_extxyz, split_tag
     from ase_born.train.evaluation import evaluate
@@ -210,7 +196,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reports_errors
+@reports_errors
 def _predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 

@@ -112,7 +112,11 @@ class StopRequested(Exception):
 def load_plan(path: str | os.PathLike) -> list[Atoms]:
     """Read a plan and check its IDs are present and unique."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"plan file not found: {path}")
+        where = "" if Path(path).is_absolute() else f" (relative to {Path.cwd()})"
+        raise FileNotFoundError(
+            f"plan file not found: {path}{where}; run from the repository root, pass the "
+            "plan's path, or write one with `ase-born dft plan`"
+        )
     plan = read_frames(path)
     ids = [a.info.get("structure_id") for a in plan]
     if any(i is None for i in ids):
@@ -555,8 +559,8 @@ def run_plan(
     """
     settings = settings or AbinitSettings()
     workdir, output = Path(workdir), Path(output)
+    plan = load_plan(plan_path)  # before check_settings writes anything into workdir
     check_settings(workdir, settings)
-    plan = load_plan(plan_path)
     done = finished_ids(output)
     failures = _load_json(workdir / "failures.json", {})
     todo = [

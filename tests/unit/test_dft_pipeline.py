@@ -903,16 +903,16 @@ def test_background_script_stops_at_once_without_the_cli(tmp_path):
 
 
 @pytest.mark.parametrize("action", ["run", "status"])
-def test_cli_without_a_plan_says_where_it_looked(tmp_path, monkeypatch, action):
+def test_cli_without_a_plan_says_where_it_looked(tmp_path, monkeypatch, capsys, action):
     """``ase-born dft run|status`` outside the repository root (the default plan path is
     relative): a one-line error naming the path and the directory, exit status 1, no
-    traceback and no ABINIT started."""
+    traceback, no ABINIT started and nothing written into the work directory."""
     from ase_born.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as err:
-        main(["dft", action, "--workdir", str(tmp_path / "runs")])
-    msg = str(err.value.code)
+    assert main(["dft", action, "--workdir", str(tmp_path / "runs")]) == 1
+    msg = capsys.readouterr().err
+    assert msg.startswith("ase-born dft: error: ") and msg.count("\n") == 1
     assert "plan file not found: data/dft/plan_catio3.extxyz" in msg
     assert str(tmp_path) in msg and "ase-born dft plan" in msg
     assert not (tmp_path / "runs").exists()

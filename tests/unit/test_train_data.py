@@ -127,7 +127,6 @@ def test_bad_split_tag_and_leaks(tmp_path):
         load_splits([train_f], val_file=val_f)
 
 
-
 def test_training_frames_drop_test_and_select_by_id():
     frames = [_frame("a"), _frame("b", split="TEST "), _frame("c", split="train"), _frame("d")]
     ids = lambda fs: [f.info["structure_id"] for f in fs]
