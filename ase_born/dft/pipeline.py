@@ -859,6 +859,8 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
             **dict(c),
             "mean_core_hours": (float(np.mean(cost[kind])) / 3600.0) if cost[kind] else None,
             "mean_cpu_hours": (float(np.mean(cpu[kind])) / 3600.0) if cpu[kind] else None,
+            "min_cpu_hours": (min(cpu[kind]) / 3600.0) if cpu[kind] else None,
+            "max_cpu_hours": (max(cpu[kind]) / 3600.0) if cpu[kind] else None,
         }
         for kind, c in rows.items()
     }
@@ -889,13 +891,14 @@ def print_status(st: dict, file=sys.stdout) -> None:
     if st.get("extra"):
         print(f"plus {len(st['extra'])} frame(s) not in the plan: {', '.join(st['extra'])}", file=file)
     print(f"{'kind':<10}{'planned':>8}{'done':>6}{'test':>6}{'started':>8}{'failed':>7}"
-          f"{'core-h/struct':>15}{'cpu-h/struct':>14}", file=file)  # fmt: skip
+          f"{'core-h/struct':>15}{'cpu-h/struct':>14}{'cpu-h range':>14}", file=file)  # fmt: skip
     for kind, c in st["kinds"].items():
         ch, cpu = c.get("mean_core_hours"), c.get("mean_cpu_hours")
+        lo, hi = c.get("min_cpu_hours"), c.get("max_cpu_hours")
         print(
             f"{kind:<10}{c.get('planned', 0):>8}{c.get('done', 0):>6}{c.get('test', 0):>6}"
             f"{c.get('in_progress', 0):>8}{c.get('failed', 0):>7}{(f'{ch:.2f}' if ch else '-'):>15}"
-            f"{(f'{cpu:.2f}' if cpu else '-'):>14}",
+            f"{(f'{cpu:.2f}' if cpu else '-'):>14}{(f'{lo:.2f}-{hi:.2f}' if cpu else '-'):>14}",
             file=file,
         )
     print("started = has a run directory, not finished (running now or interrupted); "

@@ -561,6 +561,31 @@ def test_status_lists_carried_directions(tmp_path):
     assert st["partial"] == {"s1": [2]}
 
 
+def test_status_cost_per_kind(tmp_path):
+    """Mean, smallest and largest cost per kind come from the finished frames' own ``cpu_s``
+    and ``wall_s`` x ranks; a kind with no finished frame prints dashes."""
+    plan = _fake_plan(tmp_path, n=6)  # s0, s2, s4 cubic5; s1, s3, s5 tilt10
+    frames = []
+    for sid, cpu_h in (("s0", 0.5), ("s2", 1.0), ("s4", 0.6)):
+        a = read_abinit_output(DATA / "gs.abo")
+        a.info.update(structure_id=sid, kind="cubic5", split="train", cpu_s=cpu_h * 3600.0,
+                      wall_s=cpu_h * 1800.0 * 1.5, mpi_ranks=2)
+        frames.append(a)
+    write_frames(tmp_path / "data.xyz", frames)
+    st = status(plan, tmp_path / "data.xyz", tmp_path / "runs")
+    cubic = st["kinds"]["cubic5"]
+    assert cubic["done"] == 3 and st["kinds"]["tilt10"].get("done", 0) == 0
+    assert cubic["mean_cpu_hours"] == pytest.approx(0.7)
+    assert (cubic["min_cpu_hours"], cubic["max_cpu_hours"]) == pytest.approx((0.5, 1.0))
+    assert cubic["mean_core_hours"] == pytest.approx(1.05)  # wall x ranks
+    assert st["kinds"]["tilt10"]["mean_cpu_hours"] is None
+    buf = io.StringIO()
+    print_status(st, buf)
+    rows = {line.split()[0]: line.split() for line in buf.getvalue().splitlines()[1:4]}
+    assert rows["cubic5"][-3:] == ["1.05", "0.70", "0.50-1.00"]
+    assert rows["tilt10"][-3:] == ["-", "-", "-"]
+
+
 def test_carried_structures_run_before_plan_order(tmp_path):
     """A structure with field directions carried from an earlier session is finished first (its
     ground state is redone every session it waits); the rest keep plan order."""
