@@ -128,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors
 def _converge(args: argparse.Namespace) -> int:
     from ase_born.dft.convergence import analyse, export_frame, markdown_table, run_convergence
 
@@ -137,7 +138,12 @@ def _converge(args: argparse.Namespace) -> int:
         print(f"appended convergence point {label} to {out}")
         return 0
     if args.table:
-        res = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
+        if not Path(args.output).is_file():
+            raise FileNotFoundError(
+                f"no convergence results at {args.output} (looked in {Path.cwd()}): run from the "
+                "repository root, pass --output, or run the study without --table"
+            )
+        res = json.loads(Path(args.output).read_text())
         res["analysis"] = analyse(res.get("points", {}))  # the current analysis of the stored points
     else:
         res = run_convergence(args.workdir, args.output, ranks=args.ranks, nice=args.nice,

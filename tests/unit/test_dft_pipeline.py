@@ -941,3 +941,19 @@ def test_cli_without_a_plan_says_where_it_looked(tmp_path, monkeypatch, capsys, 
     assert "plan file not found: data/dft/plan_catio3.extxyz" in msg
     assert str(tmp_path) in msg and "ase-born dft plan" in msg
     assert not (tmp_path / "runs").exists()
+
+
+def test_converge_table_without_results_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    """``ase-born dft converge --table`` away from the stored study: a one-line error, not an
+    empty table; from the repository root it prints the stored study's table."""
+    from ase_born.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["dft", "converge", "--table"]) == 1
+    msg = capsys.readouterr().err
+    assert msg.startswith("ase-born dft: error: no convergence results at data/dft/convergence.json")
+    assert str(tmp_path) in msg and msg.count("\n") == 1
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    assert main(["dft", "converge", "--table"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("|") and "30" in table
