@@ -511,6 +511,7 @@ class BornFieldCalculator(Calculator):
         self._last_f_field: np.ndarray | None = None
         self._z_raw: np.ndarray | None = None
         self._z_update = 0
+        self._z_pbc: np.ndarray | None = None
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
@@ -728,6 +729,7 @@ class BornFieldCalculator(Calculator):
             z_raw, z, f_field, s_field, correction = self._conservative_terms(
                 atoms, field, u, shifts, volume
             )
+            self._z_raw = None  # direct mode's cached Z* no longer belongs to this configuration
         else:
             z_raw = self._direct_born(atoms, new_config)
             z = physics.asr_project(z_raw) if self.parameters["asr"] else z_raw
@@ -785,18 +787,21 @@ class BornFieldCalculator(Calculator):
             r["stress_contributions"] = np.stack([s0, s_field])
 
     def _direct_born(self, atoms: Atoms, new_config: bool) -> np.ndarray:
-        """Raw Z* for direct mode, refreshed every ``born_update_every`` new configurations."""
+        """Raw Z* for direct mode, refreshed every ``born_update_every`` new configurations
+        (and whenever the periodic directions change: the model's neighbours depend on them)."""
         k = self.parameters["born_update_every"]
         n = len(atoms)
         stale = (
             self._z_raw is None
             or self._z_raw.shape[0] != n
+            or not np.array_equal(self._z_pbc, atoms.pbc)
             or (new_config and self._n_updates - self._z_update >= k)
         )
         if stale:
             src = f"born model {type(self._born_model).__name__}"
             self._z_raw = check_born_charges(self._born_model.get_born_charges(atoms), n, src)
             self._z_update = self._n_updates
+            self._z_pbc = atoms.pbc.copy()
         return self._z_raw
 
     def _conservative_terms(

@@ -420,6 +420,47 @@ def test_born_update_every():
         _calc(ref, model=model, mode="conservative", born_update_every=2)
 
 
+def test_direct_mode_after_conservative_uses_the_current_configuration():
+    """Conservative mode computes Z* itself; back in direct mode at the configuration the
+    conservative step moved to, Z* (and forces) belong to that configuration, not to the
+    last direct-mode one."""
+    ref = _cell()
+    model = SmoothBorn()
+    calc = _calc(ref, model=model, field=FIELD)
+    a, b = _displaced(ref, 0.05, seed=1), _displaced(ref, 0.15, seed=2)
+    calc.get_property("forces", a)
+    calc.set(mode="conservative")
+    calc.get_property("forces", b)
+    calc.set(mode="direct")
+    z = calc.get_property("born_effective_charges", b)
+    expected = physics.asr_project(model.get_born_charges(b))
+    np.testing.assert_allclose(z, expected, atol=1e-12)
+    assert np.abs(expected - physics.asr_project(model.get_born_charges(a))).max() > 1e-2
+    f0 = SpringsToSites(ref, KAPPA).get_forces(b)
+    np.testing.assert_allclose(calc.get_property("forces", b), f0 + physics.field_forces(expected, FIELD),
+                               atol=1e-12)
+
+
+class _PbcBorn(BornChargeModel):
+    """Z* that depends on the periodic directions (as a graph model's neighbours do)."""
+
+    def get_born_charges(self, atoms):
+        q = np.where(atoms.numbers == 8, -2.0, 3.0) * (1.0 + atoms.pbc.sum())
+        return q[:, None, None] * np.eye(3)
+
+
+def test_pbc_change_refreshes_born_charges():
+    """A change of ``pbc`` alone (same positions and cell) gives the model's new Z*, even
+    between ``born_update_every`` refreshes."""
+    ref = _cell()
+    calc = _calc(ref, model=_PbcBorn(), field=FIELD, asr=False, born_update_every=5)
+    atoms = _displaced(ref)
+    atoms.calc = calc
+    assert calc.get_property("born_effective_charges", atoms)[0, 0, 0] == pytest.approx(12.0)
+    atoms.pbc = [True, True, False]
+    assert calc.get_property("born_effective_charges", atoms)[0, 0, 0] == pytest.approx(9.0)
+
+
 # ---------------------------------------------------------------------------
 # harmonic consistency: static response of springs in a field equals the harmonic ε
 # ---------------------------------------------------------------------------
