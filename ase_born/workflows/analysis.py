@@ -48,7 +48,9 @@ import numpy as np
 from ase import Atoms
 
 #: Glazer pattern in the canonical order of :func:`classify_tilts` (untilted axes first, then
-#: out-of-phase, then in-phase) -> (space group symbol, number), Howard & Stokes (1998)
+#: out-of-phase, then in-phase, larger tilts first) -> (space group symbol, number), Howard &
+#: Stokes (1998): all 23 Glazer systems (equal magnitudes of different kinds need no letter of
+#: their own), so two equal tilts of one kind appear both ways (``a-b-b-``/``a-a-c-``)
 GLAZER_SPACE_GROUPS = {
     "a0a0a0": ("Pm-3m", 221),
     "a0a0c-": ("I4/mcm", 140),
@@ -59,11 +61,15 @@ GLAZER_SPACE_GROUPS = {
     "a0b-c+": ("Cmcm", 63),  # a0b+c- in Howard & Stokes' order
     "a-a-a-": ("R-3c", 167),
     "a-b-b-": ("C2/c", 15),
+    "a-a-c-": ("C2/c", 15),  # a-b-b- with the equal pair the larger
     "a-b-c-": ("P-1", 2),
     "a-a-c+": ("Pnma", 62),
     "a-b-c+": ("P21/m", 11),
     "a+a+a+": ("Im-3", 204),
     "a+b+c+": ("Immm", 71),
+    "a+b+b+": ("Immm", 71),
+    "a+a+c+": ("Immm", 71),  # a+b+b+ with the equal pair the larger
+    "a0b+c+": ("Immm", 71),
     "a-b+b+": ("P42/nmc", 137),  # a+a+c-
     "a-b+c+": ("Pmmn", 59),  # a+b+c-
 }

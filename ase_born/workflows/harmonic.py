@@ -20,7 +20,7 @@ inverse otherwise (springs to lattice sites).  A structure that is not a minimum
 Finite displacements: ``method="central"`` displaces every Cartesian coordinate by ±δ (6N force
 calls); ``method="phonopy"`` lets phonopy pick the symmetry-independent displacements
 (``Phonopy(..., supercell_matrix=1)``, ±δ) and rebuild Φ from them — far fewer force calls for
-symmetric structures (e.g. 10 instead of 120 for the 20-atom Pnma cell), but only valid when the
+symmetric structures (e.g. 20 instead of 120 for the 20-atom Pnma cell), but only valid when the
 force field has the crystal's symmetry; ``"auto"`` uses phonopy for translation-invariant force
 fields (physical ones) and central differences otherwise.
 """

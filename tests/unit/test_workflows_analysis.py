@@ -115,6 +115,21 @@ def test_tilt_amplitude_is_the_rotation_angle():
         ((0, 0, 0), (6, 6, 6), "R-3c", "a-a-a-"),
         ((0, 0, 0), (0, 6, 6), "Imma", "a0b-b-"),
         ((0, 1.5, 0), (0.5, 0, 0.5), "Pm-3m", "a0a0a0"),  # below the 2° threshold
+        # two equal tilts of one kind, the third different: the same system whichever is larger
+        ((0, 0, 0), (10, 5, 5), "C2/c", "a-b-b-"),
+        ((0, 0, 0), (5, 10, 10), "C2/c", "a-b-b-"),
+        ((0, 0, 0), (10, 10, 5), "C2/c", "a-a-c-"),
+        ((10, 5, 5), (0, 0, 0), "Immm", "a+b+b+"),
+        ((10, 10, 5), (0, 0, 0), "Immm", "a+a+c+"),
+        ((6, 6, 6), (0, 0, 0), "Im-3", "a+a+a+"),
+        ((0, 5, 9), (0, 0, 0), "Immm", "a0b+c+"),
+        ((0, 6, 6), (0, 0, 0), "I4/mmm", "a0b+b+"),
+        ((0, 6, 0), (0, 0, 9), "Cmcm", "a0b+c-"),
+        ((0, 0, 0), (0, 5, 9), "C2/m", "a0b-c-"),
+        ((6, 6, 0), (0, 0, 9), "P42/nmc", "a+a+c-"),
+        ((4, 7, 0), (0, 0, 9), "Pmmn", "a+b+c-"),
+        ((8, 0, 0), (0, 5, 9), "P21/m", "a+b-c-"),
+        ((0, 0, 0), (4, 7, 10), "P-1", "a-b-c-"),
     ],
 )
 def test_classify_tilts(m, r, phase, glazer):
