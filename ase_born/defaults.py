@@ -13,13 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from ase_born.calculators.base import BornChargeModel
 
 CARD_NAME = "defaults.json"
 
@@ -75,35 +72,6 @@ def checked_file(entry: dict[str, Any]) -> Path:
     return path
 
 
-class _SpeciesGuard(BornChargeModel):
-    """Wraps a Born model and warns once per new element it was never trained on."""
-
-    def __init__(self, inner: BornChargeModel, known: set[str], name: str):
-        self.inner, self.known, self.name = inner, known, name
-        self.supports_torch = inner.supports_torch
-        self._warned: set[str] = set()
-
-    def _check(self, atoms) -> None:
-        unseen = set(atoms.get_chemical_symbols()) - self.known - self._warned
-        if unseen:
-            self._warned |= unseen
-            warnings.warn(
-                f"{self.name} was trained on {sorted(self.known)} only; its Born charges for "
-                f"{sorted(unseen)} are extrapolations", stacklevel=3,
-            )
-
-    def get_born_charges(self, atoms):
-        self._check(atoms)
-        return self.inner.get_born_charges(atoms)
-
-    def get_born_charges_torch(self, atoms, positions, cell):
-        self._check(atoms)
-        return self.inner.get_born_charges_torch(atoms, positions, cell)
-
-    def todict(self):
-        return {"class": "default_equivar", "inner": self.inner.todict()}
-
-
 def load_force_field(device: str = "cpu", dtype: str = "float64"):
     """The default MACE force field as an ASE calculator (``mace.calculators.MACECalculator``).
 
@@ -118,6 +86,8 @@ def load_force_field(device: str = "cpu", dtype: str = "float64"):
 
 def load_born_model(device: str = "cpu", dtype: str = "float64"):
     """The default Equivar Born-charge model (:class:`~ase_born.models.EquivarCalculator`)."""
+    from ase.data import atomic_numbers
+
     from ase_born.models import EquivarCalculator
 
     card = model_card()
@@ -129,7 +99,9 @@ def load_born_model(device: str = "cpu", dtype: str = "float64"):
         )
     path = checked_file(card["born_model"])
     calc = EquivarCalculator(str(path), device=device, dtype=dtype)
-    return _SpeciesGuard(calc, set(card["born_model"]["elements"]), "the default Equivar model")
+    # the card's elements: the calculator warns once per element outside them
+    calc.model.elements = tuple(sorted(atomic_numbers[el] for el in card["born_model"]["elements"]))
+    return calc
 
 
 def default_epsilon_inf() -> np.ndarray | None:

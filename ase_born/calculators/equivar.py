@@ -21,7 +21,7 @@ here to see the network's raw violation there; Z* and forces are the same either
 
 from __future__ import annotations
 
-import copy
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +38,12 @@ from ase_born.models.graph import build_graph, collate
 from ase_born.models.utils import dtype_name, resolve_device, resolve_dtype
 
 
+def _symbols(numbers) -> list[str]:
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[z] for z in sorted(numbers)]
+
+
 class EquivarCalculator(Calculator, BornChargeModel):
     """Born effective charges from an :class:`~ase_born.models.equivar.Equivar` model.
 
@@ -45,17 +51,20 @@ class EquivarCalculator(Calculator, BornChargeModel):
     ----------
     model : Equivar or str or Path
         A model object, or the path of a file written by :meth:`Equivar.save`. A model
-        object on another device/dtype is copied (the caller's object is not modified).
+        object is shared when it already has the requested device, dtype and ``tp_impl``
+        and is in eval mode; otherwise the calculator works on a converted copy
+        (:meth:`Equivar.converted`), and the caller's object is never modified.
     device : str or torch.device
         Where the network runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
     dtype : str or torch.dtype
         ``"float64"`` (default: reproducible finite differences and MD) or ``"float32"``.
     asr : bool
         Enforce the acoustic sum rule (default True). An ASE parameter: ``calc.set(asr=...)``.
-    tp_impl : {"fast", "compiled", "e3nn"}
+    tp_impl : {"fast", "compiled", "e3nn"}, optional
         Tensor-product implementation (same results; ``"e3nn"`` is the slow reference,
         ``"compiled"`` is ``"fast"`` through ``torch.compile``: 1.8-1.9x faster on CPU after a
-        one-off compilation of 20-75 s, for long MD runs).
+        one-off compilation of 20-75 s, for long MD runs). Default: a model object's own,
+        ``"fast"`` for a file.
     trust : bool
         Passed to :meth:`Equivar.load` when ``model`` is a path: allow full unpickling of
         a file that is not a plain-tensor model file (can execute code; see there).
@@ -74,22 +83,23 @@ class EquivarCalculator(Calculator, BornChargeModel):
         dtype: str | torch.dtype = "float64",
         asr: bool = True,
         *,
-        tp_impl: str = "fast",
+        tp_impl: str | None = None,
         trust: bool = False,
         **kwargs: Any,
     ) -> None:
         dev, dt = resolve_device(device), resolve_dtype(dtype)
         if isinstance(model, (str, Path)):
-            net = Equivar.load(model, device=dev, dtype=dt, tp_impl=tp_impl, trust=trust)
+            net = Equivar.load(model, device=dev, dtype=dt, tp_impl=tp_impl or "fast", trust=trust)
         elif isinstance(model, Equivar):
             net = model
-            if net.device != dev or net.dtype != dt:
-                net = copy.deepcopy(model).to(device=dev, dtype=dt)
-            net.tp_impl = tp_impl
+            impl = model.tp_impl if tp_impl is None else tp_impl
+            if net.device != dev or net.dtype != dt or net.tp_impl != impl or net.training:
+                net = model.converted(device=dev, dtype=dt, tp_impl=impl)
         else:
             raise TypeError(f"model must be an Equivar or a path, got {type(model).__name__}")
         net.eval()
         self.model: Equivar = net
+        self._warned: set[int] = set()  # elements outside the training data, warned once each
         self.device = dev
         self.dtype = dt
         Calculator.__init__(self, asr=bool(asr), **kwargs)
@@ -108,6 +118,16 @@ class EquivarCalculator(Calculator, BornChargeModel):
             raise ValueError(
                 f"atomic numbers {bad} are outside the model's embedding table (1..{n_species - 1})"
             )
+        known = self.model.elements
+        if known is not None:
+            unseen = set(numbers.tolist()) - set(known) - self._warned
+            if unseen:
+                self._warned |= unseen
+                warnings.warn(
+                    f"this Equivar model was trained on {_symbols(known)} only; its Born charges "
+                    f"for {_symbols(unseen)} are extrapolations",
+                    stacklevel=4,
+                )
 
     def _raw(self, atoms_list: Sequence[Atoms]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Raw network output ``(n_atoms_total, 3, 3)``, the batch index, n_structures."""

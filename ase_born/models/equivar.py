@@ -607,6 +607,10 @@ class Equivar(nn.Module):
         ``0e + 2e + 1e`` (before the Cartesian change of basis).
     asr : bool
         Enforce the acoustic sum rule in :meth:`forward` (initialised from the config).
+    elements : tuple of int or None
+        Atomic numbers of the training data (set by the trainer, kept by :meth:`save` /
+        :meth:`load`); ``None`` when unknown. :class:`~ase_born.calculators.equivar.EquivarCalculator`
+        warns for structures with other elements.
     """
 
     def __init__(
@@ -652,6 +656,30 @@ class Equivar(nn.Module):
         self._e3nn_cache: dict[tuple[str, str], dict[str, nn.Module]] = {}
         self._compiled_fast: Any = None  # torch.compile of _irreps_fast, built on first use
         self.tp_impl = tp_impl
+        self.elements: tuple[int, ...] | None = None
+
+    def converted(
+        self,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        tp_impl: str | None = None,
+    ) -> Equivar:
+        """A new model with the same weights on ``device`` / ``dtype`` (default: this model's)
+        and ``tp_impl``; its constant buffers (Clebsch-Gordan, Cartesian map) are rebuilt in
+        the new dtype, so a float32 model converted to float64 is exactly equivariant (``.to``
+        would keep their float32 rounding). This model is not modified."""
+        model = type(self)(
+            self._config,
+            tp_impl=self._tp_impl if tp_impl is None else tp_impl,
+            device=self.device if device is None else device,
+            dtype=self.dtype if dtype is None else dtype,
+        )
+        model.load_state_dict(self.state_dict(), strict=True)
+        model.asr = self.asr
+        model.elements = self.elements
+        model.train(self.training)
+        return model
 
     def __getstate__(self) -> dict[str, Any]:
         # the lazily built e3nn reference modules are a cache: never pickle / deep-copy them
@@ -813,6 +841,10 @@ class Equivar(nn.Module):
         return None
 
     def _node_scalars(self, numbers: torch.Tensor) -> torch.Tensor:
+        n_species = self._config.num_species
+        if numbers.numel() and (int(numbers.min()) < 1 or int(numbers.max()) >= n_species):
+            bad = sorted({int(z) for z in numbers.tolist() if not 1 <= z < n_species})
+            raise ValueError(f"atomic numbers {bad} are outside the model's embedding table (1..{n_species - 1})")
         h = self.embedding(numbers)
         return h @ self.node_in_weight / math.sqrt(self._config.embedding_dim) + self.node_in_bias
 
@@ -1020,6 +1052,7 @@ class Equivar(nn.Module):
             "config": self.config.to_dict(),
             "dtype": dtype_name(self.dtype),
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+            "elements": None if self.elements is None else [int(z) for z in self.elements],
             "versions": {
                 "ase_born": __version__,
                 "torch": str(torch.__version__),
@@ -1074,11 +1107,9 @@ class Equivar(nn.Module):
                 ) from exc
             payload = torch.load(path, map_location=dev, weights_only=False)
         if isinstance(payload, Equivar):  # a trusted, fully pickled module
-            model = payload
-            if dtype is not None:
-                model = model.to(resolve_dtype(dtype))
-            model.tp_impl = tp_impl
-            return model.to(dev)
+            if not hasattr(payload, "elements"):  # pickled before models knew their elements
+                payload.elements = None
+            return payload.converted(device=dev, dtype=dtype, tp_impl=tp_impl)
         if not isinstance(payload, Mapping) or payload.get("format") != FORMAT_NAME:
             raise ValueError(f"{path} is not an Equivar model file (format {FORMAT_NAME!r})")
         if int(payload.get("format_version", -1)) > FORMAT_VERSION:
@@ -1095,6 +1126,8 @@ class Equivar(nn.Module):
         dt = resolve_dtype(dtype if dtype is not None else payload.get("dtype", "float32"))
         model = cls(config, tp_impl=tp_impl, device=dev, dtype=dt)
         model.load_state_dict(payload["state_dict"], strict=True)
+        elements = payload.get("elements")
+        model.elements = None if elements is None else tuple(int(z) for z in elements)
         return model
 
 

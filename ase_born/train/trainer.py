@@ -721,6 +721,7 @@ class Trainer:
             self.model_config, tp_impl=self.cfg.tp_impl, device=self.device, dtype=self.dtype
         )
         model.load_state_dict(eval_state(best), strict=True)
+        model.elements = tuple(self.splits.train.elements)  # the calculator warns for others
         model.save(self.out / "model.pt")
         bs = max(self.cfg.batch_size, 16)
         val, val_pred = evaluate(model, self.splits.val, batch_size=bs, return_predictions=True)

@@ -85,6 +85,11 @@ def test_default_calculator_needs_born_model(card):
         np.testing.assert_allclose(z_ref[:3], ref["born_charges_first3"], atol=1e-6)
         assert np.abs(z_ref.sum(axis=0)).max() < 1e-10  # acoustic sum rule enforced
         np.testing.assert_allclose(calc.parameters["epsilon_inf"], defaults.default_epsilon_inf())
+        # the loader warns clearly for elements the default model never saw (card's elements)
+        ba = pnma_catio3()
+        ba.numbers[ba.numbers == 20] = 56
+        with pytest.warns(UserWarning, match=r"trained on \['O', 'Ca', 'Ti'\] only.*\['Ba'\]"):
+            defaults.load_born_model(device="cpu").get_born_charges(ba)
     else:
         with pytest.raises(FileNotFoundError, match="no default Born-charge model"):
             defaults.load_default_calculator(device="cpu")

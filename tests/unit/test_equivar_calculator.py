@@ -13,7 +13,7 @@ from ase_born.calculators.base import BornChargeModel
 from ase_born.conventions import KEY_ACOUSTIC_SUM, KEY_ASR_VIOLATION, KEY_BORN
 from ase_born.models.benchmark import catio3_pnma
 from ase_born.models.equivar import Equivar, EquivarConfig
-from ase_born.models.graph import build_graph
+from ase_born.models.graph import build_graph, collate
 
 SMALL = EquivarConfig(embedding_dim=6, num_radial=5, int_num_feat=4, num_interactions=2)
 
@@ -164,3 +164,73 @@ def test_torch_level_gradients_match_finite_differences(model, atoms):
         minus.set_cell(cm, scale_atoms=False)
         fd = (objective(plus) - objective(minus)) / (2 * h)
         assert cell.grad[r, c].item() == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+
+def test_float32_model_converted_to_float64_is_exactly_equivariant(model, atoms):
+    """A float32 model used in float64 gets its constant buffers (Clebsch-Gordan, Cartesian
+    map) rebuilt in float64: same numbers as a model built natively in float64 from the same
+    weights (``.to(float64)`` would keep their float32 rounding, ~1e-8 e)."""
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    m32 = model.converted(dtype="float32")
+    calc = EquivarCalculator(m32, dtype="float64")
+    native = Equivar(model.config, dtype="float64")
+    native.load_state_dict(calc.model.state_dict())
+    for name, buf in native.named_buffers():
+        assert torch.equal(buf, dict(calc.model.named_buffers())[name]), name
+    z = calc.get_born_charges(atoms)
+    np.testing.assert_array_equal(z, EquivarCalculator(native).get_born_charges(atoms))
+    rot = -np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0]  # improper
+    moved = atoms.copy()
+    moved.set_cell(atoms.cell.array @ rot.T, scale_atoms=False)
+    moved.positions = atoms.positions @ rot.T
+    expected = np.einsum("ab,kbc,dc->kad", rot, z, rot)
+    np.testing.assert_allclose(calc.get_born_charges(moved), expected, atol=1e-12, rtol=0)
+    assert m32.dtype == torch.float32  # the caller's model untouched
+
+
+def test_calculator_leaves_the_callers_model_alone(model, atoms):
+    """Neither the tensor-product implementation nor the train/eval mode of a model object
+    passed in changes; a model that already matches is shared."""
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    m = model.converted(tp_impl="e3nn")
+    m.train()
+    calc = EquivarCalculator(m, tp_impl="fast")
+    assert m.tp_impl == "e3nn" and m.training
+    assert calc.model.tp_impl == "fast" and not calc.model.training
+    np.testing.assert_allclose(calc.get_born_charges(atoms), EquivarCalculator(model).get_born_charges(atoms),
+                               atol=1e-10)
+    m.eval()
+    assert EquivarCalculator(m).model is m  # same device, dtype, tp_impl (its own) and eval
+    n_species = model.config.num_species  # one past the table's last row
+    g = collate([build_graph(atoms, model.r_max, model.r_min)], dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"atomic numbers \[{n_species}\] are outside"):
+        m.forward(g.positions, torch.full_like(g.numbers, n_species), g.edge_index, g.shifts, g.cell)
+
+
+def test_trained_elements_are_saved_and_warned_about(model, atoms, tmp_path):
+    """``elements`` travels through save/load; a structure with another element gets one
+    warning per new element naming both; a model without elements never warns."""
+    import warnings
+
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    m = model.converted()
+    m.elements = (8, 20, 22)
+    m.save(tmp_path / "m.pt")
+    calc = EquivarCalculator(tmp_path / "m.pt")
+    assert calc.model.elements == (8, 20, 22)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calc.get_born_charges(atoms)  # CaTiO3: no warning
+    ba = atoms.copy()
+    ba.numbers[ba.numbers == 20] = 56
+    with pytest.warns(UserWarning, match=r"trained on \['O', 'Ca', 'Ti'\] only.*\['Ba'\]"):
+        calc.get_born_charges(ba)
+    ba.positions[0, 0] += 0.01
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calc.get_born_charges(ba)  # warned once per element
+        model.save(tmp_path / "plain.pt")
+        EquivarCalculator(tmp_path / "plain.pt").get_born_charges(ba)  # unknown elements: silent

@@ -69,6 +69,7 @@ def test_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     frames, predicted = read_frames(DATA), read_frames(pred_file)
     assert len(predicted) == len(frames)
     model = Equivar.load(out / "model.pt")
+    assert model.elements == tuple(sorted({int(z) for a in frames for z in a.numbers}))  # the training elements
     ds = BornDataset.from_frames(frames[:3], r_max=model.r_max)
     _, preds = evaluate(model, ds, return_predictions=True)
     z_pred = np.concatenate([a.arrays["born_effective_charges"] for a in predicted[:3]])
