@@ -202,7 +202,10 @@ class BornDataset(torch.utils.data.Dataset):
             sid = _structure_id(atoms, src)
             where = f"{source}, frame {idx} (structure_id={sid})"
             z = validate_frame(atoms, where=where, num_species=num_species)
-            graph = build_graph(atoms, r_max, r_min)
+            try:
+                graph = build_graph(atoms, r_max, r_min)
+            except ValueError as exc:
+                raise DatasetError(f"{where}: {exc}") from exc
             samples.append(BornSample(graph, correct_asr(z), z.copy(), sid, src))
         if not samples and not allow_empty:
             raise DatasetError(f"{source}: no frames")
@@ -237,12 +240,15 @@ class BornDataset(torch.utils.data.Dataset):
         return sorted({int(z) for s in self.samples for z in np.unique(s.graph.numbers)})
 
     def fingerprint(self) -> str:
-        """SHA-256 of the structure IDs, atom counts and targets (detects changed data)."""
+        """SHA-256 of the structure IDs, species, positions, cells, periodicity and targets
+        (detects changed data; the cell and pbc change the graph)."""
         h = hashlib.sha256()
         for s in self.samples:
             h.update(s.structure_id.encode())
             h.update(np.ascontiguousarray(s.graph.numbers).tobytes())
             h.update(np.ascontiguousarray(s.graph.positions).round(10).tobytes())
+            h.update(np.ascontiguousarray(s.graph.cell, dtype=np.float64).round(10).tobytes())
+            h.update(np.ascontiguousarray(s.graph.pbc, dtype=bool).tobytes())
             h.update(np.ascontiguousarray(s.target_raw).round(10).tobytes())
         return h.hexdigest()
 
@@ -476,8 +482,22 @@ def load_splits(
     return DataSplits(train, val, test_ds)
 
 
+def _geometry_key(sample: BornSample) -> str:
+    """Hash of species, positions and cell (to 1e-6 Å): the same structure under any ID."""
+    g = sample.graph
+    h = hashlib.sha256(np.ascontiguousarray(g.numbers, dtype=np.int64).tobytes())
+    for arr in (g.positions, g.cell):
+        h.update((np.round(np.asarray(arr, dtype=np.float64) * 1e6) + 0.0).astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
 def _check_disjoint(parts: dict[str, BornDataset | None]) -> None:
-    ids = {k: set(v.structure_ids) for k, v in parts.items() if v is not None}
+    """Splits must not share a structure ID, nor the same structure under another ID (frames
+    without ``structure_id`` get one from their file name as typed, so a second copy of a
+    file, or the same file under another path, would otherwise leak into TEST)."""
+    present = {k: v for k, v in parts.items() if v is not None}
+    ids = {k: set(v.structure_ids) for k, v in present.items()}
+    geometry = {k: {_geometry_key(s): s.structure_id for s in v.samples} for k, v in present.items()}
     names = list(ids)
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
@@ -486,6 +506,14 @@ def _check_disjoint(parts: dict[str, BornDataset | None]) -> None:
                 raise DatasetError(
                     f"structure IDs {sorted(common)[:5]} are in both the {names[a]} and the {names[b]} "
                     "set: splits are by structure ID and must not overlap"
+                )
+            same = sorted(geometry[names[a]].keys() & geometry[names[b]].keys())
+            if same:
+                pairs = [f"{geometry[names[a]][k]} = {geometry[names[b]][k]}" for k in same[:3]]
+                raise DatasetError(
+                    f"{len(same)} structure(s) of the {names[a]} set are also in the {names[b]} set under "
+                    f"another ID (same species, positions and cell), e.g. {', '.join(pairs)}: the splits "
+                    "must not share structures (give frames a unique info['structure_id'])"
                 )
 
 

@@ -502,10 +502,27 @@ class Trainer:
         self.best_epoch = int(ckpt["best_epoch"])
         self.history = [dict(h) for h in ckpt["history"]]
         set_rng_state(ckpt["rng"])
+        self._adopt_newer_best()
         logger.info(
             "resumed %s at epoch %d (best val MAE %.5g at epoch %d)",
             where, self.epoch, self.best_metric, self.best_epoch,
         )  # fmt: skip
+
+    def _adopt_newer_best(self) -> None:
+        """``best.pt`` is written at every improvement, ``last.pt`` every ``checkpoint_every``
+        epochs: after a kill, best.pt can be from an epoch after last.pt. Its weights stay the
+        best (the export reads that file), so its metric and epoch are adopted; an exact replay
+        (CPU) finds the same epoch again, an inexact one (GPU, other world size) must beat it."""
+        if not self.best_path.is_file():
+            return
+        best = load_checkpoint(self.best_path, map_location="cpu")
+        if int(best.get("epoch", -1)) > self.epoch and float(best["best_metric"]) < self.best_metric:
+            logger.info(
+                "best.pt is from epoch %d (after last.pt's %d): keeping it as the best (val MAE %.5g)",
+                int(best["epoch"]), self.epoch, float(best["best_metric"]),
+            )  # fmt: skip
+            self.best_metric = float(best["best_metric"])
+            self.best_epoch = int(best["best_epoch"])
 
     # ------------------------------------------------------------------ steps
     def _any(self, flag: bool) -> bool:

@@ -80,6 +80,11 @@ def test_non_finite(bad):
     b.positions[0, 0] = np.nan
     with pytest.raises(DatasetError, match="non-finite positions"):
         BornDataset.from_frames([b])
+    c = _frame("nocell")
+    c.cell = np.zeros((3, 3))
+    c.pbc = True  # periodic without lattice vectors: the graph builder's error, with the frame named
+    with pytest.raises(DatasetError, match=r"frame 0 \(structure_id=nocell\): .*zero cell vector"):
+        BornDataset.from_frames([c])
 
 
 def test_elements_outside_embedding_table():
@@ -125,6 +130,13 @@ def test_bad_split_tag_and_leaks(tmp_path):
     write_frames(val_f, [_frame("s1", seed=9)])
     with pytest.raises(DatasetError, match=r"\['s1'\] are in both the train and the val set"):
         load_splits([train_f], val_file=val_f)
+    # frames without structure_id: the same structures as TEST under another path are refused
+    plain = [_frame(f"p{i}", seed=20 + i) for i in range(6)]
+    for a in plain:
+        del a.info["structure_id"]
+    write_frames(tmp_path / "noid.extxyz", plain)
+    with pytest.raises(DatasetError, match=r"6 structure\(s\) of the train set are also in the test set"):
+        load_splits([tmp_path / "noid.extxyz"], test_file=f"{tmp_path}/./noid.extxyz", val_fraction=0.0)
 
 
 def test_training_frames_drop_test_and_select_by_id():
@@ -156,7 +168,7 @@ def test_split_by_structure_is_deterministic_and_grouped():
         split_by_structure(["x", "x"], 0.2)
 
 
-def test_load_splits_uses_the_fixed_test_split():
+def test_load_splits_uses_the_fixed_test_split(tmp_path):
     frames = read_frames(DATA)
     test_ids = {a.info["structure_id"] for a in frames if a.info["split"] == "test"}
     splits = load_splits([DATA], seed=0)
@@ -170,6 +182,16 @@ def test_load_splits_uses_the_fixed_test_split():
     assert sum(len(s.val) for s in cv) == len(frames) - len(test_ids)
     assert all(set(s.test.structure_ids) == test_ids for s in cv)
     assert splits.fingerprint() == load_splits([DATA], seed=0).fingerprint() != other.fingerprint()
+    # the same positions in other cells (or with other periodicity) are other graphs: other data
+    for change in ("cell", "pbc"):
+        moved = read_frames(DATA)
+        for a in moved:
+            if change == "cell":
+                a.set_cell(a.cell.array * 1.3, scale_atoms=False)
+            else:
+                a.pbc = [True, True, False]
+        write_frames(tmp_path / f"{change}.extxyz", moved)
+        assert load_splits([tmp_path / f"{change}.extxyz"], seed=0).fingerprint() != splits.fingerprint()
 
 
 def test_separate_test_and_val_files(tmp_path):
@@ -215,6 +237,11 @@ def test_config_yaml_round_trip(tmp_path):
         "l1", "adamw", 5e-3, 0.2, "raw", "none",
     )  # fmt: skip
     assert config_differences(TrainConfig(model="BM2"), TrainConfig(model=BM2.to_dict())) == {}
+    # YAML 1.1 reads 5e-3 (no dot) as a string: numeric fields are converted, not compared as str
+    (tmp_path / "e.yaml").write_text("lr: 5e-3\nweight_decay: 1e-4\nlr_min: 1e-5\nepochs: 1e2\n")
+    e = TrainConfig.from_yaml(tmp_path / "e.yaml")
+    assert (e.lr, e.weight_decay, e.lr_min, e.epochs) == (5e-3, 1e-4, 1e-5, 100)
+    assert isinstance(e.epochs, int) and isinstance(e.lr, float)
     diff = config_differences(TrainConfig(lr=1e-3, epochs=3), TrainConfig(epochs=5))
     assert diff == {"lr": (1e-3, 5e-3)}  # epochs may change on resume
 
@@ -231,6 +258,11 @@ def test_config_yaml_round_trip(tmp_path):
         ({"ema_decay": 1.5}, "ema_decay"),
         ({"device": "tpu"}, "device"),
         ({"folds": 5, "val_file": "v.extxyz"}, "exclude each other"),
+        ({"lr": "fast"}, "lr must be a number, got 'fast'"),
+        ({"epochs": 2.5}, "epochs must be an integer"),
+        ({"weight_decay": True}, "weight_decay must be a number"),
+        ({"lr_min": -1e-5}, "lr_min must be >= 0"),
+        ({"plateau_factor": 1.5}, "plateau_factor"),
     ],
 )
 def test_config_errors(kw, match):

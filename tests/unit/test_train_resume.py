@@ -85,6 +85,29 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert ma["test"] == mb["test"] and ma["val"] == mb["val"]
 
 
+def test_resume_keeps_a_best_checkpoint_newer_than_last(tmp_path):
+    """Killed after best.pt (written at each improvement) but before the next last.pt: the
+    resumed run keeps that best (its weights are what gets exported) unless it beats it, and
+    reports its epoch and metric, not the replay's."""
+    from ase_born.train.checkpoint import atomic_torch_save
+
+    out = tmp_path / "run"
+    train(_config(out, epochs=2, checkpoint_every=2))
+    best_path = out / "checkpoints" / "best.pt"
+    best = dict(load_checkpoint(best_path))
+    # as if epoch 3 had improved (to a value no replay reaches) before the kill
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in best["model_state"].items()}
+    best.update(epoch=3, best_epoch=3, best_metric=1e-9, model_state=state)
+    if best.get("ema_state") is not None:
+        best["ema_state"] = None
+    atomic_torch_save(best, best_path)
+    res = train(_config(out, epochs=4, checkpoint_every=2), resume=True)
+    assert res.status == "completed" and res.best_epoch == 3
+    exported = _state(out / "model.pt")
+    assert all(torch.equal(exported[k], v) for k, v in state.items())
+    assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 3
+
+
 def test_checkpoint_is_weights_only_and_complete(tmp_path):
     cfg = _config(tmp_path / "run", epochs=1, ema_decay=0.9, lr_schedule="plateau")
     train(cfg)
