@@ -524,6 +524,9 @@ class BornFieldCalculator(Calculator):
             with ``field_is_callable = True``), ``reference`` (``numbers``,
             ``scaled_positions`` or ``None``, ``positions``, ``cell``, ``pbc``, or
             ``None`` if not picked yet), ``time``, ``field_work``, ``n_updates``,
+            ``born_cache`` (direct mode: the Z* in use, the update at which it was computed and
+            its ``pbc``, so a resumed run with ``born_update_every > 1`` refreshes Z* at the
+            same steps as an uninterrupted one; ``None`` when there is none),
             ``born_model`` (its ``todict()``, informational), ``force_field`` (class name).
         """
         params = dict(self.parameters)
@@ -549,6 +552,13 @@ class BornFieldCalculator(Calculator):
             "time": float(self.time),
             "field_work": float(self.field_work),
             "n_updates": int(self._n_updates),
+            "born_cache": None
+            if self._z_raw is None
+            else {
+                "z_raw": self._z_raw.tolist(),
+                "z_update": int(self._z_update),
+                "pbc": self._z_pbc.tolist(),
+            },
             "born_model": todict()
             if callable(todict)
             else {"class": type(self._born_model).__name__},
@@ -606,10 +616,19 @@ class BornFieldCalculator(Calculator):
                 if ref.get("scaled_positions") is not None:
                     atoms.set_scaled_positions(np.asarray(ref["scaled_positions"], dtype=float))
             self.set_reference(atoms)
+            # the stored arrays themselves: scaled -> Cartesian -> scaled is 1 ulp off
+            self._ref_positions = np.asarray(ref["positions"], dtype=float).reshape(-1, 3)
+            if self._ref_scaled is not None and ref.get("scaled_positions") is not None:
+                self._ref_scaled = np.asarray(ref["scaled_positions"], dtype=float).reshape(-1, 3)
         self.time = float(state.get("time", 0.0))
         self.field_work = float(state.get("field_work", 0.0))
         self._n_updates = int(state.get("n_updates", 0))
         self._z_update = self._n_updates
+        cache = state.get("born_cache")
+        if cache is not None and self.parameters["mode"] == "direct":
+            self._z_raw = np.asarray(cache["z_raw"], dtype=float).reshape(-1, 3, 3)
+            self._z_update = int(cache["z_update"])
+            self._z_pbc = np.asarray(cache["pbc"], dtype=bool)
 
     def save_state(self, path: str | os.PathLike) -> None:
         """Write :meth:`get_state` as JSON to ``path`` (atomically)."""
