@@ -263,13 +263,15 @@ def _build(cls: Any, preset: dict[str, Any] | None, explicit: dict[str, Any]) ->
 
 
 def _models(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    from ase_born.workflows.models import load_models
+    from ase_born.workflows.models import load_models, model_sha256
 
     ff, bm = load_models(args.force_field, args.born_model, device=args.device, dtype=args.dtype)
     info = {
         "force_field": args.force_field or "default",
         "born_model": args.born_model or "default",
         "dtype": args.dtype,
+        "force_field_sha256": model_sha256(args.force_field, "force_field"),
+        "born_model_sha256": model_sha256(args.born_model, "born_model"),
     }
     return ff, bm, info
 

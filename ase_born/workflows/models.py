@@ -191,6 +191,26 @@ def load_born_model(
     return cls(str(path), device=device, dtype=dtype)
 
 
+def model_sha256(spec: str | os.PathLike | None, kind: str) -> str | None:
+    """SHA-256 of the file a model specification loads (``kind``: ``"force_field"`` or
+    ``"born_model"``): the card's hash for the default (``None``), the file's for a path,
+    ``None`` for the stand-ins. Run directories lock it, so a resume after a retrained default
+    or another file at the same path is refused instead of mixing two models."""
+    if spec is None:
+        from ase_born import defaults
+
+        try:
+            entry = defaults.model_card().get(kind) or {}
+        except FileNotFoundError:
+            return None
+        return entry.get("sha256")
+    if str(spec) == STANDIN or not Path(spec).is_file():
+        return None
+    from ase_born.defaults import sha256
+
+    return sha256(spec)
+
+
 def load_models(
     force_field: str | os.PathLike | None,
     born_model: str | os.PathLike | None,
@@ -217,5 +237,6 @@ __all__ = [
     "load_force_field",
     "load_models",
     "mace_calculator",
+    "model_sha256",
     "resolve",
 ]

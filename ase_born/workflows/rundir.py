@@ -30,6 +30,9 @@ CHECKPOINT_FILE = "checkpoint.json"
 
 #: settings keys that may differ on resume (they do not change the results)
 RESUME_SAFE_KEYS = frozenset({"device", "progress"})
+#: keys added to the settings after the first release: absent from an older directory's
+#: settings.json, they are not a difference (that directory recorded no model hashes)
+ADDED_KEYS = frozenset({"force_field_sha256", "born_model_sha256"})
 
 
 class IncompatibleSettingsError(ValueError):
@@ -69,6 +72,8 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
             if not prefix and k in RESUME_SAFE_KEYS:
                 continue
             key = f"{prefix}{k}"
+            if k not in old and k in ADDED_KEYS:
+                continue
             if k not in old:
                 out.append(f"{key}: (absent) -> {new[k]!r}")
             elif k not in new:

@@ -226,3 +226,30 @@ def test_pe_curve_resumes_after_interruption(tmp_path, monkeypatch):
     )
     rows = read_csv(tmp_path / "b" / "pe_curve.csv")
     assert len(rows["index"]) == 8
+
+
+def test_settings_lock_includes_model_hashes(tmp_path):
+    """The CLI locks the SHA-256 of the model files into settings.json: a resume with another
+    file at the same path (or a retrained default) is refused; a directory from before the
+    hashes were recorded still resumes."""
+    import hashlib
+
+    from ase_born import defaults
+    from ase_born.workflows.models import model_sha256
+    from ase_born.workflows.rundir import IncompatibleSettingsError, RunDirectory
+
+    f = tmp_path / "born.extxyz"
+    f.write_text("first")
+    assert model_sha256(f, "born_model") == hashlib.sha256(b"first").hexdigest()
+    assert model_sha256("standin", "born_model") is None
+    assert model_sha256(None, "born_model") == (defaults.model_card().get("born_model") or {}).get("sha256")
+
+    def settings(path):
+        return {"models": {"born_model": str(path), "born_model_sha256": model_sha256(path, "born_model")}}
+
+    RunDirectory(tmp_path / "run", "pe-curve", settings(f))
+    f.write_text("second")  # retrained in place
+    with pytest.raises(IncompatibleSettingsError, match="born_model_sha256"):
+        RunDirectory(tmp_path / "run", "pe-curve", settings(f))
+    RunDirectory(tmp_path / "old", "pe-curve", {"models": {"born_model": str(f)}})  # no hash recorded
+    RunDirectory(tmp_path / "old", "pe-curve", settings(f))
