@@ -36,7 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--structure",
         default=None,
-        help="structure file: required for phonopy BORN; pw.x input/output for ph.x; POSCAR for a bare OUTCAR",
+        help=(
+            "structure file for inputs without a usable one: required for phonopy BORN; "
+            "pw.x input/output for ph.x; POSCAR for an OUTCAR whose geometry cannot be read "
+            "(an OUTCAR with a geometry keeps its own, with energy/forces/stress)"
+        ),
     )
     p.add_argument("--append", action="store_true", help="append to OUTPUT instead of replacing it")
     p.add_argument(
@@ -83,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
     if not frames:
         print("ase-born convert: error: no frames read", file=sys.stderr)
         return 1
-    write_frames(args.output, frames, append=args.append)
+    try:
+        write_frames(args.output, frames, append=args.append)
+    except (OSError, ValueError) as exc:
+        print(f"ase-born convert: error: cannot write {args.output}: {exc}", file=sys.stderr)
+        return 1
     verb = "appended" if args.append else "wrote"
     print(f"{verb} {len(frames)} frame(s) from {len(args.inputs)} input(s) to {args.output}")
     return 0

@@ -298,9 +298,14 @@ def _read_one(path, fmt, structure, born_rows, born_block, symprec) -> list[Atom
 
         frames = [read_vasprun(path, born_rows=born_rows)]
     elif fmt == "outcar":
-        from ase_born.io.vasp import read_outcar
+        from ase_born.io.vasp import OutcarGeometryError, read_outcar
 
-        frames = [read_outcar(path, structure=structure, born_rows=born_rows)]
+        try:  # the OUTCAR's own geometry (and energy/forces/stress) first
+            frames = [read_outcar(path, born_rows=born_rows)]
+        except OutcarGeometryError:
+            if structure is None:
+                raise
+            frames = [read_outcar(path, structure=structure, born_rows=born_rows)]
     elif fmt == "phonopy-born":
         if structure is None:
             raise ValueError(
@@ -348,9 +353,13 @@ def read_dataset(
         Force one of :data:`FORMATS` for all inputs; guessed per file by
         :func:`guess_format` when ``None``.
     structure : ase.Atoms or path-like, optional
-        Structure for ``phonopy-born`` (required) and, optionally, ``qe-ph``
-        (pw.x input/output; energies/forces/stress are taken from a pw.x output)
-        and ``outcar`` (when the OUTCAR holds no usable geometry).
+        Structure for the inputs that lack a usable one of their own: ``phonopy-born``
+        (required), ``qe-ph`` (optional: the ph.x header has ~5 decimals and no energies;
+        a pw.x input/output, whose energies/forces/stress are then attached) and an
+        ``outcar`` whose geometry ASE cannot read.  An OUTCAR with a readable geometry
+        keeps its own structure, energy, forces and stress; ``extxyz``, ``vasprun`` and
+        ``abinit`` inputs never use ``structure``.  It is one structure for all inputs, so
+        mixing several BORN / ph.x files of different structures needs separate calls.
     born_rows : {"field", "displacement"}, optional
         VASP only: what the rows of VASP's Born-charge block are; see
         :func:`ase_born.io.vasp.read_outcar`.

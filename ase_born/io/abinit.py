@@ -8,7 +8,14 @@ What is read
   ``strten`` (Ha/Bohr³, Voigt order 11 22 33 32 31 21 = ASE's xx yy zz yz xz xy).
   ABINIT's stress sign is ASE's: positive = tensile, ``P = -tr(σ)/3`` (checked on
   the "Pressure=" line of ABINIT's own output).  With several datasets, the
-  value of the last dataset that has the variable is used.
+  structure is that of the last dataset, while ``etotal``/``fcart``/``strten`` are
+  taken only from a ground-state dataset (``optdriver`` 0, read per dataset; the
+  last one that echoes them): in a response-function (DFPT, ``optdriver`` 1)
+  dataset ABINIT echoes a second-order energy as ``etotal`` and zeros as
+  ``fcart``/``strten``.  An output without a ground-state dataset (e.g. an
+  electric-field run on its own) gives no energy/forces/stress and a
+  ``UserWarning``; so does a ground-state dataset whose structure differs from the
+  last dataset's (the forces would belong to another geometry).
 * Born effective charges from the table "Effective charges, in cartesian
   coordinates, (from electric field response)" and the clamped-ion dielectric
   tensor ε∞ from "Dielectric tensor, in cartesian coordinates".
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,6 +111,46 @@ def _last(echo: dict, name: str) -> np.ndarray | None:
     return dsets[max(dsets)]
 
 
+def _of_dataset(echo: dict, name: str, dataset: int) -> np.ndarray | None:
+    """Value of ``name`` in ``dataset``: its own (suffixed) echo, else the common one."""
+    dsets = echo.get(name)
+    if not dsets:
+        return None
+    return dsets.get(dataset, dsets.get(0))
+
+
+def _dataset_ids(echo: dict) -> list[int]:
+    """Datasets of the run in order (``jdtset``, else ``1..ndtset``); ``[0]`` for a single one."""
+    jdtset = _last(echo, "jdtset")
+    if jdtset is not None and jdtset.size:
+        return [int(d) for d in jdtset]
+    ndtset = _last(echo, "ndtset")
+    if ndtset is not None and int(ndtset[0]) > 0:
+        return list(range(1, int(ndtset[0]) + 1))
+    return [0]
+
+
+def ground_state_datasets(echo: dict) -> list[int]:
+    """Datasets of a final echo that are ground-state runs (``optdriver`` 0, the default).
+
+    Parameters
+    ----------
+    echo : dict
+        :func:`parse_final_echo` output.
+
+    Returns
+    -------
+    list of int
+        Dataset numbers in run order; ``0`` stands for a run without datasets.
+    """
+    out = []
+    for d in _dataset_ids(echo):
+        optdriver = _of_dataset(echo, "optdriver", d)
+        if optdriver is None or int(optdriver[0]) == 0:
+            out.append(d)
+    return out
+
+
 def _response_table(text: str, header: str) -> list[tuple[int, int, int, int, float]]:
     """Rows ``(dir1, pert1, dir2, pert2, real)`` of the LAST table with ``header``."""
     pos = text.rfind(header)
@@ -154,12 +202,17 @@ def dielectric_from_table(rows: Sequence[tuple[int, int, int, int, float]], nato
     return eps
 
 
-def _atoms_from_echo(echo: dict) -> Atoms:
-    acell = _last(echo, "acell")
-    rprim = _last(echo, "rprim")
-    xred = _last(echo, "xred")
-    typat = _last(echo, "typat")
-    znucl = _last(echo, "znucl")
+def _atoms_from_echo(echo: dict, dataset: int | None = None) -> Atoms:
+    """Structure of ``dataset`` (default: the last dataset that echoes each variable)."""
+
+    def get(name: str) -> np.ndarray | None:
+        return _last(echo, name) if dataset is None else _of_dataset(echo, name, dataset)
+
+    acell = get("acell")
+    rprim = get("rprim")
+    xred = get("xred")
+    typat = get("typat")
+    znucl = get("znucl")
     if xred is None or typat is None or znucl is None:
         raise AbinitParseError("structure (xred/typat/znucl) missing from the final echo")
     acell = np.ones(3) if acell is None else acell
@@ -193,6 +246,50 @@ def read_run_times(path: str | os.PathLike) -> tuple[float, float] | None:
     return (float(m[-1][0]), float(m[-1][1])) if m else None
 
 
+def _ground_state_results(echo: dict, atoms: Atoms, source: str | os.PathLike) -> dict:
+    """energy/free_energy (eV), forces (eV/Å), stress (eV/Å³) of the last ground-state
+    dataset that echoes them (module docstring); ``{}`` with a warning if there is none."""
+    names = ("etotal", "fcart", "strten")
+    gs = [
+        d
+        for d in ground_state_datasets(echo)
+        if any(_of_dataset(echo, n, d) is not None for n in names)
+    ]
+    if not gs:
+        if any(n in echo for n in names):
+            warnings.warn(
+                f"{source}: no ground-state dataset (optdriver 0) in this ABINIT output; its "
+                "etotal/fcart/strten are those of response-function datasets (second-order "
+                "energy, zero forces/stress), so no energy, forces or stress are attached",
+                stacklevel=3,
+            )
+        return {}
+    dataset = gs[-1]
+    gs_atoms = _atoms_from_echo(echo, dataset)
+    if (
+        gs_atoms.get_chemical_symbols() != atoms.get_chemical_symbols()
+        or np.abs(gs_atoms.cell.array - atoms.cell.array).max() > 1e-6
+        or np.abs(gs_atoms.positions - atoms.positions).max() > 1e-6
+    ):
+        warnings.warn(
+            f"{source}: the ground-state dataset {dataset} has another structure than the last "
+            "dataset; no energy, forces or stress are attached",
+            stacklevel=3,
+        )
+        return {}
+    results = {}
+    etotal = _of_dataset(echo, "etotal", dataset)
+    if etotal is not None:
+        results["energy"] = results["free_energy"] = float(etotal[0]) * HARTREE_EV
+    fcart = _of_dataset(echo, "fcart", dataset)
+    if fcart is not None:
+        results["forces"] = fcart.reshape(len(atoms), 3) * (HARTREE_EV / BOHR_A)
+    strten = _of_dataset(echo, "strten", dataset)
+    if strten is not None:
+        results["stress"] = strten.reshape(6) * (HARTREE_EV / BOHR_A**3)
+    return results
+
+
 def _version(text: str) -> str | None:
     m = re.search(r"\.Version\s+(\S+)\s+of ABINIT", text)
     return m.group(1) if m else None
@@ -208,7 +305,9 @@ def read_abinit_output(
     ----------
     path : path-like
         Main output with the ground state (energy/forces/stress) — or any ABINIT
-        output; whatever is present is read.
+        output, single- or multi-dataset; whatever is present is read.  Energy,
+        forces and stress come only from a ground-state dataset (``optdriver`` 0; see
+        the module docstring).
     response_path : path-like, optional
         Separate output of the electric-field DFPT run (as written by
         :func:`ase_born.dft.abinit.run_structure`); when omitted, the response
@@ -217,27 +316,27 @@ def read_abinit_output(
     Returns
     -------
     ase.Atoms
-        Structure (Å), with a SinglePointCalculator holding ``energy``
-        (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³, ASE sign, Voigt) when
-        present; ``arrays["born_effective_charges"]`` ``(N, 3, 3)`` (e,
+        Structure (Å) of the last dataset, with a SinglePointCalculator holding
+        ``energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³, ASE sign, Voigt) of the
+        last ground-state dataset when present; ``arrays["born_effective_charges"]``
+        ``(N, 3, 3)`` (e,
         CONVENTIONS order) and ``info["epsilon_inf"]`` ``(3, 3)`` when present;
         ``info["acoustic_sum"]`` ``(3, 3)`` = raw Σ_k Z*_k; ``info["abinit_version"]``,
         ``info["ecut_Ha"]``, ``info["ngkpt"]``, ``info["ixc"]`` when echoed.
+
+    Warns
+    -----
+    UserWarning
+        When ``path`` has ``etotal``/``fcart``/``strten`` but no ground-state dataset
+        (e.g. an electric-field DFPT output read on its own), or its ground-state
+        dataset has another structure than the last dataset: no energy, forces or
+        stress are attached then.
     """
     text = Path(path).read_text(errors="replace")
     echo = parse_final_echo(text)
     atoms = _atoms_from_echo(echo)
     natom = len(atoms)
-    results = {}
-    etotal = _last(echo, "etotal")
-    if etotal is not None:
-        results["energy"] = results["free_energy"] = float(etotal[0]) * HARTREE_EV
-    fcart = _last(echo, "fcart")
-    if fcart is not None:
-        results["forces"] = fcart.reshape(natom, 3) * (HARTREE_EV / BOHR_A)
-    strten = _last(echo, "strten")
-    if strten is not None:
-        results["stress"] = strten.reshape(6) * (HARTREE_EV / BOHR_A**3)
+    results = _ground_state_results(echo, atoms, path)
 
     rtext = Path(response_path).read_text(errors="replace") if response_path is not None else text
     zrows = _response_table(rtext, "(from electric field response)")

@@ -16,10 +16,23 @@ In memory (what :func:`read_frames` returns and :func:`write_frames` accepts)
 
 Why a wrapper: ``born_effective_charges`` is a registered ASE property, so plain
 ``ase.io.read`` puts it into ``atoms.calc.results`` with shape ``(N, 9)`` instead of
-``atoms.arrays``, and writing an ``(N, 3, 3)`` array fails.  These functions hide
-that and round-trip exactly: ASE's writer keeps only 8 decimals, so the text is produced
-here with ``repr`` precision (ASE's own ``key_val_dict_to_str`` for ``info``) and
-read back with ASE's reader.
+``atoms.arrays``, and writing an ``(N, 3, 3)`` array fails.  ASE's reader does the same
+with every other key it knows as a calculator property (``ase.io.extxyz``'s
+``per_config_properties`` such as ``polarization``, ``dipole``, ``dielectric_tensor``,
+``magmom`` in ``info``; per-atom arrays such as ``charges``, ``magmoms``, ``energies``):
+:func:`read_frames` puts those back where :func:`write_frames` took them from
+(``info``/``arrays``), and the frame's calculator holds only energy, free_energy, forces
+and stress.  ASE's writer keeps only 8 decimals, so the text is produced here with
+``repr`` precision (ASE's own ``key_val_dict_to_str`` for ``info``) and read back with
+ASE's reader.
+
+What round-trips exactly (same values): species, positions, cell, pbc, Z*, ε∞, energy,
+free_energy, forces, stress, per-atom float/int/bool/string arrays of shape ``(N,)`` or
+``(N, k)`` with ``k > 1``, and ``info`` values that are numbers, bools, numeric arrays
+or strings that do not look like a number or a bool.  Not exactly, because ASE's reader
+parses the text back by its look: a string such as ``"T"``, ``"False"``, ``"10.0"`` or
+``"3"`` comes back as a bool / float / int, a list as a NumPy array, and an ``(N, 1)``
+array as ``(N,)``.  Store such labels unambiguously (``"v10.0"``, ``"md_300K"``).
 """
 
 from __future__ import annotations
@@ -68,11 +81,27 @@ def set_born_charges(atoms: Atoms, z: np.ndarray) -> None:
 
 
 def _normalise(atoms: Atoms) -> Atoms:
-    """Bring a frame as read by ASE into the in-memory convention (in place)."""
+    """Bring a frame as read by ASE into the in-memory convention (in place).
+
+    The calculator keeps energy/free_energy/forces/stress; every other result ASE's reader
+    moved out of ``info`` (its ``per_config_properties``) or ``arrays`` goes back there.
+    """
+    from ase.io.extxyz import per_config_properties
+
     z = get_born_charges(atoms)
     results = {}
     if atoms.calc is not None:
         results = {k: v for k, v in atoms.calc.results.items() if k in _CALC_KEYS}
+        for key, val in atoms.calc.results.items():
+            if key in _CALC_KEYS or key == KEY_BORN:
+                continue
+            if key in per_config_properties:
+                atoms.info[key] = val
+            else:
+                atoms.arrays[key] = np.asarray(val)
+    for key, val in list(atoms.arrays.items()):  # ASE reads string columns as dtype=object
+        if val.dtype == object and all(isinstance(x, str) for x in val.ravel()):
+            atoms.arrays[key] = val.astype(str)
     if KEY_BORN in atoms.arrays:
         del atoms.arrays[KEY_BORN]
     if z is not None:
@@ -171,29 +200,49 @@ def frames_to_string(frames: Iterable[Atoms]) -> str:
 def write_frames(path: str | os.PathLike, frames: Atoms | Sequence[Atoms], append: bool = False) -> None:
     """Write frames to ``path`` in the project's extxyz convention.
 
-    ``append=False`` writes a temporary file and renames it over ``path``
-    (atomic); ``append=True`` appends under an exclusive ``flock`` with a single
-    ``write`` + ``fsync``, so concurrent writers and crashes never leave a
-    half-written frame.
+    ``append=False`` writes a temporary file and renames it over ``path`` (atomic; the
+    temporary file is removed if writing fails).  ``append=True`` appends under an
+    exclusive ``flock``, then ``fsync``: concurrent writers never interleave, and if
+    the write fails part-way (disk full, file-size limit, interrupt) the file is truncated
+    back to its length before the append and the exception is re-raised, so no half frame
+    is left behind.  An existing file whose last line lacks its newline gets one first
+    (otherwise the next frame's atom count would be glued to that line).
     """
     if isinstance(frames, Atoms):
         frames = [frames]
-    text = frames_to_string(frames)
+    data = frames_to_string(frames).encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if append:
-        with open(path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            end = os.lseek(fd, 0, os.SEEK_END)  # under the lock: no other writer moves it
             try:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                if end and os.pread(fd, 1, end - 1) != b"\n":
+                    data = b"\n" + data
+                _write_all(fd, data)
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)  # also releases the lock
     else:
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a write may be partial)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -76,8 +76,20 @@ def independent_atoms(
     return np.asarray(sym.get_independent_atoms(), dtype=int)
 
 
+def _bad_number(text: str) -> tuple[int, str] | None:
+    """``(line number, token)`` of the first token that is not a number on the lines phonopy
+    reads as numbers (2 onwards; line 1 is a free comment/factor line), or ``None``."""
+    for lineno, line in enumerate(text.splitlines()[1:], start=2):
+        for tok in line.split():
+            try:
+                float(tok)
+            except ValueError:
+                return lineno, tok
+    return None
+
+
 def _parse_born_text(
-    text: str, atoms: Atoms, symprec: float, is_symmetry: bool
+    text: str, atoms: Atoms, symprec: float, is_symmetry: bool, source: str = "BORN text"
 ) -> tuple[np.ndarray, np.ndarray]:
     from phonopy.file_IO import parse_BORN_from_strings
 
@@ -85,9 +97,13 @@ def _parse_born_text(
         nac = parse_BORN_from_strings(
             text, _phonopy_atoms(atoms), symprec=symprec, is_symmetry=is_symmetry
         )
+    except ValueError as exc:  # float() of a token that is not a number
+        bad = _bad_number(text)
+        where = f"{source}:{bad[0]}: {bad[1]!r} is not a number" if bad else f"{source}: {exc}"
+        raise ValueError(f"{where} (phonopy BORN file)") from exc
     except RuntimeError as exc:  # phonopy's BORNFileParseError
         raise ValueError(
-            f"phonopy could not parse the BORN data for this {len(atoms)}-atom cell "
+            f"{source}: phonopy could not parse the BORN data for this {len(atoms)}-atom cell "
             f"(symprec={symprec}, is_symmetry={is_symmetry}): {exc}"
         ) from exc
     return np.array(nac["born"], dtype=float), np.array(nac["dielectric"], dtype=float)
@@ -127,6 +143,12 @@ def read_born_file(
         Frame with ``arrays["born_effective_charges"]`` ``shape=(n_atoms, 3, 3)`` (e) and
         ``info["epsilon_inf"]`` ``shape=(3, 3)``.
 
+    Raises
+    ------
+    ValueError
+        A file phonopy cannot parse for this cell; the message names the file (and, for a
+        token that is not a number, the line).
+
     Warns
     -----
     UserWarning
@@ -149,7 +171,7 @@ def read_born_file(
                 "the file was written for.",
                 stacklevel=2,
             )
-    z, epsilon = _parse_born_text(text, atoms, symprec, is_symmetry)
+    z, epsilon = _parse_born_text(text, atoms, symprec, is_symmetry, str(path))
     return build_frame(atoms, z, epsilon, **calculator_results(atoms))
 
 

@@ -4,10 +4,13 @@ What is read
 ------------
 * Born effective charges: ``vasprun.xml`` ``<array name="born_charges">`` (one ``<set>``
   of three ``<v>`` rows per ion) through phonopy's
-  :class:`phonopy.interface.vasp.VasprunxmlExpat`; OUTCAR blocks
-  ``BORN EFFECTIVE CHARGES (in e, cummulative output)`` (LEPSILON, DFPT) or
-  ``BORN EFFECTIVE CHARGES (including local field effects)`` [``(in |e|, cummulative
-  output)``] (LCALCEPS, finite fields), parsed here.
+  :class:`phonopy.interface.vasp.VasprunxmlExpat`; OUTCAR blocks whose header line starts
+  with ``BORN EFFECTIVE CHARGES``, parsed here: ``(in e, cummulative output)``
+  (LEPSILON), ``(including local field effects) (in |e|, cummulative output)`` (LEPSILON in
+  VASP 6, as in the VASP wiki's MgO example next to ``MACROSCOPIC STATIC DIELECTRIC TENSOR
+  (including local field effects in DFT)``; also LCALCEPS in VASP 6), ``(including local
+  field effects)`` (LCALCEPS, VASP 5 manual) and spelling variants (``(in e, ...)``,
+  ``cumulative``).  Blocks ``(excluding local field effects)`` (LRPA=.TRUE.) are skipped.
 * ε∞ (ion-clamped): ``vasprun.xml`` ``<varray name="epsilon">`` / ``"epsilon_scf"``
   (phonopy's parser), else ``"dielectric_dft"`` (ASE's parser); OUTCAR ``MACROSCOPIC STATIC DIELECTRIC TENSOR (including local field
   effects in DFT)`` (LEPSILON), ``... (including local field effects)`` (LCALCEPS) or a bare
@@ -17,7 +20,20 @@ What is read
   ``MACROSCOPIC STATIC DIELECTRIC TENSOR``, which in IBRION=5-8 runs can be the
   ``IONIC CONTRIBUTION`` block; that is why OUTCAR is parsed here.)
 * structure, energy (σ→0), free energy, forces, stress: ASE's ``vasp-xml`` /
-  ``vasp-out`` readers (last ionic step).
+  ``vasp-out`` readers, of the ionic step Z* belongs to (see "Which ionic step").
+
+Which ionic step
+----------------
+Z* is a derivative at one configuration, so the frame pairs it with that configuration's
+structure, energy, forces and stress:
+
+* IBRION=5-8 (phonons by finite differences or DFPT): the **first** ionic step, the
+  undisplaced reference structure at which Z* is computed; the later steps are displaced
+  configurations.  With several Born blocks the first (the reference step's) is used.
+* any other run: the **last** ionic step and the last Born block.  When the file holds as
+  many Born blocks as ionic steps these are the same step.  When it does not (e.g. Z*
+  printed once in a relaxation or MD run), which configuration Z* belongs to cannot be
+  told from the file: a ``UserWarning`` says so and the last step is still used.
 
 VASP's index order and the conversion
 -------------------------------------
@@ -49,6 +65,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -65,14 +82,56 @@ OUTCAR_EPSILON_HEADERS: tuple[str, ...] = (
     "MACROSCOPIC STATIC DIELECTRIC TENSOR (including local field effects)",  # LCALCEPS
     "MACROSCOPIC STATIC DIELECTRIC TENSOR",
 )
-#: OUTCAR Born-charge headers (stripped line must equal one of these)
+#: OUTCAR Born-charge headers known to be printed (documentation and tests): the reader
+#: accepts any stripped line starting with :data:`OUTCAR_BORN_PREFIX` that does not say
+#: "excluding local field effects" (see :func:`is_outcar_born_header`)
 OUTCAR_BORN_HEADERS: tuple[str, ...] = (
     "BORN EFFECTIVE CHARGES (in e, cummulative output)",  # LEPSILON (DFPT)
-    "BORN EFFECTIVE CHARGES (including local field effects)",  # LCALCEPS, VASP 5
-    "BORN EFFECTIVE CHARGES (including local field effects) (in |e|, cummulative output)",  # LCALCEPS
+    "BORN EFFECTIVE CHARGES (including local field effects)",  # LCALCEPS, VASP 5 manual
+    # LEPSILON in VASP 6 (VASP wiki, MgO example), also LCALCEPS in VASP 6
+    "BORN EFFECTIVE CHARGES (including local field effects) (in |e|, cummulative output)",
+    # VASP wiki
+    "BORN EFFECTIVE CHARGES (including local field effects) (in e, cummulative output)",
 )
+#: start of every OUTCAR Born-charge header
+OUTCAR_BORN_PREFIX = "BORN EFFECTIVE CHARGES"
+#: IBRION values of phonon runs around a reference structure (finite differences / DFPT)
+PHONON_IBRION: tuple[int, ...] = (5, 6, 7, 8)
 
 _IBRION_RE = re.compile(r"^\s*IBRION\s*=\s*(-?\d+)")
+
+
+class OutcarGeometryError(ValueError):
+    """ASE could not read a structure from an OUTCAR (pass ``structure=``)."""
+
+
+def is_outcar_born_header(line: str) -> bool:
+    """Whether an OUTCAR line opens an accepted Born-charge block.
+
+    Any line starting (after stripping) with ``BORN EFFECTIVE CHARGES`` — e.g. the
+    ``(in e, cummulative output)``, ``(including local field effects)`` and ``... (in |e|,
+    cumulative output)`` variants — except ``(excluding local field effects)`` (LRPA).
+    """
+    stripped = line.strip()
+    return stripped.startswith(OUTCAR_BORN_PREFIX) and (
+        "excluding local field effects" not in stripped.lower()
+    )
+
+
+def _step_index(ibrion: int | None, n_steps: int, n_born_blocks: int, source: str) -> int:
+    """Index (0 or -1) of the ionic step and Born block of the frame (module docstring)."""
+    if ibrion in PHONON_IBRION:
+        return 0
+    if n_steps > 1 and n_born_blocks != n_steps:
+        warnings.warn(
+            f"{source}: {n_steps} ionic steps but {n_born_blocks} Born-charge block(s); Z* belongs "
+            "to one configuration only and the file does not say which: the last ionic step's "
+            "structure, energy, forces and stress are used with the last Born block",
+            stacklevel=3,
+        )
+    return -1
+
+
 _NIONS_RE = re.compile(r"NIONS\s*=\s*(\d+)")
 _ION_RE = re.compile(r"^\s*ion\s+(\d+)\s*$")
 
@@ -131,7 +190,7 @@ def read_vasprun_born_epsilon(path: str | os.PathLike) -> tuple[np.ndarray, np.n
 
 
 def read_vasprun(path: str | os.PathLike, *, born_rows: BornRows | None = None) -> Atoms:
-    """Read the last ionic step of a LEPSILON / LCALCEPS ``vasprun.xml`` into a frame.
+    """Read a LEPSILON / LCALCEPS ``vasprun.xml`` into a frame.
 
     Born charges and ε∞ come from phonopy's :class:`~phonopy.interface.vasp.VasprunxmlExpat`
     (``<array name="born_charges">``, ``<varray name="epsilon">``); structure, energy,
@@ -139,6 +198,10 @@ def read_vasprun(path: str | os.PathLike, *, born_rows: BornRows | None = None) 
 
     Index order (see the module docstring for the evidence): VASP prints each ion's Z* with
     rows = field direction for LEPSILON/LCALCEPS, which is ``Z*[k, b, a]`` already.
+
+    Ionic step (module docstring, "Which ionic step"): the first one (the undisplaced
+    reference) for IBRION=5-8 runs, else the last one; each ``<calculation>`` is one step
+    and the Born block of the same step is used when every step has one.
 
     Parameters
     ----------
@@ -153,29 +216,42 @@ def read_vasprun(path: str | os.PathLike, *, born_rows: BornRows | None = None) 
     ase.Atoms
         Frame with ``arrays["born_effective_charges"]`` ``shape=(n_atoms, 3, 3)`` (e),
         ``info["epsilon_inf"]`` ``shape=(3, 3)`` when present, and energy (eV, σ→0),
-        free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt) from the last step.
+        free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt) of that ionic step.
 
     Raises
     ------
     ValueError
         No Born charges in the file, or their count does not match the atoms.
+
+    Warns
+    -----
+    UserWarning
+        Several ionic steps (not IBRION=5-8) but not one Born block per step.
     """
     import ase.io
 
-    atoms = ase.io.read(str(path), index=-1, format="vasp-xml")
-    params = getattr(atoms.calc, "parameters", {}) or {}
-    ibrion = params.get("ibrion")
+    images = ase.io.read(str(path), index=":", format="vasp-xml")
+    if isinstance(images, Atoms):  # pragma: no cover - index=":" returns a list
+        images = [images]
+    params = getattr(images[0].calc, "parameters", {}) or {}
+    ibrion = None if params.get("ibrion") is None else int(params["ibrion"])
     born, epsilon = read_vasprun_born_epsilon(path)
-    n = len(atoms)
+    n = len(images[0])
     if born.size == 0:
         raise ValueError(f'{path}: no <array name="born_charges"> (was LEPSILON or LCALCEPS set?)')
     if born.shape[1:] != (3, 3) or born.shape[0] % n:
         raise ValueError(f"{path}: Born-charge array of shape {born.shape} does not fit {n} atoms")
-    born = born[-n:]  # last ionic step if several were written
+    step = _step_index(ibrion, len(images), born.shape[0] // n, str(path))
+    atoms = images[step]
+    born = born[:n] if step == 0 else born[-n:]
     if epsilon is None:  # phonopy reads "epsilon"/"epsilon_scf"; ASE reads "dielectric_dft"
-        eps_ase = (getattr(atoms.calc, "results", {}) or {}).get("dielectric_tensor")
-        epsilon = None if eps_ase is None else np.asarray(eps_ase, dtype=float)
-    z = _orient(born, None if ibrion is None else int(ibrion), born_rows, str(path))
+        found = [
+            im.calc.results["dielectric_tensor"]
+            for im in [atoms, *images[::-1]]
+            if im.calc is not None and im.calc.results.get("dielectric_tensor") is not None
+        ]
+        epsilon = np.asarray(found[0], dtype=float) if found else None
+    z = _orient(born, ibrion, born_rows, str(path))
     return build_frame(atoms, z, epsilon, **calculator_results(atoms))
 
 
@@ -194,6 +270,8 @@ def _floats(line: str, n: int, where: str) -> list[float]:
 
 def _parse_outcar_epsilon(lines: list[str], i: int, where: str) -> np.ndarray:
     # header, dashes, 3 rows
+    if i + 5 > len(lines):
+        raise ValueError(f"{where}: file ends inside the dielectric-tensor block (3 rows expected)")
     rows = [_floats(lines[i + 2 + r], 3, where) for r in range(3)]
     return np.array(rows, dtype=float)
 
@@ -209,6 +287,11 @@ def _parse_outcar_born(lines: list[str], i: int, where: str) -> np.ndarray:
         k = int(m.group(1))
         if k != len(blocks) + 1:
             raise ValueError(f"{where}: ion {k} found where ion {len(blocks) + 1} was expected")
+        if j + 4 > len(lines):
+            raise ValueError(
+                f"{where}: file ends inside the Born-charge block, in ion {k} "
+                f"({len(lines) - j - 1} of its 3 rows present)"
+            )
         rows = []
         for r in range(3):
             vals = _floats(lines[j + 1 + r], 4, f"{where}, ion {k}")
@@ -237,17 +320,24 @@ def parse_outcar_born_epsilon(
     Returns
     -------
     born : numpy.ndarray, shape=(n_atoms, 3, 3), or None
-        Last accepted Born block (:data:`OUTCAR_BORN_HEADERS`), rows as printed
+        Last accepted Born block (:func:`is_outcar_born_header`), rows as printed
         (row = field direction for LEPSILON/LCALCEPS), units of e.
     epsilon : numpy.ndarray, shape=(3, 3), or None
         Last block of the most preferred header of :data:`OUTCAR_EPSILON_HEADERS`.
     meta : dict
         ``ibrion`` (int or None), ``nions`` (int or None), ``born_header``,
-        ``epsilon_header`` (str or None).
+        ``epsilon_header`` (str or None), ``born_blocks`` (every accepted Born block in
+        file order, list of arrays ``shape=(n_atoms, 3, 3)``).
+
+    Raises
+    ------
+    ValueError
+        A block that cannot be read, e.g. a file that ends inside it (names the file and
+        line).
     """
     text = Path(path).read_text(errors="replace")
     lines = text.splitlines()
-    born = None
+    born_blocks: list[np.ndarray] = []
     born_header = None
     eps_found: dict[str, np.ndarray] = {}
     ibrion = nions = None
@@ -263,8 +353,15 @@ def parse_outcar_born_epsilon(
                 nions = int(m.group(1))
         if stripped in OUTCAR_EPSILON_HEADERS:
             eps_found[stripped] = _parse_outcar_epsilon(lines, i, f"{path}:{i + 1}")
-        elif stripped in OUTCAR_BORN_HEADERS:
-            born = _parse_outcar_born(lines, i, f"{path}:{i + 1}")
+        elif is_outcar_born_header(stripped):
+            block = _parse_outcar_born(lines, i, f"{path}:{i + 1}")
+            if nions is not None and len(block) != nions:
+                ended = " (the file ends there)" if i + 2 + 4 * len(block) >= len(lines) else ""
+                raise ValueError(
+                    f"{path}:{i + 1}: Born-charge block with {len(block)} ions but "
+                    f"NIONS = {nions}{ended}"
+                )
+            born_blocks.append(block)
             born_header = stripped
     epsilon = None
     eps_header = None
@@ -277,8 +374,9 @@ def parse_outcar_born_epsilon(
         "nions": nions,
         "born_header": born_header,
         "epsilon_header": eps_header,
+        "born_blocks": born_blocks,
     }
-    return born, epsilon, meta
+    return (born_blocks[-1] if born_blocks else None), epsilon, meta
 
 
 def read_outcar(
@@ -290,8 +388,10 @@ def read_outcar(
     """Read a LEPSILON / LCALCEPS OUTCAR into a frame.
 
     Born charges and ε∞ are parsed by :func:`parse_outcar_born_epsilon`; structure,
-    energy (σ→0), free energy, forces and stress of the last ionic step by ASE's
-    ``vasp-out`` reader, unless ``structure`` is given.
+    energy (σ→0), free energy, forces and stress by ASE's ``vasp-out`` reader, unless
+    ``structure`` is given.  Ionic step (module docstring, "Which ionic step"): the first
+    one (the undisplaced reference) for IBRION=5-8 runs, else the last one, each with the
+    Born block of the same step when every step has one.
 
     Index order (see the module docstring for the evidence): each ion's rows
     ``1 Z11 Z12 Z13`` / ``2 ...`` / ``3 ...`` have the row index = field direction and the
@@ -302,8 +402,10 @@ def read_outcar(
     path : path-like
         OUTCAR.
     structure : ase.Atoms or path-like, optional
-        Geometry (e.g. the run's POSCAR/CONTCAR) to use instead of the OUTCAR's own; then
-        no energy/forces/stress are attached (unless ``structure`` carries them).
+        Geometry (e.g. the run's POSCAR) to use instead of the OUTCAR's own; then no
+        energy/forces/stress are attached (unless ``structure`` carries them).  Meant for
+        OUTCARs without a readable geometry: :func:`ase_born.io.read_dataset` passes it
+        only when this function raised :class:`OutcarGeometryError` without it.
     born_rows : {"field", "displacement"}, optional
         What the rows of VASP's Born block are.  ``None`` (default): ``"field"``, except
         for IBRION=7,8 runs, which raise ``ValueError`` asking for an explicit choice.
@@ -317,29 +419,44 @@ def read_outcar(
 
     Raises
     ------
+    OutcarGeometryError
+        (a ``ValueError``) An OUTCAR whose geometry ASE cannot parse (pass ``structure=``).
     ValueError
-        No Born block, atom-count mismatch, or an OUTCAR whose geometry ASE cannot parse
-        (pass ``structure=``).
+        No Born block, a block cut off by the end of the file, atom-count mismatch.
+
+    Warns
+    -----
+    UserWarning
+        Several ionic steps (not IBRION=5-8) but not one Born block per step.
     """
     born, epsilon, meta = parse_outcar_born_epsilon(path)
     if born is None:
         raise ValueError(
-            f"{path}: no Born-charge block ({' / '.join(OUTCAR_BORN_HEADERS)}); "
-            "was LEPSILON or LCALCEPS set (and LRPA=.FALSE.)?"
+            f"{path}: no Born-charge block (a line starting with {OUTCAR_BORN_PREFIX!r}, "
+            "not 'excluding local field effects'); was LEPSILON or LCALCEPS set?"
         )
+    blocks = meta["born_blocks"]
     if structure is None:
         import ase.io
         from ase.io import ParseError
 
         try:
-            atoms = ase.io.read(str(path), index=-1, format="vasp-out")
+            images = ase.io.read(str(path), index=":", format="vasp-out")
+            if isinstance(images, Atoms):  # pragma: no cover - index=":" returns a list
+                images = [images]
+            if not images:
+                raise ValueError("no ionic step found")
         except (ParseError, StopIteration, IndexError, ValueError) as exc:
-            raise ValueError(
+            raise OutcarGeometryError(
                 f"{path}: ASE could not read the geometry from this OUTCAR ({exc}); "
                 "pass structure= (e.g. the POSCAR of the run)"
             ) from exc
+        step = _step_index(meta["ibrion"], len(images), len(blocks), str(path))
+        atoms = images[step]
     else:
         atoms = load_structure(structure)
+        step = 0 if meta["ibrion"] in PHONON_IBRION else -1
+    born = blocks[step]
     n = len(atoms)
     if born.shape[0] != n:
         raise ValueError(f"{path}: {born.shape[0]} Born-charge tensors for {n} atoms")
@@ -351,7 +468,11 @@ def read_outcar(
 
 __all__ = [
     "OUTCAR_BORN_HEADERS",
+    "OUTCAR_BORN_PREFIX",
     "OUTCAR_EPSILON_HEADERS",
+    "PHONON_IBRION",
+    "OutcarGeometryError",
+    "is_outcar_born_header",
     "parse_outcar_born_epsilon",
     "read_outcar",
     "read_vasprun",

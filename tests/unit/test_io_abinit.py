@@ -114,6 +114,72 @@ def test_gs_only_has_no_born(tmp_path):
         read_abinit_output(DATA / "gs.abo", DATA / "gs.abo")
 
 
+def test_response_output_alone_has_no_second_order_energy_or_zero_forces():
+    """efield.abo alone: its etotal (-172.67 Ha) is a second-order energy and fcart/strten
+    are zeros (optdriver 1); no energy/forces/stress may be attached to the frame."""
+    echo = parse_final_echo((DATA / "efield.abo").read_text())
+    assert echo["optdriver"][0][0] == 1 and echo["etotal"][0][0] == pytest.approx(-172.67414681)
+    with pytest.warns(UserWarning, match="no ground-state dataset"):
+        a = read_abinit_output(DATA / "efield.abo")
+    assert a.calc is None
+    assert get_born_charges(a).shape == (5, 3, 3)  # the response data are still read
+
+
+def test_multi_dataset_energy_forces_stress_from_ground_state_dataset():
+    """alas_multi.abo: ONE real run with datasets 1 = GS, 2 = ddk, 3 = E-field/phonon DFPT.
+    The last dataset echoes etotal3 = -383.79 Ha (second order) and fcart3 = strten3 = 0."""
+    echo = parse_final_echo((DATA / "alas_multi.abo").read_text())
+    assert {d: int(v[0]) for d, v in echo["optdriver"].items()} == {1: 0, 2: 1, 3: 1}
+    assert not echo["fcart"][3].any() and not echo["strten"][3].any()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = read_abinit_output(DATA / "alas_multi.abo")
+    assert a.get_potential_energy() == pytest.approx(echo["etotal"][1][0] * HARTREE_EV, rel=1e-12)
+    assert a.get_potential_energy() == pytest.approx(-9.8053207324 * HARTREE_EV, rel=1e-10)
+    np.testing.assert_allclose(a.get_forces(), echo["fcart"][1].reshape(2, 3) * HARTREE_EV / BOHR_A)
+    assert np.abs(a.get_forces()).max() > 0.2  # As displaced from its site
+    np.testing.assert_allclose(a.get_stress(), echo["strten"][1] * HARTREE_EV / BOHR_A**3)
+    assert a.get_chemical_symbols() == ["Al", "As"]
+    z = get_born_charges(a)
+    assert z[0, 0, 0] == pytest.approx(1.8746829389)  # '1 1 1 4': atom 1 disp x, field x
+    assert z[1, 1, 0] == pytest.approx(-0.0074822354)  # '1 2 2 4': atom 2 disp x, field y
+    assert z[1, 0, 1] == pytest.approx(-0.0074773263)  # '2 2 1 4': atom 2 disp y, field x
+
+
+def test_ground_state_dataset_of_another_structure_gives_no_energy(tmp_path):
+    """If the GS dataset's xred differs from the last dataset's, its forces are not the
+    frame's: none attached, with a warning (alas_multi.abo with xred split per dataset)."""
+    text = (DATA / "alas_multi.abo").read_text()
+    echo_at = text.rindex("-outvars: echo values of variables after computation")
+    old = (
+        "             xred      0.0000000000E+00  0.0000000000E+00  0.0000000000E+00\n"
+        "                       2.6000000000E-01  2.5000000000E-01  2.4000000000E-01\n"
+    )
+    assert text.count(old, echo_at) == 1
+    new = old.replace("    xred ", "   xred1 ") + old.replace("    xred ", "   xred3 ").replace(
+        "2.6000000000E-01", "2.7000000000E-01"
+    )
+    path = tmp_path / "split.abo"
+    path.write_text(text[:echo_at] + text[echo_at:].replace(old, new))
+    with pytest.warns(UserWarning, match="dataset 1 has another structure"):
+        a = read_abinit_output(path)
+    assert a.calc is None
+    assert a.get_scaled_positions()[1, 0] == pytest.approx(0.27)  # the last dataset's
+
+
+def test_two_file_path_unchanged_by_dataset_selection():
+    """gs.abo + efield.abo (the DFT pipeline's layout): energy etc. from gs.abo, as before."""
+    a = read_abinit_output(DATA / "gs.abo", DATA / "efield.abo")
+    gs = parse_final_echo((DATA / "gs.abo").read_text())
+    assert a.get_potential_energy() == gs["etotal"][0][0] * HARTREE_EV
+    forces = gs["fcart"][0].reshape(5, 3) * (HARTREE_EV / BOHR_A)
+    np.testing.assert_array_equal(a.get_forces(), forces)
+    np.testing.assert_array_equal(a.get_stress(), gs["strten"][0] * (HARTREE_EV / BOHR_A**3))
+    assert a.get_potential_energy() == pytest.approx(-3986.78, abs=0.01)
+
+
 def test_run_times_of_real_outputs(tmp_path):
     # "+Overall time at end (sec) : cpu= ... wall= ..." (summed over MPI processes)
     assert read_run_times(DATA / "gs.abo") == (7.1, 10.7)

@@ -96,8 +96,82 @@ def test_abinit_through_dispatcher():
     pytest.importorskip("ase_born.io.abinit")
     from ase_born.io.abinit import read_abinit_output
 
-    (frame,) = read_dataset(path)
-    np.testing.assert_array_equal(frame.arrays[KEY_BORN], read_abinit_output(path).arrays[KEY_BORN])
+    with pytest.warns(UserWarning, match="no ground-state dataset"):
+        (frame,) = read_dataset(path)
+    with pytest.warns(UserWarning, match="no ground-state dataset"):
+        ref = read_abinit_output(path)
+    np.testing.assert_array_equal(frame.arrays[KEY_BORN], ref.arrays[KEY_BORN])
+    # an electric-field output alone: no second-order "energy", no zero forces/stress
+    assert frame.calc is None
+
+
+def test_cli_convert_abinit_response_output_has_no_energy(tmp_path):
+    out = tmp_path / "abinit.xyz"
+    with pytest.warns(UserWarning, match="no ground-state dataset"):
+        assert main(["convert", str(DATA / "abinit" / "efield.abo"), "-o", str(out)]) == 0
+    (frame,) = read_frames(out)
+    assert frame.calc is None and frame.arrays[KEY_BORN].shape == (5, 3, 3)
+
+
+def _rattled_poscar(tmp_path) -> Path:
+    import ase.io
+
+    atoms = ase.io.read(DATA / "phonopy" / "POSCAR", format="vasp")
+    atoms.positions += np.random.default_rng(3).normal(scale=0.01, size=atoms.positions.shape)
+    path = tmp_path / "POSCAR_rattled"
+    ase.io.write(path, atoms, format="vasp", direct=True)
+    return path
+
+
+def test_structure_is_used_only_by_inputs_without_a_geometry(tmp_path):
+    """One --structure for an OUTCAR (own geometry) and a BORN file (none): only the BORN
+    frame takes it; the OUTCAR frame keeps its geometry, energy, forces and stress."""
+    import ase.io
+
+    poscar = _rattled_poscar(tmp_path)
+    rattled = ase.io.read(poscar, format="vasp")
+    inputs = [DATA / "vasp" / "OUTCAR", DATA / "phonopy" / "BORN"]
+    outcar, born = read_dataset(inputs, structure=poscar)
+    np.testing.assert_allclose(outcar.positions, np.array(EXPECTED["positions"]), atol=1e-12)
+    assert outcar.calc.results["energy"] == EXPECTED["energy"]
+    np.testing.assert_array_equal(outcar.calc.results["forces"], np.array(EXPECTED["forces"]))
+    assert "stress" in outcar.calc.results
+    np.testing.assert_allclose(born.positions, rattled.positions, atol=1e-12)
+    assert not np.allclose(born.positions, outcar.positions, atol=1e-4)
+    # the same through the command line
+    out = tmp_path / "two.xyz"
+    argv = ["convert", str(DATA / "vasp" / "OUTCAR"), str(DATA / "phonopy" / "BORN")]
+    assert main(argv + ["--structure", str(poscar), "-o", str(out)]) == 0
+    frames = read_frames(out)
+    assert frames[0].calc.results["energy"] == EXPECTED["energy"]
+    np.testing.assert_allclose(frames[0].positions, outcar.positions, atol=1e-12)
+    np.testing.assert_allclose(frames[1].positions, born.positions, atol=1e-12)
+
+
+def test_structure_is_the_fallback_for_an_outcar_without_geometry(tmp_path):
+    excerpt = tmp_path / "OUTCAR"
+    excerpt.write_text((DATA / "vasp" / "OUTCAR").read_text().split("  FORCE on cell")[0])
+    with pytest.raises(ValueError, match="structure="):
+        read_dataset(excerpt)
+    poscar = _rattled_poscar(tmp_path)
+    (frame,) = read_dataset(excerpt, structure=poscar)
+    np.testing.assert_array_equal(frame.arrays[KEY_BORN], Z)
+    assert frame.calc is None
+    import ase.io
+
+    np.testing.assert_allclose(frame.positions, ase.io.read(poscar, format="vasp").positions)
+
+
+def test_cli_convert_output_error_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file\n")
+    for extra in ([], ["--append"]):
+        out = blocker / "frames.xyz"
+        rc = main(["convert", str(DATA / "vasp" / "OUTCAR"), "-o", str(out), *extra])
+        err = capsys.readouterr().err
+        assert rc == 1
+        assert err.startswith("ase-born convert: error: cannot write") and err.count("\n") == 1
+        assert "Traceback" not in err and str(out) in err
 
 
 def test_cli_convert_end_to_end(tmp_path, capsys):

@@ -124,3 +124,114 @@ def test_set_born_charges_rejects_wrong_shape():
     atoms = _frame(9, n=2)
     with pytest.raises(ValueError, match="shape"):
         set_born_charges(atoms, np.zeros((2, 9)))
+
+
+def test_calculator_named_info_and_arrays_come_back_where_they_were(tmp_path):
+    """ASE's reader moves info/arrays whose names are ASE properties (polarization, dipole,
+    dielectric_tensor, magmom; charges, magmoms, energies) into calc.results: they come back
+    in info/arrays, exactly, and the calculator keeps only energy/free_energy/forces/stress."""
+    atoms = _frame(10)
+    rng = np.random.default_rng(10)
+    info = {
+        "polarization": rng.standard_normal(3),
+        "dipole": rng.standard_normal(3),
+        "dielectric_tensor": rng.standard_normal((3, 3)),
+        "magmom": 1.25,
+    }
+    arrays = {
+        "charges": rng.standard_normal(5),
+        "magmoms": rng.standard_normal(5),
+        "energies": rng.standard_normal(5),
+        "tags_int": np.arange(5),
+        "mask": np.array([True, False, True, True, False]),
+        "label": np.array(["a", "b", "c", "d", "e"]),
+        "vec": rng.standard_normal((5, 3)),
+    }
+    atoms.info.update(info)
+    for key, val in arrays.items():
+        atoms.arrays[key] = val
+    path = tmp_path / "f.xyz"
+    write_frames(path, atoms)
+    assert "polarization" in ase.io.read(path, format="extxyz").calc.results  # what ASE does
+    (back,) = read_frames(path)
+    _assert_same(atoms, back)
+    assert set(back.calc.results) == {"energy", "free_energy", "forces", "stress"}
+    for key, val in info.items():
+        np.testing.assert_array_equal(back.info[key], val)
+        assert np.shape(back.info[key]) == np.shape(val)
+    for key, val in arrays.items():
+        np.testing.assert_array_equal(back.arrays[key], val)
+        assert back.arrays[key].dtype.kind == val.dtype.kind
+    # what was read can be written again and reads back the same
+    write_frames(tmp_path / "g.xyz", back)
+    (again,) = read_frames(tmp_path / "g.xyz")
+    _assert_same(atoms, again)
+    assert set(again.info) == set(back.info) and set(again.arrays) == set(back.arrays)
+    for key in [*info, "config_type"]:
+        np.testing.assert_array_equal(again.info[key], back.info[key])
+    for key in arrays:
+        np.testing.assert_array_equal(again.arrays[key], back.arrays[key])
+
+
+def test_failed_append_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    import ase_born.io.extxyz as mod
+
+    path = tmp_path / "frames.xyz"
+    write_frames(path, _frame(11))
+    before = path.read_bytes()
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mod.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space"):
+        write_frames(path, [_frame(12), _frame(13)], append=True)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    write_frames(path, _frame(12), append=True)
+    assert len(read_frames(path)) == 2
+
+
+def test_append_hitting_the_file_size_limit_is_rolled_back(tmp_path):
+    """A real EFBIG part-way through the frame (RLIMIT_FSIZE in a child process): the file is
+    truncated back, stays readable, and later appends work."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "frames.xyz"
+    src = tmp_path / "src.xyz"
+    write_frames(path, _frame(14))
+    write_frames(src, [_frame(15, n=40), _frame(16, n=40)])
+    size = path.stat().st_size
+    limit = size + src.stat().st_size // 3  # room for part of the first new frame only
+    code = (
+        "import resource, sys\n"
+        "from ase_born.io.extxyz import read_frames, write_frames\n"
+        f"frames = read_frames({str(src)!r})\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        f"    write_frames({str(path)!r}, frames, append=True)\n"
+        "except OSError as exc:\n"
+        "    print('errno', exc.errno)\n"
+        "    sys.exit(3)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "errno 27" in proc.stdout  # EFBIG
+    assert path.stat().st_size == size
+    assert len(read_frames(path)) == 1
+    write_frames(path, read_frames(src), append=True)
+    assert len(read_frames(path)) == 3
+
+
+def test_append_to_a_file_without_final_newline(tmp_path):
+    path = tmp_path / "frames.xyz"
+    write_frames(path, _frame(17))
+    path.write_text(path.read_text().rstrip("\n"))  # e.g. written by another tool
+    write_frames(path, _frame(18, n=2), append=True)
+    back = read_frames(path)
+    assert len(back) == 2
+    _assert_same(_frame(17), back[0])
+    _assert_same(_frame(18, n=2), back[1])

@@ -195,3 +195,17 @@ def test_sample_files():
     exp_c = np.array(expected["cubic_born_effective_charges"])
     np.testing.assert_allclose(zc, exp_c, atol=1e-12)
     assert len((DATA / "BORN_cubic").read_text().split("\n", 2)[2].split()) == 3 * 9
+
+
+def test_bad_number_names_file_and_line(tmp_path):
+    lines = (DATA / "BORN").read_text().splitlines()
+    tokens = lines[3].split()
+    tokens[0] += "x"  # line 4 = Z* of the second independent atom
+    lines[3] = " ".join(tokens)
+    path = tmp_path / "BORN"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"{path}:4: '{tokens[0]}' is not a number"):
+        read_born_file(path, DATA / "POSCAR")
+    path.write_text("")  # phonopy's own format errors name the file too
+    with pytest.raises(ValueError, match=rf"^{path}: phonopy could not parse"):
+        read_born_file(path, DATA / "POSCAR")

@@ -501,3 +501,201 @@ def test_vasprun_epsilon_from_dielectric_dft_only(tmp_path):
     expected = json.loads((DATA / "expected.json").read_text())
     frame = read_vasprun(path)
     np.testing.assert_array_equal(frame.info[KEY_EPSILON_INF], np.array(expected["epsilon_inf"]))
+
+
+# ---------------------------------------------------------------------------
+# which ionic step (IBRION=5/6 finite differences vs. other multi-step runs)
+# ---------------------------------------------------------------------------
+def _displaced(atoms: Atoms, forces, energy):
+    """A finite-difference configuration: atom 0 moved by 0.015 Å along x."""
+    moved = atoms.copy()
+    moved.positions[0, 0] += 0.015
+    return moved, np.round(forces + 0.5, 6), round(energy + 0.01, 8)
+
+
+def _outcar_two_steps(ibrion: int, born_every_step: bool, z2=None) -> tuple[str, tuple, tuple]:
+    atoms, z, eps, energy, forces, stress_kB = _case(11)
+    moved, forces2, energy2 = _displaced(atoms, forces, energy)
+    stress2 = stress_kB + 3.0
+    first = outcar_text(
+        atoms, z, eps, energy=energy, forces=forces, stress_kB=stress_kB, ibrion=ibrion
+    )
+    second = outcar_text(
+        moved, z if z2 is None else z2, eps, energy=energy2, forces=forces2, stress_kB=stress2
+    )
+    marker = "----------------------------------------- Iteration    1("
+    step2 = second[second.index(marker) :].replace("Iteration    1(", "Iteration    2(", 1)
+    if not born_every_step:
+        step2 = (
+            "\n"
+            + marker.replace("1(", "2(")
+            + "   1)  ---\n"
+            + step2[step2.index("  FORCE on cell") :]
+        )
+    return first + step2, (atoms, z, energy, forces), (moved, energy2, forces2)
+
+
+@pytest.mark.parametrize("ibrion", [5, 6])
+def test_outcar_finite_difference_run_uses_reference_step(tmp_path, ibrion):
+    text, (atoms, z, energy, forces), (moved, _, _) = _outcar_two_steps(ibrion, False)
+    path = tmp_path / "OUTCAR"
+    path.write_text(text)
+    import ase.io
+
+    steps = ase.io.read(path, index=":", format="vasp-out")
+    assert len(steps) == 2 and np.allclose(steps[-1].positions, moved.positions)
+    frame = read_outcar(path)
+    np.testing.assert_allclose(frame.positions, atoms.positions, atol=1e-12)
+    assert frame.calc.results["energy"] == energy
+    np.testing.assert_array_equal(frame.calc.results["forces"], forces)
+    np.testing.assert_array_equal(frame.calc.results["stress"], steps[0].get_stress())
+    np.testing.assert_array_equal(frame.arrays[KEY_BORN], z)
+
+
+def test_outcar_relaxation_keeps_last_step_and_warns_when_unpaired(tmp_path):
+    text, _, (moved, energy2, forces2) = _outcar_two_steps(2, False)
+    path = tmp_path / "OUTCAR"
+    path.write_text(text)
+    with pytest.warns(UserWarning, match="2 ionic steps but 1 Born-charge block"):
+        frame = read_outcar(path)
+    np.testing.assert_allclose(frame.positions, moved.positions, atol=1e-12)
+    assert frame.calc.results["energy"] == energy2
+    np.testing.assert_array_equal(frame.calc.results["forces"], forces2)
+
+
+def test_outcar_one_born_block_per_step_pairs_last_with_last(tmp_path):
+    z2 = nonsymmetric_born(5, 12)
+    text, _, (moved, energy2, _) = _outcar_two_steps(2, True, z2=z2)
+    path = tmp_path / "OUTCAR"
+    path.write_text(text)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = read_outcar(path)
+    np.testing.assert_array_equal(frame.arrays[KEY_BORN], z2)
+    np.testing.assert_allclose(frame.positions, moved.positions, atol=1e-12)
+    assert frame.calc.results["energy"] == energy2
+    # an IBRION=6 file with a block per step takes the reference step's block
+    path.write_text(_outcar_two_steps(6, True, z2=z2)[0])
+    np.testing.assert_array_equal(read_outcar(path).arrays[KEY_BORN], _case(11)[1])
+
+
+def _vasprun_two_steps(ibrion: int):
+    atoms, z, eps, energy, forces, _ = _case(13, decimals=8)
+    moved, forces2, energy2 = _displaced(atoms, forces, energy)
+    stress = np.diag([1.0, 2.0, 3.0])
+    first = vasprun_text(
+        atoms, z, eps, energy=energy, forces=forces, stress_kB=stress, ibrion=ibrion
+    )
+    second = vasprun_text(moved, z, eps, energy=energy2, forces=forces2, stress_kB=stress + 5)
+    calc = second[second.index(" <calculation>") : second.index(" </calculation>")]
+    calc = calc[: calc.index('  <varray name="dielectric_dft" >')]  # no response data
+    cut = first.index(" </calculation>") + len(" </calculation>\n")
+    return (
+        first[:cut] + calc + " </calculation>\n" + first[cut:],
+        atoms,
+        z,
+        eps,
+        energy,
+        forces,
+        moved,
+    )
+
+
+@pytest.mark.parametrize("ibrion", [5, 6])
+def test_vasprun_finite_difference_run_uses_reference_step(tmp_path, ibrion):
+    text, atoms, z, eps, energy, forces, moved = _vasprun_two_steps(ibrion)
+    path = tmp_path / "vasprun.xml"
+    path.write_text(text)
+    import ase.io
+
+    steps = ase.io.read(path, index=":", format="vasp-xml")
+    assert len(steps) == 2 and np.allclose(steps[-1].positions, moved.positions, atol=1e-7)
+    frame = read_vasprun(path)
+    np.testing.assert_allclose(frame.positions, atoms.positions, atol=1e-7)
+    assert frame.calc.results["energy"] == energy
+    np.testing.assert_array_equal(frame.calc.results["forces"], forces)
+    np.testing.assert_array_equal(frame.calc.results["stress"], steps[0].get_stress())
+    np.testing.assert_array_equal(frame.arrays[KEY_BORN], z)
+    np.testing.assert_array_equal(frame.info[KEY_EPSILON_INF], eps)
+
+
+def test_vasprun_relaxation_keeps_last_step_and_warns(tmp_path):
+    text, _, z, _, energy, _, moved = _vasprun_two_steps(2)
+    path = tmp_path / "vasprun.xml"
+    path.write_text(text)
+    with pytest.warns(UserWarning, match="2 ionic steps but 1 Born-charge block"):
+        frame = read_vasprun(path)
+    np.testing.assert_allclose(frame.positions, moved.positions, atol=1e-7)
+    assert frame.calc.results["energy"] != energy
+    np.testing.assert_array_equal(frame.arrays[KEY_BORN], z)
+
+
+# ---------------------------------------------------------------------------
+# header variants, truncated files
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "header",
+    [
+        "BORN EFFECTIVE CHARGES (including local field effects) (in e, cummulative output)",
+        "BORN EFFECTIVE CHARGES (including local field effects) (in |e|, cumulative output)",
+        "BORN EFFECTIVE CHARGES (in e, cumulative output)",
+        "BORN EFFECTIVE CHARGES (including local field effects) (in e, cumulative output)",
+    ],
+)
+def test_outcar_born_header_variants(tmp_path, header):
+    atoms, z, eps, energy, forces, stress_kB = _case(14)
+    text = outcar_text(atoms, z, eps, energy=energy, forces=forces, stress_kB=stress_kB)
+    old = " BORN EFFECTIVE CHARGES (in e, cummulative output)\n"
+    assert text.count(old) == 1
+    path = tmp_path / "OUTCAR"
+    path.write_text(text.replace(old, f" {header}\n"))
+    np.testing.assert_array_equal(read_outcar(path).arrays[KEY_BORN], z)
+
+
+def test_outcar_excluding_local_field_block_is_skipped(tmp_path):
+    """LRPA=.TRUE. prints a second block '(excluding local field effects)' after the
+    '(including ...)' one: it is the RPA response, not Z*."""
+    atoms, z, eps, energy, forces, stress_kB = _case(15)
+    text = outcar_text(
+        atoms, z, eps, energy=energy, forces=forces, stress_kB=stress_kB, lcalceps=True
+    )
+    head = " BORN EFFECTIVE CHARGES (including local field effects) (in |e|, cummulative output)"
+    other = outcar_text(
+        atoms, 0.5 * z, eps, energy=energy, forces=forces, stress_kB=stress_kB, lcalceps=True
+    )
+    rpa = other[other.index(head) : other.index("  FORCE on cell")].replace(
+        "including", "excluding"
+    )
+    end = text.index("  FORCE on cell")
+    path = tmp_path / "OUTCAR"
+    path.write_text(text[:end] + rpa + text[end:])
+    born, _, meta = parse_outcar_born_epsilon(path)
+    np.testing.assert_array_equal(born, z)
+    assert len(meta["born_blocks"]) == 1 and "including" in meta["born_header"]
+
+
+def test_truncated_outcar_raises_valueerror_naming_file_and_block(tmp_path):
+    atoms, z, eps, energy, forces, stress_kB = _case(16)
+    text = outcar_text(atoms, z, eps, energy=energy, forces=forces, stress_kB=stress_kB)
+    path = tmp_path / "OUTCAR"
+    ion5 = text.index(" ion    5\n")
+    path.write_text(text[: text.index("\n", ion5 + 11) + 1])  # 'ion 5' and one row of three
+    with pytest.raises(
+        ValueError, match=r"OUTCAR:\d+: file ends inside the Born-charge block, in ion 5"
+    ):
+        read_outcar(path)
+    path.write_text(text[:ion5])  # ends after ion 4: NIONS = 5 says the block is cut
+    with pytest.raises(
+        ValueError, match=r"OUTCAR:\d+: .*4 ions but NIONS = 5 \(the file ends there\)"
+    ):
+        read_outcar(path)
+    eps_head = text.index(
+        " MACROSCOPIC STATIC DIELECTRIC TENSOR (including local field effects in DFT)"
+    )
+    path.write_text(text[: text.index("\n", eps_head + 140) + 1])  # header, dashes, one row
+    with pytest.raises(
+        ValueError, match=r"OUTCAR:\d+: file ends inside the dielectric-tensor block"
+    ):
+        read_outcar(path)
