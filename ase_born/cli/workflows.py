@@ -9,6 +9,7 @@ Thin layer: parse the options into the workflow's config dataclass (CPU-sized de
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -421,6 +422,9 @@ def _heat(args: argparse.Namespace) -> int:
             pressure_GPa=_pressure(a),
             field_V_per_A=field,
         )
+        if a.steps is not None and a.heating_rate_K_per_ps is None and cfg.heating_rate_K_per_ps is not None:
+            # --steps given, the rate only from --paper: the explicit option wins (the rate would)
+            cfg = dataclasses.replace(cfg, heating_rate_K_per_ps=None)
         return _run_workflow(
             a,
             run_heating,

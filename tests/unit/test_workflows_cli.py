@@ -183,3 +183,30 @@ def test_pe_curve_end_to_end(tmp_path, capsys):
     assert "static ε_ion" in capsys.readouterr().out
     res = json.loads((out / "pe_curve.json").read_text())
     assert len(res["directions"]) == 2 and (out / "pe_curve.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "rate", "ramp"),
+    [
+        (["--steps", "1000"], None, 1000),  # --steps wins over the preset's 1 K/ps
+        (["--heating-rate-K-per-ps", "50"], 50.0, None),
+        ([], 1.0, None),  # the preset alone
+    ],
+)
+def test_paper_preset_yields_to_explicit_ramp_options(extra, rate, ramp, monkeypatch, tmp_path):
+    """``heat --paper --steps N`` ramps over N steps (explicit options win over the preset)."""
+    import ase_born.workflows.heating as heating
+
+    seen = {}
+
+    def fake_run(cfg, *args, **kw):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(heating, "run_heating", fake_run)
+    rc = main(["heat", *STANDIN, "--paper", *extra, "--out", str(tmp_path / "h")])
+    assert rc == 2 and "cfg" in seen
+    cfg = seen["cfg"]
+    assert cfg.heating_rate_K_per_ps == rate
+    if ramp is not None:
+        assert cfg.n_ramp_steps == ramp
