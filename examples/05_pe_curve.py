@@ -2,8 +2,9 @@
 
 Two stand-in force fields on the relaxed 20-atom Pnma cell: harmonic springs (P exactly linear,
 slope = the 0 K harmonic ε) and the same springs with an on-site quartic term, whose P(E)
-bends over: the workflow reports the static ε from the small-field slope and the field where
-P departs from linear by more than 2 %.  Runs in seconds; outputs in runs/examples/05_pe_curve*.
+bends over: the workflow reports the static ε from the linear term of a polynomial fit through
+the origin (the E → 0 limit; the smallest-field slope is in pe_curve.json beside it) and the
+field where P departs from linear by more than 2 %.  Runs in seconds; outputs in runs/examples/05_pe_curve*.
 With real models (MACE + Equivar) this is Fig. 3; the paper's range is 0 ... 1e8 V/m (the
 default).
 """

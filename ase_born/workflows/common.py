@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -254,8 +255,10 @@ def prepare_reference(
 
     unit.info.update({f"relax_{k}": v for k, v in info.items()})
     ref.info["supercell"] = list(rep)
-    ase.io.write(f_unit, unit, format="extxyz")
-    ase.io.write(f_ref, ref, format="extxyz")
+    for path, atoms in ((f_unit, unit), (f_ref, ref)):  # atomic: a resume trusts both files
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        ase.io.write(tmp, atoms, format="extxyz")
+        os.replace(tmp, path)
     # re-read so a fresh run and a resumed one use bit-identical structures
     unit = ase.io.read(f_unit, format="extxyz")
     ref = ase.io.read(f_ref, format="extxyz")

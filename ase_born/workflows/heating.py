@@ -40,6 +40,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,7 @@ from ase_born.workflows.analysis import (
 from ase_born.workflows.common import (
     ConfigMixin,
     check_positive,
+    check_structure_file,
     check_temperatures,
     integrator_settings,
     md_atoms,
@@ -69,7 +71,12 @@ from ase_born.workflows.common import (
     write_frame,
 )
 from ase_born.workflows.rundir import read_csv
-from ase_born.workflows.structures import AXIS_NAMES, parse_supercell
+from ase_born.workflows.structures import (
+    AXIS_NAMES,
+    load_structure,
+    make_supercell,
+    parse_supercell,
+)
 
 LOG_COLUMNS = (
     "step",
@@ -352,6 +359,12 @@ def run_heating(
 
     t_start = time.perf_counter()
     cfg = config
+    if not (Path(out) / "settings.json").exists():
+        # a supercell that cannot hold the tilt patterns fails before anything is written, so
+        # the same out directory can be used with a better one (relaxing never changes this)
+        check_structure_file(cfg.structure)
+        unit0 = load_structure(cfg.structure)
+        _analyzer(make_supercell(unit0, cfg.supercell), cfg.supercell, len(unit0))
     rd = open_run_directory(
         "heat", cfg, out, force_field, born_model,
         model_info=model_info, device=device, overwrite=overwrite, log=log,

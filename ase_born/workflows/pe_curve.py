@@ -69,6 +69,13 @@ def default_fields_V_per_m(max_V_per_m: float = 1e8, n: int = 11) -> tuple[float
     return tuple(float(x) for x in np.linspace(0.0, float(max_V_per_m), int(n)))
 
 
+def _direction_label(direction: Any) -> str:
+    """A direction as a comma-free label that :func:`parse_direction` reads back."""
+    if isinstance(direction, str):
+        return " ".join(direction.replace(",", " ").split())
+    return " ".join(f"{float(x)!r}" for x in direction)
+
+
 @dataclass(frozen=True)
 class PECurveConfig(ConfigMixin):
     """Settings of :func:`run_pe_curve` (module docstring); fields in V/m as in the seed's Fig. 3.
@@ -116,7 +123,8 @@ class PECurveConfig(ConfigMixin):
             raise ValueError("directions is empty")
         for d in self.directions:
             parse_direction(d)
-        object.__setattr__(self, "directions", tuple(str(d) for d in self.directions))
+        # labels without commas: they are CSV fields ("1,1,0" -> "1 1 0", same direction)
+        object.__setattr__(self, "directions", tuple(_direction_label(d) for d in self.directions))
         for name in ("fmax_eV_per_A", "relax_fmax_eV_per_A", "nonlinearity_tol"):
             check_positive(getattr(self, name), name)
         for name in ("max_steps", "relax_steps"):

@@ -104,6 +104,8 @@ def test_supercell_that_breaks_the_reference(cubic_file, tmp_path, capsys):
     )
     assert rc == 2
     assert "breaks the reference" in capsys.readouterr().err
+    # nothing written: the same --out takes a supercell that works (no "different settings")
+    assert not (tmp_path / "h").exists() or not (tmp_path / "h" / "settings.json").exists()
 
 
 def _defaults_installed() -> bool:
@@ -195,7 +197,7 @@ def test_pe_curve_end_to_end(tmp_path, capsys):
 )
 def test_paper_preset_yields_to_explicit_ramp_options(extra, rate, ramp, monkeypatch, tmp_path):
     """``heat --paper --steps N`` ramps over N steps (explicit options win over the preset)."""
-    import ase_born.workflows.heating as heating
+    from ase_born.workflows import heating
 
     seen = {}
 

@@ -104,3 +104,16 @@ def test_cell_relaxation_in_field(tmp_path):
 def test_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         PECurveConfig(**kw)
+
+
+def test_numeric_directions_are_comma_free_csv_labels(tmp_path):
+    """A direction given as "1,1,0" or as numbers (the forms parse_direction documents) is
+    stored as a comma-free label: pe_curve.csv keeps its columns and the run finishes."""
+    from ase_born.workflows.common import parse_direction
+
+    cfg = PECurveConfig(fields_V_per_m=(0.0, 1e7), directions=("1,1,0", (0.0, 0.0, 1.0)))
+    assert cfg.directions == ("1 1 0", "0.0 0.0 1.0")
+    np.testing.assert_allclose(parse_direction(cfg.directions[0]), np.array([1, 1, 0]) / np.sqrt(2))
+    res = run_pe_curve(cfg, standin_force_field, standin_born_model, str(tmp_path / "pe"), progress=False,
+                       log=lambda m: None)
+    assert [d["direction"] for d in res["directions"]] == ["1 1 0", "0.0 0.0 1.0"]
