@@ -63,7 +63,10 @@ def _integrator_class() -> type:
     SciPy's Padé code goes through its threaded BLAS and takes milliseconds per call on a
     busy multi-threaded machine, more than a small force field; the eigendecomposition is
     exact for symmetric matrices and takes microseconds.  The two methods below are ASE
-    3.29's ``_barostat_BAOAB_A`` and ``_BAOAB_OU`` with only that substitution.
+    3.29's ``_barostat_BAOAB_A`` and ``_BAOAB_OU`` with only that substitution.  A third,
+    ``_barostat_BAOAB_OU_gamma_mod``, fixes ASE 3.29's anisotropic drag, which adds
+    ``Tr(p_eps)/N_dof`` to every element of the 3×3 matrix instead of its diagonal (an
+    O(1/N) error in the off-diagonal drag).
     """
     from ase.md.langevinbaoab import LangevinBAOAB
 
@@ -97,6 +100,14 @@ def _integrator_class() -> type:
                     self.BAOAB_prefactor * (self.rng.normal(size=vel.shape).T / np.sqrt(masses)).T
                 )
             self.atoms.set_velocities(vel)
+
+        def _barostat_BAOAB_OU_gamma_mod(self) -> Any:
+            # the velocity drag of the cell momentum (Martyna-Tobias-Klein): p_eps/W plus
+            # Tr(p_eps)/(N_dof W) on the DIAGONAL; ASE 3.29 adds the trace term to all nine
+            # elements in the anisotropic case (hydrostatic is unchanged)
+            if self.hydrostatic:
+                return (1.0 + 3.0 / self.Ndof) * self.p_eps / self.barostat_mass
+            return (self.p_eps + np.trace(self.p_eps) / self.Ndof * np.identity(3)) / self.barostat_mass
 
     _LangevinBAOAB.__name__ = _LangevinBAOAB.__qualname__ = "LangevinBAOAB"
     return _LangevinBAOAB

@@ -138,8 +138,13 @@ def test_restart_continues_exactly(system, ensemble):
 
 
 def test_integrator_matches_ase_langevin_baoab(system):
-    """The subclass only swaps SciPy's expm for an exact symmetric one: same trajectory."""
-    from ase.md.langevinbaoab import LangevinBAOAB
+    """The subclass swaps SciPy's expm for an exact symmetric one and puts the trace term of
+    the anisotropic drag on the diagonal: same trajectory as ASE's class with that one fix."""
+    from ase.md.langevinbaoab import LangevinBAOAB as AseLangevinBAOAB
+
+    class LangevinBAOAB(AseLangevinBAOAB):
+        def _barostat_BAOAB_OU_gamma_mod(self):
+            return (self.p_eps + np.trace(self.p_eps) / self.Ndof * np.identity(3)) / self.barostat_mass
 
     ref, _ = system
     out = []
@@ -170,6 +175,19 @@ def test_integrator_matches_ase_langevin_baoab(system):
         out.append((atoms.positions.copy(), atoms.cell.array.copy()))
     np.testing.assert_allclose(out[0][0], out[1][0], atol=1e-10)
     np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-10)
+
+
+def test_anisotropic_barostat_drag_is_mtk(system):
+    """Velocity drag of the cell momentum (Martyna-Tobias-Klein): p_eps/W + Tr(p_eps)/(N_dof W)
+    on the diagonal only (ASE 3.29 adds the trace term to all nine elements)."""
+    ref, _ = system
+    atoms = ref.copy()
+    atoms.calc = standin_force_field(ref)
+    dyn = md.make_integrator(atoms, timestep_fs=2.0, temperature_K=300.0, rng=np.random.default_rng(5))
+    dyn.p_eps = np.diag([1.0, 2.0, 3.0])
+    drag = dyn._barostat_BAOAB_OU_gamma_mod() * dyn.barostat_mass
+    np.testing.assert_allclose(drag, np.diag([1.0, 2.0, 3.0]) + 6.0 / dyn.Ndof * np.identity(3), atol=1e-15)
+    assert np.count_nonzero(drag - np.diag(np.diagonal(drag))) == 0
 
 
 def test_integrator_input_checks(system):
