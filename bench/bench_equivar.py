@@ -246,7 +246,8 @@ def machine_info(load_before: list[float], dft_paused: bool, torch_threads: int 
         "torch_threads": torch.get_num_threads() if torch_threads is None else torch_threads,
         "load_average_before": load_before,
         "load_average_after": list(os.getloadavg()),
-        "dft_paused": bool(dft_paused),
+        # asked for AND the pause script reported a paused ABINIT step (it may find none)
+        "dft_paused": bool(dft_paused) and _PAUSE["stopped"],
         "note": "shared 2-core VM; the load averages record the other work running (ABINIT is paused only with --pause-dft)",
     }
 
@@ -272,10 +273,17 @@ def write_result(path: str | Path, info: dict, script: str, argv: list[str] | No
     print(f"# wrote {path}")
 
 
+#: whether the last ``dft_pause.sh stop`` reported success (machine_info records it)
+_PAUSE = {"stopped": False}
+
+
 def _dft(action: str) -> None:
     script = REPO / "scripts" / "dft_pause.sh"
-    if script.is_file():
-        subprocess.run(["bash", str(script), action], check=False)
+    ok = script.is_file() and subprocess.run(["bash", str(script), action], check=False).returncode == 0
+    if action == "stop":
+        _PAUSE["stopped"] = bool(ok)
+        if not ok:
+            print("# warning: no DFT pipeline step was paused (none running, or the script failed)")
 
 
 @contextlib.contextmanager

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                          "SHA-256>[_<changes>])")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 beside the DFT pipeline)")
     args = ap.parse_args(argv)
+    args.config = args.config.resolve()  # the training subprocess runs with cwd=REPO
+    args.out = None if args.out is None else args.out.resolve()
     changes = recipe_changes(args.changes, yaml.safe_load(args.config.read_text()))
     seeds = args.seeds if args.seeds is not None else ([0, 1] if changes else [1, 2])
     if changes and not seeds:

@@ -12,10 +12,13 @@ frame of the DFPT dataset (what the config's ``train_files`` read).  When it has
 
 1. trains with ``ase-born train CONFIG --device cpu`` into ``runs/born_default_<n>``
    (n = number of training structures),
-2. copies ``model.pt`` and ``metrics.json`` over the shipped model file and its
-   ``*_metrics.json``,
-3. refreshes the card: hash and reference numbers (``scripts/update_model_card.py``),
-   TEST MAE, training structures, summary,
+2. checks the run before anything in ``data/`` changes (completed, TEST metrics present,
+   model loads) and computes the new card entry from the run itself: hash and reference
+   numbers of its ``model.pt`` (``scripts/update_model_card.py``), TEST MAE, the training
+   structures from the run's ``splits.json`` (what it was really fitted to, however the
+   dataset grew since), a summary naming the run's own ``config.yaml``,
+3. replaces the shipped model file, its ``*_metrics.json`` and the card, each atomically
+   (temporary file + rename, in that order, after all checks),
 4. prints the acceptance checks (``scripts/check_born_default.py``) for the notes.
 
 The prose of ``data/README.md`` (model card section), the README status paragraph and the
@@ -65,37 +68,70 @@ def retrain_due(now: set[str], fitted: set[str], growth: float = 0.5) -> tuple[b
     return grown >= needed, msg
 
 
-def summary(n_params: int, kinds: Counter, test_mae: float, config: Path, provisional: bool) -> str:
+def summary(n_params: int, kinds: Counter, test_mae: float, recipe: str, model: str, provisional: bool) -> str:
     by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
     head = "PROVISIONAL " if provisional else ""
-    return (f"{head}Equivar BM2 ({n_params:,} params) fitted to the {sum(kinds.values())} DFPT training "
+    return (f"{head}Equivar {model} ({n_params:,} params) fitted to the {sum(kinds.values())} DFPT training "
             f"structures at the production settings ({by_kind}; 30 Ha, k density 3.6); TEST MAE "
-            f"{test_mae:.3f} e (goal 0.02); recipe {config.relative_to(REPO) if config.is_absolute() else config}")
+            f"{test_mae:.3f} e (goal 0.02); recipe {recipe}")
 
 
-def install(out: Path, ids: dict[str, str], config: Path) -> dict:
-    """Copy a finished training run over the shipped model and refresh its card
-    (``defaults.models_dir()``: the repository's ``data/models`` unless ``ASE_BORN_DATA``)."""
+def fitted_structures(out: Path) -> list[str]:
+    """Structure IDs a training run was fitted to (train + validation of its ``splits.json``)."""
+    splits = json.loads((out / "splits.json").read_text())
+    return sorted(set(splits["train"]) | set(splits.get("val") or []))
+
+
+def _replace(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def install(out: Path, kinds: dict[str, str], config: Path = CONFIG) -> dict:
+    """Install a finished training run as the shipped model (``defaults.models_dir()``: the
+    repository's ``data/models`` unless ``ASE_BORN_DATA``). ``kinds``: structure ID -> kind
+    for the card's counts. The card names ``config`` as the recipe when the run's own
+    ``config.yaml`` is that recipe (up to paths and device), else the run's file. Nothing in
+    ``data/`` changes unless every check passes."""
+    from ase_born.models import Equivar
+    from ase_born.train.config import TrainConfig, config_differences
+
+    out = Path(out).resolve()
     card_path = defaults.models_dir() / defaults.CARD_NAME
     metrics = json.loads((out / "metrics.json").read_text())
     if metrics.get("status") != "completed":
         raise SystemExit(f"{out}: training status {metrics.get('status')!r}, not installing")
-    card = json.loads(card_path.read_text())
-    entry = card["born_model"]
-    target = card_path.parent / entry["file"]
-    shutil.copyfile(out / metrics.get("model_file", "model.pt"), target)
-    shutil.copyfile(out / "metrics.json", target.with_name(target.stem + "_metrics.json"))
-    from ase_born.models import Equivar
-
-    n_params = sum(p.numel() for p in Equivar.load(str(target)).parameters())
-    entry["test_mae_e"] = float(metrics["test"]["mae"])
-    entry["training_structures"] = sorted(ids)
-    entry["summary"] = summary(n_params, Counter(ids.values()), entry["test_mae_e"], config,
-                               bool(entry.get("provisional", True)))
-    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    if (metrics.get("test") or {}).get("mae") is None:
+        raise SystemExit(f"{out}: no TEST metrics (trained without the TEST split?), not installing")
+    model_file = out / metrics.get("model_file", "model.pt")
+    n_params = sum(p.numel() for p in Equivar.load(model_file).parameters())  # loads, or raises
+    ids = fitted_structures(out)
+    unknown = sorted(set(ids) - set(kinds))
+    if unknown:
+        raise SystemExit(f"{out}: fitted to structures not in the DFPT dataset now: {unknown[:5]}")
+    cfg = TrainConfig.from_yaml(out / "config.yaml")
+    model_name = cfg.model if isinstance(cfg.model, str) else "custom"
+    same = not config_differences(cfg, TrainConfig.from_yaml(config), ignore=frozenset(
+        {"out", "device", "num_workers", "progress", "plots", "train_files", "test_file", "val_file"}))
+    recipe_file = Path(config).resolve() if same else out / "config.yaml"
+    recipe = str(recipe_file.relative_to(REPO)) if recipe_file.is_relative_to(REPO) else str(recipe_file)
     import update_model_card  # a sibling script: scripts/ is on sys.path when a script runs
 
-    update_model_card.main(["--born-model"])  # hash first, then the reference numbers
+    card = json.loads(card_path.read_text())
+    entry = card["born_model"]
+    entry["sha256"] = defaults.sha256(model_file)
+    entry["reference_check"] = update_model_card.born_reference_check(model_file)
+    entry["test_mae_e"] = float(metrics["test"]["mae"])
+    entry["training_structures"] = ids
+    entry["summary"] = summary(n_params, Counter(kinds[i] for i in ids), entry["test_mae_e"], recipe,
+                               model_name, bool(entry.get("provisional", True)))
+    target = card_path.parent / entry["file"]
+    new_card = card_path.with_name(f".{card_path.name}.new")
+    new_card.write_text(json.dumps(card, indent=1) + "\n")
+    _replace(model_file, target)
+    _replace(out / "metrics.json", target.with_name(target.stem + "_metrics.json"))
+    new_card.replace(card_path)
     return metrics
 
 
@@ -109,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--install", type=Path, default=None, metavar="RUN_DIR",
                     help="install an already finished training run instead of training")
     args = ap.parse_args(argv)
+    args.config = args.config.resolve()  # the training runs with cwd=REPO
 
     ids = training_structures(read_frames(defaults.data_dir() / "dft" / "catio3_dfpt.extxyz"))
     card = defaults.model_card()
@@ -117,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(("retrain due: " if due else "not due: ") + msg)
     if args.check or not (due or args.force or args.install):
         return 0
-    out = args.install
+    out = None if args.install is None else args.install.resolve()
     if out is None:
         out = REPO / "runs" / f"born_default_{len(ids)}"
         cmd = [sys.executable, "-m", "ase_born.cli.main", "train", str(args.config), "--device", "cpu",

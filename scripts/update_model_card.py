@@ -40,11 +40,19 @@ def refresh_force_field(card: dict) -> None:
     }
 
 
+def born_reference_check(path) -> dict:
+    """The card's ``reference_check`` of an Equivar file (what the defaults loader computes:
+    float64, CPU, sum rule on), from the file itself (no hash check against the card)."""
+    from ase_born.models import EquivarCalculator
+
+    z = EquivarCalculator(str(path), device="cpu", dtype="float64").get_born_charges(_rattled())
+    return {"structure": REFERENCE_STRUCTURE + ", float64, ASR on", "born_charges_first3": z[:3].tolist()}
+
+
 def refresh_born_model(card: dict) -> None:
-    entry = card["born_model"]
-    z = defaults.load_born_model(device="cpu").get_born_charges(_rattled())
-    entry["reference_check"] = {"structure": REFERENCE_STRUCTURE + ", float64, ASR on",
-                                "born_charges_first3": z[:3].tolist()}
+    card["born_model"]["reference_check"] = born_reference_check(
+        defaults.models_dir() / card["born_model"]["file"]
+    )
 
 
 def main(argv=None) -> None:

@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from ase_born.conventions import KEY_BORN
+from ase_born.train.dataset import split_tag
 from ase_born.workflows.models import mace_calculator
 
 
@@ -74,7 +75,7 @@ def split(frames: list) -> dict[str, list]:
     out: dict[str, list] = {"train": [], "valid": [], "test": []}
     for a in frames:
         sid = str(a.info.get("structure_id", ""))
-        if a.info.get("split") == "test":
+        if split_tag(a) == "test":  # the pipeline's tag, normalised as the trainer reads it
             out["test"].append(a)
         elif is_valid_id(sid):
             out["valid"].append(a)
@@ -187,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             pulay_GPa[str(ecut)] = float((raw - a.calc.results["stress"])[0] / GPa)
         print("stress labels: basis-set stress removed (ASE sign), "
               + ", ".join(f"{e} Ha: {p:+.2f} GPa" for e, p in pulay_GPa.items()))
-    if len(frames) < args.min_structures and not args.force:
-        print(f"{len(frames)} DFT frames with energy/forces/stress < --min-structures {args.min_structures}:"
-              " not fine-tuning yet (--force for a smoke test)")  # fmt: skip
+    # the threshold counts distinct structures (not frames: a structure may sit in two --dft
+    # files) that can be trained on (TEST frames never are)
+    n_structures = len({str(a.info.get("structure_id")) for a in frames if split_tag(a) != "test"})
+    if n_structures < args.min_structures and not args.force:
+        print(f"{n_structures} DFT training structures with energy/forces/stress < --min-structures "
+              f"{args.min_structures}: not fine-tuning yet (--force for a smoke test)")
         return 1
     parts = split(frames)
     if not parts["train"]:

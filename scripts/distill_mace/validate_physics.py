@@ -218,7 +218,8 @@ def check_npt(calc, temperature_K: float, steps: int, timestep_fs: float, log_ev
             row = {
                 "step": step, "time_ps": step * timestep_fs / 1000,
                 "T_K": float(atoms.get_temperature()),
-                "P_GPa": float(-np.trace(atoms.get_stress(voigt=False)) / 3 / units.GPa),
+                # the pressure the MTK barostat controls: virial plus kinetic (ideal-gas) term
+                "P_GPa": float(-np.trace(atoms.get_stress(voigt=False, include_ideal_gas=True)) / 3 / units.GPa),
                 "volume_A3": float(atoms.get_volume()),
                 "min_dist_A": min_distance(atoms) if pos_ok else float("nan"),
                 "conserved_eV": float(dyn.get_conserved_energy()),
@@ -256,7 +257,9 @@ def check_npt(calc, temperature_K: float, steps: int, timestep_fs: float, log_ev
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="data/models/mace_catio3_validation.json")
+    ap.add_argument("--out", default=None,
+                    help="JSON report (default: data/models/mace_catio3_validation.json for the shipped "
+                         "model, MODEL_validation.json beside a --model candidate)")
     ap.add_argument("--checks", nargs="+", default=["pnma", "cubic", "pressure", "npt"],
                     choices=["pnma", "cubic", "pressure", "npt"])
     ap.add_argument("--temperature-K", type=float, default=1800.0)
@@ -281,12 +284,16 @@ def main(argv=None) -> None:
             return load_force_field(args.device, dtype)
         return mace_calculator(args.model, device=args.device, dtype=dtype)
 
-    out = Path(args.out)
-    result = json.loads(out.read_text()) if out.is_file() else {}
     if args.model is None:
-        result["model"] = {k: model_card()["force_field"][k] for k in ("file", "sha256")}
+        model = {k: model_card()["force_field"][k] for k in ("file", "sha256")}
+        out = Path(args.out or "data/models/mace_catio3_validation.json")
     else:
-        result["model"] = {"file": args.model, "sha256": sha256(args.model)}
+        model = {"file": args.model, "sha256": sha256(args.model)}
+        out = Path(args.out or Path(args.model).with_name(Path(args.model).stem + "_validation.json"))
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    if (result.get("model") or {}).get("sha256") != model["sha256"]:
+        result = {}  # checks of another model file are not kept beside this one's
+    result["model"] = model
     result["command"] = "python scripts/distill_mace/validate_physics.py " + " ".join(argv or [])
 
     def save():

@@ -66,21 +66,33 @@ def test_install_refreshes_the_card(_script, tmp_path, monkeypatch):
     stale["born_model"]["reference_check"]["born_charges_first3"] = [[[0.0] * 3] * 3] * 3
     (models / defaults.CARD_NAME).write_text(json.dumps(stale))
     monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path))
-    ids = {"conv_cubic": "conv_cubic", "cubic5_0001": "cubic5", "cubic5_0002": "cubic5", "tilt10_0000": "tilt10"}
-    mod.install(run, ids, mod.CONFIG)
+    shutil.copy(mod.CONFIG, run / "config.yaml")
+    fitted = ["conv_cubic", "cubic5_0001", "cubic5_0002", "tilt10_0000"]
+    (run / "splits.json").write_text(json.dumps({"train": fitted, "val": fitted, "test": ["cubic5_0000"]}))
+    # the dataset has grown since the run: the card records what the run was fitted to
+    kinds = {"conv_cubic": "conv_cubic", "cubic5_0001": "cubic5", "cubic5_0002": "cubic5",
+             "tilt10_0000": "tilt10", "tilt10_0009": "tilt10"}
+    mod.install(run, kinds, mod.CONFIG)
     new = json.loads((models / defaults.CARD_NAME).read_text())["born_model"]
     assert new["sha256"] == born["sha256"] == defaults.sha256(models / born["file"])
     np.testing.assert_allclose(new["reference_check"]["born_charges_first3"],
                                born["reference_check"]["born_charges_first3"], atol=1e-10)
-    assert new["test_mae_e"] == 0.0123 and new["training_structures"] == sorted(ids)
+    assert new["test_mae_e"] == 0.0123 and new["training_structures"] == fitted
     assert "139,905 params" in new["summary"] and "(conv_cubic 1, cubic5 2, tilt10 1;" in new["summary"]
-    assert "TEST MAE 0.012 e" in new["summary"] and new["summary"].startswith("PROVISIONAL")
+    assert "TEST MAE 0.012 e" in new["summary"] and new["summary"].startswith("PROVISIONAL Equivar BM2")
+    assert "recipe examples/configs/equivar_bm2_catio3_provisional.yaml" in new["summary"]
     assert json.loads((models / (Path(born["file"]).stem + "_metrics.json")).read_text())["test"]["mae"] == 0.0123
-    # an unfinished run is refused
-    metrics["status"] = "interrupted"
+    # refused runs change nothing in data/: unfinished, without TEST metrics, unreadable model
+    before = {p.name: p.read_bytes() for p in models.iterdir()}
+    for change, match in (({"status": "interrupted"}, "interrupted"), ({"test": None}, "no TEST metrics")):
+        (run / "metrics.json").write_text(json.dumps({**metrics, **change}))
+        with pytest.raises(SystemExit, match=match):
+            mod.install(run, kinds, mod.CONFIG)
     (run / "metrics.json").write_text(json.dumps(metrics))
-    with pytest.raises(SystemExit, match="interrupted"):
-        mod.install(run, ids, mod.CONFIG)
+    (run / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(Exception):  # noqa: B017 - any load error, before anything is copied
+        mod.install(run, kinds, mod.CONFIG)
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == before
 
 
 def test_check_says_whether_due(_script, capsys):
