@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--ranks", type=int, default=2, help="MPI ranks per structure")
     pr.add_argument("--jobs", type=int, default=1, help="structures computed at the same time")
     pr.add_argument("--timeout-min", type=float, default=360.0, help="wall-clock limit per ABINIT step (minutes)")
-    pr.add_argument("--max-attempts", type=int, default=2, help="failures after which a structure is skipped")
+    pr.add_argument("--max-attempts", type=int, default=2,
+                    help="failures after which a structure is skipped (counted in failures.json beside "
+                         "--output, so across sessions)")
     pr.add_argument("--max-structures", type=int, default=None, help="stop after this many finished structures")
     pr.add_argument("--only", nargs="*", default=None, help="restrict to these structure IDs")
     pr.add_argument("--hours", type=float, default=None,
@@ -62,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--nice", type=int, default=19)
     pc.add_argument("--table", action="store_true", help="only print the markdown table of existing results")
     pc.add_argument("--export-frame", nargs=2, metavar=("LABEL", "EXTXYZ"),
-                    help="append a finished point as a training frame (structure_id conv_cubic) and exit")
+                    help="append a finished point as a training frame (structure_id conv_cubic) and exit; "
+                         "refused when EXTXYZ already holds conv_cubic")
     pc.set_defaults(func=_converge)
 
     ps = dsub.add_parser("status", help="summarise what exists")

@@ -38,14 +38,17 @@ Units: ABINIT works in Hartree atomic units; the structure is written in Bohr
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,6 +317,87 @@ def mpi_command(ranks: int) -> list[str]:
     return cmd + ["--oversubscribe", exe]
 
 
+#: ``prctl`` option: signal delivered to a process when the thread that started it exits
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.lru_cache(maxsize=1)
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), or None where it is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGTERM when its parent dies (Linux
+    ``PR_SET_PDEATHSIG``); None where ``prctl`` is unavailable (no-op there).
+
+    The signal survives the ``exec`` of ``nice`` and ``mpirun``; it is sent when the *thread*
+    that started the child exits, which for :func:`run_step` is never before the step ends
+    (it waits for the child).  Between ``fork`` and ``exec`` the function only calls the
+    prepared ``prctl``, ``getppid`` and ``_exit``: it imports nothing and takes no lock.  A
+    parent killed in the instant between ``prctl`` and ``exec`` can still be missed.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent, sigterm = os.getpid(), int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal would come
+            os._exit(128 + sigterm)
+
+    return preexec
+
+
+def _session_members(sid: int) -> list[int]:
+    """PIDs of the processes in session ``sid`` (Linux ``/proc``; empty elsewhere)."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return members
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session
+        if len(fields) > 3 and fields[3] == str(sid).encode():
+            members.append(int(entry))
+    return members
+
+
+def kill_step(pid: int) -> None:
+    """SIGKILL every process of the ABINIT step whose ``nice``/``mpirun`` process is ``pid``.
+
+    ``pid`` leads its own session and process group (``start_new_session``).  OpenMPI
+    puts each rank into a process group of its own inside that session, so ``killpg(pid)``
+    reaches ``mpirun`` only; the ranks are found by their session ID in ``/proc`` and
+    killed too (where ``/proc`` is missing, only the process group is).
+    """
+    for member in _session_members(pid):
+        try:
+            os.kill(member, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def run_step(
     directory: Path,
     step: str,
@@ -322,18 +406,27 @@ def run_step(
     nice: int = 19,
     stop_event: threading.Event | None = None,
 ) -> float:
-    """Run one ABINIT input ``<step>.abi`` (``gs``, ``ddk1``-``ddk3``, ``efield``) in ``directory``.
+    """Run one ABINIT input ``<step>.abi`` (``gs``, ``ddk1``-``ddk3``, ``eps_ddk1``-``eps_ddk3``,
+    ``efield1``-``efield3``, ``efield``) in ``directory``.
 
     Returns the wall seconds.
 
-    The child runs in its own process group so that a timeout, a set
-    ``stop_event`` or an exception kills every MPI rank.  Raises
-    :class:`AbinitError` on failure and :class:`StepInterrupted` when stopped.
+    The child (``nice``, which execs ``mpirun`` or ``abinit``) starts a new session; a
+    timeout, a set ``stop_event`` or an exception kills every process of that session,
+    ``mpirun`` and each MPI rank (:func:`kill_step`).  On Linux the child also gets
+    SIGTERM when this process dies (``PR_SET_PDEATHSIG``; ``mpirun`` then terminates its
+    ranks), so a pipeline killed with SIGKILL does not leave ABINIT running.  Raises
+    :class:`AbinitError` on failure and :class:`StepInterrupted` when stopped.  A ddk-type
+    step (``ddk{d}``, ``eps_ddk{c}``) that used up ``nstep`` is accepted as ABINIT
+    accepts it (non-self-consistent, bounded by ``tolwfr``); any other step is not.
     """
     cmd = ["nice", "-n", str(nice)] + mpi_command(ranks) + [f"{step}.abi"]
     t0 = time.time()
     with open(directory / f"{step}.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # preexec_fn with threads (PLW1509): safe here, it only calls the prepared prctl, getppid
+        # and _exit, takes no lock and imports nothing between fork and exec
+        proc = subprocess.Popen(cmd, cwd=directory, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_die_with_parent())  # noqa: PLW1509
         try:
             while True:
                 try:
@@ -345,10 +438,7 @@ def run_step(
                     if timeout_s is not None and time.time() - t0 > timeout_s:
                         raise AbinitError(f"{step}: wall-clock limit of {timeout_s:.0f} s exceeded") from None
         except BaseException:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_step(proc.pid)  # before the wait: the session's ID stays that of its leader
             proc.wait()
             raise
     if rc != 0:
@@ -359,7 +449,7 @@ def run_step(
     text = abo.read_text(errors="replace")
     if "Calculation completed" not in text:
         raise AbinitError(f"{step}: output incomplete; {_first_error(directory / f'{step}.log')}")
-    if not step.startswith("ddk") and "not enough SCF cycles to converge" in text:
+    if not step.removeprefix("eps_").startswith("ddk") and "not enough SCF cycles to converge" in text:
         raise AbinitError(f"{step}: SCF not converged in nstep iterations")
     return time.time() - t0
 
@@ -395,6 +485,7 @@ def run_structure(
     on_direction=None,
     before_step=None,
     complete_epsilon: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Compute one structure, resuming at the first unfinished step.
 
@@ -413,8 +504,9 @@ def run_structure(
     could not give ε∞[d, c].  Before the ddk of the first direction run on a ground
     state, the ddk of each such ``c`` is therefore run again (``eps_ddk{c}``: the
     ``ddk{c}`` input, same output files) when ``complete_epsilon`` is true; these
-    steps are optional: when ``before_step("eps_ddk{c}")`` returns False the step is
-    skipped (the ε∞ elements stay unknown), not paused.
+    steps are optional: when ``before_step("eps_ddk{c}")`` returns False, or the run
+    fails (:class:`AbinitError`; its output wavefunctions are deleted), the step is
+    skipped with a message to ``log`` (the ε∞ elements stay unknown), not paused or failed.
 
     Returns
     -------
@@ -463,16 +555,27 @@ def run_structure(
             if source is not None:
                 _link(directory, source, f"in_1WF{3 * natom + d}")
 
+    eps_failed: set[int] = set()  # optional ddk runs that failed in this call: not tried again
+
     def refresh_ddk(d: int) -> float:
         """Optional ddk runs (``eps_ddk{c}``) for the directions ``c < d`` finished on another
-        ground state, so that the field runs from ``d`` on also give ε∞[d, c]; wall seconds."""
+        ground state, so that the field runs from ``d`` on also give ε∞[d, c]; wall seconds.
+        A failed run is skipped: the structure goes on without ε∞[d, c]."""
         seconds = 0.0
         for c in range(1, d):
-            if ddk_file(c) is not None or not (directory / f"efield{c}.done").is_file():
+            if ddk_file(c) is not None or not (directory / f"efield{c}.done").is_file() or c in eps_failed:
                 continue
             name = f"eps_ddk{c}"
             if before_step is None or before_step(name):
-                seconds += execute(name, inputs[f"ddk{c}"])
+                try:
+                    seconds += execute(name, inputs[f"ddk{c}"])
+                except AbinitError as exc:
+                    eps_failed.add(c)
+                    for partial in directory.glob(f"ddk{c}_o_*"):  # never read half-written ddk files
+                        partial.unlink()
+                    if log is not None:
+                        log(f"skip {name} (optional, for ε∞ only): it failed ({exc}); ε∞ elements "
+                            f"with direction {c} stay unknown")
         return seconds
 
     legacy = (directory / "ddk.done").is_file() or (directory / "efield.done").is_file()

@@ -147,9 +147,15 @@ def export_frame(
     ``kind`` ``cubic5_ideal`` and ``info["convergence_point"] = label``.  The ideal cubic
     cell is not in the plan; exporting the point computed at the production settings adds
     the exact Pm-3m Z* to a training set at no extra DFT cost.
+
+    Raises
+    ------
+    ValueError
+        When ``output`` already holds a ``conv_cubic`` frame (checked under the same lock
+        as the pipeline's appends, :func:`ase_born.dft.pipeline.append_frame`): exported
+        once, never twice.
     """
-    from ase_born.dft.pipeline import frame_from_run
-    from ase_born.io.extxyz import write_frames
+    from ase_born.dft.pipeline import append_frame, finished_ids, frame_from_run
 
     res = json.loads(Path(results).read_text())
     if label not in res.get("points", {}):
@@ -159,11 +165,14 @@ def export_frame(
         settings = AbinitSettings.from_dict(point["abinit_settings"])
     else:  # points run before full settings were stored
         settings = point_settings(point["settings"])
+    if "conv_cubic" in finished_ids(output):  # fail before parsing anything
+        raise ValueError(f"{output} already holds the convergence frame (structure_id conv_cubic): not appended again")
     atoms = convergence_structure() if structure is None else structure.copy()
     atoms.info.update(structure_id="conv_cubic", kind="cubic5_ideal", split=split, sampling="ideal Pm-3m, a = 3.85 Å (convergence study)")
     frame = frame_from_run(atoms, Path(workdir) / label, settings, point["wall_s"], point["ranks"])
     frame.info["convergence_point"] = label
-    write_frames(output, frame, append=True)
+    if not append_frame(output, frame, log=lambda m: None):  # appended meanwhile by another process
+        raise ValueError(f"{output} already holds the convergence frame (structure_id conv_cubic): not appended again")
     return frame
 
 

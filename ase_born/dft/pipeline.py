@@ -8,18 +8,27 @@ Layout
     One directory per structure: ABINIT inputs/outputs, step markers
     (``gs.done``, ``ddk.done``, ``efield.done``) and the restart files of the
     unfinished step chain (see :mod:`ase_born.dft.abinit`).
+``<workdir>/run.lock``
+    Held (``flock``, with the PID of its holder written in it) for the whole of a
+    :func:`run_plan` call: a second pipeline on the same work directory is refused
+    (:class:`PipelineLocked`) instead of computing and appending the same structures.
 ``<workdir>/settings.json``
     The ABINIT settings of the latest run; a later run with other physics
     settings (cutoff, k-points, functional, pseudopotentials) is refused (mixing
     them would silently corrupt the dataset).  Tolerances
-    (:data:`~ase_born.dft.abinit.TOLERANCE_KEYS`) may change between runs.
+    (:data:`~ase_born.dft.abinit.TOLERANCE_KEYS`) may change between runs.  The work
+    directory may not outlive a session, so the physics settings are also checked
+    against the ``dft_settings`` of every frame already in ``<output>``
+    (:func:`check_output_settings`).
 ``<workdir>/<structure_id>/settings.json``
     The settings a structure started with; it finishes with them even when a
     later run has other tolerances, so each frame's ``dft_settings`` is what
     every one of its steps used.
-``<workdir>/failures.json``
-    ``{structure_id: [{"reason": ..., "time": ...}, ...]}``; a structure that
-    failed ``max_attempts`` times is skipped, not retried forever.
+``failures.json`` beside ``<output>`` (:func:`failures_file`; ``data/dft/failures.json``)
+    ``{structure_id: [{"reason": ..., "type": ..., "time": ...}, ...]}``; a structure that
+    failed ``max_attempts`` times is skipped, not retried forever.  Kept (and committed)
+    with the dataset so that the count survives a fresh machine; entries of the older
+    location ``<workdir>/failures.json`` are read too.
 ``<carry>/<structure_id>/`` (default ``data/dft/partial/``, committed with the data)
     The finished field directions of an unfinished structure (``efield{d}.ddb``,
     markers, ``.abo`` outputs): run directories do not outlive a work session here,
@@ -27,25 +36,33 @@ Layout
     direction by direction over several.  Removed once the frame is written.
 ``<output>`` (default ``data/dft/catio3_dfpt.extxyz``)
     One frame per finished structure, appended atomically
-    (:func:`ase_born.io.extxyz.write_frames` with ``append=True``).  A structure
-    is *done* when its ID is in this file.
+    (:func:`ase_born.io.extxyz.write_frames` with ``append=True``) by
+    :func:`append_frame`, which checks under a lock that the ID is not in the file yet.
+    A structure is *done* when its ID is in this file; at the start of a run the carry
+    directories of done structures are removed.
 
-Stopping: SIGINT/SIGTERM set a stop flag; running ABINIT process groups are
-killed, finished steps keep their markers, and the next ``run`` resumes at the
-first unfinished step of each structure.
+Stopping: SIGINT/SIGTERM set a stop flag; every process of the running ABINIT steps
+(``mpirun`` and its ranks, :func:`ase_born.dft.abinit.kill_step`) is killed, finished
+steps keep their markers, and the next ``run`` resumes at the first unfinished step of
+each structure.  A pipeline killed outright (SIGKILL) takes its running step with it on
+Linux (:func:`ase_born.dft.abinit.run_step`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
+import traceback
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +124,98 @@ def unloaded_wall_s(wall_s: float, cpu_s: float | None, wall_sum_s: float | None
 
 class StopRequested(Exception):
     """Raised inside a worker when the pipeline was asked to stop."""
+
+
+class PipelineLocked(OSError):
+    """Another pipeline holds the work directory's lock (an ``OSError``, as a busy file is:
+    the command line reports it in one line)."""
+
+
+#: lock file of a work directory, held by :func:`run_plan` for its whole call
+LOCK_NAME = "run.lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock`` on ``<workdir>/run.lock``.
+
+    The holder writes its PID, host and start time into the file.  Raises
+    :class:`PipelineLocked`, naming that holder, when another process holds it.  The lock
+    goes with the process (also when it is killed); the file stays.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "PID not recorded yet"
+            raise PipelineLocked(
+                f"{workdir} is in use by another pipeline ({holder}; lock {path}): two runs on one "
+                "work directory would compute and append the same structures; stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+@contextlib.contextmanager
+def _output_lock(output: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on the directory of ``output``: serialises the check-then-append
+    of :func:`append_frame` between processes (whatever their work directories).  The
+    directory is locked, not the file, because
+    :func:`~ase_born.io.extxyz.write_frames` locks the file itself."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(output.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def append_frame(output: str | os.PathLike, frame: Atoms, log: Callable[[str], None] = print) -> bool:
+    """Append ``frame`` to ``output`` unless a frame with its ``structure_id`` is there already.
+
+    The check and the append happen under one lock (:func:`_output_lock`), so two
+    processes finishing the same structure append it once.  Returns whether it was
+    appended; a skipped duplicate is reported through ``log``.
+    """
+    output = Path(output)
+    sid = str(frame.info["structure_id"])
+    with _output_lock(output):
+        if sid in finished_ids(output):
+            log(f"{sid} is already in {output}: not appended again")
+            return False
+        write_frames(output, frame, append=True)
+    return True
+
+
+def failures_file(output: str | os.PathLike) -> Path:
+    """Where failed attempts are counted: ``failures.json`` beside the dataset file
+    (``data/dft/failures.json`` for the default output), committed with it."""
+    return Path(output).parent / "failures.json"
+
+
+def load_failures(output: str | os.PathLike, workdir: str | os.PathLike | None = None) -> dict[str, list[dict]]:
+    """Failed attempts per structure ID from :func:`failures_file`, merged with the older
+    location ``<workdir>/failures.json`` when it exists (an attempt in both counts once)."""
+    merged: dict[str, list[dict]] = {}
+    paths = [failures_file(output)] + ([Path(workdir) / "failures.json"] if workdir is not None else [])
+    for path in paths:
+        for sid, attempts in _load_json(path, {}).items():
+            have = merged.setdefault(sid, [])
+            for a in attempts:
+                if a not in have:
+                    have.append(a)
+    for attempts in merged.values():
+        attempts.sort(key=lambda a: a.get("time", 0.0))
+    return merged
 
 
 def load_plan(path: str | os.PathLike) -> list[Atoms]:
@@ -177,6 +286,39 @@ def check_settings(workdir: Path, settings: AbinitSettings) -> None:
             if any(d.glob("*.done")) and not (d / "settings.json").is_file():
                 _dump_json(d / "settings.json", stored)
         _dump_json(path, current)
+
+
+def check_output_settings(output: str | os.PathLike, settings: AbinitSettings,
+                          frames: Sequence[Atoms] | None = None) -> None:
+    """Refuse ``settings`` whose physics settings differ from those recorded in the frames of
+    ``output`` (``info["dft_settings"]``; tolerances may differ, as in :func:`check_settings`).
+
+    The work directory's ``settings.json`` does not outlive a fresh machine; the dataset
+    does.  Keys a frame does not record (older versions) are not compared.  ``frames``:
+    the frames of ``output`` when already read.
+
+    Raises
+    ------
+    ValueError
+        Naming the first differing frame and the settings ``{key: (recorded, requested)}``.
+    """
+    if frames is None:
+        output_path = Path(output)
+        frames = read_frames(output_path) if output_path.is_file() and output_path.stat().st_size else []
+    requested = settings.to_dict()
+    for frame in frames:
+        raw = frame.info.get("dft_settings")
+        if raw is None:
+            continue
+        recorded = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        diff = {k: (recorded[k], requested.get(k)) for k in sorted(recorded)
+                if k not in TOLERANCE_KEYS and recorded[k] != requested.get(k)}
+        if diff:
+            raise ValueError(
+                f"{output} holds frames computed with other ABINIT settings than requested "
+                f"({frame.info.get('structure_id', '?')}: {diff} (recorded, requested)); the physics "
+                "settings must not vary within a dataset: use another --output for other settings"
+            )
 
 
 def structure_settings(directory: Path, settings: AbinitSettings) -> AbinitSettings:
@@ -467,13 +609,20 @@ def save_direction(directory: Path, carry_dir: Path, d: int) -> None:
 
 
 def restore_carried(carry_dir: Path, directory: Path) -> None:
-    """Copy carried files into a run directory that lacks them."""
+    """Copy carried files into a run directory that lacks them.
+
+    As in :func:`save_direction`, each file is copied to a temporary name and renamed, and
+    the ``.done`` markers come last: a copy killed part-way leaves no short file under its
+    final name (which a later call would keep, beside a marker calling it finished).
+    """
     if not carry_dir.is_dir():
         return
     directory.mkdir(parents=True, exist_ok=True)
     for src in sorted(carry_dir.iterdir(), key=lambda p: p.name.endswith(".done")):
         if src.is_file() and not src.name.startswith(".") and not (directory / src.name).exists():
-            shutil.copyfile(src, directory / src.name)
+            tmp = directory / f".{src.name}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, directory / src.name)
 
 
 def run_plan(
@@ -556,13 +705,68 @@ def run_plan(
     dict
         Counts ``{"finished": ..., "failed": ..., "skipped": ..., "pending": ...,
         "deferred": ...}`` for this call (``deferred``: left for lack of time).
+
+    Raises
+    ------
+    PipelineLocked
+        When another call holds the work directory (:func:`workdir_lock`).
+    ValueError
+        When the physics settings differ from the work directory's or from those of the
+        frames already in ``output`` (:func:`check_settings`, :func:`check_output_settings`).
     """
     settings = settings or AbinitSettings()
     workdir, output = Path(workdir), Path(output)
-    plan = load_plan(plan_path)  # before check_settings writes anything into workdir
+    plan = load_plan(plan_path)  # before anything is written into workdir
+    with workdir_lock(workdir):
+        return _run_plan(
+            plan, plan_path, output, workdir, settings, ranks=ranks, jobs=jobs, timeout_s=timeout_s,
+            max_attempts=max_attempts, max_structures=max_structures, only_ids=only_ids, nice=nice,
+            log=log, install_signal_handlers=install_signal_handlers, runner=runner,
+            deadline=deadline, safety=safety, clock=clock, carry=carry, step_level=step_level,
+            complete_epsilon=complete_epsilon,
+        )
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """One line for ``failures.json``: the message of an expected failure (ABINIT, parsing,
+    files); type, message and innermost source line of any other exception."""
+    if isinstance(exc, (AbinitError, AbinitParseError, ValueError, OSError)):
+        return str(exc)
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" (at {Path(where[0].filename).name}:{where[0].lineno})" if where else ""
+    return f"{type(exc).__name__}: {exc}{at}"
+
+
+def _run_plan(
+    plan: list[Atoms],
+    plan_path: str | os.PathLike,
+    output: Path,
+    workdir: Path,
+    settings: AbinitSettings,
+    *,
+    ranks: int,
+    jobs: int,
+    timeout_s: float | None,
+    max_attempts: int,
+    max_structures: int | None,
+    only_ids: Sequence[str] | None,
+    nice: int,
+    log: Callable[[str], None],
+    install_signal_handlers: bool,
+    runner: Callable[..., dict],
+    deadline: float | None,
+    safety: float,
+    clock: Callable[[], float],
+    carry: str | os.PathLike | None,
+    step_level: bool,
+    complete_epsilon: bool,
+) -> dict[str, int]:
+    """:func:`run_plan` while it holds the work directory's lock."""
+    frames = read_frames(output) if output.is_file() and output.stat().st_size else []
+    check_output_settings(output, settings, frames)  # before check_settings records anything
     check_settings(workdir, settings)
-    done = finished_ids(output)
-    failures = _load_json(workdir / "failures.json", {})
+    done = {str(a.info["structure_id"]) for a in frames}
+    failures = load_failures(output, workdir)
     todo = [
         a
         for a in plan
@@ -575,7 +779,7 @@ def run_plan(
     n_done = len(done & {a.info["structure_id"] for a in plan})  # frames outside the plan (conv_cubic) not counted
     model = CostModel(ranks=ranks)
     plan_ids = {a.info["structure_id"] for a in plan}
-    for a in read_frames(output) if done else []:
+    for a in frames:
         if a.info["structure_id"] in plan_ids:  # the symmetric convergence cell would skew the rates
             model.add_frame(a, settings)
     progress = Progress(total=len(plan), model=model, done=n_done)
@@ -595,12 +799,22 @@ def run_plan(
             old[sig] = signal.signal(sig, handler)
 
     carry_root = None if carry is None else carry_directory(output) if carry == "auto" else Path(carry)
+    if carry_root is not None:
+        # left when a run was stopped between the append of a frame and the removal of its
+        # carried directions: they would never be removed otherwise
+        for sid in sorted(done):
+            stale = carry_root / sid
+            if sid not in (".", "..") and Path(sid).name == sid and stale.is_dir():
+                log(f"remove {stale}: {sid} is already in {output}")
+                shutil.rmtree(stale)
     carried = {a.info["structure_id"]: carried_directions(carry_root / a.info["structure_id"])
                for a in todo} if carry_root is not None else {}
     if any(carried.values()):
         log("carried over: " + ", ".join(f"{k} directions {v}" for k, v in carried.items() if v))
 
-    def work(structure: Atoms) -> None:
+    def work(structure: Atoms) -> bool:
+        """Compute ``structure`` and append its frame; False when another process had
+        appended it meanwhile (:func:`append_frame`)."""
         sid = structure.info["structure_id"]
         if stop.is_set():
             raise StopRequested
@@ -613,7 +827,8 @@ def run_plan(
             diff = {k: v for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
             log(f"{sid}: finishing with the tolerances it started with {diff}")
 
-        kwargs = {"ranks": ranks, "timeout_s": timeout_s, "nice": nice, "stop_event": stop}
+        kwargs = {"ranks": ranks, "timeout_s": timeout_s, "nice": nice, "stop_event": stop,
+                  "log": lambda m: log(f"{sid}: {m}")}
         if not complete_epsilon:
             kwargs["complete_epsilon"] = False
         if carry_root is not None:
@@ -624,16 +839,19 @@ def run_plan(
         frame = frame_from_run(structure, directory, own, timings, ranks)
         if np.isnan(frame.info["epsilon_inf"]).any():
             log(f"{sid}: epsilon_inf elements between directions computed in different sessions are unknown (NaN)")
-        write_frames(output, frame, append=True)
+        appended = append_frame(output, frame, log)
         (directory / "DONE").write_text(f"{time.time() - t0:.1f}\n")
         if carry_root is not None and (carry_root / sid).is_dir():
             shutil.rmtree(carry_root / sid)
+        if not appended:
+            return False
         with lock:
             counts["finished"] += 1
             progress.done += 1
             if not carried.get(sid):  # a structure partly computed earlier would look cheap
                 model.add(structure.info.get("kind"), units[sid], float(sum(timings.values())),
                           n_atoms=len(structure))
+        return True
 
     deferred: set[str] = set()
     paused: set[str] = set()  # started, then stopped before a step that did not fit (StructurePaused)
@@ -788,7 +1006,7 @@ def run_plan(
                     s = running.pop(fut)
                     sid = s.info["structure_id"]
                     try:
-                        fut.result()
+                        appended = fut.result()
                     except StructurePaused:
                         deferred.add(sid)  # left for a later call, counted as pending and deferred
                         paused.add(sid)
@@ -796,14 +1014,21 @@ def run_plan(
                         continue
                     except (StopRequested, StepInterrupted):
                         continue
-                    except (AbinitError, AbinitParseError, ValueError, OSError) as exc:
+                    # any error of one structure (a parser's KeyError too) is its failure:
+                    # recorded, and the others go on; KeyboardInterrupt/SystemExit are not caught
+                    except Exception as exc:  # noqa: BLE001
                         if stop.is_set():
                             continue
+                        reason = _failure_reason(exc)
                         with lock:
-                            failures.setdefault(sid, []).append({"reason": str(exc)[:500], "time": time.time()})
-                            _dump_json(workdir / "failures.json", failures)
+                            failures.setdefault(sid, []).append(
+                                {"reason": reason[:500], "type": type(exc).__name__, "time": time.time()})
+                            failures_file(output).parent.mkdir(parents=True, exist_ok=True)
+                            _dump_json(failures_file(output), failures)
                             counts["failed"] += 1
-                        log(f"FAILED {sid}: {exc}")
+                        log(f"FAILED {sid}: {reason}")
+                        continue
+                    if not appended:
                         continue
                     remaining = [(p.info.get("kind"), units[p.info["structure_id"]], len(p))
                                  for p in [*pending, *running.values()] if p.info["structure_id"] not in deferred]
@@ -834,7 +1059,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     plan = load_plan(plan_path)
     frames = read_frames(output) if Path(output).is_file() and Path(output).stat().st_size else []
     done = {str(a.info["structure_id"]): a for a in frames}
-    failures = _load_json(Path(workdir) / "failures.json", {})
+    failures = load_failures(output, workdir)
     rows: dict[str, Counter] = defaultdict(Counter)
     cost: dict[str, list[float]] = defaultdict(list)
     cpu: dict[str, list[float]] = defaultdict(list)

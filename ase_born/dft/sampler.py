@@ -25,8 +25,9 @@ Stable IDs and split
 IDs are ``<kind>_<NNNN>`` with a per-kind counter; structure ``i`` of a kind is
 generated from ``numpy.random.default_rng([seed, kind_code, i])`` so it never
 depends on how many structures of other kinds exist.  The TEST split is a pure
-function of the ID (SHA-256 of the ID modulo 5 == 0, ~20 %) and ``pnma_eq`` is
-always TEST: decided once, never used for model selection (CONVENTIONS.md).
+function of the ID (:func:`is_test_id`: the first 8 hex digits of the ID's SHA-256 hex
+digest, read as an integer, modulo 5 == 0, ~20 %), and ``pnma_eq`` is always TEST
+whatever its hash: decided once, never used for model selection (CONVENTIONS.md).
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def einstein_sigma(symbol: str, temperature_K: float) -> float:
 
 
 def is_test_id(structure_id: str) -> bool:
-    """Fixed TEST split: a pure function of the structure ID (≈20 %; ``pnma_eq`` is TEST)."""
+    """Fixed TEST split: a pure function of the structure ID: ``int(sha256(id).hexdigest()[:8], 16)
+    % 5 == 0`` (≈20 %), and ``pnma_eq`` always.  Never change it: IDs and splits stay stable."""
     if structure_id == "pnma_eq":
         return True
     return int(hashlib.sha256(structure_id.encode()).hexdigest()[:8], 16) % 5 == 0

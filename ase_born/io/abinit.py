@@ -381,10 +381,22 @@ def read_ddb(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[tuple
     elements : dict
         ``(dir1, pert1, dir2, pert2) -> real part`` of every "2nd derivatives" block
         (directions in REDUCED coordinates; perturbations numbered as in the module doc).
+
+    Raises
+    ------
+    AbinitParseError
+        Naming the file, when it is not a DDB or is incomplete or malformed: a structure
+        header variable of the wrong size, no database section, fewer data blocks than
+        its "Number of data blocks", a block with fewer element lines than its
+        "# elements" or a line that is not ``dir1 pert1 dir2 pert2 re im``, or a last line
+        without its newline (a file cut while it was written or copied).  A truncated DDB
+        must not give other Born charges silently.
     """
     text = Path(path).read_text(errors="replace")
     if "DERIVATIVE DATABASE" not in text:
         raise AbinitParseError(f"{path}: not an ABINIT DDB file")
+    if not text.endswith("\n"):
+        raise AbinitParseError(f"{path}: incomplete DDB (its last line has no newline: truncated?)")
     head = text.split(_DDB_HEADER_END, 1)[0]
     header: dict[str, list[float]] = {}
     name = None
@@ -393,28 +405,74 @@ def read_ddb(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[tuple
         if not parts:
             continue
         if re.fullmatch(r"[a-z_]+", parts[0]):
-            name = parts[0]
-            vals = parts[1:]
-            header[name] = []
+            name, vals, new_name = parts[0], parts[1:], True
         elif name is None:
             continue
         else:
-            vals = parts
+            vals, new_name = parts, False
         try:
-            header[name].extend(_to_float(v) for v in vals)
-        except ValueError:  # free-text line ("Note : ...")
-            header.pop(name, None)
+            values = [_to_float(v) for v in vals]
+        except ValueError:  # free text: a "name" that is not a variable, or the text after the last one
+            if new_name:
+                header.pop(name, None)
             name = None
-    elements: dict[tuple[int, int, int, int], float] = {}
+            continue
+        if new_name:
+            header[name] = []
+        header[name].extend(values)
+    header_arrays = {k: np.asarray(v) for k, v in header.items()}
+    _check_ddb_header(path, header_arrays)
     lines = text.splitlines()
-    for i, line in enumerate(lines):
+    declared = next((ln for ln in lines if "Number of data blocks" in ln), None)
+    if declared is None:
+        raise AbinitParseError(f"{path}: incomplete DDB (no database section with its number of data blocks)")
+    try:
+        n_blocks = int(declared.split("=")[-1])
+    except ValueError:
+        raise AbinitParseError(f"{path}: malformed line {declared.strip()!r}") from None
+    starts = [i for i, line in enumerate(lines) if "# elements" in line]
+    if len(starts) != n_blocks:
+        raise AbinitParseError(f"{path}: incomplete DDB ({len(starts)} of {n_blocks} data blocks)")
+    elements: dict[tuple[int, int, int, int], float] = {}
+    for i in starts:
+        line = lines[i]
         if "2nd derivatives" not in line:
             continue
-        n = int(line.split(":")[-1])
-        for row in lines[i + 2 : i + 2 + n]:  # after the "qpt" line
+        try:
+            n = int(line.split(":")[-1])
+        except ValueError:
+            raise AbinitParseError(f"{path}: malformed block header on line {i + 1}: {line.strip()!r}") from None
+        if i + 1 >= len(lines) or lines[i + 1].split()[:1] != ["qpt"]:
+            raise AbinitParseError(f"{path}: block on line {i + 1} has no qpt line")
+        rows = lines[i + 2 : i + 2 + n]  # after the "qpt" line
+        if len(rows) < n:
+            raise AbinitParseError(f"{path}: incomplete DDB (block on line {i + 1} has {len(rows)} of {n} elements)")
+        for j, row in enumerate(rows, start=i + 3):
             p = row.split()
-            elements[(int(p[0]), int(p[1]), int(p[2]), int(p[3]))] = _to_float(p[4])
-    return {k: np.asarray(v) for k, v in header.items()}, elements
+            try:
+                if len(p) != 6 or not all(_DDB_NUMBER.fullmatch(v) for v in p[4:]):
+                    raise ValueError
+                key = (int(p[0]), int(p[1]), int(p[2]), int(p[3]))
+            except ValueError:
+                raise AbinitParseError(f"{path}: malformed element on line {j}: {row.strip()!r}") from None
+            elements[key] = _to_float(p[4])
+    return header_arrays, elements
+
+
+#: a real number as ABINIT writes DDB elements (Fortran ``D`` or ``E`` exponent)
+_DDB_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([DdEe][-+]?\d+)?")
+
+
+def _check_ddb_header(path: str | os.PathLike, header: dict[str, np.ndarray]) -> None:
+    """Raise :class:`AbinitParseError` unless the structure variables have their sizes."""
+    if header.get("natom") is None or header["natom"].size != 1:
+        raise AbinitParseError(f"{path}: malformed DDB header (natom)")
+    natom = int(header["natom"][0])
+    ntypat = int(header["ntypat"][0]) if header.get("ntypat") is not None and header["ntypat"].size else None
+    sizes = {"acell": 3, "rprim": 9, "typat": natom, "xred": 3 * natom, "zion": ntypat}
+    bad = [k for k, n in sizes.items() if header.get(k) is None or (n is not None and header[k].size != n)]
+    if bad:
+        raise AbinitParseError(f"{path}: malformed DDB header ({', '.join(bad)} missing or of the wrong size)")
 
 
 def response_from_ddb(paths: Sequence[str | os.PathLike], partial: bool = False) -> tuple[np.ndarray, np.ndarray]:

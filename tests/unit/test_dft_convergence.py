@@ -103,6 +103,10 @@ def test_run_resumes_and_exports_a_point_as_frame(tmp_path):
     assert back.get_potential_energy() == pytest.approx(frame.get_potential_energy())
     with pytest.raises(KeyError, match="not finished"):
         conv.export_frame("ecut99_k9", xyz, work, out, structure=structure)
+    # exported once: a second export (of any point) is refused, the file keeps one conv_cubic frame
+    with pytest.raises(ValueError, match="already holds the convergence frame"):
+        conv.export_frame(grid[0][1], xyz, work, out, structure=structure)
+    assert [f.info["structure_id"] for f in read_frames(xyz)] == ["conv_cubic"]
 
 
 def test_convergence_structure_is_ideal_cubic():

@@ -2,8 +2,13 @@
 
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -202,15 +207,27 @@ def test_resume_half_done_plan_completes_only_the_rest(tmp_path):
 
 
 def test_failures_recorded_and_not_retried_forever(tmp_path):
+    """The count of failed attempts is kept beside the dataset (committed with it), so it
+    survives the fresh machine (new work directory) of every session."""
     plan = _fake_plan(tmp_path, n=2)
-    out, work = tmp_path / "data.xyz", tmp_path / "runs"
+    out = tmp_path / "data" / "dft.xyz"
     for attempt in range(3):
         fake = FakeAbinit(fail_ids={"s1"})
-        run_plan(plan, out, work, runner=fake, max_attempts=2, log=lambda m: None)
+        run_plan(plan, out, tmp_path / f"runs{attempt}", runner=fake, max_attempts=2, log=lambda m: None)
         assert ("s1" in fake.calls) == (attempt < 2)
-    failures = json.loads((work / "failures.json").read_text())
+    failures = json.loads((out.parent / "failures.json").read_text())
     assert len(failures["s1"]) == 2 and "SCF not converged" in failures["s1"][0]["reason"]
+    assert failures["s1"][0]["type"] == "AbinitError"
     assert finished_ids(out) == {"s0"}
+    assert status(plan, out, tmp_path / "runs9")["failures"] == {"s1": failures["s1"][-1]["reason"]}
+    # the older location in the work directory is still read
+    old = [{"reason": "gs: SCF not converged in nstep iterations", "time": t} for t in (1.0, 2.0)]
+    (tmp_path / "runs_old").mkdir()
+    (tmp_path / "runs_old" / "failures.json").write_text(json.dumps({"s0": old}))
+    fake = FakeAbinit()
+    run_plan(plan, tmp_path / "data2" / "dft.xyz", tmp_path / "runs_old", runner=fake, max_attempts=2,
+             log=lambda m: None)
+    assert fake.calls == ["s1"]
 
 
 def test_settings_mismatch_refused(tmp_path):
@@ -924,7 +941,8 @@ def test_background_script_stops_at_once_without_the_cli(tmp_path):
     assert res.returncode == 127
     assert "ase-born not found" in res.stdout
     assert "command not found" not in res.stderr
-    assert (tmp_path / "dft_runs" / "background.pid").exists()
+    assert (tmp_path / "dft_runs").is_dir()
+    assert not (tmp_path / "dft_runs" / "background.pid").exists()  # nothing started, nothing to stop
 
 
 @pytest.mark.parametrize("action", ["run", "status"])
@@ -957,3 +975,383 @@ def test_converge_table_without_results_says_where_it_looked(tmp_path, monkeypat
     assert main(["dft", "converge", "--table"]) == 0
     table = capsys.readouterr().out
     assert table.startswith("|") and "30" in table
+
+
+# --- safeguards of the pipeline (review of the DFT pipeline) --------------------------------------
+
+
+def _wait_for(predicate, timeout=20.0):
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return stat[stat.rfind(b")") + 2 :].split()[0].decode()
+
+
+def _kill_if_alive(*pids: int) -> None:
+    """Clean up processes this test started (by their PIDs)."""
+    for pid in pids:
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_second_pipeline_on_the_same_workdir_is_refused(tmp_path):
+    """Two `run_plan` calls on one work directory appended s0, s0, s1, s1: the second is
+    refused while the first holds the lock, with the holder's PID in the message."""
+    from ase_born.dft.pipeline import PipelineLocked
+
+    plan = _fake_plan(tmp_path, n=2)
+    out, work = tmp_path / "data.xyz", tmp_path / "runs"
+    started, release = threading.Event(), threading.Event()
+
+    class Blocking(FakeAbinit):
+        def __call__(self, *args, **kw):
+            started.set()
+            assert release.wait(30)
+            return super().__call__(*args, **kw)
+
+    first = threading.Thread(target=run_plan, args=(plan, out, work),
+                             kwargs={"runner": Blocking(), "log": lambda m: None}, daemon=True)
+    first.start()
+    try:
+        assert started.wait(30)
+        second = FakeAbinit()
+        with pytest.raises(PipelineLocked, match=f"PID {os.getpid()}"):
+            run_plan(plan, out, work, runner=second, log=lambda m: None)
+        assert second.calls == []
+    finally:
+        release.set()
+        first.join(30)
+    assert [f.info["structure_id"] for f in read_frames(out)] == ["s0", "s1"]
+    fake = FakeAbinit()  # the lock went with its holder
+    assert run_plan(plan, out, work, runner=fake, log=lambda m: None).get("finished", 0) == 0
+    assert fake.calls == []
+
+
+def test_a_structure_appended_meanwhile_is_not_appended_again(tmp_path):
+    """Another pipeline (its own work directory) appends s0 while this one computes it: the
+    ID is checked again under the append lock, and s0 is skipped with a message."""
+    plan = _fake_plan(tmp_path, n=2)
+    out = tmp_path / "data.xyz"
+
+    class OtherRunFinishesFirst(FakeAbinit):
+        def __call__(self, structure, settings, directory, **kw):
+            timings = super().__call__(structure, settings, directory, **kw)
+            if structure.info["structure_id"] == "s0":
+                run_plan(plan, out, tmp_path / "other", runner=FakeAbinit(), only_ids=["s0"],
+                         log=lambda m: None, install_signal_handlers=False)
+            return timings
+
+    messages = []
+    counts = run_plan(plan, out, tmp_path / "runs", runner=OtherRunFinishesFirst(), log=messages.append)
+    assert [f.info["structure_id"] for f in read_frames(out)] == ["s0", "s1"]
+    assert counts["finished"] == 1
+    assert any(m.startswith("s0 is already in") for m in messages)
+
+
+def test_carried_directions_of_finished_structures_are_removed_at_start(tmp_path):
+    """A kill between the append of a frame and the removal of its carried directions left them
+    for ever: the next run removes partial/<id> of every ID already in the dataset."""
+    plan = _fake_plan(tmp_path, n=2)
+    out = tmp_path / "data.xyz"
+    run_plan(plan, out, tmp_path / "runs", runner=FakeAbinit(), only_ids=["s0"], log=lambda m: None)
+    for sid in ("s0", "s1"):
+        _carry_direction_1(tmp_path / "partial" / sid)
+    messages = []
+    run_plan(plan, out, tmp_path / "runs2", runner=FakeAbinit(), max_structures=0, log=messages.append)
+    assert not (tmp_path / "partial" / "s0").exists()
+    assert (tmp_path / "partial" / "s1" / "efield1.ddb").is_file()  # unfinished: kept
+    assert any(m.startswith("remove ") and "s0 is already in" in m for m in messages)
+
+
+def test_restore_of_carried_files_killed_mid_copy_leaves_no_short_file(tmp_path, monkeypatch):
+    """A kill while a carried DDB was copied into the run directory left a short efield1.ddb,
+    kept by the next restore beside its done marker: copies go through a temporary name."""
+    from ase_born.dft.pipeline import restore_carried
+
+    carry, run = tmp_path / "partial" / "t0", tmp_path / "runs" / "t0"
+    _carry_direction_1(carry)
+    full = (carry / "efield1.ddb").read_bytes()
+    real = shutil.copyfile
+
+    class Killed(BaseException):
+        pass
+
+    def killed_mid_copy(src, dst, **kw):
+        if Path(src).name == "efield1.ddb":
+            Path(dst).write_bytes(full[: len(full) // 2])
+            raise Killed
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copyfile", killed_mid_copy)
+    with pytest.raises(Killed):
+        restore_carried(carry, run)
+    assert not (run / "efield1.done").exists()
+    monkeypatch.setattr(shutil, "copyfile", real)
+    restore_carried(carry, run)  # the next session
+    assert (run / "efield1.ddb").read_bytes() == full
+    assert (run / "efield1.done").is_file()
+
+
+def test_other_physics_settings_than_the_dataset_are_refused_on_a_fresh_machine(tmp_path):
+    """The work directory's settings record does not survive a fresh machine: the frames'
+    own dft_settings are checked too (a 40 Ha run was appended beside 30 Ha frames)."""
+    plan = _fake_plan(tmp_path, n=2)
+    out = tmp_path / "data" / "dft.xyz"
+    run_plan(plan, out, tmp_path / "runs1", runner=FakeAbinit(), max_structures=1, log=lambda m: None)
+    fake = FakeAbinit()
+    with pytest.raises(ValueError, match=r"other ABINIT settings.*s0.*'ecut_Ha': \(30.0, 40.0\)"):
+        run_plan(plan, out, tmp_path / "runs2", settings=AbinitSettings(ecut_Ha=40.0), runner=fake,
+                 log=lambda m: None)
+    assert fake.calls == [] and finished_ids(out) == {"s0"}
+    assert not (tmp_path / "runs2" / "settings.json").exists()  # nothing recorded for the refused run
+    # tolerances may change
+    run_plan(plan, out, tmp_path / "runs3", settings=AbinitSettings(tolwfr_ddk=1e-20), runner=FakeAbinit(),
+             log=lambda m: None)
+    assert finished_ids(out) == {"s0", "s1"}
+
+
+def test_an_unexpected_error_of_one_structure_is_recorded_not_fatal(tmp_path):
+    """A KeyError from a parser crashed run_plan before the failure was recorded, so the
+    structure (first when carried) blocked every session."""
+    plan = _fake_plan(tmp_path, n=3)
+    out = tmp_path / "data.xyz"
+
+    class ParserBug(FakeAbinit):
+        def __call__(self, structure, *args, **kw):
+            if structure.info["structure_id"] == "s0":
+                self.calls.append("s0")
+                raise KeyError("2ndder")
+            return super().__call__(structure, *args, **kw)
+
+    for attempt in range(3):
+        fake, messages = ParserBug(), []
+        run_plan(plan, out, tmp_path / "runs", runner=fake, max_attempts=2, log=messages.append)
+        assert ("s0" in fake.calls) == (attempt < 2)
+        assert attempt == 2 or any(m.startswith("FAILED s0: KeyError: '2ndder'") for m in messages)
+    failures = json.loads((tmp_path / "failures.json").read_text())
+    assert [f["type"] for f in failures["s0"]] == ["KeyError", "KeyError"]
+    assert failures["s0"][0]["reason"].startswith("KeyError: '2ndder' (at test_dft_pipeline.py:")
+    assert finished_ids(out) == {"s1", "s2"}
+
+
+def test_scf_limit_is_accepted_for_every_ddk_type_step_only(tmp_path, monkeypatch):
+    """The optional eps_ddk{c} steps run the ddk input: like ddk{d}, they may use up nstep."""
+    script = 'printf " nstep=   80 was not enough SCF cycles to converge;\\n Calculation completed.\\n" > "${1%.abi}.abo"'
+    monkeypatch.setattr(dft_abinit, "mpi_command", lambda ranks: ["bash", "-c", script, "fake-abinit"])
+    for step in ("ddk1", "eps_ddk1", "eps_ddk2"):
+        dft_abinit.run_step(tmp_path, step, 1, None)
+    for step in ("gs", "efield1"):
+        with pytest.raises(AbinitError, match="SCF not converged"):
+            dft_abinit.run_step(tmp_path, step, 1, None)
+
+
+def test_failed_optional_epsilon_ddk_is_skipped_not_a_failure(tmp_path, monkeypatch):
+    """eps_ddk1 fails: the structure goes on without it (message, its half-written ddk files
+    deleted, not tried again for direction 3) instead of failing."""
+    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
+    calls, linked = _fake_steps(monkeypatch)
+    inner = dft_abinit.run_step
+
+    def failing(directory, step, *args, **kw):
+        if step == "eps_ddk1":
+            calls.append((directory.name, step))
+            (directory / "ddk1_o_1WF31").write_text("half written")
+            raise AbinitError("eps_ddk1: abinit exited with code 1; out of memory")
+        return inner(directory, step, *args, **kw)
+
+    monkeypatch.setattr(dft_abinit, "run_step", failing)
+    work = tmp_path / "run"
+    _carry_direction_1(work)
+    messages = []
+    run_structure(structure, AbinitSettings(ecut_Ha=12.0), work, ranks=1, cleanup=False, log=messages.append)
+    assert [s for _, s in calls] == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
+    assert linked == {2: [2], 3: [2, 3]}  # the half-written ddk file of direction 1 is not read
+    assert not (work / "eps_ddk1.done").exists() and not (work / "ddk1_o_1WF31").exists()
+    assert any(m.startswith("skip eps_ddk1") and "out of memory" in m for m in messages)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_step_dies_with_a_killed_pipeline(tmp_path):
+    """SIGKILL of the Python process running a step (start_new_session detaches it): the step's
+    process gets SIGTERM instead of running on."""
+    pidfile = tmp_path / "step.pid"
+    code = (
+        "from pathlib import Path\n"
+        "from ase_born.dft import abinit\n"
+        f"abinit.mpi_command = lambda ranks: ['bash', '-c', 'echo $$ > {pidfile}; exec sleep 60', 'fake-mpirun']\n"
+        f"abinit.run_step(Path({str(tmp_path)!r}), 'gs', 1, None)\n"
+    )
+    root = str(Path(dft_abinit.__file__).resolve().parents[2])  # the ase_born this test imports
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    pipeline = subprocess.Popen([sys.executable, "-c", code], env=env)
+    step = 0
+    try:
+        assert _wait_for(lambda: pidfile.is_file() and pidfile.read_text().strip())
+        step = int(pidfile.read_text())
+        assert _alive(step)
+        pipeline.kill()
+        pipeline.wait(10)
+        assert _wait_for(lambda: not _alive(step), timeout=10), "the step outlived its killed pipeline"
+    finally:
+        _kill_if_alive(pipeline.pid, step)
+        pipeline.wait(10)
+
+
+def test_stop_kills_ranks_in_their_own_process_groups(tmp_path, monkeypatch):
+    """OpenMPI puts each rank into a process group of its own inside mpirun's session, out of
+    reach of killpg(mpirun): a stop kills every process of the step's session."""
+    pidfile = tmp_path / "rank.pid"
+    fake_mpirun = f"set -m; sleep 60 & echo $! > {pidfile}; wait"  # set -m: the "rank" gets its own group
+    monkeypatch.setattr(dft_abinit, "mpi_command", lambda ranks: ["bash", "-c", fake_mpirun, "fake-mpirun"])
+    stop = threading.Event()
+    rank = 0
+
+    def stop_when_running():
+        if _wait_for(lambda: pidfile.is_file() and pidfile.read_text().strip()):
+            stop.set()
+
+    threading.Thread(target=stop_when_running, daemon=True).start()
+    try:
+        with pytest.raises(dft_abinit.StepInterrupted):
+            dft_abinit.run_step(tmp_path, "gs", 1, 60.0, stop_event=stop)
+        rank = int(pidfile.read_text())
+        assert _wait_for(lambda: not _alive(rank), timeout=5), "a rank outlived the stopped step"
+    finally:
+        _kill_if_alive(rank)
+
+
+def _script_env(tmp_path, tools, fakes=None):
+    """A bin directory with the given real tools (symlinks) and fake commands (name -> bash body)."""
+    bash = shutil.which("bash")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if bash is None or missing:
+        pytest.skip(f"missing tools {missing}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in tools:
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for name, body in (fakes or {}).items():
+        (bin_dir / name).write_text(f"#!{bash}\n{body}")
+        (bin_dir / name).chmod(0o755)
+    return bash, bin_dir
+
+
+def _copy_script(tmp_path, name):
+    script = Path(__file__).resolve().parents[2] / "scripts" / name
+    (tmp_path / "scripts").mkdir(exist_ok=True)
+    shutil.copy(script, tmp_path / "scripts")
+    return tmp_path / "scripts" / name
+
+
+def test_background_script_forwards_sigterm_commits_and_refuses_a_second_start(tmp_path):
+    """Killing the PID in background.pid killed only bash: `ase-born dft run` ran on and the
+    final commit was skipped.  Now the run gets SIGTERM, the script waits for it, commits
+    and removes its PID file; a second start while one runs is refused."""
+    script = _copy_script(tmp_path, "dft_background.sh")
+    log, started = tmp_path / "calls.log", tmp_path / "run.started"
+    fake_cli = (
+        'echo "ase-born $*" >> "$LOG"\n'
+        'if [ "$2" = run ]; then\n'
+        '    trap \'echo "run got TERM" >> "$LOG"; exit 0\' TERM\n'
+        '    : > "$STARTED"\n'
+        "    for ((i = 0; i < 600; i++)); do sleep 0.1; done  # at most a minute\n"
+        "fi\n"
+    )
+    fake_git = 'echo "git $*" >> "$LOG"\n[ "$1" = diff ] && exit 1\nexit 0\n'  # diff: staged changes
+    bash, bin_dir = _script_env(tmp_path, ["dirname", "mkdir", "sleep", "rm", "grep", "find", "wc"],
+                                {"ase-born": fake_cli, "git": fake_git})
+    env = {"PATH": str(bin_dir), "LOG": str(log), "STARTED": str(started), "DFT_COMMIT": "1"}
+    pidfile = tmp_path / "dft_runs" / "background.pid"
+    pidfile.parent.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    pidfile.write_text(f"{dead.pid}\n")  # left by a killed earlier start: no obstacle
+    first = subprocess.Popen([bash, str(script)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _wait_for(started.is_file), "the fake `ase-born dft run` did not start"
+        assert pidfile.read_text().strip() == str(first.pid)
+        second = subprocess.run([bash, str(script)], env=env, capture_output=True, text=True, timeout=30,
+                                check=False)
+        assert second.returncode == 1
+        assert f"already running (PID {first.pid}" in second.stdout
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=30)
+    finally:
+        _kill_if_alive(first.pid)
+    calls = log.read_text().splitlines()
+    assert [c for c in calls if c.startswith("ase-born")] == [
+        "ase-born dft converge --ranks 2", "ase-born dft run --ranks 2 --hours 2.6 --step-level auto"]
+    assert "run got TERM" in calls
+    assert any(c.startswith("git commit") for c in calls[calls.index("run got TERM"):])
+    assert first.returncode == 0, out
+    assert not pidfile.exists()
+
+
+def test_documented_start_command_works_on_a_fresh_checkout(tmp_path):
+    """The README's start command redirected into dft_runs/ before the script created it."""
+    readme = Path(__file__).resolve().parents[2] / "data" / "dft" / "README.md"
+    (line,) = [ln for ln in readme.read_text().splitlines()
+               if "bash scripts/dft_background.sh" in ln and not ln.lstrip().startswith("#")]
+    _copy_script(tmp_path, "dft_background.sh")
+    bash, bin_dir = _script_env(tmp_path, ["dirname", "mkdir", "setsid", "nohup", "bash"])  # no ase-born
+    subprocess.run([bash, "-c", line + "\nwait"], cwd=tmp_path, env={"PATH": str(bin_dir)},
+                   capture_output=True, timeout=30, check=False)
+    log = tmp_path / "dft_runs" / "background.log"
+    assert _wait_for(lambda: log.is_file() and "ase-born not found" in log.read_text(), timeout=10)
+
+
+def test_pause_script_signals_only_pipeline_steps_and_fails_when_none_runs(tmp_path):
+    """dft_pause.sh exited 0 and printed "sent ..." when nothing matched; it signals the
+    sessions of the pipeline's ABINIT steps (here a fake pipeline given by DFT_PIPELINE_PIDS,
+    so that no real ABINIT run on this machine is touched)."""
+    script = _copy_script(tmp_path, "dft_pause.sh")
+    if "DFT_PIPELINE_PIDS" not in script.read_text():
+        pytest.fail("dft_pause.sh has no DFT_PIPELINE_PIDS override: not run, it would signal real runs")
+    if None in (shutil.which("pgrep"), shutil.which("pkill"), shutil.which("ps")):
+        pytest.skip("no procps")
+    code = ("import subprocess\n"
+            "p = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+            "print(p.pid, flush=True)\n"
+            "p.wait()\n")
+    pipeline = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    step = 0
+
+    def pause(action, pids):
+        env = {**os.environ, "DFT_PIPELINE_PIDS": pids}
+        return subprocess.run(["bash", str(script), action], env=env, capture_output=True, text=True,
+                              timeout=30, check=False)
+
+    try:
+        step = int(pipeline.stdout.readline())
+        res = pause("stop", str(pipeline.pid))
+        assert res.returncode == 0 and f"session(s) {step}" in res.stdout, res.stderr
+        assert _wait_for(lambda: _state(step) == "T", timeout=5)
+        assert _state(pipeline.pid) != "T"  # the pipeline itself keeps running
+        res = pause("cont", str(pipeline.pid))
+        assert res.returncode == 0
+        assert _wait_for(lambda: _state(step) != "T", timeout=5)
+        for pids in (str(step), ""):  # no pipeline step found: no signal, exit status 1
+            res = pause("stop", pids)
+            assert res.returncode == 1 and "no running ABINIT step" in res.stderr and not res.stdout
+        assert _state(step) != "T"
+        assert pause("halt", "").returncode == 2
+    finally:
+        _kill_if_alive(step, pipeline.pid)
+        pipeline.wait(10)

@@ -274,3 +274,30 @@ def test_ddb_partial_directions_give_the_rows_they_determine(monkeypatch):
                 assert np.isnan(z[:, a, :]).all()
     with pytest.raises(AbinitParseError, match="direction"):
         response_from_ddb(files[:1])
+
+
+def test_truncated_or_malformed_ddb_is_refused_naming_the_file(tmp_path):
+    """A DDB cut anywhere (a kill while it was written or copied) gave silently wrong Z*
+    (up to 3.6 e) or a KeyError/IndexError: every cut raises AbinitParseError naming it."""
+    full = (TILT / "efield2.ddb").read_text()
+    lines = full.splitlines(keepends=True)
+    cut_file = tmp_path / "cut2.ddb"
+    cuts = {len("".join(lines[:k])) for k in range(len(lines))}  # at every line end
+    cuts |= set(range(0, len(full), 37)) | {len(full) - 1, len(full) - 4, len(full) - 25}  # mid-line
+    for cut in sorted(cuts):
+        cut_file.write_text(full[:cut])
+        with pytest.raises(AbinitParseError, match="cut2.ddb"):
+            response_from_ddb([TILT / "efield1.ddb", cut_file, TILT / "efield3.ddb"])
+    # a lost element line in the middle of the block, a garbled element, a garbled header
+    block = next(i for i, ln in enumerate(lines) if "2nd derivatives" in ln)
+    for bad, what in (
+        (lines[: block + 10] + lines[block + 11 :], "10 of 63|62 of 63"),
+        (lines[: block + 10] + [lines[block + 10].replace("D+", "D*", 1)] + lines[block + 11 :], "malformed"),
+        (lines[: block + 10] + ["   2  12   1\n"] + lines[block + 11 :], "malformed"),
+        ([ln.replace("natom        10", "natom        11") for ln in lines], "malformed DDB header"),
+    ):
+        cut_file.write_text("".join(bad))
+        with pytest.raises(AbinitParseError, match=f"cut2.ddb.*({what})"):
+            read_ddb(cut_file)
+    cut_file.write_text(full)
+    assert read_ddb(cut_file)[1] == read_ddb(TILT / "efield2.ddb")[1]
