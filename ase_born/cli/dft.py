@@ -1,4 +1,4 @@
-"""`ase-born dft plan|run|status`: the ABINIT DFPT data pipeline."""
+"""`ase-born dft plan|run|converge|status`: the ABINIT DFPT data pipeline."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DEFAULT_PLAN = "data/dft/plan_catio3.extxyz"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dft", help="ABINIT DFPT Born-charge data pipeline (plan, run, status)")
+    p = sub.add_parser("dft", help="ABINIT DFPT Born-charge data pipeline (plan, run, converge, status)")
     dsub = p.add_subparsers(dest="dft_command", metavar="ACTION", required=True)
 
     pp = dsub.add_parser("plan", help="write the CaTiO3 structure plan (stable IDs, fixed TEST split)")

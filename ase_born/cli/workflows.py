@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 _EPILOG_DIELECTRIC = """\
-CPU-sized default (the README main job, ~10-15 min on 2 cores with a small MACE): the 40-atom
-(1,1,2) Pnma cell, 300 K, 2 fs steps, 300 equilibration + 4 x 600 production steps (E = 0 and
-E = 1e8 V/m along x, y, z, correlated sampling), fluctuation and finite-field estimators, 0 K
-harmonic tensor (phonopy) and static linearity check on the relaxed 20-atom cell.
+CPU-sized default (the README main job: ~6 min on 2 cores with the default models, see the
+README): the 40-atom (1,1,2) Pnma cell, 300 K, 2 fs steps, 300 equilibration + 4 x 600
+production steps (E = 0 and E = 1e8 V/m along x, y, z, correlated sampling), fluctuation and
+finite-field estimators, 0 K harmonic tensor (phonopy) and static linearity check on the
+relaxed 20-atom cell.
 Paper-sized (--paper, for a GPU): 640-atom (4,2,4) cell, 300-1500 K every 200 K, 1 fs,
 20 ps equilibration, 100 ps per field run, E = 5e7 V/m (the seed's) with +-E.
 Resume: run the same command again (same --out); --overwrite starts afresh."""
