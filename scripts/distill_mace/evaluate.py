@@ -265,15 +265,23 @@ def main(argv=None) -> None:
     calc = load_calculator(args.model, args.device, args.dtype)
     data = Path(args.data)
     model_path = Path(args.model)
+    from ase_born.defaults import sha256
+
+    digest = sha256(model_path)
     if args.dft_only:
         result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
         if result.get("model", str(model_path)) != str(model_path):
             raise SystemExit(f"{args.out} evaluates {result['model']}, not {model_path}")
+        if result.get("model_sha256", digest) != digest:  # same path, another file: no mixing
+            raise SystemExit(f"{args.out} evaluates another {model_path} (SHA-256 {result['model_sha256'][:12]}…): "
+                             "rerun the whole evaluation")
+        result["model_sha256"] = digest
         compare_dft(calc, Path(args.dft), result)
         _write(result, Path(args.out))
         return
     result: dict = {
         "model": str(model_path),
+        "model_sha256": digest,
         "model_size_bytes": model_path.stat().st_size,
         "dtype": args.dtype,
         "teacher": "SevenNet-0 (7net-0, 11Jul2024)",
