@@ -149,8 +149,16 @@ def test_asr_projection_and_violation():
     assert physics.asr_violation(zc) < 1e-12
     # the correction is a uniform shift of every atom's tensor
     assert np.allclose(z - zc, raw_sum / 7)
-    mae = physics.asr_violation_mae([z, zc, 2 * z])
-    assert mae == pytest.approx((physics.asr_violation(z) * 3) / 3)
+    # the violation is linear in a uniform scale: [z, 3z, zc] has violations v, 3v, 0,
+    # so the MAE over structures is (v + 3v + 0)/3 = 4v/3, distinct from any one entry
+    v = physics.asr_violation(z)
+    assert physics.asr_violation(3 * z) == pytest.approx(3 * v)
+    assert physics.asr_violation_mae([z, 3 * z]) == pytest.approx(2 * v, rel=1e-14)
+    assert physics.asr_violation_mae([z, 3 * z, zc]) == pytest.approx(4 * v / 3, rel=1e-14)
+    # structures of different sizes: the mean is over structures, not atoms
+    z2 = RNG.normal(size=(2, 3, 3))
+    v2 = np.abs(z2.sum(0)).sum() / 9
+    assert physics.asr_violation_mae([z2, z]) == pytest.approx((v2 + v) / 2, rel=1e-14)
 
 
 def test_electronic_polarization():
@@ -170,6 +178,15 @@ def test_finite_field_epsilon_recovers_tensor():
     assert np.allclose(physics.epsilon_ion_finite_field(pf, p0, e), eps, rtol=1e-10)
     err = physics.epsilon_ion_finite_field_error(np.full((3, 3), 3e-6), np.full(3, 4e-6), e)
     assert np.allclose(err, 5e-6 / (EPSILON0 * e))
+    # distinct errors: δε[b, c] = sqrt(δP_f[c, b]² + δP_0[b]²) / (ε0 |E|), row c of δP_f =
+    # run with the field along c, so the field-run error enters transposed
+    dpf = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]) * 1e-6  # [run c, comp b]
+    dp0 = np.array([0.5, 1.5, 2.5]) * 1e-6  # [comp b]
+    err = physics.epsilon_ion_finite_field_error(dpf, dp0, -e)  # sign of E does not matter
+    assert err.shape == (3, 3)
+    for b, c in itertools.product(range(3), repeat=2):
+        expected = np.sqrt(dpf[c, b] ** 2 + dp0[b] ** 2) / (EPSILON0 * e)
+        assert err[b, c] == pytest.approx(expected, rel=1e-12), (b, c)
     with pytest.raises(ValueError):
         physics.epsilon_ion_finite_field(pf, p0, 0.0)
 
@@ -189,6 +206,19 @@ def test_fluctuation_formulas():
     # NpT form with constant volume reduces to the NVT one
     eps_npt = physics.epsilon_ion_fluctuation_npt(p * vol, np.full(len(p), vol), t)
     assert np.allclose(eps_npt, expected, rtol=1e-10)
+    # varying volumes: ε_ion[b, c] = ⟨δd_b δd_c⟩ / (⟨Ω⟩ ε0 k_B T), covariance with ddof = 0
+    d = _exact_cov_samples(cov * vol**2, np.array([3.0, -1.0, 0.5]))  # dipoles in e·Å
+    vols = np.array([950.0, 990.0, 1010.0, 1030.0, 1060.0, 1100.0])  # ⟨Ω⟩ = 1023.3 Å³
+    dd = d - d.mean(0)
+    cov_d = dd.T @ dd / len(d)
+    assert np.allclose(cov_d, cov * vol**2, rtol=1e-12)
+    expected_npt = cov_d / (vols.mean() * EPSILON0 * KB_EV_PER_K * t)
+    eps_npt = physics.epsilon_ion_fluctuation_npt(d, vols, t)
+    assert np.allclose(eps_npt, expected_npt, rtol=1e-10)
+    # the data tell ⟨Ω⟩ from a single sample's Ω (here 7 % apart)
+    assert not np.allclose(eps_npt, cov_d / (vols[0] * EPSILON0 * KB_EV_PER_K * t), rtol=1e-3)
+    with pytest.raises(ValueError, match="volumes"):
+        physics.epsilon_ion_fluctuation_npt(d, vols[:-1], t)
     with pytest.raises(ValueError, match="temperature"):
         physics.epsilon_ion_fluctuation(p, vol, 0.0)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import ase.io
@@ -108,18 +107,20 @@ def test_supercell_that_breaks_the_reference(cubic_file, tmp_path, capsys):
     assert not (tmp_path / "h").exists() or not (tmp_path / "h" / "settings.json").exists()
 
 
-def _defaults_installed() -> bool:
-    if importlib.util.find_spec("ase_born.defaults") is None:
-        return False
+def test_missing_default_models_error(tmp_path, capsys, monkeypatch):
+    """Without default models (ASE_BORN_DATA at an empty directory) the CLI asks for model files."""
     from ase_born import defaults
 
-    return defaults.available()
-
-
-@pytest.mark.skipif(_defaults_installed(), reason="default models are installed")
-def test_missing_default_models_error(tmp_path, capsys):
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    monkeypatch.setenv("ASE_BORN_DATA", str(empty))
+    assert defaults.data_dir() == empty
+    assert not defaults.available()
     assert main(["dielectric", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
-    assert "--force-field PATH" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no default models installed" in err
+    assert "--force-field PATH" in err and "--born-model PATH" in err
+    assert "'standin'" in err
 
 
 def test_heat_end_to_end(tmp_path, capsys):

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from ase import units
+from ase import Atoms, units
 
 from ase_born import BornFieldCalculator, FixedBornCharges
 from ase_born.conventions import EPSILON0
@@ -73,7 +73,9 @@ def test_reference_follows_the_cell(system):
 def test_npt_in_field_field_stress_enters_the_barostat(system):
     """Springs to sites have no electrostriction: the field stress cancels the spring stress at
     equilibrium, so NpT in a field keeps the volume and gives P = ε0 ε_ion E.  A barostat fed a
-    stress without the field term expands the cell by ~ (1/B)·Σ f·Φ⁻¹f/(3Ω)."""
+    stress without the field term sees only the spring stress Σ κ u⊗u/Ω (tensile, positive in
+    ASE's sign) and contracts the cell by ~ (1/B)·Σ f·Φ⁻¹f/(3Ω) (measured: −0.0086 against a
+    predicted −0.0082, seed 3)."""
     ref, z = system
     field = np.array([0.0, 0.0, 0.2])  # V/Å, large to make the stress visible
     a = ref.copy()
@@ -85,15 +87,67 @@ def test_npt_in_field_field_stress_enters_the_barostat(system):
     kappa = np.array([{"Ca": 1.5, "Ti": 3.5, "O": 2.25}[s] for s in ref.get_chemical_symbols()])
     f = np.einsum("b,kba->ka", field, z)
     sigma = np.sum(f * f / kappa[:, None]) / ref.get_volume()  # trace of Σ f⊗u / Ω
-    predicted = -sigma / 3.0 / (170.0 / 160.21766208)  # ASE stress sign: tensile stress expands
+    # volume strain = −P_spurious/B with P = −tr(σ)/3 (ASE sign: positive stress is tensile,
+    # so the barostat shrinks the cell); B ≈ 170 GPa, in eV/Å³
+    predicted = -sigma / 3.0 / (170.0 / 160.21766208)
+    assert predicted < 0  # a contraction
     assert abs(strain) < 0.1 * abs(predicted)
-    assert strain_bad == pytest.approx(-predicted, rel=0.3) or strain_bad == pytest.approx(
-        predicted, rel=0.3
-    )
+    assert strain_bad == pytest.approx(predicted, rel=0.3)  # same sign: a contraction
     assert abs(strain_bad) > 5 * abs(strain)
     # no spurious polarization from the cell: ⟨P⟩ = ε0 ε_ion E
     # (10 K thermal noise of ⟨P⟩ over this run: ~4e-4 e/Å², 0.3 % of P_z)
     np.testing.assert_allclose(p, EPSILON0 * eps @ field, rtol=0.01, atol=1e-3)
+
+
+def _hand_made_state():
+    """4 atoms with known masses and momenta in a triclinic cell: K and Ω computed by hand."""
+    cell = np.array([[4.0, 0.0, 0.0], [1.0, 5.0, 0.0], [0.5, -0.5, 3.0]])  # Ω = 4·5·3 = 60 Å³
+    atoms = Atoms("HHeLiBe", positions=np.zeros((4, 3)), cell=cell, pbc=True)
+    masses = np.array([2.0, 4.0, 8.0, 10.0])  # amu
+    atoms.set_masses(masses)
+    momenta = np.array(
+        [[0.1, -0.2, 0.3], [0.4, 0.0, -0.1], [-0.2, 0.5, 0.2], [0.3, 0.3, -0.6]]
+    ) * 1.6  # √(amu·eV); K ≈ 0.27 eV. Non-zero total momentum: it counts in K as it is
+    atoms.set_momenta(momenta)
+    kinetic = float(np.sum(momenta**2 / (2.0 * masses[:, None])))
+    return atoms, kinetic, 60.0
+
+
+def test_temperature_K_counts_the_com_degrees_of_freedom():
+    """T = 2K/(n_dof k_B), n_dof = 3N − 3 with the centre of mass fixed (the workflows), 3N without."""
+    atoms, kinetic, _ = _hand_made_state()
+    assert atoms.get_kinetic_energy() == pytest.approx(kinetic, rel=1e-14)
+    kb = 8.617333262e-5  # eV/K
+    t_fixed = 2.0 * kinetic / (9 * kb)  # 3·4 − 3 = 9 degrees of freedom
+    t_free = 2.0 * kinetic / (12 * kb)
+    assert md.temperature_K(atoms) == pytest.approx(t_fixed, rel=1e-12)  # fix_com=True default
+    assert md.temperature_K(atoms, fix_com=True) == pytest.approx(t_fixed, rel=1e-12)
+    assert md.temperature_K(atoms, fix_com=False) == pytest.approx(t_free, rel=1e-12)
+    assert t_fixed / t_free == pytest.approx(12 / 9)
+
+
+def test_pressure_GPa_has_the_kinetic_term():
+    """P = 2K/(3Ω) − tr(σ)/3 in GPa, σ in ASE's sign (tensile positive) without kinetic part."""
+    atoms, kinetic, vol = _hand_made_state()
+    assert atoms.get_volume() == pytest.approx(vol, rel=1e-14)
+    assert md.EV_PER_A3_IN_GPA == pytest.approx(160.21766208, rel=1e-9)
+    # Voigt xx yy zz yz xz xy in eV/Å³; shear parts must not count
+    sigma_voigt = np.array([0.010, -0.004, 0.0025, 0.3, -0.2, 0.1])
+    sigma_full = np.array(
+        [[0.010, 0.1, -0.2], [0.1, -0.004, 0.3], [-0.2, 0.3, 0.0025]]
+    )
+    kin_term = 2.0 * kinetic / (3.0 * vol)  # eV/Å³
+    expected = (kin_term - (0.010 - 0.004 + 0.0025) / 3.0) * 160.21766208
+    assert kin_term * 160.21766208 > 0.4  # GPa: comparable to the virial part (0.45 GPa)
+    assert md.pressure_GPa(atoms, sigma_voigt) == pytest.approx(expected, rel=1e-9)
+    assert md.pressure_GPa(atoms, sigma_full) == pytest.approx(expected, rel=1e-9)
+    # no stress: only the kinetic pressure, the ideal-gas 2K/(3Ω)
+    assert md.pressure_GPa(atoms, np.zeros(6)) == pytest.approx(kin_term * 160.21766208, rel=1e-9)
+    # at rest: only the virial part
+    atoms.set_momenta(np.zeros((4, 3)))
+    assert md.pressure_GPa(atoms, sigma_voigt) == pytest.approx(
+        -(0.010 - 0.004 + 0.0025) / 3.0 * 160.21766208, rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("ensemble", ["npt", "nvt"])
