@@ -11,6 +11,7 @@ import pytest
 
 from ase_born import defaults
 from ase_born.dft.sampler import pnma_catio3
+from ase_born.io.extxyz import read_frames
 
 
 @pytest.fixture
@@ -95,8 +96,30 @@ def test_install_refreshes_the_card(_script, tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in models.iterdir()} == before
 
 
-def test_check_says_whether_due(_script, capsys):
-    """On the repository's own data and card (no training, nothing written)."""
-    assert _script().main(["--check"]) == 0
+@pytest.mark.parametrize("fitted_part", ["card", "half"])
+def test_check_says_whether_due(_script, capsys, monkeypatch, fitted_part):
+    """On the repository's own data and card (no training, nothing written): the printed line
+    is exactly retrain_due's answer on the training structures of the DFPT data set and the
+    structures the card says were fitted; "half" pretends the shipped fit saw only half of
+    today's training structures (then a retrain is due, whatever the data set's size)."""
+    import copy
+
+    mod = _script()
+    frames = read_frames(defaults.data_dir() / "dft" / "catio3_dfpt.extxyz")
+    now = set(mod.training_structures(frames))
+    assert now and all(
+        a.info.get("split") != "test" for a in frames if a.info["structure_id"] in now
+    )
+    card = defaults.model_card()
+    if fitted_part == "half":
+        card = copy.deepcopy(card)
+        card["born_model"]["training_structures"] = sorted(now)[: len(now) // 2]
+        monkeypatch.setattr(defaults, "model_card", lambda *a, **k: card)
+    fitted = set(card["born_model"].get("training_structures", []))
+    due, msg = mod.retrain_due(now, fitted, 0.5)
+    if fitted_part == "half":
+        assert due
+    assert msg.startswith(f"{len(now)} training structures now, {len(fitted)} at the shipped fit")
+    assert mod.main(["--check"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(("retrain due: ", "not due: ")) and "training structures now" in out
+    assert out == ("retrain due: " if due else "not due: ") + msg + "\n"

@@ -17,7 +17,8 @@ from train_helpers import (
 from ase_born.models.equivar import Equivar
 from ase_born.train.checkpoint import load_checkpoint
 from ase_born.train.config import TrainConfig
-from ase_born.train.trainer import EMA, make_loss, train
+from ase_born.train.evaluation import forward_batch
+from ase_born.train.trainer import EMA, Trainer, make_loss, train
 
 
 def _cfg(tmp_path: Path, **kw) -> TrainConfig:
@@ -73,6 +74,106 @@ def test_options_train(tmp_path, kw):
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (ckpt["ema_state"] is not None) == (cfg.ema_decay is not None)
     assert (ckpt["scheduler_state"] is not None) == (cfg.lr_schedule != "none")
+
+
+class _Stop(Exception):
+    """Raised in place of the first optimizer step: the weights stay those of the loss."""
+
+
+class _DtypeRecorder(torch.overrides.TorchFunctionMode):
+    """Records the dtype of every tensor a torch function returns (forward pass ops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.dtypes.add(t.dtype)
+        return out
+
+
+def _first_step(out: Path, **kw) -> tuple[Trainer, dict, object]:
+    """Run the trainer's first training step up to the optimizer step and stop there.
+
+    Returns the trainer, what was recorded (``loss``: the loss the trainer back-propagated,
+    ``grad_norm``: total gradient norm handed to the optimizer, ``dtypes``: dtypes of the
+    tensors made during the step) and the first batch (the loader's order is fixed by the seed).
+    """
+    tr = Trainer(tiny_train_config(out, **{"epochs": 1, "batch_size": 8, **kw}))
+    tr._setup()
+    rec: dict = {}
+    loss_fn = tr.loss_fn
+
+    def recording_loss(pred, target):
+        loss = loss_fn(pred, target)
+        rec["loss"] = loss.detach().clone()
+        return loss
+
+    def step(*args, **kwargs):
+        grads = [p.grad.detach().double() for p in tr.model.parameters() if p.grad is not None]
+        rec["grad_norm"] = float(torch.sqrt(sum((g * g).sum() for g in grads)))
+        raise _Stop
+
+    tr.loss_fn = recording_loss
+    tr.optimizer.step = step
+    mode = _DtypeRecorder()
+    with mode, pytest.raises(_Stop):
+        tr.train_epoch()
+    rec["dtypes"] = mode.dtypes
+    return tr, rec, next(iter(tr.loader))
+
+
+def test_loss_on_grad_clip_optimizer_and_bf16_do_what_they_say(tmp_path):
+    """One training step of the tiny model: the loss is taken on the raw or the sum-rule
+    corrected Z* as ``loss_on`` says; ``grad_clip`` bounds the gradient norm the optimizer
+    sees; ``optimizer`` picks the class; ``mixed_precision: bf16`` runs the forward in bf16."""
+    raw, rec_raw, batch = _first_step(tmp_path / "raw", loss="l1")
+    cor, rec_cor, batch_c = _first_step(
+        tmp_path / "cor", loss="mse", loss_on="corrected", optimizer="adam", grad_clip=1e-3
+    )
+    assert torch.equal(batch.target, batch_c.target)  # same seed: same first batch, same weights
+    with torch.no_grad():
+        z, z_raw = forward_batch(raw.model, batch)
+    assert float((z - z_raw).abs().max()) > 0.05  # the correction matters for this model
+    for tr, rec, name in ((raw, rec_raw, "l1"), (cor, rec_cor, "mse")):
+        fn = make_loss(name)
+        want = fn(z_raw if tr.cfg.loss_on == "raw" else z, batch.target)
+        other = fn(z if tr.cfg.loss_on == "raw" else z_raw, batch.target)
+        assert float(rec["loss"]) == pytest.approx(float(want), rel=1e-5)
+        assert abs(float(other) - float(want)) > 5e-4 * float(want)  # 2.5e-3 (mse), more (l1)
+        assert rec["loss"].dtype == torch.float32
+    # gradient clipping: unclipped the norm is far above the bound, clipped it is at it
+    assert rec_raw["grad_norm"] > 100 * 1e-3
+    assert rec_cor["grad_norm"] <= 1e-3 * (1 + 1e-5)
+    assert rec_cor["grad_norm"] == pytest.approx(1e-3, rel=1e-4)
+    # optimizer class and settings
+    assert type(raw.optimizer) is torch.optim.AdamW
+    assert raw.optimizer.param_groups[0]["weight_decay"] == raw.cfg.weight_decay
+    assert type(cor.optimizer) is torch.optim.Adam
+    assert all(g["lr"] == cor.cfg.lr for g in cor.optimizer.param_groups)
+    # bf16 autocast: ops of the forward pass make bfloat16 tensors, the loss stays float32
+    assert torch.bfloat16 not in rec_raw["dtypes"]
+    _, rec_bf, _ = _first_step(tmp_path / "bf16", mixed_precision="bf16")
+    assert torch.bfloat16 in rec_bf["dtypes"]
+    assert rec_bf["loss"].dtype == torch.float32
+
+
+def test_plateau_schedule_halves_the_lr_when_the_val_mae_stalls(tmp_path, monkeypatch):
+    """With the training steps skipped the validation MAE stays where it is: with patience 0
+    every epoch after the first is a stall, and log.csv shows lr, lr, lr, lr/2, lr/4 (the lr
+    column is the lr an epoch trained with; row 0 is the initial weights)."""
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self: (0.0, None))
+    cfg = _cfg(
+        tmp_path, lr_schedule="plateau", plateau_patience=0, plateau_factor=0.5, epochs=4
+    )
+    result = train(cfg)
+    assert result.status == "completed"
+    rows = list(csv.DictReader((Path(cfg.out) / "log.csv").read_text().splitlines()))
+    assert len({r["val_mae"] for r in rows}) == 1  # stalled
+    assert _lrs(Path(cfg.out)) == pytest.approx([cfg.lr * f for f in (1, 1, 1, 0.5, 0.25)])
 
 
 def test_losses_and_ema():

@@ -172,3 +172,95 @@ def test_space_group_and_supercell_parsing():
             parse_supercell(bad)
     with pytest.raises(ValueError, match="even repeats"):
         glazer_perovskite((0, 0, 5), "00-", repeat=(1, 1, 1))
+
+
+def test_window_averager_means_fractional_positions_and_cell(tmp_path):
+    """The heating run's window average: mean cell, and the reference sites plus the mean
+    fractional displacement with each frame's rigid shift removed and its periodic jumps
+    undone; a window change writes the finished window and starts a new sum."""
+    import ase.io
+    from ase import Atoms
+
+    from ase_born.workflows.heating import WindowAverager
+
+    cell0 = np.array([[4.0, 0.0, 0.0], [0.3, 5.0, 0.0], [0.0, -0.2, 6.0]])
+    s0 = np.array([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.8, 0.1, 0.6], [0.3, 0.7, 0.9]])
+    ref = Atoms("CaTiO2", scaled_positions=s0, cell=cell0, pbc=True)
+    rng = np.random.default_rng(3)
+    d = rng.normal(scale=0.01, size=(3, 4, 3))
+    d -= d.mean(axis=1, keepdims=True)  # displacements without a rigid part
+    shifts = np.array([[0.05, -0.02, 0.01], [-0.03, 0.04, 0.0], [0.0, 0.0, -0.06]])
+    strains = ([0.01, 0.0, -0.01], [0.0, 0.02, 0.0], [-0.01, 0.01, 0.03])
+    cells = [cell0 @ (np.eye(3) + np.diag(x)) for x in strains]
+    jump = np.zeros((4, 3))
+    jump[3, 2] = 1.0  # atom 3 crossed the upper z face (positions wrapped)
+    frames = []
+    for f in range(3):
+        a = ref.copy()
+        a.set_cell(cells[f])
+        a.set_scaled_positions(s0 + d[f] + shifts[f] - (jump if f == 1 else 0.0))
+        frames.append(a)
+    other = ref.copy()
+    other.set_cell(cell0 * 1.1)
+    other.set_scaled_positions(s0 + 0.02)  # a pure rigid shift: the average is the reference
+
+    out = tmp_path / "w.extxyz"
+    with open(out, "w") as fh:
+        av = WindowAverager(ref, np.array([100.0, 150.0, 200.0]))
+        for f, t in zip(frames, (110.0, 120.0, 149.0)):
+            av.add(f, t, fh)
+        av.add(other, 160.0, fh)  # leaves window 0: its average is written
+        av.flush(fh)
+    w0, w1 = ase.io.read(out, index=":")
+    np.testing.assert_allclose(w0.cell.array, np.mean(cells, axis=0), atol=1e-7)
+    np.testing.assert_allclose(w0.get_scaled_positions(wrap=False), s0 + d.mean(0), atol=1e-7)
+    assert w0.info["window"] == 0 and w0.info["n_samples"] == 3
+    np.testing.assert_allclose(w0.info["range_K"], [100.0, 150.0])
+    np.testing.assert_allclose(w1.cell.array, cell0 * 1.1, atol=1e-7)
+    np.testing.assert_allclose(w1.get_scaled_positions(wrap=False), s0, atol=1e-7)
+    assert w1.info["window"] == 1 and w1.info["n_samples"] == 1
+
+
+def test_heating_logs_the_ionic_polarization_along_the_field(tmp_path):
+    """heat_log.csv's P columns are the calculator's ionic polarization in C/m² (e/Å² ×
+    16.0218), and a field along +z polarizes the stand-in along +z (cold, so the thermal
+    noise ~0.03 C/m² is far below ⟨Pz⟩ ≈ 0.2 C/m² at 2e8 V/m)."""
+    import ase.io
+
+    from ase_born.conventions import C_PER_M2_PER_E_PER_A2
+    from ase_born.workflows.common import make_field_calculator
+    from ase_born.workflows.heating import HeatingConfig, run_heating
+    from ase_born.workflows.rundir import read_csv
+    from ase_born.workflows.standins import standin_born_model, standin_force_field
+
+    assert C_PER_M2_PER_E_PER_A2 == pytest.approx(16.0218, rel=1e-5)
+    field = (0.0, 0.0, 0.02)  # V/Å
+    cfg = HeatingConfig(
+        supercell=(1, 1, 1),
+        temperatures_K=(10.0,),
+        ramp_steps=120,
+        equilibration_steps=0,
+        field_V_per_A=field,
+        log_every=4,
+        traj_every=40,
+        checkpoint_every=1000,
+    )
+    out = tmp_path / "heat"
+    run_heating(
+        cfg, standin_force_field, standin_born_model, str(out), progress=False, log=lambda m: None
+    )
+    log = read_csv(out / "heat_log.csv")
+    ref = ase.io.read(out / "reference.extxyz")
+    calc = make_field_calculator(standin_force_field, standin_born_model, ref)
+    calc.set(field=field)
+    frames = ase.io.read(out / "trajectory.extxyz", index=":")
+    assert [f.info["step"] for f in frames] == [40, 80, 120]
+    for f in frames:
+        row = int(np.nonzero(log["step"] == f.info["step"])[0][0])
+        p = np.asarray(calc.get_property("ionic_polarization", f)) * 16.0218
+        got = [log[f"P{x}_C_per_m2"][row] for x in "xyz"]
+        np.testing.assert_allclose(got, p, rtol=1e-4, atol=1e-6)
+    assert abs(p[2]) > 0.05  # the logged frame is polarized: the comparison has teeth
+    pz = log["Pz_C_per_m2"]
+    assert np.mean(pz) > 0.1
+    assert np.mean(pz) > 5 * max(abs(np.mean(log["Px_C_per_m2"])), abs(np.mean(log["Py_C_per_m2"])))
