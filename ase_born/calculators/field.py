@@ -735,6 +735,14 @@ class BornFieldCalculator(Calculator):
                 atoms.positions, atoms.cell.array, self._ref_scaled, atoms.pbc
             )
         elif volume is None and self._ref_scaled is None:
+            if np.any(atoms.pbc):
+                # the minimum image along the periodic directions needs their lattice vectors
+                # in a 3D cell; without one, a wrapped atom would jump by a lattice vector
+                raise ValueError(
+                    f"periodic directions {atoms.pbc.tolist()} without a non-singular 3D cell: give "
+                    "the structure (and its reference) a full cell, e.g. a slab's vacuum c vector "
+                    "with pbc=[True, True, False]"
+                )
             u = atoms.positions - self._ref_positions
         else:
             raise ValueError(

@@ -40,7 +40,8 @@ class SmoothBorn(BornChargeModel):
     """Position-dependent, differentiable stand-in: Z*_k = Z0_k + Gaussian-weighted bond tensors.
 
     Z*_k = q(species_k) 1 + c_s Σ_{j,n} w (r ⊗ r)/σ² + c_a Σ_{j,n} w skew(r)/σ,
-    w = exp(−|r|²/σ²), r = R_j + n·h − R_k over the 27 nearest cell images.  Translation
+    w = exp(−|r|²/σ²), r = R_j + n·h − R_k over the nearest cell images n ∈ {−1, 0, 1}
+    along the periodic directions only (27 for pbc=True, 1 for a cluster).  Translation
     invariant, rotation and permutation equivariant, non-symmetric, smooth in positions
     and cell.
     """
@@ -54,7 +55,8 @@ class SmoothBorn(BornChargeModel):
 
     def get_born_charges_torch(self, atoms, positions, cell):
         self.ncalls += 1
-        images = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=positions.dtype)
+        n_img = [(-1, 0, 1) if p else (0,) for p in atoms.pbc]
+        images = torch.tensor(list(itertools.product(*n_img)), dtype=positions.dtype)
         r = positions[None, :, None, :] - positions[:, None, None, :] + (images @ cell)[None, None]
         w = torch.exp(-(r**2).sum(-1) / self.sigma**2)
         sym = torch.einsum("kjn,kjna,kjnb->kab", w, r, r) / self.sigma**2
@@ -682,3 +684,191 @@ def test_testing_helpers_on_smooth_model():
     assert assert_born_equivariant(model, atoms) < 1e-10
     assert assert_born_translation_invariant(model, atoms) < 1e-10
     assert assert_born_permutation_equivariant(model, atoms) < 1e-10
+
+
+# ---------------------------------------------------------------------------
+# conservative mode beyond the periodic unit cell: clusters, invariances, supercells
+# ---------------------------------------------------------------------------
+
+
+def _cluster() -> Atoms:
+    """5-atom CaTiO3 cluster without a cell (pbc False): only the dipole is defined."""
+    pos = [[0.0, 0.0, 0.0], [1.9, 0.2, 0.1], [0.1, 1.8, -0.2], [-0.2, 0.1, 1.95], [2.0, 1.9, 0.3]]
+    return Atoms("CaTiO3", positions=pos)
+
+
+def _voigt_to_full(s):
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    return voigt_6_to_full_3x3_stress(s)
+
+
+def test_conservative_mode_cluster_without_cell_exact_forces_and_dipole():
+    """No cell: u = R − R_ref in Cartesian coordinates; forces are −dH/dR (finite
+    differences) including the (∂Z*/∂R)·u term, and the dipole is Σ_k Z*_k u_k."""
+    ref = _cluster()
+    model = SmoothBorn()
+    atoms = _displaced(ref, 0.1, seed=6)
+    atoms.calc = BornFieldCalculator(
+        LennardJones(sigma=1.6, epsilon=0.01, rc=5.0), model, field=FIELD, reference=ref,
+        mode="conservative",
+    )
+    assert atoms.cell.rank == 0 and not atoms.pbc.any()
+    assert_forces_match_fd(atoms, rtol=1e-6)
+    corr = atoms.calc.get_property("field_force_correction", atoms)
+    assert np.abs(corr).max() > 1e-3  # Z* depends on positions: the extra term matters
+    u = atoms.positions - ref.positions
+    np.testing.assert_allclose(atoms.calc.get_property("displacements", atoms), u, atol=1e-14)
+    z = physics.asr_project(model.get_born_charges(atoms))
+    np.testing.assert_allclose(atoms.calc.get_property("born_effective_charges", atoms), z,
+                               atol=1e-12)
+    d = np.einsum("kba,ka->b", z, u)
+    assert np.abs(d).max() > 1e-2
+    np.testing.assert_allclose(atoms.calc.get_property("dipole", atoms), d, rtol=1e-12, atol=1e-14)
+    e0 = LennardJones(sigma=1.6, epsilon=0.01, rc=5.0).get_potential_energy(atoms)
+    assert atoms.get_potential_energy() == pytest.approx(e0 - FIELD @ d, rel=1e-12, abs=1e-13)
+    with pytest.raises(ValueError, match="stress needs a non-singular 3D cell"):
+        atoms.get_stress()
+
+
+def _conservative(ref, model=None, field=FIELD):
+    return _calc(ref, model=SmoothBorn() if model is None else model, field=field,
+                 mode="conservative")
+
+
+_KEYS = ("energy", "forces", "stress", "polarization", "born_effective_charges",
+         "field_force_correction")
+
+
+def _props(calc, atoms):
+    return {k: np.asarray(calc.get_property(k, atoms)) for k in _KEYS}
+
+
+def test_conservative_rotation_covariance_smooth_born():
+    """Rotating structure, reference and field by R: energy invariant, forces, P and the
+    (∂Z*/∂R)·u correction rotate as vectors, stress and Z* as rank-2 tensors."""
+    ref = _cell()
+    atoms = _displaced(ref, 0.08, seed=7)
+    a = _props(_conservative(ref), atoms)
+    assert np.abs(a["field_force_correction"]).max() > 1e-3
+    rot = random_rotation(5)
+    b = _props(_conservative(rotate_atoms(ref, rot), field=rot @ FIELD), rotate_atoms(atoms, rot))
+    assert b["energy"] == pytest.approx(a["energy"], rel=1e-12)
+    np.testing.assert_allclose(b["forces"], a["forces"] @ rot.T, atol=1e-12)
+    np.testing.assert_allclose(b["field_force_correction"], a["field_force_correction"] @ rot.T,
+                               atol=1e-12)
+    np.testing.assert_allclose(b["polarization"], rot @ a["polarization"], atol=1e-14)
+    np.testing.assert_allclose(_voigt_to_full(b["stress"]),
+                               rot @ _voigt_to_full(a["stress"]) @ rot.T, atol=1e-13)
+    np.testing.assert_allclose(b["born_effective_charges"],
+                               physics.rotate_born_charges(a["born_effective_charges"], rot),
+                               atol=1e-12)
+
+
+def test_conservative_permutation_equivariance_smooth_born():
+    """Permuting the atoms of structure and reference permutes forces and Z*; energy,
+    stress and P are unchanged."""
+    ref = _cell()
+    atoms = _displaced(ref, 0.08, seed=8)
+    perm = np.array([3, 0, 4, 1, 2])  # mixes the species
+    a = _props(_conservative(ref), atoms)
+    b = _props(_conservative(ref[perm]), atoms[perm])
+    for key in ("energy", "stress", "polarization"):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-12, atol=1e-14)
+    for key in ("forces", "field_force_correction", "born_effective_charges"):
+        np.testing.assert_allclose(b[key], a[key][perm], atol=1e-12)
+
+
+def test_conservative_supercell_consistency_smooth_born():
+    """A 2x1x1 supercell of structure and reference: per-atom forces, Z*, stress and P
+    equal the unit cell's, energy and dipole double.  (σ = 1 Å: the images beyond the
+    nearest one, which the unit cell leaves out and the supercell includes, weigh
+    < 1e-12.)"""
+    ref = _cell()
+    atoms = _displaced(ref, 0.08, seed=9)
+    model = SmoothBorn(sigma=1.0)
+    calc1 = _conservative(ref, model)
+    a = _props(calc1, atoms)
+    d1 = calc1.get_property("dipole", atoms)
+    assert np.abs(a["field_force_correction"]).max() > 1e-3
+    ref2, atoms2 = ref.repeat((2, 1, 1)), atoms.repeat((2, 1, 1))
+    calc2 = _conservative(ref2, model)
+    b = _props(calc2, atoms2)
+    for key in ("forces", "field_force_correction", "born_effective_charges"):
+        np.testing.assert_allclose(b[key], np.concatenate([a[key], a[key]]), atol=1e-10)
+    np.testing.assert_allclose(b["stress"], a["stress"], atol=1e-11)
+    np.testing.assert_allclose(b["polarization"], a["polarization"], atol=1e-12)
+    np.testing.assert_allclose(calc2.get_property("dipole", atoms2), 2 * d1, rtol=1e-10)
+    assert b["energy"] == pytest.approx(2 * a["energy"], rel=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# partial periodicity: a slab with vacuum
+# ---------------------------------------------------------------------------
+
+
+def _slab() -> Atoms:
+    """The 5-atom cell as a slab: periodic along a and b, 12 Å of vacuum along c
+    (pbc = [True, True, False]; the cell stays 3D so Ω, P and stress are defined)."""
+    a = _cell()
+    a.set_cell([[3.9, 0.1, 0.0], [0.3, 4.0, 0.1], [-0.2, 0.2, 16.0]], scale_atoms=False)
+    a.positions += [0.0, 0.0, 2.0]
+    a.pbc = [True, True, False]
+    return a
+
+
+def _slab_displaced(ref):
+    """Displaced slab with atom 0 pushed across the periodic a-boundary and wrapped:
+    its minimum-image shift is nonzero."""
+    atoms = _displaced(ref, 0.1, seed=10)
+    atoms.positions[0] -= [0.3, 0.1, 0.0]
+    atoms.wrap()
+    assert atoms.get_scaled_positions(wrap=False)[0, 0] > 0.9
+    return atoms
+
+
+@pytest.mark.parametrize("mode", ["direct", "conservative"])
+def test_partial_pbc_slab_forces_and_stress_match_fd(mode):
+    """pbc = [True, True, False] with a 3D cell: displacements take the minimum image along
+    a and b only, the reference follows the cell along all three axes, and forces and
+    stress are −dE/dR and (1/Ω) dE/dε in both modes (direct: fixed non-symmetric Z*;
+    conservative: the position- and cell-dependent SmoothBorn)."""
+    ref = _slab()
+    atoms = _slab_displaced(ref)
+    model = FixedBornCharges(_z_nonsym()) if mode == "direct" else SmoothBorn()
+    atoms.calc = _calc(ref, model=model, field=FIELD, mode=mode)
+    u = atoms.calc.get_property("displacements", atoms)
+    assert np.abs(u).max() < 0.5  # the wrapped atom is measured through the a-boundary
+    s_field = atoms.calc.get_property("field_stress", atoms)
+    assert np.abs(s_field).max() > 2e-5  # Ω includes the vacuum: small but resolved
+    assert_forces_match_fd(atoms, rtol=1e-6)
+    assert_stress_matches_fd(atoms, rtol=1e-6)
+    if mode == "direct":
+        f = atoms.calc.get_property("field_forces", atoms)
+        np.testing.assert_allclose(s_field, physics.field_stress(f, u, atoms.get_volume()),
+                                   rtol=1e-12)
+
+
+def test_periodic_directions_without_a_3d_cell_are_refused():
+    """A slab with pbc [T, T, F] but c = 0 has no 3D cell, so no minimum image could be taken
+    along a and b (a wrapped atom would jump by a lattice vector): a clear error, and with
+    the vacuum c vector the same slab works and is wrap invariant."""
+    cell2d = [[3.9, 0.1, 0.0], [0.3, 4.0, 0.0], [0.0, 0.0, 0.0]]
+    ref = Atoms("CaTiO3", positions=_cell().positions, cell=cell2d, pbc=[True, True, False])
+    calc = BornFieldCalculator(LennardJones(sigma=1.6, epsilon=0.01, rc=3.5),
+                               FixedBornCharges(_z_nonsym()), field=FIELD, reference=ref)
+    atoms = _displaced(ref, 0.08, seed=11)
+    with pytest.raises(ValueError, match=r"periodic directions .* without a non-singular 3D cell"):
+        calc.get_property("forces", atoms)
+    ref3d = ref.copy()
+    ref3d.cell = [cell2d[0], cell2d[1], [0.0, 0.0, 20.0]]
+    calc = BornFieldCalculator(LennardJones(sigma=1.6, epsilon=0.01, rc=3.5),
+                               FixedBornCharges(_z_nonsym()), field=FIELD, reference=ref3d)
+    atoms = _displaced(ref3d, 0.08, seed=11)
+    atoms.positions[0] -= [0.3, 0.1, 0.0]  # atom 0 leaves the cell through the a-boundary
+    u, e = calc.get_property("displacements", atoms), calc.get_property("field_energy", atoms)
+    wrapped = atoms.copy()
+    wrapped.wrap()
+    assert not np.allclose(wrapped.positions, atoms.positions)
+    np.testing.assert_allclose(calc.get_property("displacements", wrapped), u, atol=1e-12)
+    assert calc.get_property("field_energy", wrapped) == pytest.approx(e, abs=1e-12)

@@ -184,3 +184,75 @@ def test_minimum_image_mode_reproduces_published_single_image():
     assert n_single < n_all
     with pytest.raises(ValueError):
         TorchScriptEquivar(ToyPublished(N_RADIAL), neighbors="some")
+
+
+# ---------------------------------------------------------------------------
+# cell gradient, the conservative calculator, rotations and permutations
+# ---------------------------------------------------------------------------
+
+
+def _adapter(path, **kwargs):
+    """The adapter as the tests above build it (float64 for finite differences)."""
+    kwargs = {"trust": True, "num_radial": N_RADIAL, "dtype": "float64", **kwargs}
+    return TorchScriptEquivar.load(path, **kwargs)
+
+
+def test_torch_level_cell_gradient_matches_finite_differences(scripted_file, atoms):
+    """d(Σ W·Z*)/d(cell) at fixed Cartesian positions (edge vectors R_j − R_i + n·h depend
+    on the cell through the image shifts) against central differences of all 9 entries."""
+    model = _adapter(scripted_file)
+    weights = np.random.default_rng(0).normal(size=(len(atoms), 3, 3))
+    pos = torch.tensor(atoms.positions, requires_grad=True)
+    cell = torch.tensor(atoms.cell.array, requires_grad=True)
+    z = model.get_born_charges_torch(atoms, pos, cell)
+    _, grad = torch.autograd.grad((z * torch.tensor(weights)).sum(), (pos, cell), allow_unused=True)
+    grad = torch.zeros((3, 3), dtype=torch.float64) if grad is None else grad  # cell not in graph
+    h = 1e-6
+    fd = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            vals = []
+            for sign in (1, -1):
+                probe = atoms.copy()
+                c = atoms.cell.array.copy()
+                c[i, j] += sign * h
+                probe.set_cell(c, scale_atoms=False)
+                vals.append(np.sum(weights * model.get_born_charges(probe)))
+            fd[i, j] = (vals[0] - vals[1]) / (2 * h)
+    assert np.abs(fd).max() > 1e-2  # the small cell has many image edges
+    np.testing.assert_allclose(grad.numpy(), fd, rtol=1e-5, atol=1e-7)
+
+
+def test_conservative_calculator_with_adapter_matches_finite_differences(scripted_file, atoms):
+    """The adapter as the Born model of BornFieldCalculator(mode="conservative"): forces
+    and stress are exact gradients of the field enthalpy (all of dZ*/dR and dZ*/dε)."""
+    from ase_born import BornFieldCalculator
+    from ase_born.testing import SpringsToSites, assert_forces_match_fd, assert_stress_matches_fd
+
+    ref = _perovskite()
+    atoms.calc = BornFieldCalculator(
+        SpringsToSites(ref, 5.0), _adapter(scripted_file), field=[0.04, -0.07, 0.05],
+        reference=ref, mode="conservative",
+    )
+    corr = atoms.calc.get_property("field_force_correction", atoms)
+    assert np.abs(corr).max() > 1e-3  # Z* really depends on positions here
+    assert np.abs(atoms.calc.get_property("field_stress", atoms)).max() > 1e-4
+    assert_forces_match_fd(atoms, rtol=1e-6)
+    assert_stress_matches_fd(atoms, rtol=1e-6)
+
+
+@pytest.mark.parametrize("asr", [False, True])
+def test_adapter_rotation_and_permutation_equivariance(scripted_file, atoms, asr):
+    """Z*(R·x) = R Z*(x) Rᵀ (numpy and torch levels) and permuting atoms permutes Z*."""
+    from ase_born.testing import (
+        assert_born_equivariant,
+        assert_born_permutation_equivariant,
+        random_rotation,
+    )
+
+    model = _adapter(scripted_file, asr=asr)
+    z = model.get_born_charges(atoms)
+    assert np.abs(z - z.transpose(0, 2, 1)).max() > 1e-4  # non-symmetric: tests the index order
+    for seed in (1, 2):
+        assert assert_born_equivariant(model, atoms, random_rotation(seed), atol=1e-10) < 1e-10
+    assert assert_born_permutation_equivariant(model, atoms, seed=3, atol=1e-12) < 1e-12
