@@ -76,6 +76,21 @@ def summary(n_params: int, kinds: Counter, test_mae: float, recipe: str, model: 
             f"{test_mae:.3f} e (goal 0.02); recipe {recipe}")
 
 
+def model_description(mc) -> str:
+    """``"BM2"``, or ``"BM2, smooth cutoff, r_max 4 Å"`` for a preset with those changes."""
+    import dataclasses
+
+    from ase_born.models.equivar import PRESETS
+
+    for name, preset in PRESETS.items():
+        base = dataclasses.replace(mc, cutoff_envelope=preset.cutoff_envelope, r_max=preset.r_max)
+        if base == dataclasses.replace(preset, asr=mc.asr):
+            extra = (["smooth cutoff"] if mc.cutoff_envelope != "none" else []) + (
+                [f"r_max {mc.r_max:g} Å"] if mc.r_max != preset.r_max else [])
+            return ", ".join([name, *extra])
+    return "custom"
+
+
 def fitted_structures(out: Path) -> list[str]:
     """Structure IDs a training run was fitted to (train + validation of its ``splits.json``)."""
     splits = json.loads((out / "splits.json").read_text())
@@ -105,13 +120,14 @@ def install(out: Path, kinds: dict[str, str], config: Path = CONFIG) -> dict:
     if (metrics.get("test") or {}).get("mae") is None:
         raise SystemExit(f"{out}: no TEST metrics (trained without the TEST split?), not installing")
     model_file = out / metrics.get("model_file", "model.pt")
-    n_params = sum(p.numel() for p in Equivar.load(model_file).parameters())  # loads, or raises
+    model = Equivar.load(model_file)  # loads, or raises
+    n_params = sum(p.numel() for p in model.parameters())
     ids = fitted_structures(out)
     unknown = sorted(set(ids) - set(kinds))
     if unknown:
         raise SystemExit(f"{out}: fitted to structures not in the DFPT dataset now: {unknown[:5]}")
     cfg = TrainConfig.from_yaml(out / "config.yaml")
-    model_name = cfg.model if isinstance(cfg.model, str) else "custom"
+    model_name = model_description(model.config)  # what the file is, not what a config says
     same = not config_differences(cfg, TrainConfig.from_yaml(config), ignore=frozenset(
         {"out", "device", "num_workers", "progress", "plots", "train_files", "test_file", "val_file"}))
     recipe_file = Path(config).resolve() if same else out / "config.yaml"

@@ -88,7 +88,8 @@ def test_a_finished_run_on_other_structures_or_recipe_is_refused_not_reused(tmp_
     (run / "config.yaml").write_text(yaml.safe_dump(recipe))
     args = (mod.CONFIG, 1, tmp_path / "fit.extxyz", run, 1)
     assert mod.train_seed(*args, ["a", "b"]) == run / "model.pt"  # reused: no training
-    with pytest.raises(SystemExit, match=r"another recipe \(model.int_num_feat, seed differ\)"):
+    # (with the shipped recipe's smooth cutoff, model=BM1 also changes cutoff_envelope)
+    with pytest.raises(SystemExit, match=r"another recipe \((model.cutoff_envelope, )?model.int_num_feat, seed differ\)"):
         mod.train_seed(mod.CONFIG, 2, tmp_path / "fit.extxyz", run, 1, ["a", "b"], {"model": "BM1"})
     with pytest.raises(SystemExit, match="other structures"):
         mod.train_seed(*args, ["a", "b", "c"])
@@ -137,7 +138,8 @@ def test_a_changed_recipe_trains_seed_zero_too_and_shows_the_shipped_fit_apart(
             "--threads", "1"]
     assert mod.main(argv) == 0
     cfg = yaml.safe_load((out / "seed0.yaml").read_text())
-    assert (cfg["epochs"], cfg["seed"], cfg["model"]) == (2, 0, "BM2")
+    recipe = yaml.safe_load(mod.CONFIG.read_text())
+    assert (cfg["epochs"], cfg["seed"], cfg["model"]) == (2, 0, recipe["model"])
     report = json.loads((out / "spread.json").read_text())
     assert list(report) == ["seed 0 (shipped)", "epochs-2 seed 0", "ensemble"]
     assert report["ensemble"] == report["epochs-2 seed 0"]

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Per-structure cross-validation errors of Born-model recipes (cutoff study, issue 6).
+
+    ase-born train examples/configs/cutoff_study/r3.0.yaml --device cpu --threads 1   # one per recipe
+    python scripts/born_cv_report.py runs/cutoff_study/r3.0 runs/cutoff_study/r4.0p ...
+
+Each RUN is an ``ase-born train`` directory with ``folds > 1`` (``fold_<k>/`` subdirectories,
+each with ``model.pt`` and ``splits.json``).  Every training structure is predicted once, by
+the fold model that did not train on it (its validation fold); TEST frames are never read
+(they are not in any fold).  Printed per recipe: the atom-weighted MAE over all structures
+(sum rule applied to prediction and DFPT, the trainer's definition), the MAE per structure
+kind and per species, and the structures with the largest error.  The fold models are the
+best-validation epochs of their folds, so the numbers are optimistic in the same way for
+every recipe: compare recipes, do not quote them as test errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ase_born.calculators.equivar import EquivarCalculator
+from ase_born.io.extxyz import get_born_charges, read_frames
+from ase_born.train.dataset import correct_asr, split_tag
+
+
+def cv_errors(run: Path, frames: dict) -> dict[str, np.ndarray]:
+    """Structure ID -> |ΔZ*| (n_atoms, 3, 3) from the fold model that validated it."""
+    out: dict[str, np.ndarray] = {}
+    folds = sorted(run.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not folds:
+        raise SystemExit(f"{run}: no fold_<k>/ directories (train with folds > 1)")
+    for fold in folds:
+        calc = EquivarCalculator(fold / "model.pt", dtype="float64", asr=True)
+        for sid in json.loads((fold / "splits.json").read_text())["val"]:
+            f = frames[sid]
+            if split_tag(f) == "test":
+                raise SystemExit(f"{fold}: TEST structure {sid} in a validation fold")
+            pred = calc.get_born_charges(f)
+            out[sid] = np.abs(pred - correct_asr(get_born_charges(f)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--data", type=Path, default=REPO / "data" / "dft" / "catio3_dfpt.extxyz")
+    ap.add_argument("--worst", type=int, default=4)
+    args = ap.parse_args(argv)
+    frames = {str(f.info["structure_id"]): f for f in read_frames(args.data)}
+    for run in args.runs:
+        err = cv_errors(run, frames)
+        allerr = np.concatenate([e.reshape(-1) for e in err.values()])
+        kinds: dict[str, list] = {}
+        species: dict[str, list] = {}
+        for sid, e in err.items():
+            kinds.setdefault(str(frames[sid].info.get("kind", sid)), []).append(e.reshape(-1))
+            for sym, ek in zip(frames[sid].get_chemical_symbols(), e):
+                species.setdefault(sym, []).append(ek.reshape(-1))
+        per_structure = sorted(((float(e.mean()), sid) for sid, e in err.items()), reverse=True)
+        print(f"{run}: {len(err)} structures, CV MAE {allerr.mean():.4f} e")
+        print("  per kind: " + ", ".join(f"{k} {np.concatenate(v).mean():.4f} ({len(v)})"
+                                         for k, v in sorted(kinds.items())))
+        print("  per species: " + ", ".join(f"{k} {np.concatenate(v).mean():.4f}" for k, v in sorted(species.items())))
+        print("  worst: " + ", ".join(f"{sid} {m:.4f}" for m, sid in per_structure[: args.worst]))
+        for sid in sorted(s for s in err if frames[s].info.get("kind") == "pnma20"):  # Pnma-like
+            if sid in err:
+                f = frames[sid]
+                ca = np.array(f.get_chemical_symbols()) == "Ca"
+                e_sid = err[sid]
+                print(f"  {sid}: MAE {e_sid.mean():.4f} e, Ca diagonal MAE "
+                      f"{np.mean(np.diagonal(e_sid[ca], axis1=1, axis2=2)):.4f} e")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
