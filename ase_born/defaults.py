@@ -49,14 +49,20 @@ def model_card() -> dict[str, Any]:
             f"no default models installed ({path} missing). Build them with the recipes in "
             "scripts/distill_mace/ and examples/configs/, or pass explicit model files."
         )
-    return json.loads(path.read_text())
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"model card {path} is not valid JSON: {exc}") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"model card {path} must hold a JSON object, not {type(card).__name__}")  # noqa: TRY004
+    return card
 
 
 def available() -> bool:
     """True when a model card ships BOTH default models (so :func:`load_default_calculator` can work)."""
     try:
         card = model_card()
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return False
     return bool(card.get("force_field")) and bool(card.get("born_model"))
 
@@ -155,19 +161,23 @@ def describe() -> str:
     """Text for ``ase-born info``."""
     try:
         card = model_card()
-    except FileNotFoundError as exc:
-        return str(exc)
+    except (FileNotFoundError, ValueError) as exc:
+        return f"default models: {exc}"
     lines = [f"default models in {models_dir()}:"]
     for key in ("force_field", "born_model"):
         e = card.get(key)
-        if e:
-            ok = (models_dir() / e["file"]).is_file()
-            lines.append(f"  {key}: {e['file']} ({'present' if ok else 'MISSING'}), elements {e.get('elements')}, "
+        if isinstance(e, dict):
+            path = models_dir() / str(e.get("file", ""))
+            if not e.get("file") or not path.is_file():
+                state = "MISSING"
+            else:  # what the loaders check: a file whose hash is not the card's is refused
+                state = "present, SHA-256 OK" if sha256(path) == e.get("sha256") else "SHA-256 MISMATCH"
+            lines.append(f"  {key}: {e.get('file')} ({state}), elements {e.get('elements')}, "
                          f"{e.get('summary', '')}")
-    corr = (card.get("force_field") or {}).get("pressure_correction_GPa")
-    if corr:
-        lines.append(f"  pressure correction (applied by the workflows): {corr['value']} GPa; {corr.get('source', '')}")
-    if card.get("epsilon_inf"):
+    corr = (card.get("force_field") or {}).get("pressure_correction_GPa") if isinstance(card.get("force_field"), dict) else None
+    if isinstance(corr, dict):
+        lines.append(f"  pressure correction (applied by the workflows): {corr.get('value')} GPa; {corr.get('source', '')}")
+    if isinstance(card.get("epsilon_inf"), dict):
         lines.append(f"  epsilon_inf: {card['epsilon_inf'].get('source', '')}")
     lines.append("  model card: data/README.md")
     return "\n".join(lines)

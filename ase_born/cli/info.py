@@ -29,10 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def models_dir() -> Path:
-    """``data/models`` of the repository (``Path(ase_born.__file__).parents[1]/'data'/'models'``)."""
-    import ase_born
+    """Where the default models are read from (:func:`ase_born.defaults.models_dir`: the
+    repository's ``data/models``, or ``$ASE_BORN_DATA/models``)."""
+    from ase_born import defaults
 
-    return Path(ase_born.__file__).resolve().parents[1] / "data" / "models"
+    return defaults.models_dir()
 
 
 def _version(import_name: str, dist: str) -> str:

@@ -105,3 +105,28 @@ def test_pressure_correction_from_card(card, tmp_path, monkeypatch):
     (tmp_path / "models" / "defaults.json").write_text(json.dumps({**card, "force_field": ff}))
     monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path))
     assert defaults.default_pressure_GPa() == 0.0
+
+
+def test_info_reports_unreadable_cards_and_hash_mismatches(tmp_path, monkeypatch):
+    """`ase-born info` never crashes on a bad card: invalid JSON or a non-object card is one
+    clear line (and `available()` is False); a model file whose hash is not the card's is
+    reported as such, not as present; the listed folder follows ASE_BORN_DATA."""
+    from ase_born.cli import info
+
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path))
+    assert info.models_dir() == defaults.models_dir() == models
+    for text, match in (("{not json", "not valid JSON"), ("[1, 2]", "must hold a JSON object")):
+        (models / defaults.CARD_NAME).write_text(text)
+        assert not defaults.available()
+        assert match in defaults.describe() and defaults.describe().count("\n") == 0
+    (models / "ff.model").write_bytes(b"garbage")
+    card = {"force_field": {"file": "ff.model", "sha256": "0" * 64, "pressure_correction_GPa": {}},
+            "born_model": {"sha256": "1" * 64}, "epsilon_inf": [[1.0]]}
+    (models / defaults.CARD_NAME).write_text(json.dumps(card))
+    text = defaults.describe()
+    assert "ff.model (SHA-256 MISMATCH)" in text and "born_model: None (MISSING)" in text
+    card["force_field"]["sha256"] = defaults.sha256(models / "ff.model")
+    (models / defaults.CARD_NAME).write_text(json.dumps(card))
+    assert "ff.model (present, SHA-256 OK)" in defaults.describe()
