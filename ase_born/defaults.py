@@ -132,7 +132,16 @@ def default_pressure_GPa() -> float:
     except FileNotFoundError:
         return 0.0
     corr = entry.get("pressure_correction_GPa")
-    return 0.0 if corr is None else float(corr["value"])
+    if corr is None:
+        return 0.0
+    value = corr.get("value") if isinstance(corr, dict) else None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"model card {models_dir() / CARD_NAME}: force_field.pressure_correction_GPa must be "
+            f'an object with a numeric "value" (GPa), not {corr!r}'
+        ) from None
 
 
 def load_default_calculator(device: str = "cpu", dtype: str = "float64", **kwargs):

@@ -163,7 +163,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 f"ase-born evaluate: no frames with split {args.split!r} in {args.data}",
                 file=sys.stderr,
             )
-            return 2
+            return 1
     ds = BornDataset.from_frames(
         frames,
         r_max=model.r_max,
@@ -213,7 +213,7 @@ def _predict(args: argparse.Namespace) -> int:
         frames = ase.io.read(str(src), index=":")
     if not frames:
         print(f"ase-born predict: no structures in {src}", file=sys.stderr)
-        return 2
+        return 1
     charges = predict_born_charges(model, frames, batch_size=args.batch_size)
     for atoms, z in zip(frames, charges):
         set_born_charges(atoms, z)

@@ -291,7 +291,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
         ImportError,
     ) as exc:
         print(f"ase-born {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
 
 
 def _flag(v: Any, value: Any) -> Any:

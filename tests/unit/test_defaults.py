@@ -105,6 +105,12 @@ def test_pressure_correction_from_card(card, tmp_path, monkeypatch):
     (tmp_path / "models" / "defaults.json").write_text(json.dumps({**card, "force_field": ff}))
     monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path))
     assert defaults.default_pressure_GPa() == 0.0
+    # a malformed entry is a clear error naming the card, not a KeyError/TypeError
+    for bad in ({"source": "x"}, {"value": "n/a"}, 1.5, [1.5]):
+        ff_bad = {**ff, "pressure_correction_GPa": bad}
+        (tmp_path / "models" / "defaults.json").write_text(json.dumps({**card, "force_field": ff_bad}))
+        with pytest.raises(ValueError, match=r"defaults\.json: force_field\.pressure_correction_GPa"):
+            defaults.default_pressure_GPa()
 
 
 def test_info_reports_unreadable_cards_and_hash_mismatches(tmp_path, monkeypatch):

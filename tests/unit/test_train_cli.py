@@ -82,6 +82,19 @@ def test_train_evaluate_predict(tmp_path, capsys, monkeypatch):
             a.arrays["born_effective_charges"], b.arrays["born_effective_charges"]
         )
 
+    # nothing to evaluate/predict: exit status 1 (as every other error) and a one-line reason
+    from ase_born.io.extxyz import write_frames
+
+    only_test = tmp_path / "only_test.extxyz"
+    write_frames(only_test, [a for a in frames if a.info["split"] == "test"])
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.pt"), str(only_test), "--split", "train"]) == 1
+    assert "no frames with split 'train'" in capsys.readouterr().err
+    (tmp_path / "empty.extxyz").write_text("")
+    empty_out = str(tmp_path / "empty_pred.extxyz")
+    assert main(["predict", str(out / "model.pt"), str(tmp_path / "empty.extxyz"), "-o", empty_out]) == 1
+    assert "no structures in" in capsys.readouterr().err
+
 
 def test_cli_errors(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.yaml")]) == 1

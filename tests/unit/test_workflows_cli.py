@@ -81,7 +81,7 @@ def test_bad_input_gives_clear_error(argv, match, tmp_path, capsys):
     args = [*argv, "--out", str(tmp_path / "out"), "--no-progress"]
     if "--force-field" not in argv:
         args += ["--force-field", "standin", "--born-model", "standin"]
-    assert main(args) == 2
+    assert main(args) == 1
     err = capsys.readouterr().err
     assert match in err
     assert err.startswith(f"ase-born {argv[0]}: error:")
@@ -101,7 +101,7 @@ def test_supercell_that_breaks_the_reference(cubic_file, tmp_path, capsys):
             str(tmp_path / "h"),
         ]
     )
-    assert rc == 2
+    assert rc == 1
     assert "breaks the reference" in capsys.readouterr().err
     # nothing written: the same --out takes a supercell that works (no "different settings")
     assert not (tmp_path / "h").exists() or not (tmp_path / "h" / "settings.json").exists()
@@ -116,7 +116,7 @@ def test_missing_default_models_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ASE_BORN_DATA", str(empty))
     assert defaults.data_dir() == empty
     assert not defaults.available()
-    assert main(["dielectric", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert main(["dielectric", "--out", str(tmp_path / "d"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "no default models installed" in err
     assert "--force-field PATH" in err and "--born-model PATH" in err
@@ -208,7 +208,7 @@ def test_paper_preset_yields_to_explicit_ramp_options(extra, rate, ramp, monkeyp
 
     monkeypatch.setattr(heating, "run_heating", fake_run)
     rc = main(["heat", *STANDIN, "--paper", *extra, "--out", str(tmp_path / "h")])
-    assert rc == 2 and "cfg" in seen
+    assert rc == 1 and "cfg" in seen
     cfg = seen["cfg"]
     assert cfg.heating_rate_K_per_ps == rate
     if ramp is not None:

@@ -172,7 +172,7 @@ def test_resume_refuses_mixed_settings(tmp_path):
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert "different settings" in proc.stderr and "fields_V_per_m" in proc.stderr
 
 
