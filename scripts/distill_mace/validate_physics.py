@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -294,9 +295,18 @@ def main(argv=None) -> None:
     if (result.get("model") or {}).get("sha256") != model["sha256"]:
         result = {}  # checks of another model file are not kept beside this one's
     result["model"] = model
-    result["command"] = "python scripts/distill_mace/validate_physics.py " + " ".join(argv or [])
+    # each check records the command that made it (a later call may redo only some checks)
+    command = " ".join(["python scripts/distill_mace/validate_physics.py",
+                        *(sys.argv[1:] if argv is None else argv)])
+    old_command = result.pop("command", None)  # older reports: one command for every check
+    for check in ("pnma", "cubic", "pressure", "npt"):
+        if old_command and isinstance(result.get(check), dict):
+            result[check].setdefault("command", old_command)
 
     def save():
+        for check in ("pnma", "cubic", "pressure", "npt"):
+            if check in args.checks and isinstance(result.get(check), dict):
+                result[check]["command"] = command
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(out)
