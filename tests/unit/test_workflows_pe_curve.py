@@ -173,3 +173,34 @@ def test_numeric_directions_are_comma_free_csv_labels(tmp_path):
     res = run_pe_curve(cfg, standin_force_field, standin_born_model, str(tmp_path / "pe"), progress=False,
                        log=lambda m: None)
     assert [d["direction"] for d in res["directions"]] == ["1 1 0", "0.0 0.0 1.0"]
+
+
+def test_analysis_subtracts_the_zero_field_polarization():
+    """P(0) is not exactly zero (the reference is relaxed less tightly than the points): the
+    slopes, the fit and the onset use P(E) - P(0). Exactly linear P with an offset gives the
+    exact tensor and no onset; without the subtraction the offset (here 3 % of P(E1)) showed
+    up as off-diagonal ε and a false onset of nonlinearity."""
+    from ase_born.workflows.pe_curve import _analyze
+
+    eps0_si = 8.8541878128e-12  # F/m
+    eps = np.array([[118.6, 0.0, 1.5], [0.0, 118.1, 0.0], [1.5, 0.0, 117.7]])
+    fields = np.array([0.0, 1e7, 2e7, 5e7, 1e8])
+    p0 = np.array([3.1e-5, -2.2e-5, 1.7e-5])  # C/m²; P(E1) along x ~ 1.05e-3 C/m²
+    rows: dict[str, list] = {k: [] for k in ("direction", "field_V_per_m", "Px_C_per_m2",
+                                             "Py_C_per_m2", "Pz_C_per_m2")}
+    for d, c in (("x", 0), ("z", 2)):
+        for e in fields:
+            p = p0 + eps0_si * eps[:, c] * e
+            rows["direction"].append(d)
+            rows["field_V_per_m"].append(e)
+            for a, x in enumerate("xyz"):
+                rows[f"P{x}_C_per_m2"].append(p[a])
+    cfg = PECurveConfig(fields_V_per_m=tuple(fields), directions=("x", "z"))
+    res = _analyze(cfg, {k: np.asarray(v) for k, v in rows.items()})
+    s = np.asarray(res["epsilon_ion_static"])
+    np.testing.assert_allclose(s[:, [0, 2]], eps[:, [0, 2]], rtol=1e-9, atol=1e-9)
+    for d in res["directions"]:
+        assert d["nonlinearity_onset_V_per_m"] is None
+        np.testing.assert_allclose(d["P_at_zero_field_C_per_m2"], p0)
+        np.testing.assert_allclose(d["epsilon_ion_column_small_field"],
+                                   eps[:, "xyz".index(d["direction"])], rtol=1e-9)
