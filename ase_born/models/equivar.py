@@ -1015,7 +1015,8 @@ class Equivar(nn.Module):
         for l in ls:
             y = sh[:, start : start + 2 * l + 1]
             start += 2 * l + 1
-            blocks.append((radial[:, :, None] * y[:, None, :]).reshape(n_edges, -1))
+            width = radial.shape[1] * (2 * l + 1)  # explicit: reshape(0, -1) fails without edges
+            blocks.append((radial[:, :, None] * y[:, None, :]).reshape(n_edges, width))
         edge_attr = torch.cat(blocks, dim=-1)
 
         out_dims = [F * (2 * l + 1) for l, _ in TP_OUT_IRREPS]

@@ -162,7 +162,8 @@ class TorchScriptEquivar(BornChargeModel):
         for l in ls:
             y = sh[:, start : start + 2 * l + 1]
             start += 2 * l + 1
-            blocks.append((radial[:, :, None] * y[:, None, :]).reshape(edge_vec.shape[0], -1))
+            n_edges, width = edge_vec.shape[0], radial.shape[1] * (2 * l + 1)  # explicit: E may be 0
+            blocks.append((radial[:, :, None] * y[:, None, :]).reshape(n_edges, width))
         return torch.cat(blocks, dim=-1)
 
     def build_inputs(

@@ -437,3 +437,22 @@ def test_load_refuses_untrusted_pickles(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         Equivar.load(evil)
     assert not marker.exists()
+
+
+def test_structure_without_edges_on_every_implementation():
+    """Atoms farther apart than r_max: no edges at all (an isolated atom, a dilute gas). The
+    Z* come from the node embeddings alone, the same on the fast and e3nn paths (the e3nn
+    path's edge attributes once failed with reshape(0, -1))."""
+    cfg = dataclasses.replace(SMALL, cutoff_envelope="polynomial")
+    fast = randomized(cfg, seed=4)
+    ref = Equivar(cfg, tp_impl="e3nn", dtype="float64")
+    ref.load_state_dict(fast.state_dict(), strict=True)
+    far = Atoms("TiO", positions=[[0.0, 0.0, 0.0], [2.0 * cfg.r_max, 0.0, 0.0]], pbc=False)
+    g = batch_from_atoms([far], dtype="float64")
+    assert g.edge_index.shape[1] == 0
+    with torch.no_grad():
+        z_fast, raw_fast = fast.forward_graph(g, return_raw=True)
+        z_ref, raw_ref = ref.forward_graph(g, return_raw=True)
+    assert z_fast.shape == (2, 3, 3) and torch.isfinite(z_fast).all()
+    torch.testing.assert_close(raw_fast, raw_ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(z_fast, z_ref, atol=1e-12, rtol=0)

@@ -256,3 +256,14 @@ def test_adapter_rotation_and_permutation_equivariance(scripted_file, atoms, asr
     for seed in (1, 2):
         assert assert_born_equivariant(model, atoms, random_rotation(seed), atol=1e-10) < 1e-10
     assert assert_born_permutation_equivariant(model, atoms, seed=3, atol=1e-12) < 1e-12
+
+
+def test_structure_without_edges():
+    """No atom within r_max of another: empty edge attributes of the published width, and
+    the toy model's Z* (all edge sums zero) come out as zeros, not a reshape error."""
+    far = Atoms("TiO", positions=[[0.0, 0.0, 0.0], [3.0 * R_MAX, 0.0, 0.0]], pbc=False)
+    model = TorchScriptEquivar(ToyPublished(N_RADIAL), num_radial=N_RADIAL, dtype="float64")
+    inputs = model.build_inputs(far)
+    assert inputs["edge_index"].shape == (2, 0)
+    assert inputs["edge_attr"].shape == (0, 9 * N_RADIAL)
+    np.testing.assert_array_equal(model.get_born_charges(far), np.zeros((2, 3, 3)))
