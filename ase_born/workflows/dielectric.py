@@ -28,7 +28,8 @@ Protocol (:func:`run_dielectric`)
      difference of the +E and −E slopes is reported as a linearity check); block-averaged
      standard errors (of the paired differences when correlated);
    * fluctuation (zero-field run, NpT form): ``ε_ion[b, c] = ⟨δd_b δd_c⟩/(⟨Ω⟩ ε0 k_B T)``,
-     jackknife error over blocks;
+     jackknife error over blocks; all samples of the zero-field run (it starts equilibrated,
+     so none are discarded; its ``n_samples`` is reported with it);
    * total ``ε = ε∞ + ε_ion`` when ε∞ is known (argument, or the Born model's ``epsilon_inf``);
      when it was asked for and ε∞ is missing, a warning is issued and only ε_ion is reported.
 
@@ -530,8 +531,10 @@ def format_report(results: dict[str, Any]) -> str:
             diag = np.diag(val)
             rel = np.abs(np.diag(err) / np.where(diag != 0, diag, np.nan))
             label = "finite field" if est == "finite_field" else "fluctuation (zero field)"
+            # the fluctuation estimator uses the whole E0 run (its ε_ion entry counts them)
+            n = tr["epsilon_ion"].get(est, {}).get("n_samples", tr["n_samples_per_run"])
             out.append(
-                f"{t:g} K, {label} ({tr['n_samples_per_run']} samples/run; relative error of the diagonal "
+                f"{t:g} K, {label} ({n} samples/run; relative error of the diagonal "
                 f"{', '.join(f'{100 * x:.0f}%' for x in rel)}):"
             )
             out.append(format_tensor(val, err))

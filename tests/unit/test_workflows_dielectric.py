@@ -155,6 +155,13 @@ def test_total_epsilon_and_outputs(solved):
     assert saved["temperatures"][0]["temperature_K"] == 300.0
     report = format_report(res)
     assert "0 K harmonic" in report and "±" in report and "finite field" in report
+    # each estimator's line counts its own samples: the fluctuation uses the whole E0 run,
+    # the finite-field slopes skip discard_steps of every run
+    t0 = res["temperatures"][0]
+    n_fl = t0["epsilon_ion"]["fluctuation"]["n_samples"]
+    assert n_fl > t0["n_samples_per_run"]
+    assert f"finite field ({t0['n_samples_per_run']} samples/run;" in report
+    assert f"fluctuation (zero field) ({n_fl} samples/run;" in report
     assert len(ase.io.read(out / "traj_300K_Ex+.extxyz", index=":")) == 5
 
 
