@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -88,8 +89,12 @@ def test_a_finished_run_on_other_structures_or_recipe_is_refused_not_reused(tmp_
     (run / "config.yaml").write_text(yaml.safe_dump(recipe))
     args = (mod.CONFIG, 1, tmp_path / "fit.extxyz", run, 1)
     assert mod.train_seed(*args, ["a", "b"]) == run / "model.pt"  # reused: no training
-    # (with the shipped recipe's smooth cutoff, model=BM1 also changes cutoff_envelope)
-    with pytest.raises(SystemExit, match=r"another recipe \((model.cutoff_envelope, )?model.int_num_feat, seed differ\)"):
+    # model=BM1 replaces the whole model entry: the shipped recipe's other model keys
+    # (cutoff_envelope, r_max) differ too, listed in sorted order around int_num_feat
+    model = recipe["model"] if isinstance(recipe["model"], dict) else {}
+    other = sorted(f"model.{k}" for k in model if k != "preset")
+    listed = ", ".join(sorted([*other, "model.int_num_feat"]))
+    with pytest.raises(SystemExit, match=re.escape(f"another recipe ({listed}, seed differ)")):
         mod.train_seed(mod.CONFIG, 2, tmp_path / "fit.extxyz", run, 1, ["a", "b"], {"model": "BM1"})
     with pytest.raises(SystemExit, match="other structures"):
         mod.train_seed(*args, ["a", "b", "c"])
