@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train an Equivar Born-charge model from a YAML config",
         description=(
-            "Train Equivar on extxyz Born-charge data (paper recipe by default: L1 on the 9 "
-            "components of the sum-rule-corrected Z*, AdamW, lr 5e-3, best-validation checkpoint, "
+            "Train Equivar on extxyz Born-charge data (paper recipe by default: L1 over the 9 "
+            "components between the raw network output and the sum-rule-corrected DFT Z*, "
+            "AdamW, lr 5e-3, best-validation checkpoint, "
             "final metrics on TEST). Writes checkpoints, log.csv, model.pt, metrics.json and plots "
             "to the config's out directory. Multi-GPU: launch with torchrun."
         ),

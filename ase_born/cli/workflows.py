@@ -122,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--epsilon-inf",
         help="ε∞: 1, 3 or 9 comma-separated numbers (total ε = ε∞ + ε_ion; default: the value "
-        "shipped with the default models, if any)",
+        "shipped with the default Born model when that model is used, else none)",
     )
     p.add_argument(
         "--ionic-only", action="store_true", default=None, help="report ε_ion only (no ε∞ warning)"
@@ -477,15 +477,12 @@ def _dielectric(args: argparse.Namespace) -> int:
             static_check=_flag(a.no_static_check, False),
         )
         models = _models(a)
-        if (
-            a.epsilon_inf is None
-            and a.force_field is None
-            and a.born_model is None
-            and not a.ionic_only
-        ):
+        if a.epsilon_inf is None and a.born_model is None and not a.ionic_only:
             from ase_born.workflows.models import default_epsilon_inf
 
-            eps = default_epsilon_inf()  # ε∞ shipped with the default models
+            # ε∞ is shipped with the default Born model (both from DFPT of pnma_eq): it
+            # applies whatever force field moves the atoms
+            eps = default_epsilon_inf()
             if eps is not None:
                 cfg = cfg.replace(epsilon_inf=tuple(float(x) for x in np.ravel(eps)))
         return _run_workflow(

@@ -213,3 +213,36 @@ def test_paper_preset_yields_to_explicit_ramp_options(extra, rate, ramp, monkeyp
     assert cfg.heating_rate_K_per_ps == rate
     if ramp is not None:
         assert cfg.n_ramp_steps == ramp
+
+
+@pytest.mark.parametrize(
+    ("models", "shipped"),
+    [
+        (["--force-field", "standin"], True),  # own force field, default Born model
+        (["--born-model", "standin", "--force-field", "standin"], False),
+    ],
+)
+def test_default_epsilon_inf_follows_the_default_born_model(models, shipped, monkeypatch, tmp_path):
+    """The shipped ε∞ (DFPT of pnma_eq, like the default Born model's training data) is used
+    whenever the default Born model is, whatever the force field; never with another
+    Born model (its ε∞ is unknown unless given)."""
+    from ase_born import defaults
+    from ase_born.workflows import dielectric
+
+    if not defaults.available():
+        pytest.skip("no default models installed")
+    seen = {}
+
+    def fake_run(cfg, *args, **kw):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(dielectric, "run_dielectric", fake_run)
+    rc = main(["dielectric", *models, "--no-progress", "--out", str(tmp_path / "d")])
+    assert rc == 1 and "cfg" in seen
+    eps = seen["cfg"].epsilon_inf
+    if shipped:
+        assert eps is not None
+        assert list(eps) == pytest.approx(defaults.default_epsilon_inf().ravel().tolist())
+    else:
+        assert eps is None
