@@ -28,8 +28,10 @@ Protocol (:func:`run_dielectric`)
      difference of the +E and −E slopes is reported as a linearity check); block-averaged
      standard errors (of the paired differences when correlated);
    * fluctuation (zero-field run, NpT form): ``ε_ion[b, c] = ⟨δd_b δd_c⟩/(⟨Ω⟩ ε0 k_B T)``,
-     jackknife error over blocks; all samples of the zero-field run (it starts equilibrated,
-     so none are discarded; its ``n_samples`` is reported with it);
+     error: the larger of the block jackknife and Bartlett's formula for the sample covariance
+     (:func:`.stats.covariance_error`; the jackknife alone is too small when the blocks are
+     not much longer than the dipole's correlation time); all samples of the zero-field run
+     (it starts equilibrated, so none are discarded; its ``n_samples`` is reported with it);
    * total ``ε = ε∞ + ε_ion`` when ε∞ is known (argument, or the Born model's ``epsilon_inf``);
      when it was asked for and ε∞ is missing, a warning is issued and only ε_ion is reported.
 
@@ -443,7 +445,7 @@ def _analyze_temperature(
             "fluctuation": {
                 "value": fl_val.tolist(),
                 "error": fl_err.tolist(),
-                "method": "<dd dd>/(<V> eps0 kB T), zero-field run, jackknife over blocks",
+                "method": "<dd dd>/(<V> eps0 kB T), zero-field run, error max(block jackknife, Bartlett)",
                 "n_samples": len(dip),
             },
         },
