@@ -7,14 +7,24 @@
 Recomputes, from the files named in ``data/models/defaults.json``, the SHA-256 and the
 ``reference_check`` numbers that ``tests/unit/test_defaults.py`` compares against (the same
 structure and procedure as the test: Pnma CaTiO3 rattled 0.05 Å with ase's seed 1, float64,
-CPU).  Everything else in the card (summaries, metrics, pressure correction, ε∞) is left
-as it is: those come from the training/validation runs and are edited with them.
+CPU).  Everything else in the card (summaries, metrics, ε∞) is left as it is: those come
+from the training/validation runs and are edited with them.
+
+The force field's volume correction (``pressure_correction_GPa``, applied by the workflows)
+belongs to one model file: a new force-field file removes it (the workflows then apply
+none) until it is set again from that file's own check::
+
+    python scripts/distill_mace/validate_physics.py --checks pressure       # shipped model
+    python scripts/update_model_card.py --pressure-from data/models/mace_catio3_validation.json
+
+(``--pressure-from`` refuses a report made for another file.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ase_born import defaults
 from ase_born.dft.sampler import pnma_catio3
@@ -55,13 +65,37 @@ def refresh_born_model(card: dict) -> None:
     )
 
 
+def pressure_entry(report_path, card: dict) -> dict:
+    """The card's ``pressure_correction_GPa`` from a ``validate_physics.py`` report of the
+    card's own force-field file."""
+    report = json.loads(Path(report_path).read_text())
+    sha = card["force_field"].get("sha256")
+    if (report.get("model") or {}).get("sha256") != sha:
+        raise SystemExit(f"{report_path} checks another file (sha256 "
+                         f"{(report.get('model') or {}).get('sha256')}), not the card's force "
+                         f"field ({sha}): run validate_physics.py --checks pressure on it first")
+    check = report.get("pressure")
+    if not isinstance(check, dict) or "pressure_correction_GPa" not in check:
+        raise SystemExit(f"{report_path} has no pressure check: run validate_physics.py --checks pressure")
+    minimum = "a local minimum" if check.get("local_minimum") else "NOT a local minimum"
+    return {
+        "value": float(check["pressure_correction_GPa"]),
+        "source": (f"pressure at which the MACE-relaxed Pnma cell has the experimental volume "
+                   f"({check['experimental_volume_A3']:.1f} A^3); Pnma is {minimum} there (lowest "
+                   f"Gamma optical {check.get('lowest_optical_THz', float('nan')):.2f} THz); from "
+                   f"{report_path} ({check.get('command', 'validate_physics.py --checks pressure')})"),
+    }
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force-field", action="store_true")
     ap.add_argument("--born-model", action="store_true")
+    ap.add_argument("--pressure-from", metavar="REPORT",
+                    help="set the volume correction from a validate_physics.py report of the card's force field")
     args = ap.parse_args(argv)
-    if not (args.force_field or args.born_model):
-        ap.error("name the model(s) to refresh: --force-field and/or --born-model")
+    if not (args.force_field or args.born_model or args.pressure_from):
+        ap.error("name the model(s) to refresh: --force-field and/or --born-model (or --pressure-from)")
     path = defaults.models_dir() / "defaults.json"
     card = json.loads(path.read_text())
 
@@ -74,11 +108,20 @@ def main(argv=None) -> None:
                                ("born_model", args.born_model, refresh_born_model)):
         if flag:
             # new hash first: the loaders refuse a file whose hash does not match the card
+            old = card[key].get("sha256")
             card[key]["sha256"] = defaults.sha256(defaults.models_dir() / card[key]["file"])
+            new_ff = key == "force_field" and old != card[key]["sha256"]
+            if new_ff and card[key].pop("pressure_correction_GPa", None) is not None:
+                print("force_field: new file, its volume correction removed (it belonged to the "
+                      "old file; the workflows apply none until --pressure-from sets it)")
             write()
             refresh(card)
             write()
             print(f"{key}: {card[key]['file']} sha256 {card[key]['sha256']}")
+    if args.pressure_from:
+        card["force_field"]["pressure_correction_GPa"] = pressure_entry(args.pressure_from, card)
+        write()
+        print(f"force_field: pressure correction {card['force_field']['pressure_correction_GPa']['value']} GPa")
 
 
 if __name__ == "__main__":
