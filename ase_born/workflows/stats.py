@@ -97,8 +97,11 @@ def covariance_error(samples: Any, c: float = 5.0) -> np.ndarray:
     # g[k, b, c] = (1/N) Σ_t x_b(t) x_c(t+k), k = 0..N-1 (biased estimator, positive definite)
     g = np.fft.irfft(np.conj(fx)[:, :, None] * fx[:, None, :], n=nfft, axis=0)[:n] / n
     diag = np.einsum("kbb->kb", g)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.nanmean(np.where(diag[0] > 0, diag / diag[0], np.nan), axis=1)
+    # components that never move (up to rounding) carry no correlation information
+    live = diag[0] > 1e-20 * max(float(diag[0].max()), np.finfo(float).tiny)
+    if not live.any():  # constant series: the covariance is zero
+        return np.zeros((m, m))
+    rho = np.mean(diag[:, live] / diag[0, live], axis=1)
     tau, window = 0.5, n - 1
     for k in range(1, n):
         tau += rho[k] ** 2

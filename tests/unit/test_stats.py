@@ -57,3 +57,14 @@ def test_fluctuation_error_does_not_collapse_with_short_blocks():
         ratio.append(err / (covariance_error(d) / scale))
     assert np.min(ratio) >= 1.0 - 1e-12  # never below Bartlett's
     assert np.std(z_all) < 1.25
+
+
+def test_constant_components():
+    """A component that never moves (e.g. a symmetry-fixed dipole direction) has zero
+    covariance error; the others are unaffected; an all-constant series gives zeros."""
+    x = ar1(np.random.default_rng(6), 0.5, 5000)
+    x[:, 2] = 0.7
+    err = covariance_error(x)
+    assert err[2].max() < 1e-12 * err.max() and err[:, 2].max() < 1e-12 * err.max()
+    np.testing.assert_allclose(err[:2, :2], covariance_error(x[:, :2]), rtol=1e-9)
+    np.testing.assert_array_equal(covariance_error(np.ones((100, 3))), np.zeros((3, 3)))
