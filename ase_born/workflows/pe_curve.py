@@ -12,9 +12,9 @@ Protocol (:func:`run_pe_curve`)
 3. Per direction, on ``ΔP = P(E) − P(0)`` (the zero-field point of that direction, if the
    fields include 0; ``P(0)`` is not exactly zero because the reference is relaxed less
    tightly than the points): the small-field slope ``χ = ΔP(E₁)/E₁`` at the smallest nonzero
-   field and a polynomial fit ``ΔP = χ₁E + χ₂E² + χ₃E³`` through the origin; the static ionic dielectric
-   tensor ``ε_static[b, c] = χ_bc/ε0`` from the fit's linear term; the onset of nonlinearity,
-   the smallest field where ``|P∥ − χE|`` exceeds ``nonlinearity_tol · |χE|``.  Optionally the
+   field and a polynomial fit ``ΔP = χ₁E + χ₂E² + χ₃E³`` through the origin; the static
+   ionic dielectric tensor ``ε_static[b, c] = χ_bc/ε0`` from the fit's linear term; the onset
+   of nonlinearity, the smallest field where ``|ΔP∥ − χE|`` exceeds ``nonlinearity_tol · |χE|``.  Optionally the
    0 K harmonic tensor for comparison (``harmonic``).
 
 Outputs: ``pe_curve.csv`` (one row per relaxed point: direction, field in V/m and V/Å,
