@@ -14,8 +14,9 @@ Protocol (:func:`run_pe_curve`)
    tightly than the points): the small-field slope ``χ = ΔP(E₁)/E₁`` at the smallest nonzero
    field and a polynomial fit ``ΔP = χ₁E + χ₂E² + χ₃E³`` through the origin; the static
    ionic dielectric tensor ``ε_static[b, c] = χ_bc/ε0`` from the fit's linear term; the onset
-   of nonlinearity, the smallest field where ``|ΔP∥ − χE|`` exceeds ``nonlinearity_tol · |χE|``.  Optionally the
-   0 K harmonic tensor for comparison (``harmonic``).
+   of nonlinearity, the smallest field where ``|ΔP∥ − χE|`` exceeds
+   ``nonlinearity_tol · |χE|``.  Optionally the 0 K harmonic tensor for comparison
+   (``harmonic``).
 
 Outputs: ``pe_curve.csv`` (one row per relaxed point: direction, field in V/m and V/Å,
 polarization in C/m² and e/Å², energy, final max force, optimizer steps, converged),
