@@ -447,6 +447,24 @@ def epsilon_ion_finite_field_error(
     return np.sqrt(ef**2 + e0[None, :] ** 2).T / (EPSILON0 * abs(float(field_V_per_A)))
 
 
+def fluctuation_scale(volume: float, temperature_K: float) -> float:
+    """Normalisation ``Ω ε0 k_B T`` (e·Å) of the zero-field fluctuation formulas.
+
+    ``ε_ion = Ω ⟨δP δP⟩ / (ε0 k_B T) = ⟨δd δd⟩ / (Ω ε0 k_B T)``; for NpT pass ``⟨Ω⟩``.
+    Errors of the dipole covariance (e²Å²) become errors of ε by dividing by this value.
+
+    Parameters
+    ----------
+    volume : float
+        Cell volume (or its mean) in Å³.
+    temperature_K : float
+        Temperature in K.
+    """
+    _check_volume(volume)
+    _check_temperature(temperature_K)
+    return float(volume) * EPSILON0 * KB_EV_PER_K * float(temperature_K)
+
+
 def epsilon_ion_fluctuation(
     polarizations: ArrayLike, volume: float, temperature_K: float
 ) -> np.ndarray:
@@ -470,11 +488,10 @@ def epsilon_ion_fluctuation(
     p = np.asarray(polarizations, dtype=float)
     if p.ndim != 2 or p.shape[1] != 3 or len(p) < 2:
         raise ValueError(f"polarizations must have shape (n_samples >= 2, 3), got {p.shape}")
-    _check_volume(volume)
-    _check_temperature(temperature_K)
+    scale = fluctuation_scale(volume, temperature_K)
     dp = p - p.mean(0)
     cov = dp.T @ dp / len(p)
-    return float(volume) * cov / (EPSILON0 * KB_EV_PER_K * float(temperature_K))
+    return float(volume) ** 2 * cov / scale  # ⟨δd δd⟩ = Ω² ⟨δP δP⟩
 
 
 def epsilon_ion_fluctuation_npt(
@@ -502,11 +519,10 @@ def epsilon_ion_fluctuation_npt(
         raise ValueError(f"dipoles must have shape (n_samples >= 2, 3), got {d.shape}")
     if v.shape != (len(d),):
         raise ValueError(f"volumes must have shape ({len(d)},), got {v.shape}")
-    _check_volume(v.mean())
-    _check_temperature(temperature_K)
+    scale = fluctuation_scale(v.mean(), temperature_K)
     dd = d - d.mean(0)
     cov = dd.T @ dd / len(d)
-    return cov / (v.mean() * EPSILON0 * KB_EV_PER_K * float(temperature_K))
+    return cov / scale
 
 
 def _check_temperature(temperature_K: float) -> None:
@@ -673,6 +689,7 @@ __all__ = [
     "field_energy",
     "field_forces",
     "field_stress",
+    "fluctuation_scale",
     "force_constants_to_matrix",
     "harmonic_dielectric_from_fc",
     "ionic_dipole",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ase_born import physics
-from ase_born.conventions import EPSILON0, KB_EV_PER_K
+from ase_born.conventions import EPSILON0
 
 
 def block_mean(samples: Any, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +60,7 @@ def fluctuation_epsilon(
     # polar modes; measured: z-scores with standard deviation 1.6 instead of 1 on a harmonic
     # stand-in, 10 blocks of 0.3 ps). Bartlett's formula does not depend on blocks: the
     # larger of the two is reported.
-    scale = float(np.mean(v)) * EPSILON0 * KB_EV_PER_K * float(temperature_K)
-    err = np.maximum(err, covariance_error(d) / scale)
+    err = np.maximum(err, covariance_error(d) / physics.fluctuation_scale(np.mean(v), temperature_K))
     return value, err
 
 

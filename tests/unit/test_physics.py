@@ -221,6 +221,12 @@ def test_fluctuation_formulas():
         physics.epsilon_ion_fluctuation_npt(d, vols[:-1], t)
     with pytest.raises(ValueError, match="temperature"):
         physics.epsilon_ion_fluctuation(p, vol, 0.0)
+    # the shared normalisation Ω ε0 k_B T (independent numbers: ε0 in e/(V Å), k_B in eV/K)
+    scale = physics.fluctuation_scale(vol, t)
+    assert scale == pytest.approx(1000.0 * 5.526349406e-3 * 8.617333262e-5 * 300.0, rel=1e-8)
+    for bad in ((0.0, t), (vol, -1.0), (np.nan, t)):
+        with pytest.raises(ValueError):
+            physics.fluctuation_scale(*bad)
 
 
 def test_block_average():
