@@ -6,18 +6,34 @@ import argparse
 import functools
 import pickle
 import sys
+from collections.abc import Callable
+from typing import Any
+
+#: failures every command reports in one line: bad config/data/checkpoint/plan, missing files
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, pickle.UnpicklingError)
 
 
-def reports_errors(func):
-    """Turn expected failures (bad config/data/checkpoint/plan, missing files) into a one-line
-    ``ase-born COMMAND: error: ...`` on stderr and exit status 1, not a traceback."""
+def reports_errors(func: Callable[[argparse.Namespace], Any] | None = None, *,
+                   also: tuple[type[BaseException], ...] = ()) -> Any:
+    """Turn expected failures into a one-line ``ase-born COMMAND: error: ...`` on stderr and
+    exit status 1, not a traceback.
 
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (OSError, ValueError, pickle.UnpicklingError) as exc:
-            print(f"ase-born {args.command}: error: {exc}", file=sys.stderr)
-            return 1
+    Use as ``@reports_errors`` or ``reports_errors(body, also=(RuntimeError,))(args)``;
+    ``also`` adds exception types a command expects on top of :data:`EXPECTED_ERRORS`
+    (e.g. the MD workflows' ``RuntimeError`` for an unstable run). A ``None`` return is
+    exit status 0.
+    """
+    caught = EXPECTED_ERRORS + tuple(also)
 
-    return wrapper
+    def decorate(f: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(f)
+        def wrapper(args: argparse.Namespace) -> int:
+            try:
+                return int(f(args) or 0)
+            except caught as exc:
+                print(f"ase-born {args.command}: error: {exc}", file=sys.stderr)
+                return 1
+
+        return wrapper
+
+    return decorate if func is None else decorate(func)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ase_born.cli._errors import reports_errors
+
 _EPILOG_DIELECTRIC = """\
 CPU-sized default (the README main job: ~6 min on 2 cores with the default models, see the
 README): the 40-atom (1,1,2) Pnma cell, 300 K, 2 fs steps, 300 equilibration + 4 x 600
@@ -279,19 +281,9 @@ def _models(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def _run(args: argparse.Namespace, body: Any) -> int:
-    from ase_born.workflows.rundir import IncompatibleSettingsError
-
-    try:
-        return int(body(args) or 0)
-    except (
-        ValueError,
-        FileNotFoundError,
-        RuntimeError,
-        IncompatibleSettingsError,
-        ImportError,
-    ) as exc:
-        print(f"ase-born {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    """Run a workflow command's body; its expected failures (on top of the shared ones: an
+    unstable run, a missing optional package) become one-line errors with exit status 1."""
+    return reports_errors(body, also=(RuntimeError, ImportError))(args)
 
 
 def _flag(v: Any, value: Any) -> Any:
