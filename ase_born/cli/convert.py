@@ -59,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--symprec", type=float, default=1e-5, help="phonopy BORN only: symmetry tolerance in Å"
     )
     p.add_argument(
+        "--nosym",
+        action="store_true",
+        help="phonopy BORN only: the file lists every atom (written with symmetry off)",
+    )
+    p.add_argument(
         "--skip-unavailable",
         action="store_true",
         help="skip inputs whose reader is not available (e.g. ABINIT) instead of failing",
@@ -79,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             born_rows=args.born_rows,
             born_block=args.born_block,
             symprec=args.symprec,
+            is_symmetry=not args.nosym,
             skip_unavailable=args.skip_unavailable,
         )
     except (OSError, ValueError, ImportError) as exc:

@@ -21,8 +21,8 @@ Formats (:data:`FORMATS`) and their readers
 name              files                                       reader
 ================  ==========================================  ==============================================
 ``extxyz``        ``*.xyz``, ``*.extxyz``                     :func:`ase_born.io.extxyz.read_frames`
-``vasprun``       ``vasprun*.xml``                            :func:`ase_born.io.vasp.read_vasprun`
-``outcar``        ``OUTCAR*``                                 :func:`ase_born.io.vasp.read_outcar`
+``vasprun``       ``vasprun*.xml``                            :func:`ase_born.io.vasp.read_vasprun_frames`
+``outcar``        ``OUTCAR*``                                 :func:`ase_born.io.vasp.read_outcar_frames`
 ``phonopy-born``  ``BORN*`` (+ ``structure=``)                :func:`ase_born.io.phonopy_born.read_born_file`
 ``qe-ph``         ph.x output (``Program PHONON``)            :func:`ase_born.io.qe.read_ph_output`
 ``abinit``        ABINIT output (``.Version ... of ABINIT``)  ``ase_born.io.abinit.read_abinit_output``
@@ -269,6 +269,7 @@ def read_file(
     born_rows: str | None = None,
     born_block: str = "dF/dE",
     symprec: float = 1e-5,
+    is_symmetry: bool = True,
 ) -> list[Atoms]:
     """Read the frames of one file; see :func:`read_dataset` for the parameters."""
     fmt = format or guess_format(path)
@@ -279,7 +280,7 @@ def read_file(
     from ase.io import ParseError
 
     try:
-        frames = _read_one(path, fmt, structure, born_rows, born_block, symprec)
+        frames = _read_one(path, fmt, structure, born_rows, born_block, symprec, is_symmetry)
     except (ParseError, SyntaxError, xml.parsers.expat.ExpatError) as exc:
         # third-party parse errors (ASE, ElementTree, expat) -> ValueError naming the file
         raise ValueError(f"{path}: cannot be read as {fmt}: {exc}") from exc
@@ -288,24 +289,24 @@ def read_file(
     return frames
 
 
-def _read_one(path, fmt, structure, born_rows, born_block, symprec) -> list[Atoms]:
+def _read_one(path, fmt, structure, born_rows, born_block, symprec, is_symmetry) -> list[Atoms]:
     if fmt == "extxyz":
         from ase_born.io.extxyz import read_frames
 
         frames = read_frames(path)
     elif fmt == "vasprun":
-        from ase_born.io.vasp import read_vasprun
+        from ase_born.io.vasp import read_vasprun_frames
 
-        frames = [read_vasprun(path, born_rows=born_rows)]
+        frames = read_vasprun_frames(path, born_rows=born_rows)
     elif fmt == "outcar":
-        from ase_born.io.vasp import OutcarGeometryError, read_outcar
+        from ase_born.io.vasp import OutcarGeometryError, read_outcar_frames
 
         try:  # the OUTCAR's own geometry (and energy/forces/stress) first
-            frames = [read_outcar(path, born_rows=born_rows)]
+            frames = read_outcar_frames(path, born_rows=born_rows)
         except OutcarGeometryError:
             if structure is None:
                 raise
-            frames = [read_outcar(path, structure=structure, born_rows=born_rows)]
+            frames = read_outcar_frames(path, structure=structure, born_rows=born_rows)
     elif fmt == "phonopy-born":
         if structure is None:
             raise ValueError(
@@ -314,7 +315,7 @@ def _read_one(path, fmt, structure, born_rows, born_block, symprec) -> list[Atom
             )
         from ase_born.io.phonopy_born import read_born_file
 
-        frames = [read_born_file(path, structure, symprec=symprec)]
+        frames = [read_born_file(path, structure, symprec=symprec, is_symmetry=is_symmetry)]
     elif fmt == "qe-ph":
         from ase_born.io.qe import read_ph_output
 
@@ -341,6 +342,7 @@ def read_dataset(
     born_rows: str | None = None,
     born_block: str = "dF/dE",
     symprec: float = 1e-5,
+    is_symmetry: bool = True,
     skip_unavailable: bool = False,
 ) -> list[Atoms]:
     """Read DFPT outputs / datasets into training frames (in-memory convention).
@@ -362,11 +364,15 @@ def read_dataset(
         mixing several BORN / ph.x files of different structures needs separate calls.
     born_rows : {"field", "displacement"}, optional
         VASP only: what the rows of VASP's Born-charge block are; see
-        :func:`ase_born.io.vasp.read_outcar`.
+        :func:`ase_born.io.vasp.read_outcar`.  A VASP file whose every ionic step has its
+        own Born block (MD, relaxation; not IBRION=5-8) gives one frame per step.
     born_block : {"dF/dE", "dF/dE-asr", "dP/du"}
         ph.x only: which printed Z* block to use; see :func:`ase_born.io.qe.read_ph_output`.
     symprec : float
         phonopy BORN only: symmetry tolerance (Å) used to expand independent atoms.
+    is_symmetry : bool
+        phonopy BORN only: ``False`` for a file that lists every atom (written with
+        symmetry off, e.g. ``write_born_file(..., is_symmetry=False)``).
     skip_unavailable : bool
         Skip (with a warning) inputs whose reader module is not available (the
         ABINIT reader, until written) instead of raising
@@ -390,6 +396,7 @@ def read_dataset(
                     born_rows=born_rows,
                     born_block=born_block,
                     symprec=symprec,
+                    is_symmetry=is_symmetry,
                 )
             )
         except FormatUnavailableError as exc:

@@ -31,9 +31,16 @@ structure, energy, forces and stress:
   undisplaced reference structure at which Z* is computed; the later steps are displaced
   configurations.  With several Born blocks the first (the reference step's) is used.
 * any other run: the **last** ionic step and the last Born block.  When the file holds as
-  many Born blocks as ionic steps these are the same step.  When it does not (e.g. Z*
-  printed once in a relaxation or MD run), which configuration Z* belongs to cannot be
-  told from the file: a ``UserWarning`` says so and the last step is still used.
+  many Born blocks as ionic steps these are the same step, and every step is a labelled
+  configuration: :func:`read_vasprun_frames` / :func:`read_outcar_frames` (used by
+  :func:`ase_born.io.read_dataset`) return one frame per step, each with its own Born
+  block (and its own ε∞ when ε is printed at every step; otherwise only the last frame
+  gets the last ε∞).  When it does not (e.g. Z* printed once in a relaxation or MD run),
+  which configuration Z* belongs to cannot be told from the file: a ``UserWarning`` says
+  so and the last step is still used.
+
+ε∞ follows the same step as Z*: for IBRION=5-8 the first printed block (the reference
+step's), else the last (or the step's own, see above).
 
 VASP's index order and the conversion
 -------------------------------------
@@ -118,6 +125,39 @@ def is_outcar_born_header(line: str) -> bool:
     )
 
 
+def _steps(
+    ibrion: int | None, n_steps: int, n_born_blocks: int, source: str, all_steps: bool
+) -> list[int]:
+    """Indices of the ionic steps (= of their Born blocks) that become frames.
+
+    One step (:func:`_step_index`) unless ``all_steps`` and every step of a non-phonon run
+    has its own Born block.
+    """
+    if all_steps and ibrion not in PHONON_IBRION and n_steps > 1 and n_born_blocks == n_steps:
+        return list(range(n_steps))
+    return [_step_index(ibrion, n_steps, n_born_blocks, source)]
+
+
+def _step_epsilon(
+    blocks: list[np.ndarray], step: int, n_steps: int, ibrion: int | None
+) -> np.ndarray | None:
+    """ε∞ of ionic step ``step`` (an index into the steps) from the ε blocks in file order.
+
+    The step's own block when every step printed one; else, for IBRION=5-8, the first
+    block (the reference step's), otherwise the last block for the last step and ``None``
+    for the other steps (which configuration a lone ε belongs to is not known).
+    """
+    if not blocks:
+        return None
+    if len(blocks) == n_steps:
+        return blocks[step]
+    if ibrion in PHONON_IBRION:
+        return blocks[0]
+    if step in (-1, n_steps - 1):
+        return blocks[-1]
+    return None
+
+
 def _step_index(ibrion: int | None, n_steps: int, n_born_blocks: int, source: str) -> int:
     """Index (0 or -1) of the ionic step and Born block of the frame (module docstring)."""
     if ibrion in PHONON_IBRION:
@@ -192,9 +232,12 @@ def read_vasprun_born_epsilon(path: str | os.PathLike) -> tuple[np.ndarray, np.n
 def read_vasprun(path: str | os.PathLike, *, born_rows: BornRows | None = None) -> Atoms:
     """Read a LEPSILON / LCALCEPS ``vasprun.xml`` into a frame.
 
-    Born charges and ε∞ come from phonopy's :class:`~phonopy.interface.vasp.VasprunxmlExpat`
-    (``<array name="born_charges">``, ``<varray name="epsilon">``); structure, energy,
-    free energy, forces and stress from ASE's ``vasp-xml`` reader.
+    Born charges come from phonopy's :class:`~phonopy.interface.vasp.VasprunxmlExpat`
+    (``<array name="born_charges">``); ε∞ is the one printed in the frame's
+    ``<calculation>`` (``<varray name="epsilon">`` / ``"epsilon_scf"``, else
+    ``"dielectric_dft"``; phonopy's file-level choice when no step holds one); structure,
+    energy, free energy, forces and stress from ASE's ``vasp-xml`` reader.  Every labelled
+    step of an MD/relaxation: :func:`read_vasprun_frames`.
 
     Index order (see the module docstring for the evidence): VASP prints each ion's Z* with
     rows = field direction for LEPSILON/LCALCEPS, which is ``Z*[k, b, a]`` already.
@@ -228,6 +271,57 @@ def read_vasprun(path: str | os.PathLike, *, born_rows: BornRows | None = None) 
     UserWarning
         Several ionic steps (not IBRION=5-8) but not one Born block per step.
     """
+    return _read_vasprun(path, born_rows, all_steps=False)[0]
+
+
+def read_vasprun_frames(path: str | os.PathLike, *, born_rows: BornRows | None = None) -> list[Atoms]:
+    """Every labelled ionic step of a ``vasprun.xml``: one frame per step when each step
+    (``<calculation>``) of a run other than IBRION=5-8 has its own Born block (e.g. MD or a
+    relaxation with LCALCEPS), else ``[read_vasprun(path)]``.
+
+    Each frame pairs a step's structure, energy, forces and stress with that step's Born
+    charges and, when present, its own ε∞ (module docstring, "Which ionic step").
+    Parameters, errors and warnings as :func:`read_vasprun`.
+    """
+    return _read_vasprun(path, born_rows, all_steps=True)
+
+
+def _vasprun_step_epsilons(path: str | os.PathLike) -> list[np.ndarray | None]:
+    """ε∞ printed inside each ``<calculation>`` (``None`` where a step has none).
+
+    Per step, the last ``<varray name="epsilon">`` / ``"epsilon_scf"`` (phonopy's choice),
+    else ``"dielectric_dft"``.
+    """
+    import xml.etree.ElementTree as ET
+
+    from phonopy.file_IO import get_io_module_to_decompress
+
+    steps: list[np.ndarray | None] = []
+    found: dict[str, np.ndarray] = {}
+    depth = 0
+    myio = get_io_module_to_decompress(path)
+    with myio.open(path, "rb") as fh:
+        for event, elem in ET.iterparse(fh, events=("start", "end")):
+            if elem.tag == "calculation":
+                if event == "start":
+                    depth += 1
+                    found = {}
+                    continue
+                depth -= 1
+                eps = found.get("epsilon", found.get("dielectric_dft"))
+                steps.append(eps)
+                elem.clear()
+            elif event == "end" and depth and elem.tag == "varray":
+                name = elem.get("name")
+                if name in ("epsilon", "epsilon_scf", "dielectric_dft"):
+                    rows = [[float(x) for x in v.text.split()] for v in elem.findall("v")]
+                    arr = np.array(rows, dtype=float)
+                    if arr.shape == (3, 3):
+                        found["dielectric_dft" if name == "dielectric_dft" else "epsilon"] = arr
+    return steps
+
+
+def _read_vasprun(path: str | os.PathLike, born_rows: BornRows | None, all_steps: bool) -> list[Atoms]:
     import ase.io
 
     images = ase.io.read(str(path), index=":", format="vasp-xml")
@@ -241,18 +335,27 @@ def read_vasprun(path: str | os.PathLike, *, born_rows: BornRows | None = None) 
         raise ValueError(f'{path}: no <array name="born_charges"> (was LEPSILON or LCALCEPS set?)')
     if born.shape[1:] != (3, 3) or born.shape[0] % n:
         raise ValueError(f"{path}: Born-charge array of shape {born.shape} does not fit {n} atoms")
-    step = _step_index(ibrion, len(images), born.shape[0] // n, str(path))
-    atoms = images[step]
-    born = born[:n] if step == 0 else born[-n:]
-    if epsilon is None:  # phonopy reads "epsilon"/"epsilon_scf"; ASE reads "dielectric_dft"
+    n_blocks = born.shape[0] // n
+    step_eps = _vasprun_step_epsilons(path)
+    if len(step_eps) != len(images):  # steps not aligned with ASE's images: no own ε per step
+        step_eps = [None] * len(images)
+    blocks = [e for e in step_eps if e is not None]
+    if not blocks:  # ε outside <calculation>: phonopy's (last "epsilon"), else ASE's
         found = [
             im.calc.results["dielectric_tensor"]
-            for im in [atoms, *images[::-1]]
+            for im in images[::-1]
             if im.calc is not None and im.calc.results.get("dielectric_tensor") is not None
         ]
-        epsilon = np.asarray(found[0], dtype=float) if found else None
-    z = _orient(born, ibrion, born_rows, str(path))
-    return build_frame(atoms, z, epsilon, **calculator_results(atoms))
+        blocks = [epsilon] if epsilon is not None else [np.asarray(found[0], dtype=float)] if found else []
+    frames = []
+    for step in _steps(ibrion, len(images), n_blocks, str(path), all_steps):
+        atoms = images[step]
+        z = _orient(born.reshape(n_blocks, n, 3, 3)[step], ibrion, born_rows, str(path))
+        eps = step_eps[step]
+        if eps is None:
+            eps = _step_epsilon(blocks, step, len(images), ibrion)
+        frames.append(build_frame(atoms, z, eps, **calculator_results(atoms)))
+    return frames
 
 
 # ---------------------------------------------------------------------------
@@ -327,7 +430,8 @@ def parse_outcar_born_epsilon(
     meta : dict
         ``ibrion`` (int or None), ``nions`` (int or None), ``born_header``,
         ``epsilon_header`` (str or None), ``born_blocks`` (every accepted Born block in
-        file order, list of arrays ``shape=(n_atoms, 3, 3)``).
+        file order, list of arrays ``shape=(n_atoms, 3, 3)``), ``epsilon_blocks`` (every
+        block of ``epsilon_header`` in file order).
 
     Raises
     ------
@@ -339,7 +443,7 @@ def parse_outcar_born_epsilon(
     lines = text.splitlines()
     born_blocks: list[np.ndarray] = []
     born_header = None
-    eps_found: dict[str, np.ndarray] = {}
+    eps_found: dict[str, list[np.ndarray]] = {}
     ibrion = nions = None
     for i, line in enumerate(lines):
         stripped = line.strip()
@@ -352,7 +456,9 @@ def parse_outcar_born_epsilon(
             if m:
                 nions = int(m.group(1))
         if stripped in OUTCAR_EPSILON_HEADERS:
-            eps_found[stripped] = _parse_outcar_epsilon(lines, i, f"{path}:{i + 1}")
+            eps_found.setdefault(stripped, []).append(
+                _parse_outcar_epsilon(lines, i, f"{path}:{i + 1}")
+            )
         elif is_outcar_born_header(stripped):
             block = _parse_outcar_born(lines, i, f"{path}:{i + 1}")
             if nions is not None and len(block) != nions:
@@ -363,18 +469,16 @@ def parse_outcar_born_epsilon(
                 )
             born_blocks.append(block)
             born_header = stripped
-    epsilon = None
-    eps_header = None
-    for header in OUTCAR_EPSILON_HEADERS:
-        if header in eps_found:
-            epsilon, eps_header = eps_found[header], header
-            break
+    eps_header = next((h for h in OUTCAR_EPSILON_HEADERS if h in eps_found), None)
+    eps_blocks = eps_found[eps_header] if eps_header else []
+    epsilon = eps_blocks[-1] if eps_blocks else None
     meta = {
         "ibrion": ibrion,
         "nions": nions,
         "born_header": born_header,
         "epsilon_header": eps_header,
         "born_blocks": born_blocks,
+        "epsilon_blocks": eps_blocks,
     }
     return (born_blocks[-1] if born_blocks else None), epsilon, meta
 
@@ -389,7 +493,8 @@ def read_outcar(
 
     Born charges and ε∞ are parsed by :func:`parse_outcar_born_epsilon`; structure,
     energy (σ→0), free energy, forces and stress by ASE's ``vasp-out`` reader, unless
-    ``structure`` is given.  Ionic step (module docstring, "Which ionic step"): the first
+    ``structure`` is given.  Every labelled step of an MD/relaxation:
+    :func:`read_outcar_frames`.  Ionic step (module docstring, "Which ionic step"): the first
     one (the undisplaced reference) for IBRION=5-8 runs, else the last one, each with the
     Born block of the same step when every step has one.
 
@@ -429,7 +534,34 @@ def read_outcar(
     UserWarning
         Several ionic steps (not IBRION=5-8) but not one Born block per step.
     """
-    born, epsilon, meta = parse_outcar_born_epsilon(path)
+    return _read_outcar(path, structure, born_rows, all_steps=False)[0]
+
+
+def read_outcar_frames(
+    path: str | os.PathLike,
+    *,
+    structure: Atoms | str | os.PathLike | None = None,
+    born_rows: BornRows | None = None,
+) -> list[Atoms]:
+    """Every labelled ionic step of an OUTCAR: one frame per step when each step of a run
+    other than IBRION=5-8 has its own Born block (e.g. MD or a relaxation with LCALCEPS),
+    else ``[read_outcar(path, ...)]``.
+
+    Each frame pairs a step's structure, energy, forces and stress with that step's Born
+    block and, when ε is printed at every step, its own ε∞ (module docstring, "Which ionic
+    step").  With ``structure`` there is one frame.  Parameters, errors and warnings as
+    :func:`read_outcar`.
+    """
+    return _read_outcar(path, structure, born_rows, all_steps=True)
+
+
+def _read_outcar(
+    path: str | os.PathLike,
+    structure: Atoms | str | os.PathLike | None,
+    born_rows: BornRows | None,
+    all_steps: bool,
+) -> list[Atoms]:
+    born, _, meta = parse_outcar_born_epsilon(path)
     if born is None:
         raise ValueError(
             f"{path}: no Born-charge block (a line starting with {OUTCAR_BORN_PREFIX!r}, "
@@ -451,19 +583,23 @@ def read_outcar(
                 f"{path}: ASE could not read the geometry from this OUTCAR ({exc}); "
                 "pass structure= (e.g. the POSCAR of the run)"
             ) from exc
-        step = _step_index(meta["ibrion"], len(images), len(blocks), str(path))
-        atoms = images[step]
+        steps = _steps(meta["ibrion"], len(images), len(blocks), str(path), all_steps)
     else:
-        atoms = load_structure(structure)
-        step = 0 if meta["ibrion"] in PHONON_IBRION else -1
-    born = blocks[step]
-    n = len(atoms)
-    if born.shape[0] != n:
-        raise ValueError(f"{path}: {born.shape[0]} Born-charge tensors for {n} atoms")
-    if meta["nions"] is not None and meta["nions"] != n:
-        raise ValueError(f"{path}: NIONS={meta['nions']} but the structure has {n} atoms")
-    z = _orient(born, meta["ibrion"], born_rows, str(path))
-    return build_frame(atoms, z, epsilon, **calculator_results(atoms))
+        images = [load_structure(structure)]
+        steps = [0 if meta["ibrion"] in PHONON_IBRION else -1]
+    frames = []
+    for step in steps:
+        atoms = images[step if structure is None else 0]
+        n = len(atoms)
+        if blocks[step].shape[0] != n:
+            raise ValueError(f"{path}: {blocks[step].shape[0]} Born-charge tensors for {n} atoms")
+        if meta["nions"] is not None and meta["nions"] != n:
+            raise ValueError(f"{path}: NIONS={meta['nions']} but the structure has {n} atoms")
+        z = _orient(blocks[step], meta["ibrion"], born_rows, str(path))
+        n_steps = len(images) if structure is None else len(blocks)
+        eps = _step_epsilon(meta["epsilon_blocks"], step, n_steps, meta["ibrion"])
+        frames.append(build_frame(atoms, z, eps, **calculator_results(atoms)))
+    return frames
 
 
 __all__ = [
@@ -475,6 +611,8 @@ __all__ = [
     "is_outcar_born_header",
     "parse_outcar_born_epsilon",
     "read_outcar",
+    "read_outcar_frames",
     "read_vasprun",
     "read_vasprun_born_epsilon",
+    "read_vasprun_frames",
 ]

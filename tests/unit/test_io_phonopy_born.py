@@ -160,6 +160,25 @@ def test_writer_refuses_tensors_breaking_symmetry(tmp_path):
     write_born_file(tmp_path / "BORN", atoms, z, np.eye(3), is_symmetry=False)
     back = read_born_file(tmp_path / "BORN", atoms, is_symmetry=False)
     np.testing.assert_allclose(back.arrays[KEY_BORN], z, rtol=0, atol=1e-13)
+    # the same file through read_dataset and `ase-born convert --nosym`
+    from ase.io import write
+
+    from ase_born.cli.main import main
+    from ase_born.io import read_dataset
+    from ase_born.io.extxyz import read_frames
+
+    write(tmp_path / "POSCAR", atoms, format="vasp")
+    with (
+        pytest.warns(UserWarning, match="independent atoms"),
+        pytest.raises(ValueError, match="phonopy could not parse"),
+    ):
+        read_dataset([tmp_path / "BORN"], structure=tmp_path / "POSCAR")
+    (frame,) = read_dataset([tmp_path / "BORN"], structure=tmp_path / "POSCAR", is_symmetry=False)
+    np.testing.assert_allclose(frame.arrays[KEY_BORN], z, rtol=0, atol=1e-13)
+    out = tmp_path / "out.extxyz"
+    args = ["convert", str(tmp_path / "BORN"), "-o", str(out), "--structure", str(tmp_path / "POSCAR")]
+    assert main([*args, "--nosym"]) == 0
+    np.testing.assert_allclose(read_frames(out)[0].arrays[KEY_BORN], z, rtol=0, atol=1e-12)
 
 
 def test_factor_line_and_header_check(tmp_path):

@@ -513,7 +513,9 @@ def _displaced(atoms: Atoms, forces, energy):
     return moved, np.round(forces + 0.5, 6), round(energy + 0.01, 8)
 
 
-def _outcar_two_steps(ibrion: int, born_every_step: bool, z2=None) -> tuple[str, tuple, tuple]:
+def _outcar_two_steps(
+    ibrion: int, born_every_step: bool, z2=None, eps2=None
+) -> tuple[str, tuple, tuple]:
     atoms, z, eps, energy, forces, stress_kB = _case(11)
     moved, forces2, energy2 = _displaced(atoms, forces, energy)
     stress2 = stress_kB + 3.0
@@ -521,7 +523,12 @@ def _outcar_two_steps(ibrion: int, born_every_step: bool, z2=None) -> tuple[str,
         atoms, z, eps, energy=energy, forces=forces, stress_kB=stress_kB, ibrion=ibrion
     )
     second = outcar_text(
-        moved, z if z2 is None else z2, eps, energy=energy2, forces=forces2, stress_kB=stress2
+        moved,
+        z if z2 is None else z2,
+        eps if eps2 is None else eps2,
+        energy=energy2,
+        forces=forces2,
+        stress_kB=stress2,
     )
     marker = "----------------------------------------- Iteration    1("
     step2 = second[second.index(marker) :].replace("Iteration    1(", "Iteration    2(", 1)
@@ -581,6 +588,52 @@ def test_outcar_one_born_block_per_step_pairs_last_with_last(tmp_path):
     np.testing.assert_array_equal(read_outcar(path).arrays[KEY_BORN], _case(11)[1])
 
 
+def test_outcar_frames_one_per_labelled_step(tmp_path):
+    """An MD/relaxation OUTCAR with a Born block (and ε) at every step: every step is a
+    frame, each with its own structure, energy, forces, stress, Z* and ε∞."""
+    from ase_born.io import read_dataset
+    from ase_born.io.vasp import read_outcar_frames
+
+    atoms, z, eps, energy, forces, _ = _case(11)
+    z2 = nonsymmetric_born(5, 12)
+    eps2 = eps + 0.5
+    text, _, (moved, energy2, forces2) = _outcar_two_steps(2, True, z2=z2, eps2=eps2)
+    path = tmp_path / "OUTCAR"
+    path.write_text(text)
+    import ase.io
+
+    steps = ase.io.read(path, index=":", format="vasp-out")
+    for frames in (read_outcar_frames(path), read_dataset([path])):
+        assert len(frames) == 2
+        np.testing.assert_allclose(frames[0].positions, atoms.positions, atol=1e-12)
+        np.testing.assert_allclose(frames[1].positions, moved.positions, atol=1e-12)
+        np.testing.assert_array_equal(frames[0].arrays[KEY_BORN], z)
+        np.testing.assert_array_equal(frames[1].arrays[KEY_BORN], z2)
+        np.testing.assert_array_equal(frames[0].info[KEY_EPSILON_INF], eps)
+        np.testing.assert_array_equal(frames[1].info[KEY_EPSILON_INF], eps2)
+        assert [f.calc.results["energy"] for f in frames] == [energy, energy2]
+        np.testing.assert_array_equal(frames[0].calc.results["forces"], forces)
+        np.testing.assert_array_equal(frames[1].calc.results["forces"], forces2)
+        for f, st in zip(frames, steps):
+            np.testing.assert_array_equal(f.calc.results["stress"], st.get_stress())
+    # the single-frame reader keeps the last step; one Born block only -> one frame
+    np.testing.assert_array_equal(read_outcar(path).info[KEY_EPSILON_INF], eps2)
+    path.write_text(_outcar_two_steps(2, False)[0])
+    with pytest.warns(UserWarning, match="2 ionic steps but 1 Born-charge block"):
+        assert len(read_outcar_frames(path)) == 1
+
+
+def test_outcar_phonon_run_takes_epsilon_of_the_reference_step(tmp_path):
+    """IBRION=6 with ε printed at each step: Z* and ε∞ both from the reference (first)."""
+    atoms, z, eps, *_ = _case(11)
+    path = tmp_path / "OUTCAR"
+    path.write_text(_outcar_two_steps(6, True, z2=nonsymmetric_born(5, 12), eps2=eps + 1.0)[0])
+    frame = read_outcar(path)
+    np.testing.assert_array_equal(frame.arrays[KEY_BORN], z)
+    np.testing.assert_array_equal(frame.info[KEY_EPSILON_INF], eps)
+    np.testing.assert_allclose(frame.positions, atoms.positions, atol=1e-12)
+
+
 def _vasprun_two_steps(ibrion: int):
     atoms, z, eps, energy, forces, _ = _case(13, decimals=8)
     moved, forces2, energy2 = _displaced(atoms, forces, energy)
@@ -601,6 +654,50 @@ def _vasprun_two_steps(ibrion: int):
         forces,
         moved,
     )
+
+
+def _vasprun_two_labelled_steps(ibrion: int, shift: float = 0.5):
+    """Two ``<calculation>`` elements, each with its own ε and Born charges (step 2's
+    shifted by ``shift``)."""
+    atoms, z, eps, energy, forces, _ = _case(13, decimals=8)
+    moved, forces2, energy2 = _displaced(atoms, forces, energy)
+    stress = np.diag([1.0, 2.0, 3.0])
+    z2, eps2 = np.round(z + shift, 8), np.round(eps + shift, 8)
+    first = vasprun_text(
+        atoms, z, eps, energy=energy, forces=forces, stress_kB=stress, ibrion=ibrion
+    )
+    second = vasprun_text(moved, z2, eps2, energy=energy2, forces=forces2, stress_kB=stress + 5)
+    calc = second[second.index(" <calculation>") : second.index(" </calculation>")]
+    cut = first.index(" </calculation>") + len(" </calculation>\n")
+    text = first[:cut] + calc + " </calculation>\n" + first[cut:]
+    return text, (atoms, z, eps, energy), (moved, z2, eps2, energy2)
+
+
+def test_vasprun_frames_one_per_labelled_step(tmp_path):
+    from ase_born.io import read_dataset
+    from ase_born.io.vasp import read_vasprun_frames
+
+    text, (atoms, z, eps, energy), (moved, z2, eps2, energy2) = _vasprun_two_labelled_steps(0)
+    path = tmp_path / "vasprun.xml"
+    path.write_text(text)
+    for frames in (read_vasprun_frames(path), read_dataset([path])):
+        assert len(frames) == 2
+        np.testing.assert_allclose(frames[0].positions, atoms.positions, atol=1e-7)
+        np.testing.assert_allclose(frames[1].positions, moved.positions, atol=1e-7)
+        np.testing.assert_array_equal(frames[0].arrays[KEY_BORN], z)
+        np.testing.assert_array_equal(frames[1].arrays[KEY_BORN], z2)
+        np.testing.assert_array_equal(frames[0].info[KEY_EPSILON_INF], eps)
+        np.testing.assert_array_equal(frames[1].info[KEY_EPSILON_INF], eps2)
+        assert [f.calc.results["energy"] for f in frames] == [energy, energy2]
+    last = read_vasprun(path)
+    np.testing.assert_array_equal(last.arrays[KEY_BORN], z2)
+    np.testing.assert_array_equal(last.info[KEY_EPSILON_INF], eps2)
+    # IBRION=6: one frame, Z* and ε∞ of the reference step (not the last ε in the file)
+    path.write_text(_vasprun_two_labelled_steps(6)[0])
+    for frames in (read_vasprun_frames(path), [read_vasprun(path)]):
+        assert len(frames) == 1
+        np.testing.assert_array_equal(frames[0].arrays[KEY_BORN], z)
+        np.testing.assert_array_equal(frames[0].info[KEY_EPSILON_INF], eps)
 
 
 @pytest.mark.parametrize("ibrion", [5, 6])
