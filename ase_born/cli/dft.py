@@ -96,7 +96,7 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-@reports_errors
+@reports_errors(also=(RuntimeError,))  # no ABINIT/mpirun, a systematic failure
 def _run(args: argparse.Namespace) -> int:
     import dataclasses
 

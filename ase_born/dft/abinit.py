@@ -48,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,6 +315,26 @@ def mpi_command(ranks: int) -> list[str]:
     if os.geteuid() == 0:
         cmd += ["--allow-run-as-root"]
     return cmd + ["--oversubscribe", exe]
+
+
+def check_environment(structures: Sequence[Atoms], settings: AbinitSettings, ranks: int) -> None:
+    """Fail before any structure runs when ABINIT, ``mpirun`` (``ranks > 1``) or the
+    pseudopotential of an element of ``structures`` is missing.
+
+    A setup problem would otherwise fail every structure in turn and be recorded as each
+    one's failure (``failures.json``), skipping the plan after ``max_attempts`` calls.
+
+    Raises
+    ------
+    AbinitError
+        No ``abinit`` / ``mpirun`` executable.
+    FileNotFoundError, ValueError
+        A pseudopotential file missing, or none configured for an element.
+    """
+    mpi_command(ranks)
+    elements = sorted({s for atoms in structures for s in atoms.get_chemical_symbols()})
+    if elements:
+        _species(Atoms(elements), settings)
 
 
 #: ``prctl`` option: signal delivered to a process when the thread that started it exits

@@ -77,6 +77,7 @@ from ase_born.dft.abinit import (
     AbinitSettings,
     StepInterrupted,
     StructurePaused,
+    check_environment,
     read_marker,
     run_structure,
 )
@@ -528,6 +529,16 @@ class Progress:
         return sum(est) / max(jobs, 1)
 
 
+#: this many structures failing in a row, each within :data:`FAST_FAILURE_S` of its start and
+#: with the same reason, stop a call as a setup problem (their failures are not recorded)
+SYSTEMATIC_FAILURES = 3
+FAST_FAILURE_S = 60.0
+
+
+class SystematicFailure(RuntimeError):
+    """Structures failed in a row, fast and for the same reason: a setup problem."""
+
+
 def _fmt_s(s: float | None) -> str:
     if s is None:
         return "?"
@@ -713,10 +724,19 @@ def run_plan(
     ValueError
         When the physics settings differ from the work directory's or from those of the
         frames already in ``output`` (:func:`check_settings`, :func:`check_output_settings`).
+    AbinitError, FileNotFoundError
+        Before anything runs, with the real runner: no ABINIT / ``mpirun`` / pseudopotential
+        (:func:`~ase_born.dft.abinit.check_environment`).
+    SystematicFailure
+        :data:`SYSTEMATIC_FAILURES` structures in a row failed within
+        :data:`FAST_FAILURE_S` for the same reason (a setup problem): the call stops and
+        those failures are not recorded (the structures stay pending).
     """
     settings = settings or AbinitSettings()
     workdir, output = Path(workdir), Path(output)
     plan = load_plan(plan_path)  # before anything is written into workdir
+    if runner is run_structure:  # a missing ABINIT/mpirun/pseudopotential is no structure's failure
+        check_environment(plan, settings, ranks)
     with workdir_lock(workdir):
         return _run_plan(
             plan, plan_path, output, workdir, settings, ranks=ranks, jobs=jobs, timeout_s=timeout_s,
@@ -849,8 +869,7 @@ def _run_plan(
             counts["finished"] += 1
             progress.done += 1
             if not carried.get(sid):  # a structure partly computed earlier would look cheap
-                model.add(structure.info.get("kind"), units[sid], float(sum(timings.values())),
-                          n_atoms=len(structure))
+                model.add_frame(frame, own)  # at its idle-machine cost, as frames read at the start
         return True
 
     deferred: set[str] = set()
@@ -962,7 +981,7 @@ def _run_plan(
             sid = s.info["structure_id"]
             if sid in paused:
                 continue
-            if deadline is not None:
+            if deadline is not None and steps_left(s):  # no steps left: only parsing
                 name = next_step(s)
                 est = need_s(s, name)
                 left = deadline - clock()
@@ -980,6 +999,9 @@ def _run_plan(
     # Carried-over structures first: each session redoes their ground state, and they are the
     # closest to a finished frame.  Plan order otherwise (stable sort).
     pending = sorted(todo, key=lambda s: not carried.get(s.info["structure_id"]))
+    streak: list[str] = []  # structures failing fast in a row with the same reason
+    streak_reason: str | None = None
+    systematic: str | None = None
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             running = {}
@@ -1027,15 +1049,34 @@ def _run_plan(
                             _dump_json(failures_file(output), failures)
                             counts["failed"] += 1
                         log(f"FAILED {sid}: {reason}")
+                        fast = time.time() - started[sid] < FAST_FAILURE_S
+                        streak = [*streak, sid] if fast and reason == streak_reason else [sid] if fast else []
+                        streak_reason = reason if fast else None
+                        if len(streak) >= SYSTEMATIC_FAILURES:
+                            with lock:  # a setup problem, not these structures: not counted
+                                for f_sid in streak:
+                                    failures[f_sid].pop()
+                                    if not failures[f_sid]:
+                                        del failures[f_sid]
+                                _dump_json(failures_file(output), failures)
+                                counts["failed"] -= len(streak)
+                            systematic = (f"{len(streak)} structures in a row ({', '.join(streak)}) failed "
+                                          f"within {FAST_FAILURE_S:.0f} s with the same reason: {reason}")
+                            log(f"stopping: {systematic}; a setup problem, so these failures are not "
+                                "recorded against the structures")
+                            stop.set()
                         continue
+                    streak, streak_reason = [], None
                     if not appended:
                         continue
                     remaining = [(p.info.get("kind"), units[p.info["structure_id"]], len(p))
-                                 for p in [*pending, *running.values()] if p.info["structure_id"] not in deferred]
+                                 for p in [*pending, *running.values()]]
+                    until = "" if deadline is None else f"; this call stops in {_fmt_s(max(deadline - clock(), 0.0))}"
                     log(
                         f"[{progress.done}/{progress.total}] finished {sid} "
                         f"({_fmt_s(time.time() - started[sid])}); "
-                        f"ETA for this call {_fmt_s(progress.eta_s(remaining, jobs))}"
+                        f"ETA for the {len(remaining)} structures left {_fmt_s(progress.eta_s(remaining, jobs))}"
+                        f"{until}"
                     )
             if stop.is_set():
                 for fut in running:
@@ -1043,6 +1084,8 @@ def _run_plan(
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+    if systematic is not None:
+        raise SystematicFailure(systematic)
     counts["pending"] = len(pending)
     counts["skipped"] = skipped
     counts["deferred"] = len(deferred & {p.info["structure_id"] for p in pending})

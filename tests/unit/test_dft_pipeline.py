@@ -1355,3 +1355,109 @@ def test_pause_script_signals_only_pipeline_steps_and_fails_when_none_runs(tmp_p
     finally:
         _kill_if_alive(step, pipeline.pid)
         pipeline.wait(10)
+
+
+# ---------------------------------------------------------------------------
+# setup problems are not the structures' failures; costs, ETA
+# ---------------------------------------------------------------------------
+def test_missing_abinit_or_pseudopotential_fails_before_any_structure(tmp_path, monkeypatch):
+    """No ABINIT, mpirun or pseudopotential: the call fails at once and records nothing (it
+    used to fail every structure in turn and skip the plan after max_attempts calls)."""
+    plan = _fake_plan(tmp_path, n=2)
+    out = tmp_path / "data" / "dft.xyz"
+    monkeypatch.setattr(dft_abinit.shutil, "which", lambda name: None)
+    with pytest.raises(AbinitError, match="abinit executable not found"):
+        run_plan(plan, out, tmp_path / "runs", log=lambda m: None)
+    monkeypatch.setattr(dft_abinit.shutil, "which", lambda name: f"/usr/bin/{name}")
+    settings = AbinitSettings(psp_dir=str(tmp_path / "no_psp"))
+    with pytest.raises(FileNotFoundError, match="pseudopotential for"):
+        run_plan(plan, out, tmp_path / "runs", settings=settings, log=lambda m: None)
+    assert not (out.parent / "failures.json").exists() and not out.exists()
+
+
+def test_fast_identical_failures_stop_the_call_unrecorded(tmp_path, monkeypatch):
+    """Three structures failing in a row within seconds for the same reason are a setup
+    problem: the call stops, nothing is recorded, and a later call runs them all."""
+    from ase_born.dft import pipeline
+
+    plan = _fake_plan(tmp_path, n=4)
+    out = tmp_path / "data" / "dft.xyz"
+    fake = FakeAbinit(fail_ids={"s0", "s1", "s2", "s3"})
+    messages = []
+    with pytest.raises(pipeline.SystematicFailure, match="3 structures in a row"):
+        run_plan(plan, out, tmp_path / "runs", runner=fake, log=messages.append)
+    assert fake.calls == ["s0", "s1", "s2"]
+    failures = out.parent / "failures.json"
+    assert not failures.exists() or json.loads(failures.read_text()) == {}
+    assert any(m.startswith("stopping: 3 structures in a row") for m in messages)
+    fake = FakeAbinit()
+    assert run_plan(plan, out, tmp_path / "runs", runner=fake, log=lambda m: None)["finished"] == 4
+    # slow failures (ABINIT ran, then failed) are each structure's own: recorded, no stop
+    monkeypatch.setattr(pipeline, "FAST_FAILURE_S", 0.0)
+    out2 = tmp_path / "data2" / "dft.xyz"
+    counts = run_plan(plan, out2, tmp_path / "runs2", runner=FakeAbinit(fail_ids={"s0", "s1", "s2", "s3"}),
+                      log=lambda m: None)
+    assert counts["failed"] == 4
+    assert len(json.loads((out2.parent / "failures.json").read_text())) == 4
+
+
+def _measured_plan(tmp_path, n=3):
+    """Plan of ``n`` cubic5 structures and a dataset holding ``s0`` measured at 1000 s."""
+    base = read_abinit_output(DATA / "gs.abo")
+    settings = AbinitSettings()
+    frames = []
+    for i in range(n):
+        a = base.copy()
+        a.info.update(structure_id=f"s{i}", kind="cubic5", split="train")
+        frames.append(a)
+    write_frames(tmp_path / "plan.xyz", frames)
+    measured = frames[0].copy()
+    measured.info.update(wall_s=1000.0, mpi_ranks=2, kpts=np.array(settings.kmesh(base)))
+    out = tmp_path / "data.xyz"
+    write_frames(out, measured)
+    return tmp_path / "plan.xyz", out, settings
+
+
+def test_structure_with_every_direction_carried_needs_no_time(tmp_path):
+    """Killed between saving its last field direction and the append: only parsing is left,
+    so it is not deferred however close the deadline (it used to need a GS + direction)."""
+    plan, out, settings = _measured_plan(tmp_path, n=2)
+    carry = tmp_path / "partial" / "s1"
+    carry.mkdir(parents=True)
+    for d in (1, 2, 3):
+        (carry / f"efield{d}.ddb").write_text("x\n")
+        (carry / f"efield{d}.done").write_text("300\n")
+    fake = FakeAbinit()
+    messages = []
+    run_plan(plan, out, tmp_path / "runs", settings=settings, runner=fake, log=messages.append,
+             deadline=10.0, clock=lambda: 0.0)
+    assert fake.calls == ["s1"] and "s1" in finished_ids(out)
+    (done,) = [m for m in messages if "finished s1" in m]
+    assert "ETA for the 0 structures left 0m00s; this call stops in 0m10s" in done
+
+
+def test_cost_model_within_a_call_uses_the_idle_machine_cost(tmp_path):
+    """A structure finished in this call updates the cost model as a frame read at the start
+    of the next call does (wall time scaled to an idle machine by its CPU time)."""
+    plan, out, settings = _measured_plan(tmp_path, n=3)
+    shutil.copy(out, tmp_path / "seed.xyz")
+
+    class TimedFake(FakeAbinit):  # every step's .abo with its CPU time (gs.abo's for the ddk)
+        def __call__(self, structure, settings, directory, *args, **kw):
+            timings = super().__call__(structure, settings, directory, *args, **kw)
+            shutil.copy(DATA / "gs.abo", directory / "ddk.abo")
+            return timings
+
+    first = []
+    run_plan(plan, out, tmp_path / "runs", settings=settings, runner=TimedFake(), log=first.append,
+             only_ids=["s1", "s2"], jobs=1)
+    (s1,) = [f for f in read_frames(out) if f.info["structure_id"] == "s1"]
+    assert s1.info["cpu_s"] < s1.info["wall_s"] * s1.info["mpi_ranks"]  # loaded: the case that differs
+    # a fresh call whose dataset holds s0 and s1 estimates s2 the same
+    write_frames(tmp_path / "fresh.xyz", [*read_frames(tmp_path / "seed.xyz"), s1])
+    second = []
+    run_plan(plan, tmp_path / "fresh.xyz", tmp_path / "runs_fresh", settings=settings, runner=FakeAbinit(),
+             log=second.append, only_ids=["s2"])
+    (a,) = [m for m in first if m.startswith("start s2")]
+    (b,) = [m for m in second if m.startswith("start s2")]
+    assert a.split("estimated ")[1] == b.split("estimated ")[1]
