@@ -588,6 +588,16 @@ def test_outcar_one_born_block_per_step_pairs_last_with_last(tmp_path):
     np.testing.assert_array_equal(read_outcar(path).arrays[KEY_BORN], _case(11)[1])
 
 
+def _check_steps(frames, expected, atol):
+    """One frame per ionic step, each with its own (structure, Z*, ε∞, energy)."""
+    assert len(frames) == len(expected)
+    for frame, (atoms, z, eps, energy) in zip(frames, expected):
+        np.testing.assert_allclose(frame.positions, atoms.positions, atol=atol)
+        np.testing.assert_array_equal(frame.arrays[KEY_BORN], z)
+        np.testing.assert_array_equal(frame.info[KEY_EPSILON_INF], eps)
+        assert frame.calc.results["energy"] == energy
+
+
 def test_outcar_frames_one_per_labelled_step(tmp_path):
     """An MD/relaxation OUTCAR with a Born block (and ε) at every step: every step is a
     frame, each with its own structure, energy, forces, stress, Z* and ε∞."""
@@ -604,14 +614,7 @@ def test_outcar_frames_one_per_labelled_step(tmp_path):
 
     steps = ase.io.read(path, index=":", format="vasp-out")
     for frames in (read_outcar_frames(path), read_dataset([path])):
-        assert len(frames) == 2
-        np.testing.assert_allclose(frames[0].positions, atoms.positions, atol=1e-12)
-        np.testing.assert_allclose(frames[1].positions, moved.positions, atol=1e-12)
-        np.testing.assert_array_equal(frames[0].arrays[KEY_BORN], z)
-        np.testing.assert_array_equal(frames[1].arrays[KEY_BORN], z2)
-        np.testing.assert_array_equal(frames[0].info[KEY_EPSILON_INF], eps)
-        np.testing.assert_array_equal(frames[1].info[KEY_EPSILON_INF], eps2)
-        assert [f.calc.results["energy"] for f in frames] == [energy, energy2]
+        _check_steps(frames, [(atoms, z, eps, energy), (moved, z2, eps2, energy2)], atol=1e-12)
         np.testing.assert_array_equal(frames[0].calc.results["forces"], forces)
         np.testing.assert_array_equal(frames[1].calc.results["forces"], forces2)
         for f, st in zip(frames, steps):
@@ -681,14 +684,7 @@ def test_vasprun_frames_one_per_labelled_step(tmp_path):
     path = tmp_path / "vasprun.xml"
     path.write_text(text)
     for frames in (read_vasprun_frames(path), read_dataset([path])):
-        assert len(frames) == 2
-        np.testing.assert_allclose(frames[0].positions, atoms.positions, atol=1e-7)
-        np.testing.assert_allclose(frames[1].positions, moved.positions, atol=1e-7)
-        np.testing.assert_array_equal(frames[0].arrays[KEY_BORN], z)
-        np.testing.assert_array_equal(frames[1].arrays[KEY_BORN], z2)
-        np.testing.assert_array_equal(frames[0].info[KEY_EPSILON_INF], eps)
-        np.testing.assert_array_equal(frames[1].info[KEY_EPSILON_INF], eps2)
-        assert [f.calc.results["energy"] for f in frames] == [energy, energy2]
+        _check_steps(frames, [(atoms, z, eps, energy), (moved, z2, eps2, energy2)], atol=1e-7)
     last = read_vasprun(path)
     np.testing.assert_array_equal(last.arrays[KEY_BORN], z2)
     np.testing.assert_array_equal(last.info[KEY_EPSILON_INF], eps2)
