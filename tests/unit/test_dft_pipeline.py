@@ -388,6 +388,58 @@ def test_run_step_stop_event_kills_process(tmp_path, monkeypatch):
         dft_abinit.run_step(tmp_path, "gs", 1, None, stop_event=stop)
 
 
+def _processes_running(argv: list[str]) -> list[int]:
+    """PIDs whose command line is exactly ``argv`` (Linux /proc)."""
+    want = "\0".join(argv) + "\0"
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_text() == want:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None or not Path("/proc").is_dir(),
+                    reason="needs mpirun (openmpi-bin) and /proc")
+def test_real_mpirun_ranks_die_with_a_stopped_or_killed_step(tmp_path, monkeypatch):
+    """Under a real ``mpirun -np 2`` (a stand-in 'abinit' that sleeps): a stop request kills
+    both ranks, and so does SIGKILL of the process running the step (PR_SET_PDEATHSIG)."""
+    rank = ["sleep", str(3000 + os.getpid() % 997)]  # unique to this test run
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "abinit").write_text(f"#!/bin/sh\nexec {' '.join(rank)}\n")
+    (bindir / "abinit").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "gs.abi").write_text("stand-in\n")
+
+    def wait_for(n, timeout=20.0):
+        t0 = time.time()
+        while len(_processes_running(rank)) != n and time.time() - t0 < timeout:
+            time.sleep(0.2)
+        return len(_processes_running(rank))
+
+    stop = threading.Event()
+    timer = threading.Thread(target=lambda: (wait_for(2), stop.set()))
+    timer.start()
+    with pytest.raises(dft_abinit.StepInterrupted):
+        dft_abinit.run_step(tmp_path, "gs", 2, None, nice=0, stop_event=stop)
+    timer.join()
+    assert wait_for(0) == 0
+    code = ("import sys; from pathlib import Path; from ase_born.dft.abinit import run_step; "
+            "run_step(Path(sys.argv[1]), 'gs', 2, None, nice=0)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    try:
+        assert wait_for(2) == 2
+        child.kill()  # SIGKILL: no handler, no cleanup code runs in the parent
+        child.wait()
+        assert wait_for(0) == 0
+    finally:
+        for pid in _processes_running(rank):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.abinit
 @pytest.mark.slow
 @needs_psp
