@@ -9,7 +9,6 @@ Thin layer: parse the options into the workflow's config dataclass (CPU-sized de
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Any
 
@@ -32,7 +31,9 @@ CPU-sized default: 80-atom (2,1,2) Pnma cell, 300 -> 1800 K in 3000 steps of 2 f
 quick look). Paper-sized (--paper, GPU): 640-atom (4,2,4) cell, 300 -> 1800 K at 1 K/ps
 (750 000 steps); repeat with --supercell 4,4,4 for the 1280-atom cell.
 Supercell axes (Pnma setting): a (x) = sqrt2 a_p, b (y, long axis) = 2 a_p, c (z) = sqrt2 a_p.
-Resume: run the same command again (same --out)."""
+Any ABX3 perovskite (B and X from the composition, e.g. CaZrO3 via --structure).
+Resume: run the same command again (same --out); a finished run is analysed again when only
+--tilt-threshold-deg / --symprec change. One process per --out at a time."""
 
 _EPILOG_PE = """\
 Default: 20-atom relaxed Pnma cell, fields 0 ... 1e8 V/m in 1e7 V/m steps along x, y, z (seed
@@ -392,10 +393,15 @@ def _heat(args: argparse.Namespace) -> int:
             mag = None if a.field_V_per_m is None else float(field_from_V_per_m(a.field_V_per_m))
             vec = field_vector(mag, a.field_direction)
             field = None if vec is None else tuple(vec)
+        temps = parse_temperatures(a.temperatures, ramp=True) if a.temperatures else None
+        preset = dict(PAPER_PRESET)
+        if a.heating_rate_K_per_ps is None and (a.steps is not None or (temps and len(temps) == 1)):
+            # explicit options win over the preset's 1 K/ps: a ramp over --steps, or one temperature
+            preset.pop("heating_rate_K_per_ps")
         cfg = _config(
             a,
             HeatingConfig,
-            PAPER_PRESET,
+            preset,
             (
                 "heating_rate_K_per_ps",
                 "equilibration_steps",
@@ -408,16 +414,11 @@ def _heat(args: argparse.Namespace) -> int:
                 "symprec",
                 *_MD_OPTIONS,
             ),
-            temperatures_K=parse_temperatures(a.temperatures, ramp=True)
-            if a.temperatures
-            else None,
+            temperatures_K=temps,
             ramp_steps=a.steps,
             pressure_GPa=_pressure(a),
             field_V_per_A=field,
         )
-        if a.steps is not None and a.heating_rate_K_per_ps is None and cfg.heating_rate_K_per_ps is not None:
-            # --steps given, the rate only from --paper: the explicit option wins (the rate would)
-            cfg = dataclasses.replace(cfg, heating_rate_K_per_ps=None)
         return _run_workflow(
             a,
             run_heating,

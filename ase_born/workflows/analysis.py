@@ -101,6 +101,30 @@ def _rotvec(rot: np.ndarray) -> np.ndarray:
     return Rotation.from_matrix(rot).as_rotvec()
 
 
+def perovskite_sites(atoms: Atoms) -> tuple[str, str] | None:
+    """``(B, X)`` symbols of an ABX3 perovskite from its composition, or ``None``.
+
+    Three species in the ratio 1:1:3; X is the threefold one and B, of the other two, the one
+    closer to its nearest X (the octahedron centre: Ti–O ≈ 1.95 Å vs Ca–O ≥ 2.3 Å in CaTiO3).
+    """
+    syms = np.array(atoms.get_chemical_symbols())
+    species, counts = np.unique(syms, return_counts=True)
+    if len(species) != 3 or atoms.cell.rank < 3:
+        return None
+    n = counts.min()
+    if sorted(counts.tolist()) != [n, n, 3 * n]:
+        return None
+    x = str(species[np.argmax(counts)])
+    x_idx = np.nonzero(syms == x)[0]
+    nearest = {}
+    for c in species:
+        if c == x:
+            continue
+        i = int(np.nonzero(syms == c)[0][0])
+        nearest[str(c)] = float(atoms.get_distances(i, x_idx, mic=True).min())
+    return min(nearest, key=nearest.get), x
+
+
 class TiltAnalyzer:
     """Octahedral tilt order parameters of ABO3 perovskite structures (module docstring).
 
@@ -110,8 +134,10 @@ class TiltAnalyzer:
         A supercell of the pseudo-cubic perovskite lattice (tilted or not) with a 3D cell;
         the topology (octahedra, B-site lattice coordinates) is taken from it and reused for
         every analysed structure with the same atom order.
-    b_site, anion : str
-        Chemical symbols of the octahedron centre (B) and of the anion (X).
+    b_site, anion : str, optional
+        Chemical symbols of the octahedron centre (B) and of the anion (X); by default
+        inferred from the composition (:func:`perovskite_sites`, e.g. Zr and O for
+        CaZrO3), else Ti and O.
     bond_cutoff : float
         Largest B–X distance (Å) considered when finding the octahedra of the reference.
 
@@ -128,10 +154,18 @@ class TiltAnalyzer:
     """
 
     def __init__(
-        self, reference: Atoms, b_site: str = "Ti", anion: str = "O", bond_cutoff: float = 2.6
+        self,
+        reference: Atoms,
+        b_site: str | None = None,
+        anion: str | None = None,
+        bond_cutoff: float = 2.6,
     ) -> None:
         if reference.cell.rank < 3:
             raise ValueError("TiltAnalyzer needs a structure with a 3D cell")
+        if b_site is None or anion is None:
+            b_guess, x_guess = perovskite_sites(reference) or ("Ti", "O")
+            b_site = b_guess if b_site is None else b_site
+            anion = x_guess if anion is None else anion
         syms = np.array(reference.get_chemical_symbols())
         self.b_idx = np.nonzero(syms == b_site)[0]
         self.x_idx = np.nonzero(syms == anion)[0]
@@ -518,6 +552,7 @@ __all__ = [
     "estimate_transitions",
     "identify_phase",
     "order_parameter_vanishing",
+    "perovskite_sites",
     "pseudocubic_lattice",
     "space_group",
     "time_averaged_structure",

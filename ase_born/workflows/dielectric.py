@@ -219,6 +219,12 @@ class DielectricConfig(ConfigMixin):
             raise ValueError(f"ensemble must be 'npt' or 'nvt', got {self.ensemble!r}")
         if self.mode not in ("direct", "conservative"):
             raise ValueError(f"mode must be 'direct' or 'conservative', got {self.mode!r}")
+        if self.mode == "conservative" and self.born_update_every != 1:
+            # checked here, before anything is written (the calculator checks it too)
+            raise ValueError(
+                f"mode='conservative' requires born_update_every=1 (got {self.born_update_every}):"
+                " the exact gradient needs Z*(R) at the current positions"
+            )
         if self.harmonic_method not in ("auto", "central", "phonopy"):
             raise ValueError(
                 f"harmonic_method must be auto, central or phonopy, got {self.harmonic_method!r}"
@@ -602,86 +608,90 @@ def run_dielectric(
         "dielectric", cfg, out, force_field, born_model,
         model_info=model_info, device=device, overwrite=overwrite, log=log,
     )
-    notes: list[str] = []
+    with rd:  # the directory stays locked to this run until it returns or raises
+        notes: list[str] = []
 
-    # ---- structure, 0 K
-    unit, reference = reference_from_config(rd, cfg, force_field, born_model, log=log)
-    zero_k = _harmonic_stage(rd, cfg, unit, force_field, born_model, device, progress, log)
-    eps_inf = epsilon_inf_matrix(cfg.epsilon_inf)
-    eps_inf_source = "settings" if eps_inf is not None else None
-    if eps_inf is None:
-        bm_ref = resolve(born_model, reference)
-        if getattr(bm_ref, "epsilon_inf", None) is not None:
-            eps_inf = epsilon_inf_matrix(bm_ref.epsilon_inf)
-            eps_inf_source = f"Born model ({type(bm_ref).__name__}.epsilon_inf)"
-    if cfg.total_epsilon and eps_inf is None:
-        msg = "total ε = ε∞ + ε_ion was asked for but ε∞ is not known (give epsilon_inf / --epsilon-inf); reporting ε_ion only"
-        warnings.warn(msg, stacklevel=2)
-        notes.append(msg)
+        # ---- structure, 0 K
+        unit, reference = reference_from_config(rd, cfg, force_field, born_model, log=log)
+        zero_k = _harmonic_stage(rd, cfg, unit, force_field, born_model, device, progress, log)
+        eps_inf = epsilon_inf_matrix(cfg.epsilon_inf)
+        eps_inf_source = "settings" if eps_inf is not None else None
+        if eps_inf is None:
+            bm_ref = resolve(born_model, reference)
+            if getattr(bm_ref, "epsilon_inf", None) is not None:
+                eps_inf = epsilon_inf_matrix(bm_ref.epsilon_inf)
+                eps_inf_source = f"Born model ({type(bm_ref).__name__}.epsilon_inf)"
+        if cfg.total_epsilon and eps_inf is None:
+            msg = (
+                "total ε = ε∞ + ε_ion was asked for but ε∞ is not known (give epsilon_inf / "
+                "--epsilon-inf); reporting ε_ion only"
+            )
+            warnings.warn(msg, stacklevel=2)
+            notes.append(msg)
 
-    # ---- MD
-    fix_com = resolve_fix_com(cfg.fix_com, reference, force_field)
-    runs = ("equil",) + cfg.run_names
-    steps_of = {
-        r: (cfg.equilibration_steps if r == "equil" else cfg.production_steps) for r in runs
-    }
-    keys = [f"{_tag(t)}_{r}" for t in cfg.temperatures_K for r in runs]
-    ckpt = rd.checkpoint or {}
-    completed: list[str] = list(ckpt.get("completed", []))
-    current = ckpt.get("current")
-    total = sum(steps_of[k.split("_", 1)[1]] for k in keys)
-    done = sum(steps_of[k.split("_", 1)[1]] for k in completed) + (
-        current["step"] if current else 0
-    )
-    bar = tqdm(
-        total=total, initial=done, desc="MD", unit="step", disable=not progress, smoothing=0.05
-    )
-    results: dict[str, Any] = {
-        "workflow": "dielectric",
-        "n_atoms": len(reference),
-        "supercell": list(cfg.supercell),
-        "zero_kelvin": zero_k,
-        "epsilon_inf": tensor_to_list(eps_inf),
-        "epsilon_inf_source": eps_inf_source,
-        "fix_com": fix_com,
-        "temperatures": [],
-        "notes": notes,
-    }
-    try:
-        for i, temp in enumerate(cfg.temperatures_K):
-            tag = _tag(temp)
-            for j, run in enumerate(runs):
-                key = f"{tag}_{run}"
-                if key in completed:
-                    continue
-                _run_one(
-                    rd,
-                    cfg,
-                    key,
-                    i,
-                    j,
-                    temp,
-                    run,
-                    reference,
-                    force_field,
-                    born_model,
-                    device,
-                    current if current and current["key"] == key else None,
-                    completed,
-                    bar,
-                    fix_com,
-                )
-                current = None
-            results["temperatures"].append(_analyze_temperature(rd, cfg, temp))
-            _totals(results, eps_inf)
-            write_outputs(rd, results)  # partial results after every temperature
-    finally:
-        bar.close()
-        rd.close()
-    _totals(results, eps_inf)
-    results["wall_time_s_this_process"] = time.perf_counter() - t_start
-    write_outputs(rd, results)
-    return results
+        # ---- MD
+        fix_com = resolve_fix_com(cfg.fix_com, reference, force_field)
+        runs = ("equil",) + cfg.run_names
+        steps_of = {
+            r: (cfg.equilibration_steps if r == "equil" else cfg.production_steps) for r in runs
+        }
+        keys = [f"{_tag(t)}_{r}" for t in cfg.temperatures_K for r in runs]
+        ckpt = rd.checkpoint or {}
+        completed: list[str] = list(ckpt.get("completed", []))
+        current = ckpt.get("current")
+        total = sum(steps_of[k.split("_", 1)[1]] for k in keys)
+        done = sum(steps_of[k.split("_", 1)[1]] for k in completed) + (
+            current["step"] if current else 0
+        )
+        bar = tqdm(
+            total=total, initial=done, desc="MD", unit="step", disable=not progress, smoothing=0.05
+        )
+        results: dict[str, Any] = {
+            "workflow": "dielectric",
+            "n_atoms": len(reference),
+            "supercell": list(cfg.supercell),
+            "zero_kelvin": zero_k,
+            "epsilon_inf": tensor_to_list(eps_inf),
+            "epsilon_inf_source": eps_inf_source,
+            "fix_com": fix_com,
+            "temperatures": [],
+            "notes": notes,
+        }
+        try:
+            for i, temp in enumerate(cfg.temperatures_K):
+                tag = _tag(temp)
+                for j, run in enumerate(runs):
+                    key = f"{tag}_{run}"
+                    if key in completed:
+                        continue
+                    _run_one(
+                        rd,
+                        cfg,
+                        key,
+                        i,
+                        j,
+                        temp,
+                        run,
+                        reference,
+                        force_field,
+                        born_model,
+                        device,
+                        current if current and current["key"] == key else None,
+                        completed,
+                        bar,
+                        fix_com,
+                    )
+                    current = None
+                results["temperatures"].append(_analyze_temperature(rd, cfg, temp))
+                _totals(results, eps_inf)
+                write_outputs(rd, results)  # partial results after every temperature
+        finally:
+            bar.close()
+            rd.close()
+        _totals(results, eps_inf)
+        results["wall_time_s_this_process"] = time.perf_counter() - t_start
+        write_outputs(rd, results)
+        return results
 
 
 def _run_one(

@@ -196,6 +196,12 @@ class HeatingConfig(ConfigMixin):
             object.__setattr__(self, "field_V_per_A", tuple(float(x) for x in arr))
         if self.mode not in ("direct", "conservative"):
             raise ValueError(f"mode must be 'direct' or 'conservative', got {self.mode!r}")
+        if self.mode == "conservative" and self.born_update_every != 1:
+            # checked here, before anything is written (the calculator checks it too)
+            raise ValueError(
+                f"mode='conservative' requires born_update_every=1 (got {self.born_update_every}):"
+                " the exact gradient needs Z*(R) at the current positions"
+            )
 
     @property
     def n_ramp_steps(self) -> int:
@@ -369,91 +375,94 @@ def run_heating(
         "heat", cfg, out, force_field, born_model,
         model_info=model_info, device=device, overwrite=overwrite, log=log,
     )
-    unit, reference = reference_from_config(rd, cfg, force_field, born_model, log=log)
-    analyzer = _analyzer(reference, cfg.supercell, len(unit))
-    n_fu = len(analyzer.b_idx)
-    fix_com = resolve_fix_com(cfg.fix_com, reference, force_field)
+    with rd:  # the directory stays locked to this run until it returns or raises
+        unit, reference = reference_from_config(rd, cfg, force_field, born_model, log=log)
+        analyzer = _analyzer(reference, cfg.supercell, len(unit))
+        n_fu = len(analyzer.b_idx)
+        fix_com = resolve_fix_com(cfg.fix_com, reference, force_field)
 
-    ckpt = rd.checkpoint or {}
-    total = cfg.total_steps
-    if not ckpt.get("done"):
-        atoms, calc = md_atoms(cfg, force_field, born_model, reference, device)
-        integ_kw = integrator_settings(cfg, ensemble="npt", hydrostatic=cfg.hydrostatic)
-        cur = ckpt.get("current")
-        if cur is not None:
-            dyn, start = resume_md(
-                atoms, calc, cur, temperature_K=cfg.target_temperature(cur["step"]), **integ_kw
+        ckpt = rd.checkpoint or {}
+        total = cfg.total_steps
+        if not ckpt.get("done"):
+            atoms, calc = md_atoms(cfg, force_field, born_model, reference, device)
+            integ_kw = integrator_settings(cfg, ensemble="npt", hydrostatic=cfg.hydrostatic)
+            cur = ckpt.get("current")
+            if cur is not None:
+                dyn, start = resume_md(
+                    atoms, calc, cur, temperature_K=cfg.target_temperature(cur["step"]), **integ_kw
+                )
+            else:
+                if cfg.field_V_per_A is not None:
+                    calc.set(field=cfg.field_V_per_A)
+                md.thermalize(atoms, cfg.temperatures_K[0], np.random.default_rng([cfg.seed, 0, 1]))
+                dyn = md.make_integrator(
+                    atoms,
+                    temperature_K=cfg.temperatures_K[0],
+                    rng=np.random.default_rng([cfg.seed, 0]),
+                    **integ_kw,
+                )
+                start = 0
+            log_csv = rd.csv("heat_log.csv", LOG_COLUMNS)
+            traj, _ = rd.open_append("trajectory.extxyz")
+            wfh, _ = rd.open_append("window_structures.extxyz")
+            averager = WindowAverager(
+                reference, window_edges(cfg), cur.get("averager") if cur else None
             )
-        else:
-            if cfg.field_V_per_A is not None:
-                calc.set(field=cfg.field_V_per_A)
-            md.thermalize(atoms, cfg.temperatures_K[0], np.random.default_rng([cfg.seed, 0, 1]))
-            dyn = md.make_integrator(
-                atoms,
-                temperature_K=cfg.temperatures_K[0],
-                rng=np.random.default_rng([cfg.seed, 0]),
-                **integ_kw,
+            bar = tqdm(
+                total=total,
+                initial=start,
+                desc="heating",
+                unit="step",
+                disable=not progress,
+                smoothing=0.05,
             )
-            start = 0
-        log_csv = rd.csv("heat_log.csv", LOG_COLUMNS)
-        traj, _ = rd.open_append("trajectory.extxyz")
-        wfh, _ = rd.open_append("window_structures.extxyz")
-        averager = WindowAverager(
-            reference, window_edges(cfg), cur.get("averager") if cur else None
-        )
-        bar = tqdm(
-            total=total,
-            initial=start,
-            desc="heating",
-            unit="step",
-            disable=not progress,
-            smoothing=0.05,
-        )
-        try:
-            for s in range(start, total):
-                t_target = cfg.target_temperature(s)
-                if dyn.temperature_K != t_target:
-                    dyn.set_temperature(t_target)
-                md.step(dyn, fix_com)
-                s1 = s + 1
-                if s1 % cfg.log_every == 0 or s1 == total:
-                    log_csv.write(_log_row(atoms, calc, analyzer, cfg, s1, t_target, n_fu, fix_com))
-                    if s1 > cfg.equilibration_steps or len(cfg.temperatures_K) == 1:
-                        averager.add(atoms, t_target, wfh)
-                if s1 % cfg.traj_every == 0:
-                    write_frame(
-                        traj,
-                        atoms,
-                        {
-                            "step": s1,
-                            "time_ps": s1 * cfg.timestep_fs / 1000.0,
-                            "temperature_target_K": t_target,
-                        },
-                    )
-                if s1 % cfg.checkpoint_every == 0 and s1 < total:
-                    rd.save_checkpoint(
-                        {
-                            "done": False,
-                            "current": {
+            try:
+                for s in range(start, total):
+                    t_target = cfg.target_temperature(s)
+                    if dyn.temperature_K != t_target:
+                        dyn.set_temperature(t_target)
+                    md.step(dyn, fix_com)
+                    s1 = s + 1
+                    if s1 % cfg.log_every == 0 or s1 == total:
+                        log_csv.write(
+                            _log_row(atoms, calc, analyzer, cfg, s1, t_target, n_fu, fix_com)
+                        )
+                        if s1 > cfg.equilibration_steps or len(cfg.temperatures_K) == 1:
+                            averager.add(atoms, t_target, wfh)
+                    if s1 % cfg.traj_every == 0:
+                        write_frame(
+                            traj,
+                            atoms,
+                            {
                                 "step": s1,
-                                **md_state(atoms, dyn, calc),
-                                "averager": averager.state(),
+                                "time_ps": s1 * cfg.timestep_fs / 1000.0,
+                                "temperature_target_K": t_target,
                             },
-                        }
-                    )
-                if s1 % 50 == 0:
-                    bar.set_postfix_str(f"T={t_target:.0f} K")
-                bar.update(1)
-            averager.flush(wfh)
-            rd.save_checkpoint({"done": True, "current": None})
-        finally:
-            bar.close()
-            rd.close()
-    result = analyze_heating(rd.path, cfg, reference=reference, analyzer=analyzer)
-    result["fix_com"] = fix_com
-    result["wall_time_s_this_process"] = time.perf_counter() - t_start
-    rd.write_json("heat_phases.json", result)
-    return result
+                        )
+                    if s1 % cfg.checkpoint_every == 0 and s1 < total:
+                        rd.save_checkpoint(
+                            {
+                                "done": False,
+                                "current": {
+                                    "step": s1,
+                                    **md_state(atoms, dyn, calc),
+                                    "averager": averager.state(),
+                                },
+                            }
+                        )
+                    if s1 % 50 == 0:
+                        bar.set_postfix_str(f"T={t_target:.0f} K")
+                    bar.update(1)
+                averager.flush(wfh)
+                rd.save_checkpoint({"done": True, "current": None})
+            finally:
+                bar.close()
+                rd.close()
+        result = analyze_heating(rd.path, cfg, reference=reference, analyzer=analyzer)
+        result["fix_com"] = fix_com
+        result["wall_time_s_this_process"] = time.perf_counter() - t_start
+        rd.write_json("heat_phases.json", result)
+        return result
 
 
 def _analyzer(reference: Any, supercell: Any, n_unit: int) -> TiltAnalyzer:

@@ -220,99 +220,100 @@ def run_pe_curve(
         "pe-curve", cfg, out, force_field, born_model,
         model_info=model_info, device=device, overwrite=overwrite, log=log,
     )
-    # the reference cell is relaxed too (cfg.relax_cell is about the relaxations in the field)
-    unit, reference = reference_from_config(
-        rd, cfg, force_field, born_model, relax_cell=True, log=log
-    )
-    ckpt = rd.checkpoint or {}
-    done: list[str] = list(ckpt.get("done", []))
-    last = ckpt.get("last")  # structure of the last relaxed point, per direction
-    points = [(d, i) for d in cfg.directions for i in range(len(cfg.fields_V_per_m))]
-    writer = rd.csv("pe_curve.csv", COLUMNS)
-    sfh, _ = rd.open_append("structures.extxyz")
-    bar = tqdm(
-        total=len(points),
-        initial=len(done),
-        desc="P(E) relaxations",
-        unit="point",
-        disable=not progress,
-    )
-    calc = make_field_calculator(
-        force_field,
-        born_model,
-        reference,
-        mode=cfg.mode,
-        device=device,
-        allow_large_field=cfg.allow_large_field,
-    )
-    if ckpt.get("calculator"):
-        calc.set_state(ckpt["calculator"])  # the saved reference, never re-picked
-    try:
-        for d, i in points:
-            key = f"{d}:{i}"
-            if key in done:
-                continue
-            e_vm = cfg.fields_V_per_m[i]
-            atoms = reference.copy()
-            if i > 0 and last is not None and last.get("direction") == d:
-                md.restore_atoms(atoms, last["atoms"])
-            calc.set(field=tuple(field_from_V_per_m(e_vm) * parse_direction(d)))
-            atoms.calc = calc
-            res = relax(
-                atoms, calc, fmax=cfg.fmax_eV_per_A, steps=cfg.max_steps,
-                relax_cell=cfg.relax_cell, pressure_GPa=cfg.pressure_GPa,
-            )
-            p = np.asarray(calc.get_property("ionic_polarization", atoms), dtype=float)
-            writer.write(
-                [
-                    d,
-                    i,
-                    e_vm,
-                    float(field_from_V_per_m(e_vm)),
-                    *(p * C_PER_M2_PER_E_PER_A2),
-                    *p,
-                    float(calc.get_property("energy", atoms)),
-                    res["fmax"],
-                    res["steps"],
-                    int(res["converged"]),
-                ]
-            )
-            from ase_born.workflows.common import write_frame
+    with rd:  # the directory stays locked to this run until it returns or raises
+        # the reference cell is relaxed too (cfg.relax_cell is about the relaxations in the field)
+        unit, reference = reference_from_config(
+            rd, cfg, force_field, born_model, relax_cell=True, log=log
+        )
+        ckpt = rd.checkpoint or {}
+        done: list[str] = list(ckpt.get("done", []))
+        last = ckpt.get("last")  # structure of the last relaxed point, per direction
+        points = [(d, i) for d in cfg.directions for i in range(len(cfg.fields_V_per_m))]
+        writer = rd.csv("pe_curve.csv", COLUMNS)
+        sfh, _ = rd.open_append("structures.extxyz")
+        bar = tqdm(
+            total=len(points),
+            initial=len(done),
+            desc="P(E) relaxations",
+            unit="point",
+            disable=not progress,
+        )
+        calc = make_field_calculator(
+            force_field,
+            born_model,
+            reference,
+            mode=cfg.mode,
+            device=device,
+            allow_large_field=cfg.allow_large_field,
+        )
+        if ckpt.get("calculator"):
+            calc.set_state(ckpt["calculator"])  # the saved reference, never re-picked
+        try:
+            for d, i in points:
+                key = f"{d}:{i}"
+                if key in done:
+                    continue
+                e_vm = cfg.fields_V_per_m[i]
+                atoms = reference.copy()
+                if i > 0 and last is not None and last.get("direction") == d:
+                    md.restore_atoms(atoms, last["atoms"])
+                calc.set(field=tuple(field_from_V_per_m(e_vm) * parse_direction(d)))
+                atoms.calc = calc
+                res = relax(
+                    atoms, calc, fmax=cfg.fmax_eV_per_A, steps=cfg.max_steps,
+                    relax_cell=cfg.relax_cell, pressure_GPa=cfg.pressure_GPa,
+                )
+                p = np.asarray(calc.get_property("ionic_polarization", atoms), dtype=float)
+                writer.write(
+                    [
+                        d,
+                        i,
+                        e_vm,
+                        float(field_from_V_per_m(e_vm)),
+                        *(p * C_PER_M2_PER_E_PER_A2),
+                        *p,
+                        float(calc.get_property("energy", atoms)),
+                        res["fmax"],
+                        res["steps"],
+                        int(res["converged"]),
+                    ]
+                )
+                from ase_born.workflows.common import write_frame
 
-            atoms.set_momenta(np.zeros_like(atoms.positions))
-            write_frame(sfh, atoms, {"direction": d, "field_V_per_m": e_vm})
-            done.append(key)
-            last = {"direction": d, "atoms": md.atoms_state(atoms)}
-            rd.save_checkpoint({"done": done, "last": last, "calculator": calc.get_state()})
-            bar.update(1)
-    finally:
-        bar.close()
-        rd.close()
-    result = {
-        "workflow": "pe-curve",
-        "n_atoms": len(reference),
-        "supercell": list(cfg.supercell),
-        **_analyze(cfg, read_csv(rd.file("pe_curve.csv"))),
-    }
-    if cfg.harmonic:
-        zfile = rd.file("harmonic.json")
-        if zfile.exists():
-            import json
+                atoms.set_momenta(np.zeros_like(atoms.positions))
+                write_frame(sfh, atoms, {"direction": d, "field_V_per_m": e_vm})
+                done.append(key)
+                last = {"direction": d, "atoms": md.atoms_state(atoms)}
+                rd.save_checkpoint({"done": done, "last": last, "calculator": calc.get_state()})
+                bar.update(1)
+        finally:
+            bar.close()
+            rd.close()
+        result = {
+            "workflow": "pe-curve",
+            "n_atoms": len(reference),
+            "supercell": list(cfg.supercell),
+            **_analyze(cfg, read_csv(rd.file("pe_curve.csv"))),
+        }
+        if cfg.harmonic:
+            zfile = rd.file("harmonic.json")
+            if zfile.exists():
+                import json
 
-            result["epsilon_ion_harmonic"] = json.loads(zfile.read_text())["epsilon_ion"]
-        else:
-            z = physics.asr_project(
-                np.asarray(resolve(born_model, unit).get_born_charges(unit), dtype=float)
-            )
-            eps = harmonic_dielectric(unit, z, calculator=resolve(force_field, unit))
-            rd.write_json("harmonic.json", {"epsilon_ion": eps.tolist()})
-            result["epsilon_ion_harmonic"] = eps.tolist()
-    result["wall_time_s_this_process"] = time.perf_counter() - t_start
-    rd.write_json("pe_curve.json", result)
-    from ase_born.workflows.plots import plot_pe_curve
+                result["epsilon_ion_harmonic"] = json.loads(zfile.read_text())["epsilon_ion"]
+            else:
+                z = physics.asr_project(
+                    np.asarray(resolve(born_model, unit).get_born_charges(unit), dtype=float)
+                )
+                eps = harmonic_dielectric(unit, z, calculator=resolve(force_field, unit))
+                rd.write_json("harmonic.json", {"epsilon_ion": eps.tolist()})
+                result["epsilon_ion_harmonic"] = eps.tolist()
+        result["wall_time_s_this_process"] = time.perf_counter() - t_start
+        rd.write_json("pe_curve.json", result)
+        from ase_born.workflows.plots import plot_pe_curve
 
-    plot_pe_curve(result, rd.file("pe_curve.png"))
-    return result
+        plot_pe_curve(result, rd.file("pe_curve.png"))
+        return result
 
 
 def format_pe_report(result: dict[str, Any]) -> str:

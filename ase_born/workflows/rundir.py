@@ -8,14 +8,22 @@ Layout of a workflow directory (``--out``)::
     *.csv, *.extxyz   append-only time series and trajectories, written as they go
 
 On resume, :class:`RunDirectory` compares the new settings with ``settings.json`` and refuses
-to continue with different ones (:class:`IncompatibleSettingsError` lists the differences);
+to continue with different ones (:class:`IncompatibleSettingsError` lists the differences;
+a model or structure file reached by another path is the same when its hash is, and the
+keys of :data:`RESUME_SAFE_KEYS` may change);
 every append-only output still being written is truncated back to its size at the last
 checkpoint, so rows written after it (which the resumed run writes again) never appear twice.
 A kill therefore loses at most one checkpoint interval.
+
+One process at a time: a :class:`RunDirectory` holds an exclusive lock on ``.lock`` in the
+directory until :meth:`RunDirectory.release` (``with rd:``; or the process ends); a second
+process on the same directory gets :class:`RunDirectoryLocked` instead of interleaving its
+rows.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -28,15 +36,31 @@ import numpy as np
 SETTINGS_FILE = "settings.json"
 CHECKPOINT_FILE = "checkpoint.json"
 
-#: settings keys that may differ on resume (they do not change the results)
-RESUME_SAFE_KEYS = frozenset({"device", "progress"})
+LOCK_FILE = ".lock"
+
+#: settings (dotted keys) that may differ on resume: they do not change the trajectory
+#: (where it runs, when checkpoints are written, how the finished run is analysed)
+RESUME_SAFE_KEYS = frozenset(
+    {"device", "progress", "config.checkpoint_every", "config.tilt_threshold_deg", "config.symprec"}
+)
 #: keys added to the settings after the first release: absent from an older directory's
-#: settings.json, they are not a difference (that directory recorded no model hashes)
-ADDED_KEYS = frozenset({"force_field_sha256", "born_model_sha256"})
+#: settings.json, they are not a difference (that directory recorded no hashes)
+ADDED_KEYS = frozenset({"force_field_sha256", "born_model_sha256", "structure_sha256"})
+#: file paths (dotted keys) that may differ on resume when the hash locked beside them is
+#: the same on both sides: the same file reached from another directory or by another name
+LOCATED_BY_HASH = {
+    "models.force_field": "models.force_field_sha256",
+    "models.born_model": "models.born_model_sha256",
+    "config.structure": "structure_sha256",
+}
 
 
 class IncompatibleSettingsError(ValueError):
     """Resuming a workflow directory with settings that differ from the saved ones."""
+
+
+class RunDirectoryLocked(RuntimeError):
+    """Another process is running a workflow in this directory."""
 
 
 def _json_default(x: Any) -> Any:
@@ -65,13 +89,35 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _dotted(d: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
+def _without_located_paths(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict, dict]:
+    """Copies of both settings without the :data:`LOCATED_BY_HASH` paths whose hashes agree."""
+    old, new = normalise(old), normalise(new)
+    for path_key, hash_key in LOCATED_BY_HASH.items():
+        h = _dotted(old, hash_key)
+        if h is not None and h == _dotted(new, hash_key):
+            parent, _, leaf = path_key.rpartition(".")
+            for d in (old, new):
+                holder = _dotted(d, parent) if parent else d
+                if isinstance(holder, dict):
+                    holder.pop(leaf, None)
+    return old, new
+
+
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new)):
-            if not prefix and k in RESUME_SAFE_KEYS:
-                continue
             key = f"{prefix}{k}"
+            if key in RESUME_SAFE_KEYS:
+                continue
             if k not in old and k in ADDED_KEYS:
                 continue
             if k not in old:
@@ -157,6 +203,7 @@ class RunDirectory:
         self.path = Path(path)
         self.workflow = workflow
         self.settings = normalise(settings)
+        self._open: dict[str, IO[str]] = {}
         sfile = self.path / SETTINGS_FILE
         if overwrite and self.path.exists():
             if sfile.exists():
@@ -166,19 +213,51 @@ class RunDirectory:
                         f"{self.path} holds a '{saved.get('workflow')}' workflow, not '{workflow}'; "
                         "refusing to overwrite it"
                     )
-                shutil.rmtree(self.path)
-            elif any(self.path.iterdir()):
+            elif any(p.name != LOCK_FILE for p in self.path.iterdir()):
                 raise IncompatibleSettingsError(
                     f"{self.path} is not empty and is not a workflow directory; refusing to overwrite it"
                 )
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = self._acquire_lock()
+        try:
+            self._start(sfile, overwrite)
+        except BaseException:
+            self.release()
+            raise
+
+    def _acquire_lock(self) -> IO[str]:
+        fh = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunDirectoryLocked(
+                f"{self.path} is in use by {holder}: one run per directory (wait for it, or "
+                "use another --out)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        return fh
+
+    def _start(self, sfile: Path, overwrite: bool) -> None:
+        if overwrite:  # under the lock: never delete a directory another process is writing
+            for p in self.path.iterdir():
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.name != LOCK_FILE:
+                    p.unlink()
         if sfile.exists():
             saved = json.loads(sfile.read_text())
-            if saved.get("workflow") != workflow:
+            if saved.get("workflow") != self.workflow:
                 raise IncompatibleSettingsError(
-                    f"{self.path} holds a '{saved.get('workflow')}' workflow, not '{workflow}'; use another --out"
+                    f"{self.path} holds a '{saved.get('workflow')}' workflow, not "
+                    f"'{self.workflow}'; use another --out"
                 )
-            diffs = _diff(saved.get("settings", {}), self.settings)
+            diffs = _diff(*_without_located_paths(saved.get("settings", {}), self.settings))
             if diffs:
                 raise IncompatibleSettingsError(
                     f"{self.path} was started with different settings; refusing to mix them on resume "
@@ -186,14 +265,13 @@ class RunDirectory:
                     + "\n  ".join(diffs)
                 )
         else:
-            write_json(sfile, {"workflow": workflow, "settings": self.settings})
+            write_json(sfile, {"workflow": self.workflow, "settings": self.settings})
         cfile = self.path / CHECKPOINT_FILE
         self.checkpoint: dict[str, Any] | None = (
             json.loads(cfile.read_text()) if cfile.exists() else None
         )
         self.resumed = self.checkpoint is not None
         self._resume_offsets: dict[str, int] = dict((self.checkpoint or {}).get("offsets", {}))
-        self._open: dict[str, IO[str]] = {}
 
     # ------------------------------------------------------------------ files
     def file(self, name: str) -> Path:
@@ -231,11 +309,24 @@ class RunDirectory:
         return CsvLog(fh, columns, write_header=empty)
 
     def close(self, names: Iterable[str] | None = None) -> None:
-        """Close open outputs (all by default)."""
+        """Close open outputs (all by default); the directory stays locked (:meth:`release`)."""
         for name in list(self._open) if names is None else list(names):
             fh = self._open.pop(name, None)
             if fh is not None:
                 fh.close()
+
+    def release(self) -> None:
+        """Close every output and release the directory's lock (another run may start)."""
+        self.close()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+    def __enter__(self) -> RunDirectory:  # noqa: PYI034 - a final class in practice
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -264,6 +355,7 @@ __all__ = [
     "CsvLog",
     "IncompatibleSettingsError",
     "RunDirectory",
+    "RunDirectoryLocked",
     "normalise",
     "read_csv",
     "write_json",

@@ -14,6 +14,7 @@ from ase_born.workflows.analysis import (
     estimate_transitions,
     identify_phase,
     order_parameter_vanishing,
+    perovskite_sites,
     pseudocubic_lattice,
     space_group,
     time_averaged_structure,
@@ -149,6 +150,24 @@ def test_transition_helpers():
     ]
     assert order_parameter_vanishing(t, [8, 6, 3, 1, 0.5], 2.0) == 800.0
     assert order_parameter_vanishing(t, [8, 6, 3, 3, 3], 2.0) is None
+
+
+def test_b_site_and_anion_are_inferred_from_the_composition():
+    """Not only titanates: Pnma CaZrO3 (the seed's set C; Ti -> Zr, cell +5 %) is analysed
+    without naming its B site, with the same tilt angles as the CaTiO3 it was made from."""
+    pn = pnma_catio3()
+    assert perovskite_sites(pn) == ("Ti", "O")
+    czo = pn.copy()
+    czo.symbols[czo.symbols == "Ti"] = "Zr"
+    czo.set_cell(czo.cell * 1.05, scale_atoms=True)
+    assert perovskite_sites(czo) == ("Zr", "O")
+    ops = TiltAnalyzer(czo).order_parameters(czo)
+    ref = TiltAnalyzer(pn).order_parameters(pn)
+    for k in ("M", "R"):
+        np.testing.assert_allclose(ops[k], ref[k], atol=1e-8)
+    np.testing.assert_allclose(TiltAnalyzer(czo, b_site="Zr").order_parameters(czo)["R"], ref["R"],
+                               atol=1e-8)
+    assert perovskite_sites(bulk("Cu", "fcc", a=3.6, cubic=True)) is None
 
 
 def test_non_perovskite_and_untiltable_cells_are_rejected():

@@ -163,6 +163,15 @@ def test_heat_end_to_end(tmp_path, capsys):
         assert (out / name).exists(), name
     res = json.loads((out / "heat_phases.json").read_text())
     assert [w["phase"] for w in res["windows"]] == ["Pnma", "Pnma"]
+    # the finished run is analysed again with other analysis options (no MD is redone)
+    n_rows = (out / "heat_log.csv").read_text().count("\n")
+    rc = main(["heat", *STANDIN, "--supercell", "1,1,1", "--temperatures", "300:700", "--steps", "300",
+               "--equilibration-steps", "50", "--log-every", "10", "--traj-every", "50",
+               "--window-K", "200", "--tilt-threshold-deg", "30", "--out", str(out)])
+    assert rc == 0 and (out / "heat_log.csv").read_text().count("\n") == n_rows
+    res = json.loads((out / "heat_phases.json").read_text())
+    assert res["tilt_threshold_deg"] == 30.0
+    assert [w["phase"] for w in res["windows"]] == ["Pm-3m", "Pm-3m"]  # no tilt above 30°
     assert res["supercell_axes"][1].startswith("b")
     header = (out / "heat_log.csv").read_text().splitlines()[0]
     for col in (
@@ -194,6 +203,8 @@ def test_pe_curve_end_to_end(tmp_path, capsys):
         (["--steps", "1000"], None, 1000),  # --steps wins over the preset's 1 K/ps
         (["--heating-rate-K-per-ps", "50"], 50.0, None),
         ([], 1.0, None),  # the preset alone
+        (["--temperatures", "1500"], None, None),  # one temperature: no ramp, no rate
+        (["--temperatures", "1500", "--steps", "1000"], None, None),
     ],
 )
 def test_paper_preset_yields_to_explicit_ramp_options(extra, rate, ramp, monkeypatch, tmp_path):

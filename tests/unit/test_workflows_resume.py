@@ -253,3 +253,81 @@ def test_settings_lock_includes_model_hashes(tmp_path):
         RunDirectory(tmp_path / "run", "pe-curve", settings(f))
     RunDirectory(tmp_path / "old", "pe-curve", {"models": {"born_model": str(f)}})  # no hash recorded
     RunDirectory(tmp_path / "old", "pe-curve", settings(f))
+
+
+def test_one_process_per_run_directory(tmp_path):
+    """A second run on a directory in use is refused (it used to truncate and interleave the
+    first one's outputs), also with --overwrite, which must not delete a running directory."""
+    from ase_born.workflows.rundir import RunDirectory, RunDirectoryLocked
+
+    with RunDirectory(tmp_path / "run", "heat", {"config": {"a": 1}}) as first:
+        first.csv("log.csv", ["step"]).write([1])
+        first.save_checkpoint({"step": 1})
+        code = (
+            "import sys; from ase_born.workflows.rundir import RunDirectory; "
+            "RunDirectory(sys.argv[1], 'heat', {'config': {'a': 1}}, overwrite=True)"
+        )
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode != 0 and "RunDirectoryLocked" in proc.stderr
+        assert f"pid {os.getpid()}" in proc.stderr
+        assert (tmp_path / "run" / "log.csv").read_text() == "step\n1\n"  # untouched
+        with pytest.raises(RunDirectoryLocked):  # also a second object in the same process
+            RunDirectory(tmp_path / "run", "heat", {"config": {"a": 1}})
+    again = RunDirectory(tmp_path / "run", "heat", {"config": {"a": 1}})  # released: resumes
+    assert again.resumed
+    again.release()
+    RunDirectory(tmp_path / "run", "heat", {"config": {"a": 1}}, overwrite=True).release()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "settings.json"]
+
+
+def test_resume_accepts_the_same_files_by_another_path_and_new_analysis_options(tmp_path):
+    """Model and structure files are locked by content: another path to the same file
+    resumes, another content does not. Options that only change when checkpoints are
+    written or how the finished run is analysed may change on resume."""
+    from ase_born.workflows.rundir import IncompatibleSettingsError, RunDirectory
+
+    (tmp_path / "sub").mkdir()
+    for name, text in (("bm.pt", "weights"), ("s.cif", "cell")):
+        (tmp_path / name).write_text(text)
+
+    def settings(root, bm="bm.pt", structure="s.cif", **config):
+        import hashlib
+
+        def sha(p):
+            return hashlib.sha256((root / p).read_bytes()).hexdigest()
+
+        return {
+            "config": {"structure": structure, "symprec": 0.1, "tilt_threshold_deg": 2.0,
+                       "checkpoint_every": 500, "window_K": 25.0, **config},
+            "models": {"born_model": bm, "born_model_sha256": sha(bm)},
+            "structure_sha256": sha(structure),
+        }
+
+    RunDirectory(tmp_path / "run", "heat", settings(tmp_path)).release()
+    sub = tmp_path / "sub"
+    RunDirectory(tmp_path / "run", "heat", settings(sub, "../bm.pt", "../s.cif")).release()
+    RunDirectory(tmp_path / "run", "heat",
+                 settings(tmp_path, symprec=0.05, tilt_threshold_deg=3.0, checkpoint_every=100)).release()
+    with pytest.raises(IncompatibleSettingsError, match="window_K"):  # changes the run itself
+        RunDirectory(tmp_path / "run", "heat", settings(tmp_path, window_K=50.0))
+    (tmp_path / "bm2.pt").write_text("other weights")
+    with pytest.raises(IncompatibleSettingsError, match="born_model_sha256"):
+        RunDirectory(tmp_path / "run", "heat", settings(tmp_path, "bm2.pt"))
+    (tmp_path / "s2.cif").write_text("other cell")
+    with pytest.raises(IncompatibleSettingsError, match="structure"):
+        RunDirectory(tmp_path / "run", "heat", settings(tmp_path, structure="s2.cif"))
+
+
+@pytest.mark.parametrize("workflow", ["heating", "dielectric"])
+def test_conservative_mode_with_stale_born_charges_fails_before_writing(tmp_path, workflow):
+    """mode='conservative' needs Z* at every step: refused by the config, before settings.json
+    is written (it used to fail after relaxing and lock the directory with the bad option)."""
+    if workflow == "heating":
+        from ase_born.workflows.heating import HeatingConfig as Config
+    else:
+        from ase_born.workflows.dielectric import DielectricConfig as Config
+    with pytest.raises(ValueError, match="born_update_every=1"):
+        Config(mode="conservative", born_update_every=2)
+    Config(mode="conservative", born_update_every=1)
+    Config(mode="direct", born_update_every=2)
