@@ -113,7 +113,18 @@ def load_born_model(device: str = "cpu", dtype: str = "float64"):
 def default_epsilon_inf() -> np.ndarray | None:
     """ε∞ (3x3) shipped with the defaults, or ``None``."""
     eps = model_card().get("epsilon_inf")
-    return None if eps is None else np.asarray(eps["value"], dtype=float).reshape(3, 3)
+    if eps is None:
+        return None
+    try:
+        value = np.asarray(eps["value"], dtype=float).reshape(3, 3)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{models_dir() / CARD_NAME}: epsilon_inf must be {{'value': 3x3 numbers, ...}}, "
+            f"got {eps!r} ({exc})"
+        ) from None
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{models_dir() / CARD_NAME}: epsilon_inf has non-finite values: {eps!r}")
+    return value
 
 
 def default_pressure_GPa() -> float:

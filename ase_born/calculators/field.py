@@ -512,6 +512,8 @@ class BornFieldCalculator(Calculator):
         self._z_raw: np.ndarray | None = None
         self._z_update = 0
         self._z_pbc: np.ndarray | None = None
+        # (positions, cell) of the last configuration of a restored state (set_state)
+        self._restored_config: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
@@ -527,6 +529,9 @@ class BornFieldCalculator(Calculator):
             ``born_cache`` (direct mode: the Z* in use, the update at which it was computed and
             its ``pbc``, so a resumed run with ``born_update_every > 1`` refreshes Z* at the
             same steps as an uninterrupted one; ``None`` when there is none),
+            ``last_config`` (positions and cell of the last computed configuration: a restored
+            calculator counts a structure that differs from it as a new configuration, so
+            its Z* is refreshed on schedule; ``None`` before the first calculation),
             ``born_model`` (its ``todict()``, informational), ``force_field`` (class name).
         """
         params = dict(self.parameters)
@@ -552,6 +557,9 @@ class BornFieldCalculator(Calculator):
             "time": float(self.time),
             "field_work": float(self.field_work),
             "n_updates": int(self._n_updates),
+            "last_config": None
+            if self._last_positions is None
+            else {"positions": self._last_positions.tolist(), "cell": self._last_cell.tolist()},
             "born_cache": None
             if self._z_raw is None
             else {
@@ -624,6 +632,12 @@ class BornFieldCalculator(Calculator):
         self.field_work = float(state.get("field_work", 0.0))
         self._n_updates = int(state.get("n_updates", 0))
         self._z_update = self._n_updates
+        last = state.get("last_config")
+        if last is not None:
+            self._restored_config = (
+                np.asarray(last["positions"], dtype=float).reshape(-1, 3),
+                np.asarray(last["cell"], dtype=float).reshape(3, 3),
+            )
         cache = state.get("born_cache")
         if cache is not None and self.parameters["mode"] == "direct":
             self._z_raw = np.asarray(cache["z_raw"], dtype=float).reshape(-1, 3, 3)
@@ -710,6 +724,15 @@ class BornFieldCalculator(Calculator):
         )
         if new_config and not first_config:
             self._n_updates += 1
+        elif first_config and self._restored_config is not None:
+            # the first structure after set_state: a new configuration of the saved trajectory
+            # unless it is the saved one (an exact resume), e.g. displaced after the restore
+            pos, cell = self._restored_config
+            if pos.shape != atoms.positions.shape or not (
+                np.array_equal(pos, atoms.positions) and np.array_equal(cell, atoms.cell.array)
+            ):
+                self._n_updates += 1
+        self._restored_config = None
         field = self.get_field()
 
         # ---- force field (cached by the force field itself)
@@ -758,7 +781,7 @@ class BornFieldCalculator(Calculator):
             )
             self._z_raw = None  # direct mode's cached Z* no longer belongs to this configuration
         else:
-            z_raw = self._direct_born(atoms, new_config)
+            z_raw = self._direct_born(atoms)
             z = physics.asr_project(z_raw) if self.parameters["asr"] else z_raw
             f_field = physics.field_forces(z, field)
             s_field = physics.field_stress(f_field, u, volume) if volume is not None else None
@@ -813,7 +836,7 @@ class BornFieldCalculator(Calculator):
             r[KEY_STRESS] = s0 + s_field
             r["stress_contributions"] = np.stack([s0, s_field])
 
-    def _direct_born(self, atoms: Atoms, new_config: bool) -> np.ndarray:
+    def _direct_born(self, atoms: Atoms) -> np.ndarray:
         """Raw Z* for direct mode, refreshed every ``born_update_every`` new configurations
         (and whenever the periodic directions change: the model's neighbours depend on them)."""
         k = self.parameters["born_update_every"]
@@ -822,7 +845,7 @@ class BornFieldCalculator(Calculator):
             self._z_raw is None
             or self._z_raw.shape[0] != n
             or not np.array_equal(self._z_pbc, atoms.pbc)
-            or (new_config and self._n_updates - self._z_update >= k)
+            or self._n_updates - self._z_update >= k  # also after set(born_update_every=...)
         )
         if stale:
             src = f"born model {type(self._born_model).__name__}"

@@ -15,7 +15,8 @@ command-line specifications into those:
     the CaTiO3 stand-ins of :mod:`ase_born.workflows.standins` (springs to the relaxed sites,
     nominal Z*): for tests and demonstrations only;
 omitted (``None``)
-    ``ase_born.defaults.load_default_calculator(device=...)``, imported lazily.
+    the shipped default model of that kind (``ase_born.defaults.load_force_field`` /
+    ``load_born_model``), imported lazily.
 """
 
 from __future__ import annotations
@@ -57,11 +58,31 @@ def describe(model: Any) -> str:
     return type(model).__name__
 
 
-def load_default_models(device: str = "cpu", dtype: str = "float64") -> tuple[Any, Any]:
-    """``(force_field, born_model)`` from ``ase_born.defaults.load_default_calculator``.
+_DEFAULTS_HINT = (
+    "Pass --force-field PATH (a MACE model file) and --born-model PATH (an Equivar model "
+    "file), or 'standin' for the stand-in test models"
+)
 
-    Accepts either a :class:`~ase_born.calculators.field.BornFieldCalculator` (its force field
-    and Born model are used) or a ``(force_field, born_model)`` pair.
+
+def _load_default(what: str, device: str, dtype: str) -> Any:
+    """``ase_born.defaults.<what>(device=, dtype=)``; a missing install is a RuntimeError with
+    a hint to pass explicit model files."""
+    try:
+        mod = importlib.import_module("ase_born.defaults")
+    except ModuleNotFoundError as exc:
+        if exc.name != "ase_born.defaults":
+            raise
+        raise RuntimeError(
+            f"no default models: ase_born.defaults is not available. {_DEFAULTS_HINT}"
+        ) from None
+    try:
+        return getattr(mod, what)(device=device, dtype=dtype)
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"{str(exc).rstrip('.')}. {_DEFAULTS_HINT}") from exc
+
+
+def load_default_models(device: str = "cpu", dtype: str = "float64") -> tuple[Any, Any]:
+    """``(force_field, born_model)`` shipped in ``data/models`` (:mod:`ase_born.defaults`).
 
     Raises
     ------
@@ -69,45 +90,23 @@ def load_default_models(device: str = "cpu", dtype: str = "float64") -> tuple[An
         No default models are installed (or the defaults module is missing), with a hint to
         pass explicit model files.
     """
-    hint = (
-        "Pass --force-field PATH (a MACE model file) and --born-model PATH (an Equivar model "
-        "file), or 'standin' for the stand-in test models"
+    return _load_default("load_force_field", device, dtype), _load_default(
+        "load_born_model", device, dtype
     )
+
+
+def default_epsilon_inf() -> Any:
+    """ε∞ (3x3) shipped with the default models, or ``None`` (no defaults installed / no
+    value in the card); a malformed card entry raises (``ValueError``), it is not ignored."""
     try:
         mod = importlib.import_module("ase_born.defaults")
     except ModuleNotFoundError as exc:
         if exc.name != "ase_born.defaults":
             raise
-        raise RuntimeError(
-            f"no default models: ase_born.defaults is not available. {hint}"
-        ) from None
-    loader = getattr(mod, "load_default_calculator", None)
-    if loader is None:
-        raise RuntimeError(f"ase_born.defaults has no load_default_calculator(device=...). {hint}")
+        return None
     try:
-        try:
-            obj = loader(device=device, dtype=dtype)
-        except TypeError:
-            obj = loader(device=device)
-    except FileNotFoundError as exc:
-        raise RuntimeError(f"{str(exc).rstrip('.')}. {hint}") from exc
-    if hasattr(obj, "force_field") and hasattr(obj, "born_model"):
-        return obj.force_field, obj.born_model
-    if isinstance(obj, tuple) and len(obj) == 2:
-        return obj
-    raise RuntimeError(
-        f"ase_born.defaults.load_default_calculator returned {type(obj).__name__}; expected a "
-        "BornFieldCalculator or a (force_field, born_model) pair"
-    )
-
-
-def default_epsilon_inf() -> Any:
-    """ε∞ (3x3) shipped with the default models, or ``None`` (no defaults / no value)."""
-    try:
-        mod = importlib.import_module("ase_born.defaults")
-        fn = getattr(mod, "default_epsilon_inf", None)
-        return None if fn is None else fn()
-    except (ModuleNotFoundError, FileNotFoundError, OSError, KeyError, ValueError):
+        return mod.default_epsilon_inf()
+    except FileNotFoundError:
         return None
 
 
@@ -116,7 +115,7 @@ def load_force_field(
 ) -> Any:
     """Force field (or factory) from a specification (module docstring); ``None`` → defaults."""
     if spec is None:
-        return load_default_models(device, dtype)[0]
+        return _load_default("load_force_field", device, dtype)
     if str(spec) == STANDIN:
         from ase_born.workflows.standins import standin_force_field
 
@@ -164,7 +163,7 @@ def load_born_model(
 ) -> Any:
     """Born model (or factory) from a specification (module docstring); ``None`` → defaults."""
     if spec is None:
-        return load_default_models(device, dtype)[1]
+        return _load_default("load_born_model", device, dtype)
     if str(spec) == STANDIN:
         from ase_born.workflows.standins import standin_born_model
 

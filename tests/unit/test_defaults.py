@@ -136,3 +136,38 @@ def test_info_reports_unreadable_cards_and_hash_mismatches(tmp_path, monkeypatch
     card["force_field"]["sha256"] = defaults.sha256(models / "ff.model")
     (models / defaults.CARD_NAME).write_text(json.dumps(card))
     assert "ff.model (present, SHA-256 OK)" in defaults.describe()
+
+
+def test_malformed_epsilon_inf_in_the_card_is_an_error_not_a_missing_value(card, tmp_path, monkeypatch):
+    """A broken ε∞ entry used to make the dielectric workflow silently report ε_ion only."""
+    from ase_born.cli.main import main
+    from ase_born.workflows import models
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path))
+    no_eps = {k: v for k, v in card.items() if k != "epsilon_inf"}
+    (tmp_path / "models" / "defaults.json").write_text(json.dumps(no_eps))
+    assert defaults.default_epsilon_inf() is None and models.default_epsilon_inf() is None
+    for bad in ({"value": [6.0, 6.0]}, {"source": "x"}, {"value": [[float("nan")] * 3] * 3}):
+        (tmp_path / "models" / "defaults.json").write_text(json.dumps({**card, "epsilon_inf": bad}))
+        for fn in (defaults.default_epsilon_inf, models.default_epsilon_inf):
+            with pytest.raises(ValueError, match=r"defaults\.json: epsilon_inf"):
+                fn()
+    assert main(["dielectric", "--force-field", "standin", "--out", str(tmp_path / "d")]) == 1
+
+
+def test_default_force_field_loads_without_a_default_born_model(card, tmp_path, monkeypatch):
+    """The default MACE with one's own Born model needs no shipped Born model (it used to go
+    through load_default_calculator, which loads the Equivar model first)."""
+    import shutil
+
+    from ase_born.workflows import models
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(defaults.models_dir() / card["force_field"]["file"], tmp_path / "models")
+    (tmp_path / "models" / "defaults.json").write_text(json.dumps({**card, "born_model": None}))
+    monkeypatch.setenv("ASE_BORN_DATA", str(tmp_path))
+    ff = models.load_force_field(None)
+    assert type(ff).__name__ == "MACECalculator"
+    with pytest.raises(RuntimeError, match="no default Born-charge model"):
+        models.load_born_model(None)

@@ -599,6 +599,43 @@ def test_resume_from_state_is_exact_with_born_update_every(tmp_path):
         np.testing.assert_array_equal(fa, fb)
 
 
+def test_restored_state_refreshes_born_charges_of_a_moved_structure():
+    """born_update_every=1 after set_state: a structure displaced after the restore (the
+    dielectric workflow's pre-polarization, a new P(E) direction) gets its own Z*, not the
+    saved configuration's; the saved configuration itself (an exact resume) keeps the cache."""
+    ref = _cell()
+    x, y = _displaced(ref, 0.1, seed=1), _displaced(ref, 0.1, seed=2)
+    calc = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
+    x.calc = calc
+    x.get_forces()
+    state = json.loads(json.dumps(calc.get_state()))
+    for atoms, model_at in ((y, y), (x.copy(), x)):
+        new = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
+        new.set_state(state)
+        atoms.calc = new
+        want = physics.asr_project(SmoothBorn().get_born_charges(model_at))
+        np.testing.assert_allclose(new.get_property("born_effective_charges", atoms), want, atol=1e-12)
+        fresh = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
+        np.testing.assert_allclose(atoms.get_forces(), fresh.get_forces(atoms.copy()), atol=1e-12)
+
+
+def test_lowering_born_update_every_refreshes_stale_born_charges():
+    """After set(born_update_every=1) the current structure's Z* is used at once (it kept the
+    Z* of up to k-1 configurations back until the next new configuration)."""
+    ref = _cell()
+    calc = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=5)
+    atoms = ref.copy()
+    atoms.calc = calc
+    for seed in range(4):
+        atoms.positions = _displaced(ref, 0.1, seed=seed).positions
+        atoms.get_forces()
+    stale = calc.get_property("born_effective_charges", atoms)
+    want = physics.asr_project(SmoothBorn().get_born_charges(atoms))
+    assert np.abs(stale - want).max() > 1e-3  # born_update_every=5: Z* of the first configuration
+    calc.set(born_update_every=1)
+    np.testing.assert_allclose(calc.get_property("born_effective_charges", atoms), want, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------
