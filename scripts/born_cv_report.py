@@ -37,6 +37,22 @@ def cv_errors(run: Path, frames: dict) -> dict[str, np.ndarray]:
     folds = sorted(run.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
     if not folds:
         raise SystemExit(f"{run}: no fold_<k>/ directories (train with folds > 1)")
+    # only a finished cross-validation: every fold trained to the end (an interrupted one
+    # would report the folds done so far as if they were all)
+    summary = run / "metrics.json"
+    n_folds = None
+    if summary.is_file():
+        cv = json.loads(summary.read_text()).get("cross_validation") or {}
+        n_folds = cv.get("folds")
+        n_folds = len(n_folds) if isinstance(n_folds, list) else n_folds
+    if n_folds != len(folds):
+        raise SystemExit(f"{run}: cross-validation not finished ({len(folds)} fold directories, "
+                         f"{n_folds or 'no'} folds in {summary.name}); resume it with --resume")
+    for fold in folds:
+        status = json.loads((fold / "metrics.json").read_text()).get("status") \
+            if (fold / "metrics.json").is_file() else None
+        if status != "completed":
+            raise SystemExit(f"{fold}: fold not completed (status {status}); resume the run")
     for fold in folds:
         calc = EquivarCalculator(fold / "model.pt", dtype="float64", asr=True)
         for sid in json.loads((fold / "splits.json").read_text())["val"]:

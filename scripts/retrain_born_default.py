@@ -126,10 +126,21 @@ def install(out: Path, kinds: dict[str, str], config: Path = CONFIG) -> dict:
     unknown = sorted(set(ids) - set(kinds))
     if unknown:
         raise SystemExit(f"{out}: fitted to structures not in the DFPT dataset now: {unknown[:5]}")
+    where = frozenset(  # where and how a run ran, not what it trained
+        {"out", "device", "num_workers", "progress", "plots", "train_files", "test_file", "val_file"})
     cfg = TrainConfig.from_yaml(out / "config.yaml")
+    if "train_config" in metrics:  # what model.pt was trained with (config.yaml: the last setup)
+        trained = TrainConfig.from_dict(metrics["train_config"])
+        changed = config_differences(trained, cfg, ignore=where)
+        if changed:
+            raise SystemExit(
+                f"{out}: config.yaml differs from the configuration model.pt was trained with "
+                f"(metrics.json: {sorted(changed)}): a later resume is running or was interrupted; "
+                "finish it, or install another run"
+            )
+        cfg = trained
     model_name = model_description(model.config)  # what the file is, not what a config says
-    same = not config_differences(cfg, TrainConfig.from_yaml(config), ignore=frozenset(
-        {"out", "device", "num_workers", "progress", "plots", "train_files", "test_file", "val_file"}))
+    same = not config_differences(cfg, TrainConfig.from_yaml(config), ignore=where)
     recipe_file = Path(config).resolve() if same else out / "config.yaml"
     recipe = str(recipe_file.relative_to(REPO)) if recipe_file.is_relative_to(REPO) else str(recipe_file)
     import update_model_card  # a sibling script: scripts/ is on sys.path when a script runs

@@ -86,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("-o", "--output", required=True, help="output extxyz file")
     q.add_argument("--device", default="cpu")
     q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--raw", action="store_true",
+                   help="write the network's raw output; by default the acoustic sum rule is "
+                        "enforced per structure, as in the training metrics and `evaluate`")
     q.set_defaults(func=_predict)
 
 
@@ -215,10 +218,11 @@ def _predict(args: argparse.Namespace) -> int:
     if not frames:
         print(f"ase-born predict: no structures in {src}", file=sys.stderr)
         return 1
-    charges = predict_born_charges(model, frames, batch_size=args.batch_size)
+    charges = predict_born_charges(model, frames, batch_size=args.batch_size, asr=not args.raw)
     for atoms, z in zip(frames, charges):
         set_born_charges(atoms, z)
         atoms.info["born_charges_model"] = Path(args.model).name
+        atoms.info["born_charges_asr_enforced"] = bool(not args.raw or model.asr)
     write_frames(args.output, frames)
     print(
         f"wrote {len(frames)} frame(s) with predicted born_effective_charges to {args.output}",

@@ -1060,7 +1060,10 @@ class Equivar(nn.Module):
                 "e3nn": E3NN_VERSION,
             },
         }
-        torch.save(payload, Path(path))
+        # temporary file + os.replace: a kill while exporting never truncates a good model file
+        from ase_born.train.checkpoint import atomic_torch_save
+
+        atomic_torch_save(payload, Path(path))
 
     @classmethod
     def load(

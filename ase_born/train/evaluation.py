@@ -139,9 +139,21 @@ def evaluate(
 
 @torch.no_grad()
 def predict_born_charges(
-    model: Equivar, structures: Atoms | Sequence[Atoms], *, batch_size: int = 16
+    model: Equivar,
+    structures: Atoms | Sequence[Atoms],
+    *,
+    batch_size: int = 16,
+    asr: bool = True,
 ) -> list[np.ndarray]:
-    """Predicted ``Z*[k, b, a]`` (e) of every structure, sum rule enforced if ``model.asr``.
+    """Predicted ``Z*[k, b, a]`` (e) of every structure.
+
+    Parameters
+    ----------
+    asr : bool
+        Enforce the acoustic sum rule per structure (subtract the mean over atoms), as the
+        trainer's validation/TEST metrics and :func:`evaluate` do: the Z* the metrics
+        describe.  ``False``: the network's raw output (sum rule enforced only if
+        ``model.asr``).
 
     Returns
     -------
@@ -159,7 +171,9 @@ def predict_born_charges(
             g = collate(graphs, device=model.device, dtype=model.dtype)
             z = model.forward_graph(g).double().cpu().numpy()
             ptr = g.ptr.cpu().numpy()
-            out.extend(z[ptr[s] : ptr[s + 1]] for s in range(len(chunk)))
+            for s in range(len(chunk)):
+                zs = z[ptr[s] : ptr[s + 1]]
+                out.append(zs - zs.mean(axis=0) if asr else zs)
     finally:
         model.train(was_training)
     return out

@@ -692,7 +692,9 @@ class Trainer:
         return self._finish(status, reason)
 
     def _consider_best(self, val: Mapping[str, Any]) -> bool:
-        if _finite(val["mae"]) and val["mae"] < self.best_metric:
+        # the replay of a best epoch adopted from best.pt (_adopt_newer_best) is still the best
+        replay = self.epoch == self.best_epoch and _finite(val["mae"]) and val["mae"] <= self.best_metric
+        if replay or (_finite(val["mae"]) and val["mae"] < self.best_metric):
             self.best_metric = float(val["mae"])
             self.best_epoch = self.epoch
             if self.epoch == 0:

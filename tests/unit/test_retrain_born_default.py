@@ -90,6 +90,16 @@ def test_install_refreshes_the_card(_script, tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=match):
             mod.install(run, kinds, mod.CONFIG)
     (run / "metrics.json").write_text(json.dumps(metrics))
+    # config.yaml rewritten by a later resume (more epochs) that has not finished: model.pt
+    # is not what it describes
+    import re
+
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(re.sub(r"(?m)^epochs: *\d+", "epochs: 99999", text))
+    assert (run / "config.yaml").read_text() != text
+    with pytest.raises(SystemExit, match="config.yaml differs"):
+        mod.install(run, kinds, mod.CONFIG)
+    (run / "config.yaml").write_text(text)
     (run / "model.pt").write_bytes(b"not a model")
     with pytest.raises(Exception):  # noqa: B017 - any load error, before anything is copied
         mod.install(run, kinds, mod.CONFIG)

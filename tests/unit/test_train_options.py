@@ -212,3 +212,29 @@ def test_kfold_cross_validation(tmp_path):
     assert ids[1] == train_ids  # 2 folds: one's validation set is the other's training set
     test_ids = set(json.loads((out / "fold_0" / "splits.json").read_text())["test"])
     assert test_ids.isdisjoint(ids[0] | ids[1])
+
+
+def test_predict_writes_the_born_charges_the_metrics_describe(tmp_path):
+    """With model.asr off, training, validation, metrics.json and evaluate use the sum-rule
+    corrected output: predict does too by default (it wrote the raw output); asr=False
+    (CLI --raw) gives the raw output."""
+    import numpy as np
+    from train_helpers import DATA, TINY
+
+    from ase_born.io.extxyz import read_frames
+    from ase_born.train.dataset import BornDataset
+    from ase_born.train.evaluation import evaluate, predict_born_charges
+
+    out = tmp_path / "run"
+    res = train(tiny_train_config(out, model={**TINY, "asr": False}, epochs=1, batch_size=8))
+    model = Equivar.load(out / "model.pt")
+    assert not model.asr
+    frames = [a for a in read_frames(DATA) if a.info["split"] == "test"]
+    metrics, preds = evaluate(model, BornDataset.from_frames(frames, r_max=model.r_max),
+                              return_predictions=True)
+    assert metrics["mae"] == pytest.approx(res.test["mae"], rel=1e-6)
+    z = predict_born_charges(model, frames)
+    np.testing.assert_allclose(np.concatenate(z), preds.pred, atol=1e-6)
+    assert max(np.abs(zs.sum(axis=0)).max() for zs in z) < 1e-10
+    raw = predict_born_charges(model, frames, asr=False)
+    assert max(np.abs(zs.sum(axis=0)).max() for zs in raw) > 1e-3

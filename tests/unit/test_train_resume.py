@@ -108,6 +108,57 @@ def test_resume_keeps_a_best_checkpoint_newer_than_last(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 3
 
 
+def test_replayed_best_epoch_keeps_its_best_flag(tmp_path, monkeypatch):
+    """Killed after epoch 3's best.pt but before its last.pt (checkpoint_every 2): the exact
+    replay of epoch 3 is still logged as best (log.csv, hence the training curve's 'best
+    epoch', equal to the uninterrupted run's)."""
+
+    def rows(out):
+        with open(out / "log.csv") as fh:
+            return [(r["epoch"], r["val_mae"], r["best"]) for r in csv.DictReader(fh)]
+
+    train(_config(tmp_path / "ref", epochs=4, checkpoint_every=2))
+    assert rows(tmp_path / "ref")[3][2] == "True"  # epoch 3 improved: the case tested
+
+    class Killed(Exception):
+        pass
+
+    save = Trainer._save
+
+    def killing_save(self, path):
+        if path == self.last_path and self.epoch == 3:
+            raise Killed
+        save(self, path)
+
+    monkeypatch.setattr(Trainer, "_save", killing_save)
+    with pytest.raises(Killed):  # epoch 4 would write last.pt; epoch 3 is the last with a best
+        train(_config(tmp_path / "run", epochs=4, checkpoint_every=1))
+    monkeypatch.setattr(Trainer, "_save", save)
+    train(_config(tmp_path / "run", epochs=4, checkpoint_every=1), resume=True)
+    assert rows(tmp_path / "run") == rows(tmp_path / "ref")
+
+
+def test_model_export_is_atomic(tmp_path, monkeypatch):
+    """A failure while model.pt is written leaves the previous file intact."""
+    out = tmp_path / "run"
+    train(_config(out, epochs=1))
+    before = (out / "model.pt").read_bytes()
+    model = Equivar.load(out / "model.pt")
+
+    def broken_save(obj, f, *a, **k):
+        if isinstance(f, (str, os.PathLike)):
+            f = open(f, "wb")  # noqa: SIM115 - a torch.save straight to the path
+        f.write(b"partial")
+        f.flush()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(out / "model.pt")
+    assert (out / "model.pt").read_bytes() == before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".model.pt")] == []
+
+
 def test_checkpoint_is_weights_only_and_complete(tmp_path):
     cfg = _config(tmp_path / "run", epochs=1, ema_decay=0.9, lr_schedule="plateau")
     train(cfg)
