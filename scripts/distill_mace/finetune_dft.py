@@ -4,9 +4,16 @@ Runs in the project environment (mace-torch's own trainer, ``mace_run_train`` wi
 ``--foundation_model``; no MACE training code is written here)::
 
     nice -n 5 python scripts/distill_mace/finetune_dft.py                 # needs >= 50 structures
-    python scripts/distill_mace/finetune_dft.py --force --epochs 2 \\
-        --dft data/dft/catio3_dfpt.extxyz data/dft/catio3_dfpt_ecut40_k4.extxyz \\
+    python scripts/distill_mace/finetune_dft.py --force --epochs 2 --stage2 1 \\
         --work runs/finetune_smoke                                          # smoke test
+    python scripts/distill_mace/finetune_dft.py --resume                  # after a kill
+
+A ``--work`` folder that holds an earlier run (checkpoints) is refused unless ``--resume``
+is given, and a resume is refused when the data changed (the pipeline adds frames between
+a kill and a restart): mace-torch's ``--restart_latest`` would otherwise continue the old
+run, with its old E0s, on the new data.  Frames from different DFT settings (``--dft``
+files with another cutoff or k-point density) are refused: their energies differ by the
+basis-set error (~85 meV/atom between 30 and 40 Ha).
 
 Steps:
 
@@ -64,6 +71,12 @@ def load_frames(paths: list[str]) -> list:
             if all(k in r for k in ("energy", "forces", "stress")):
                 frames.append(a)
     return frames
+
+
+def _physics_settings(atoms) -> tuple:
+    """Cutoff and k-point density of a frame (what changes its energy scale)."""
+    d = json.loads(atoms.info.get("dft_settings") or "{}")
+    return d.get("ecut_Ha"), d.get("kpt_density")
 
 
 def is_valid_id(sid: str, fraction: float = 0.1) -> bool:
@@ -168,12 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in --work after a kill (same data; refused otherwise)")
     ap.add_argument("--study", default="data/dft/convergence.json",
                     help="convergence study whose cutoff axis gives the basis-set (Pulay) stress removed "
                          "from the DFT stress labels ('' keeps the raw ABINIT stress)")
     args, extra = ap.parse_known_args(argv)
     os.chdir(REPO)
     frames = load_frames(args.dft)
+    settings = {_physics_settings(a) for a in frames}
+    if len(settings) > 1:
+        print(f"--dft mixes frames of {len(settings)} DFT settings (cutoff / k-points); their energies "
+              "differ by the basis-set error: fine-tune on one setting")
+        return 1
     pulay_GPa = {}
     if args.study:  # 30 Ha leaves ~9 GPa of spurious pressure, far above the force field's own error
         from ase.units import GPa
@@ -201,9 +221,38 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    earlier = any((work / "checkpoints").glob("*")) if (work / "checkpoints").is_dir() else False
+    if earlier and not args.resume:
+        print(f"{work} holds an earlier fine-tuning run (checkpoints/): --resume to continue it, "
+              "or another --work")
+        return 1
+    texts = {}
     for name, fs in parts.items():
+        texts[name] = ""
         if fs:
-            write(work / f"{name}.xyz", labelled(fs), format="extxyz")
+            tmp = work / f".{name}.xyz.new"
+            write(tmp, labelled(fs), format="extxyz")
+            texts[name] = tmp.read_text()
+            tmp.unlink()
+
+    def old_text(name: str) -> str:
+        f = work / f"{name}.xyz"
+        return f.read_text() if f.is_file() else ""
+
+    if earlier:  # resume: the same frames, or mace-torch would continue on other data
+        changed = [n for n, t in texts.items() if old_text(n) != t]
+        if changed:
+            print(f"--resume refused: the {', '.join(changed)} frames differ from the run in {work} "
+                  "(new DFT frames since it started?); start a new --work")
+            return 1
+    for name, text in texts.items():
+        if parts[name]:
+            (work / f"{name}.xyz").write_text(text)
+    # a model file of an earlier run must not be taken for this run's (mace-torch writes
+    # the stage-two file only when stage two starts)
+    for stale in ("mace_catio3_dft.model", "mace_catio3_dft_stagetwo.model",
+                  "mace_catio3_dft_compiled.model", "mace_catio3_dft_stagetwo_compiled.model"):
+        (work / stale).unlink(missing_ok=True)
     c = energy_offset(args.model, parts["train"])
     foundation = work / "foundation_shifted.model"
     e0s = shifted_model(args.model, c, foundation)
@@ -227,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         "--ema", "--ema_decay", "0.99", "--amsgrad", "--lr", str(args.lr),
         "--batch_size", "2", "--valid_batch_size", "4", "--max_num_epochs", str(args.epochs),
         "--patience", "50", "--eval_interval", "1", "--error_table", "PerAtomRMSEstressvirials",
-        "--default_dtype", "float32", "--device", args.device, "--save_cpu", "--restart_latest",
-    ] + extra  # fmt: skip
+        "--default_dtype", "float32", "--device", args.device, "--save_cpu",
+    ] + (["--restart_latest"] if earlier else []) + extra  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     rc = subprocess.call(cmd, env=env)
     if rc != 0:

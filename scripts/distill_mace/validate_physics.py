@@ -337,7 +337,8 @@ def main(argv=None) -> None:
     if "npt" in args.checks:
         calc = force_field(args.md_dtype)
         result["npt"] = check_npt(calc, args.temperature_K, args.steps, args.timestep_fs, args.log_every,
-                                  Path("runs/mace_validation") / f"npt_{args.temperature_K:.0f}K.csv")
+                                  Path("runs/mace_validation")  # one log per model file
+                                  / f"{model['sha256'][:12]}_npt_{args.temperature_K:.0f}K.csv")
         result["npt"]["md_dtype"] = args.md_dtype
         save()
         print(json.dumps({k: v for k, v in result["npt"].items() if k != "log_csv"}))
