@@ -139,6 +139,10 @@ def mace_calculator(path: str | os.PathLike, *, device: str = "cpu", dtype: str 
     """
     import torch
 
+    # e3nn first, through the project's one scoped import: mace-torch imports it after setting
+    # the flag, and e3nn's torch.load of its constants then warns about the flag
+    import ase_born.models._e3nn  # noqa: F401
+
     previous = torch.get_default_dtype()
     environ_before = os.environ.get(_MACE_ENV_FLAG)
     try:

@@ -171,3 +171,12 @@ def test_default_force_field_loads_without_a_default_born_model(card, tmp_path, 
     assert type(ff).__name__ == "MACECalculator"
     with pytest.raises(RuntimeError, match="no default Born-charge model"):
         models.load_born_model(None)
+
+
+def test_loading_the_defaults_emits_no_user_warning(card):
+    """A fresh process loading both defaults prints no UserWarning (e3nn used to warn about
+    the environment flag mace-torch sets while importing it)."""
+    code = "from ase_born.defaults import load_default_calculator; load_default_calculator()"
+    proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
