@@ -174,9 +174,10 @@ def test_default_force_field_loads_without_a_default_born_model(card, tmp_path, 
 
 
 def test_loading_the_defaults_emits_no_user_warning(card):
-    """A fresh process loading both defaults prints no UserWarning (e3nn used to warn about
-    the environment flag mace-torch sets while importing it)."""
-    code = "from ase_born.defaults import load_default_calculator; load_default_calculator()"
+    """A fresh process loading the default force field first (as the CLI does) prints no
+    UserWarning (e3nn warned about the environment flag mace-torch sets while importing it)."""
+    code = ("from ase_born.defaults import load_force_field, load_default_calculator; "
+            "load_force_field(); load_default_calculator()")
     proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
