@@ -94,13 +94,16 @@ def check_pnma(calc) -> dict:
     res = relax(atoms, calc, fmax=1e-3, steps=1000, relax_cell=True)
     abc = atoms.cell.cellpar()[:3]
     ph, ndisp = _phonopy(atoms, calc, (1, 1, 1))
+    modes = gamma_modes(ph.get_frequencies((0, 0, 0)))
+    # real frequencies say "minimum" only at a converged stationary point
+    modes["local_minimum"] = bool(modes["local_minimum"] and res["converged"])
     return {
         "relax": res,
         "abc_A": abc.tolist(),
         "angles_deg": atoms.cell.cellpar()[3:].tolist(),
         "abc_rel_err_vs_experiment_pct": (100 * (abc / np.array(EXPERIMENT_PNMA_ABC) - 1)).tolist(),
         "abc_rel_err_vs_teacher_pct": (100 * (abc / np.array(TEACHER_PNMA_ABC) - 1)).tolist(),
-        **gamma_modes(ph.get_frequencies((0, 0, 0))),
+        **modes,
         "n_displacements": ndisp,
         "time_s": time.perf_counter() - t0,
     }
