@@ -167,11 +167,14 @@ def load_default_calculator(device: str = "cpu", dtype: str = "float64", **kwarg
     **kwargs
         Passed to :class:`~ase_born.calculators.field.BornFieldCalculator`
         (``field``, ``reference``, ``mode``, ...); ``epsilon_inf`` defaults to
-        the shipped value.
+        the shipped value, ``device`` / ``dtype`` (the conservative mode's torch terms) to
+        the models'.
     """
     from ase_born.calculators.field import BornFieldCalculator
 
     kwargs.setdefault("epsilon_inf", default_epsilon_inf())
+    kwargs.setdefault("device", device)  # the conservative mode's field terms: with the models
+    kwargs.setdefault("dtype", dtype)
     born = load_born_model(device=device, dtype=dtype)  # first: fails fast if none is shipped
     ff = load_force_field(device=device, dtype=dtype)
     return BornFieldCalculator(force_field=ff, born_model=born, **kwargs)

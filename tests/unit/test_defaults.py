@@ -181,3 +181,10 @@ def test_loading_the_defaults_emits_no_user_warning(card):
     proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_default_calculator_puts_its_field_terms_with_the_models(card):
+    """device/dtype reach the BornFieldCalculator too (its conservative-mode torch terms)."""
+    calc = defaults.load_default_calculator(device="cpu", dtype="float32")
+    assert (calc.device, calc.dtype) == ("cpu", "float32")
+    assert defaults.load_default_calculator(dtype="float32", device="cpu").dtype == "float32"
