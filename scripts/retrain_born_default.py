@@ -4,6 +4,7 @@
     python scripts/retrain_born_default.py              # retrains only when due (>= 50 % more)
     python scripts/retrain_born_default.py --check      # says whether it is due, changes nothing
     python scripts/retrain_born_default.py --force      # retrains anyway
+    python scripts/retrain_born_default.py --force --resume   # continues a killed retrain
 
 The card (``data/models/defaults.json``, ``born_model.training_structures``) records the
 structure IDs the shipped model was fitted to.  The training set now is every non-TEST
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only say whether a retrain is due")
     ap.add_argument("--force", action="store_true", help="retrain even if not due")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 beside the DFT pipeline)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue runs/born_default_<n> after a kill (ase-born train --resume)")
     ap.add_argument("--install", type=Path, default=None, metavar="RUN_DIR",
                     help="install an already finished training run instead of training")
     args = ap.parse_args(argv)
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     if out is None:
         out = REPO / "runs" / f"born_default_{len(ids)}"
         cmd = [sys.executable, "-m", "ase_born.cli.main", "train", str(args.config), "--device", "cpu",
-               "--threads", str(args.threads), "--out", str(out), "--quiet"]
+               "--threads", str(args.threads), "--out", str(out), "--quiet",
+               *(["--resume"] if args.resume else [])]
         print("+ " + " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=REPO)
     metrics = install(out, ids, args.config)
