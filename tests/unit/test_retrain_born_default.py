@@ -133,3 +133,23 @@ def test_check_says_whether_due(_script, capsys, monkeypatch, fitted_part):
     assert mod.main(["--check"]) == 0
     out = capsys.readouterr().out
     assert out == ("retrain due: " if due else "not due: ") + msg + "\n"
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_resume_reaches_the_trainer(_script, monkeypatch, resume):
+    """--resume continues a killed retrain (ase-born train --resume) instead of failing on
+    the existing run directory."""
+    mod = _script()
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        raise Stop
+
+    monkeypatch.setattr(mod.subprocess, "run", fake_run)
+    with pytest.raises(Stop):
+        mod.main(["--force", *(["--resume"] if resume else [])])
+    assert seen[0][3] == "train" and ("--resume" in seen[0]) == resume
