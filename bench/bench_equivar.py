@@ -20,9 +20,9 @@ the paper's O(N²) single-image neighbour construction
 (:func:`ase_born.models.graph.minimum_image_edges_baseline`) and the same weights through
 the stock e3nn tensor product (``tp_impl="e3nn"``), reported as
 ``baseline.ratio_infer = baseline total / ours total`` (and ``ratio_train`` for the training
-step up to ``--baseline-train-max-atoms``). The stock e3nn path takes ~30 s per forward
-pass of 160 atoms of BM2 on 2 CPU cores, so the CPU defaults keep it to 160 atoms and to
-inference; on CUDA the defaults go to 5120 atoms.
+step up to ``--baseline-train-max-atoms``). The stock e3nn path takes ~16 s per forward
+pass of 160 atoms of BM2 on 2 CPU cores (70 s for BM1; ``bench_equivar_cpu.json``), so the
+CPU defaults keep it to 160 atoms and to inference; on CUDA the defaults go to 5120 atoms.
 
 Results are printed and written to ``bench/results/bench_equivar_<device>.json``.
 
