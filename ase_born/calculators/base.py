@@ -68,14 +68,15 @@ class BornChargeModel:
 
 
 def check_born_charges(z: Any, n_atoms: int, source: str = "born model") -> np.ndarray:
-    """Validate a Born-charge array and return it as ``float64`` ``(n_atoms, 3, 3)``.
+    """Validate a Born-charge array and return it as a new ``float64`` ``(n_atoms, 3, 3)`` array
+    (a copy: callers may cache it without sharing memory with the model's own arrays).
 
     Raises
     ------
     ValueError
         Wrong shape or non-finite values, with a message naming ``source``.
     """
-    arr = np.asarray(z, dtype=float)
+    arr = np.array(z, dtype=float)  # copy
     if arr.shape != (n_atoms, 3, 3):
         raise ValueError(
             f"{source} returned Born charges of shape {arr.shape}; expected ({n_atoms}, 3, 3)"
