@@ -52,6 +52,24 @@ FieldSpec = Any  # 3-vector in V/Å, or callable t -> 3-vector in V/Å
 STATE_FORMAT = "ase_born.BornFieldCalculator.state/1"
 
 _MODES = ("direct", "conservative")
+
+
+def check_mode_settings(mode: Any, born_update_every: Any) -> None:
+    """The calculator's mode rules, also checked by the workflow configs before a run starts.
+
+    Raises
+    ------
+    ValueError
+        ``mode`` not in :data:`_MODES`, or ``"conservative"`` with ``born_update_every != 1``
+        (the exact gradient needs Z*(R) at the current positions).
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if mode == "conservative" and born_update_every != 1:
+        raise ValueError(
+            f"mode='conservative' requires born_update_every=1 (got {born_update_every}): the "
+            "exact gradient needs Z*(R) at the current positions"
+        )
 _PARAMETER_NAMES = (
     "field",
     "mode",
@@ -345,9 +363,7 @@ class BornFieldCalculator(Calculator):
             else:
                 clean["field"] = tuple(float(x) for x in validate_field(f, allow_large_field=allow))
         if "mode" in kwargs:
-            mode = kwargs["mode"]
-            if mode not in _MODES:
-                raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+            mode = kwargs["mode"]  # its value is checked with born_update_every below
             if mode == "conservative" and not getattr(self._born_model, "supports_torch", False):
                 raise TypeError(
                     f"mode='conservative' needs a differentiable torch level, but "
@@ -375,13 +391,10 @@ class BornFieldCalculator(Calculator):
             clean["epsilon_inf"] = eps
         if "parameters" in kwargs:
             clean["parameters"] = kwargs["parameters"]
-        mode = clean.get("mode", params.get("mode"))
-        k = clean.get("born_update_every", params.get("born_update_every"))
-        if mode == "conservative" and k != 1:
-            raise ValueError(
-                f"mode='conservative' requires born_update_every=1 (got {k}): the exact gradient "
-                "needs Z*(R) at the current positions"
-            )
+        check_mode_settings(
+            clean.get("mode", params.get("mode")),
+            clean.get("born_update_every", params.get("born_update_every")),
+        )
         changed = super().set(**clean)
         if changed:
             self.reset()

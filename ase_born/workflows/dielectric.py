@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 
 from ase_born import physics
+from ase_born.calculators.field import check_mode_settings
 from ase_born.conventions import (
     C_PER_M2_PER_E_PER_A2,
     EPSILON0,
@@ -217,14 +218,8 @@ class DielectricConfig(ConfigMixin):
         )
         if self.ensemble not in ("npt", "nvt"):
             raise ValueError(f"ensemble must be 'npt' or 'nvt', got {self.ensemble!r}")
-        if self.mode not in ("direct", "conservative"):
-            raise ValueError(f"mode must be 'direct' or 'conservative', got {self.mode!r}")
-        if self.mode == "conservative" and self.born_update_every != 1:
-            # checked here, before anything is written (the calculator checks it too)
-            raise ValueError(
-                f"mode='conservative' requires born_update_every=1 (got {self.born_update_every}):"
-                " the exact gradient needs Z*(R) at the current positions"
-            )
+        # the calculator's rules, checked here before anything is written
+        check_mode_settings(self.mode, self.born_update_every)
         if self.harmonic_method not in ("auto", "central", "phonopy"):
             raise ValueError(
                 f"harmonic_method must be auto, central or phonopy, got {self.harmonic_method!r}"

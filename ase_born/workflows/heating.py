@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ase_born.calculators.field import check_mode_settings
 from ase_born.conventions import C_PER_M2_PER_E_PER_A2, validate_field
 from ase_born.workflows import md
 from ase_born.workflows.analysis import (
@@ -194,14 +195,8 @@ class HeatingConfig(ConfigMixin):
                 )
             validate_field(arr, allow_large_field=self.allow_large_field, name="field_V_per_A")
             object.__setattr__(self, "field_V_per_A", tuple(float(x) for x in arr))
-        if self.mode not in ("direct", "conservative"):
-            raise ValueError(f"mode must be 'direct' or 'conservative', got {self.mode!r}")
-        if self.mode == "conservative" and self.born_update_every != 1:
-            # checked here, before anything is written (the calculator checks it too)
-            raise ValueError(
-                f"mode='conservative' requires born_update_every=1 (got {self.born_update_every}):"
-                " the exact gradient needs Z*(R) at the current positions"
-            )
+        # the calculator's rules, checked here before anything is written
+        check_mode_settings(self.mode, self.born_update_every)
 
     @property
     def n_ramp_steps(self) -> int:
