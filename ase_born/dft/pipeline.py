@@ -1049,9 +1049,12 @@ def _run_plan(
                             _dump_json(failures_file(output), failures)
                             counts["failed"] += 1
                         log(f"FAILED {sid}: {reason}")
-                        fast = time.time() - started[sid] < FAST_FAILURE_S
-                        streak = [*streak, sid] if fast and reason == streak_reason else [sid] if fast else []
-                        streak_reason = reason if fast else None
+                        if time.time() - started[sid] >= FAST_FAILURE_S:  # ABINIT ran: its own
+                            streak, streak_reason = [], None
+                        elif reason == streak_reason:
+                            streak.append(sid)
+                        else:
+                            streak, streak_reason = [sid], reason
                         if len(streak) >= SYSTEMATIC_FAILURES:
                             with lock:  # a setup problem, not these structures: not counted
                                 for f_sid in streak:

@@ -587,16 +587,16 @@ def _read_outcar(
     else:
         images = [load_structure(structure)]
         steps = [0 if meta["ibrion"] in PHONON_IBRION else -1]
+    n_steps = len(images) if structure is None else len(blocks)  # for the ε of each step
     frames = []
     for step in steps:
-        atoms = images[step if structure is None else 0]
+        atoms = images[step]  # with ``structure``: its one image (step 0 or -1)
         n = len(atoms)
         if blocks[step].shape[0] != n:
             raise ValueError(f"{path}: {blocks[step].shape[0]} Born-charge tensors for {n} atoms")
         if meta["nions"] is not None and meta["nions"] != n:
             raise ValueError(f"{path}: NIONS={meta['nions']} but the structure has {n} atoms")
         z = _orient(blocks[step], meta["ibrion"], born_rows, str(path))
-        n_steps = len(images) if structure is None else len(blocks)
         eps = _step_epsilon(meta["epsilon_blocks"], step, n_steps, meta["ibrion"])
         frames.append(build_frame(atoms, z, eps, **calculator_results(atoms)))
     return frames

@@ -13,6 +13,7 @@ from ase.data import chemical_symbols
 
 from ase_born.models.equivar import Equivar, enforce_asr
 from ase_born.models.graph import build_graph, collate
+from ase_born.physics import asr_project
 from ase_born.train.dataset import Batch, BornDataset, BornSample, collate_samples
 from ase_born.train.metrics import MetricAccumulator
 
@@ -173,7 +174,7 @@ def predict_born_charges(
             ptr = g.ptr.cpu().numpy()
             for s in range(len(chunk)):
                 zs = z[ptr[s] : ptr[s + 1]]
-                out.append(zs - zs.mean(axis=0) if asr else zs)
+                out.append(asr_project(zs) if asr else zs)
     finally:
         model.train(was_training)
     return out

@@ -165,6 +165,8 @@ def open_run_directory(
     their descriptions) and the device; a resume with other settings is refused by
     :class:`~ase_born.workflows.rundir.RunDirectory`.
     """
+    from ase_born.defaults import sha256
+
     check_structure_file(cfg.structure)
     settings = {
         "config": cfg.to_dict(),
@@ -172,18 +174,12 @@ def open_run_directory(
         or {"force_field": describe(force_field), "born_model": describe(born_model)},
         "device": device,
         # the structure is locked by content: the same file may be given by another path
-        "structure_sha256": None if cfg.structure is None else _file_sha256(cfg.structure),
+        "structure_sha256": None if cfg.structure is None else sha256(cfg.structure),
     }
     rd = RunDirectory(out, name, settings, overwrite=overwrite)
     if rd.resumed:
         log(f"resuming {rd.path} from its checkpoint")
     return rd
-
-
-def _file_sha256(path: Any) -> str:
-    from ase_born.defaults import sha256
-
-    return sha256(path)
 
 
 def resolve_fix_com(fix_com: bool | None, reference: Atoms, force_field: Any) -> bool:

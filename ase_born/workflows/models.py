@@ -64,17 +64,24 @@ _DEFAULTS_HINT = (
 )
 
 
-def _load_default(what: str, device: str, dtype: str) -> Any:
-    """``ase_born.defaults.<what>(device=, dtype=)``; a missing install is a RuntimeError with
-    a hint to pass explicit model files."""
+def _defaults_module() -> Any:
+    """:mod:`ase_born.defaults`, imported lazily; ``None`` if that module is missing."""
     try:
-        mod = importlib.import_module("ase_born.defaults")
+        return importlib.import_module("ase_born.defaults")
     except ModuleNotFoundError as exc:
         if exc.name != "ase_born.defaults":
             raise
+        return None
+
+
+def _load_default(what: str, device: str, dtype: str) -> Any:
+    """``ase_born.defaults.<what>(device=, dtype=)``; a missing install is a RuntimeError with
+    a hint to pass explicit model files."""
+    mod = _defaults_module()
+    if mod is None:
         raise RuntimeError(
             f"no default models: ase_born.defaults is not available. {_DEFAULTS_HINT}"
-        ) from None
+        )
     try:
         return getattr(mod, what)(device=device, dtype=dtype)
     except FileNotFoundError as exc:
@@ -98,11 +105,8 @@ def load_default_models(device: str = "cpu", dtype: str = "float64") -> tuple[An
 def default_epsilon_inf() -> Any:
     """ε∞ (3x3) shipped with the default models, or ``None`` (no defaults installed / no
     value in the card); a malformed card entry raises (``ValueError``), it is not ignored."""
-    try:
-        mod = importlib.import_module("ase_born.defaults")
-    except ModuleNotFoundError as exc:
-        if exc.name != "ase_born.defaults":
-            raise
+    mod = _defaults_module()
+    if mod is None:
         return None
     try:
         return mod.default_epsilon_inf()
