@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -227,13 +228,11 @@ def main(argv: list[str] | None = None) -> int:
               "or another --work")
         return 1
     texts = {}
-    for name, fs in parts.items():
-        texts[name] = ""
+    for name, fs in parts.items():  # the label files as text: compared on resume, then written
+        buf = io.StringIO()
         if fs:
-            tmp = work / f".{name}.xyz.new"
-            write(tmp, labelled(fs), format="extxyz")
-            texts[name] = tmp.read_text()
-            tmp.unlink()
+            write(buf, labelled(fs), format="extxyz")
+        texts[name] = buf.getvalue()
 
     def old_text(name: str) -> str:
         f = work / f"{name}.xyz"
