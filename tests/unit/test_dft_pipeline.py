@@ -672,27 +672,19 @@ def test_carried_structures_run_before_plan_order(tmp_path):
 def test_deadline_check_counts_only_the_work_left(tmp_path):
     """A run directory that keeps its ground-state wavefunctions needs only a field direction
     before the deadline; without them the ground state counts too."""
-    base = read_abinit_output(DATA / "gs.abo")
-    settings = AbinitSettings()
-    a = base.copy()
-    a.info.update(structure_id="s1", kind="cubic5", split="train")
-    out, work = tmp_path / "data.xyz", tmp_path / "runs"
-    measured = base.copy()
-    measured.info.update(structure_id="s0", kind="cubic5", split="train")
-    write_frames(tmp_path / "plan.xyz", [measured, a])
-    measured.info.update(wall_s=1000.0, mpi_ranks=2, kpts=np.array(settings.kmesh(base)))
-    write_frames(out, measured)
+    plan, out, settings = _measured_plan(tmp_path, n=2)
+    work = tmp_path / "runs"
     # 1000 s per structure: GS + one direction = 500 s, x1.2 = 600 s; one direction alone 360 s
     messages = []
     fake = FakeAbinit()
-    run_plan(tmp_path / "plan.xyz", out, work, settings=settings, runner=fake, log=messages.append,
+    run_plan(plan, out, work, settings=settings, runner=fake, log=messages.append,
              deadline=400.0, clock=lambda: 0.0, carry=None)
     assert fake.calls == [] and any(m.startswith("defer s1:") for m in messages)
     (work / "s1").mkdir(parents=True)
     for name in ("gs.done", "gs_o_WFK"):
         (work / "s1" / name).write_text("1\n")
     messages.clear()
-    run_plan(tmp_path / "plan.xyz", out, work, settings=settings, runner=fake, log=messages.append,
+    run_plan(plan, out, work, settings=settings, runner=fake, log=messages.append,
              deadline=400.0, clock=lambda: 0.0, carry=None)
     assert fake.calls == ["s1"]
     (start,) = [m for m in messages if m.startswith("start s1")]
