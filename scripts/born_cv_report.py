@@ -11,12 +11,17 @@ the fold model that did not train on it (its validation fold); TEST frames are n
 (sum rule applied to prediction and DFPT, the trainer's definition), the MAE per structure
 kind and per species, and the structures with the largest error.  The fold models are the
 best-validation epochs of their folds, so the numbers are optimistic in the same way for
-every recipe: compare recipes, do not quote them as test errors.
+every recipe: compare recipes, do not quote them as test errors.  ``--last-epoch`` uses
+each fold's final weights instead (``checkpoints/last.pt`` at the configured last epoch):
+what a fixed-epoch final fit (``val_fraction: 0``) ships, without the selection on the
+validation folds; it also prints the fold-mean validation MAE along the training
+(``log.csv``), to compare learning-rate schedules and epoch counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -28,11 +33,38 @@ sys.path.insert(0, str(REPO))
 
 from ase_born.calculators.equivar import EquivarCalculator
 from ase_born.io.extxyz import get_born_charges, read_frames
+from ase_born.models.equivar import Equivar
+from ase_born.train.checkpoint import eval_state, load_checkpoint
 from ase_born.train.dataset import correct_asr, split_tag
 
 
-def cv_errors(run: Path, frames: dict) -> dict[str, np.ndarray]:
-    """Structure ID -> |ΔZ*| (n_atoms, 3, 3) from the fold model that validated it."""
+def last_epoch_model(fold: Path) -> Equivar:
+    """The fold's weights after its last configured epoch (``checkpoints/last.pt``)."""
+    ckpt = load_checkpoint(fold / "checkpoints" / "last.pt")
+    epochs = int(ckpt["train_config"]["epochs"])
+    if int(ckpt["epoch"]) != epochs:
+        raise SystemExit(f"{fold}: checkpoints/last.pt is from epoch {ckpt['epoch']}, not the last "
+                         f"({epochs}); --last-epoch needs checkpoint_every dividing epochs")
+    model = Equivar.from_config(ckpt["model_config"], dtype=ckpt["model_dtype"])
+    model.load_state_dict(eval_state(ckpt), strict=True)
+    model.elements = tuple(int(z) for z in ckpt["elements"])
+    return model
+
+
+def val_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Epochs and the validation MAE averaged over the folds (each fold's ``log.csv``)."""
+    curves = []
+    for fold in sorted(run.glob("fold_*")):
+        rows = list(csv.DictReader((fold / "log.csv").open()))
+        curves.append([(int(r["epoch"]), float(r["val_mae"])) for r in rows])
+    n = min(len(c) for c in curves)
+    arr = np.array([c[:n] for c in curves])  # (folds, epochs, 2)
+    return arr[0, :, 0].astype(int), arr[:, :, 1].mean(axis=0)
+
+
+def cv_errors(run: Path, frames: dict, last_epoch: bool = False) -> dict[str, np.ndarray]:
+    """Structure ID -> |ΔZ*| (n_atoms, 3, 3) from the fold model that validated it
+    (its best-validation epoch, or with ``last_epoch`` its final weights)."""
     out: dict[str, np.ndarray] = {}
     folds = sorted(run.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
     if not folds:
@@ -54,7 +86,8 @@ def cv_errors(run: Path, frames: dict) -> dict[str, np.ndarray]:
         if status != "completed":
             raise SystemExit(f"{fold}: fold not completed (status {status}); resume the run")
     for fold in folds:
-        calc = EquivarCalculator(fold / "model.pt", dtype="float64", asr=True)
+        model = last_epoch_model(fold) if last_epoch else fold / "model.pt"
+        calc = EquivarCalculator(model, dtype="float64", asr=True)
         for sid in json.loads((fold / "splits.json").read_text())["val"]:
             f = frames[sid]
             if split_tag(f) == "test":
@@ -69,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--data", type=Path, default=REPO / "data" / "dft" / "catio3_dfpt.extxyz")
     ap.add_argument("--worst", type=int, default=4)
+    ap.add_argument("--last-epoch", action="store_true",
+                    help="each fold's final weights instead of its best-validation epoch")
     args = ap.parse_args(argv)
     frames = {str(f.info["structure_id"]): f for f in read_frames(args.data)}
     for run in args.runs:
-        err = cv_errors(run, frames)
+        err = cv_errors(run, frames, args.last_epoch)
         allerr = np.concatenate([e.reshape(-1) for e in err.values()])
         kinds: dict[str, list] = {}
         species: dict[str, list] = {}
@@ -81,7 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             for sym, ek in zip(frames[sid].get_chemical_symbols(), e):
                 species.setdefault(sym, []).append(ek.reshape(-1))
         per_structure = sorted(((float(e.mean()), sid) for sid, e in err.items()), reverse=True)
-        print(f"{run}: {len(err)} structures, CV MAE {allerr.mean():.4f} e")
+        which = "last epoch" if args.last_epoch else "best-validation epochs"
+        print(f"{run}: {len(err)} structures, CV MAE {allerr.mean():.4f} e ({which})")
+        if args.last_epoch:
+            epochs, curve = val_curve(run)
+            marks = np.unique(np.linspace(0, len(epochs) - 1, 6).round().astype(int))[1:]
+            print("  fold-mean val MAE at epoch " + ", ".join(
+                f"{epochs[i]} {curve[i]:.4f}" for i in marks) + f"; minimum {curve.min():.4f} "
+                f"at {epochs[int(curve.argmin())]}")
         print("  per kind: " + ", ".join(f"{k} {np.concatenate(v).mean():.4f} ({len(v)})"
                                          for k, v in sorted(kinds.items())))
         print("  per species: " + ", ".join(f"{k} {np.concatenate(v).mean():.4f}" for k, v in sorted(species.items())))

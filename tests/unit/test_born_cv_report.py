@@ -35,3 +35,53 @@ def test_an_interrupted_cross_validation_is_refused(tmp_path):
     (run / "fold_1" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
     with pytest.raises(SystemExit, match="fold_1: fold not completed"):
         mod.cv_errors(run, {})
+
+
+def test_last_epoch_reports_each_folds_final_weights(tmp_path):
+    """--last-epoch: each fold's weights after its last epoch (what a fixed-epoch final fit
+    ships), not its best-validation epoch; the fold-mean validation curve is log.csv's."""
+    import csv
+    import sys
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train_helpers import DATA, tiny_train_config
+
+    from ase_born.io.extxyz import get_born_charges, read_frames
+    from ase_born.models.equivar import Equivar
+    from ase_born.train.dataset import correct_asr
+    from ase_born.train.trainer import train
+
+    torch.set_num_threads(1)
+    mod = _module()
+    run = tmp_path / "cv"
+    train(tiny_train_config(run, folds=2, epochs=4, checkpoint_every=2, batch_size=8, lr=0.1))
+    frames = {str(f.info["structure_id"]): f for f in read_frames(DATA)}
+    last = mod.last_epoch_model(run / "fold_0")
+    best = Equivar.load(run / "fold_0" / "model.pt")
+    sid = json.loads((run / "fold_0" / "splits.json").read_text())["val"][0]
+    err_last = mod.cv_errors(run, frames, last_epoch=True)[sid]
+    err_best = mod.cv_errors(run, frames)[sid]
+    ref = correct_asr(get_born_charges(frames[sid]))
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    z_last = EquivarCalculator(last, dtype="float64").get_born_charges(frames[sid])
+    np.testing.assert_allclose(err_last, np.abs(z_last - ref), atol=1e-12)
+    rows = list(csv.DictReader((run / "fold_0" / "log.csv").open()))
+    best_epoch = min(range(1, 5), key=lambda e: float(rows[e]["val_mae"]))
+    assert best_epoch != 4  # (lr 0.1: fold 0 is best at epoch 3) so the reports differ
+    assert not np.allclose(err_last, err_best)
+    assert set(best.elements) == set(last.elements)
+    epochs, curve = mod.val_curve(run)
+    folds = [[float(r["val_mae"]) for r in csv.DictReader((run / f"fold_{k}" / "log.csv").open())]
+             for k in (0, 1)]
+    assert list(epochs) == list(range(5))
+    np.testing.assert_allclose(curve, np.mean(folds, axis=0))
+    # a checkpoint that is not the last epoch's is refused, not reported as the final fit
+    ck = torch.load(run / "fold_1" / "checkpoints" / "last.pt", weights_only=True)
+    ck["epoch"] = 2
+    torch.save(ck, run / "fold_1" / "checkpoints" / "last.pt")
+    with pytest.raises(SystemExit, match="from epoch 2, not the last"):
+        mod.cv_errors(run, frames, last_epoch=True)
