@@ -530,9 +530,17 @@ class Progress:
 
 
 #: this many structures failing in a row, each within :data:`FAST_FAILURE_S` of its start and
-#: with the same reason, stop a call as a setup problem (their failures are not recorded)
+#: with the same reason, stop a call as a setup problem (their failures are kept flagged
+#: ``setup_suspect`` and not counted, unless the same structures already failed so in an
+#: earlier call: then they are their own failures, counted, and the call goes on)
 SYSTEMATIC_FAILURES = 3
 FAST_FAILURE_S = 60.0
+
+
+def counted_attempts(attempts: list[dict]) -> int:
+    """Failed attempts that count towards ``max_attempts`` (not those of a first
+    fast identical streak, flagged ``setup_suspect``)."""
+    return sum(not a.get("setup_suspect") for a in attempts)
 
 
 class SystematicFailure(RuntimeError):
@@ -730,7 +738,10 @@ def run_plan(
     SystematicFailure
         :data:`SYSTEMATIC_FAILURES` structures in a row failed within
         :data:`FAST_FAILURE_S` for the same reason (a setup problem): the call stops and
-        those failures are not recorded (the structures stay pending).
+        those failures are recorded flagged ``setup_suspect``, not counted (the structures
+        stay pending).  When the same structures fail so again in a later call, the
+        failures are theirs: counted, and the call goes on with the rest of the plan (a
+        structure that always fails fast cannot block the plan).
     """
     settings = settings or AbinitSettings()
     workdir, output = Path(workdir), Path(output)
@@ -791,10 +802,10 @@ def _run_plan(
         a
         for a in plan
         if a.info["structure_id"] not in done
-        and len(failures.get(a.info["structure_id"], [])) < max_attempts
+        and counted_attempts(failures.get(a.info["structure_id"], [])) < max_attempts
         and (only_ids is None or a.info["structure_id"] in only_ids)
     ]
-    skipped = sum(len(failures.get(a.info["structure_id"], [])) >= max_attempts for a in plan
+    skipped = sum(counted_attempts(failures.get(a.info["structure_id"], [])) >= max_attempts for a in plan
                   if a.info["structure_id"] not in done)
     n_done = len(done & {a.info["structure_id"] for a in plan})  # frames outside the plan (conv_cubic) not counted
     model = CostModel(ranks=ranks)
@@ -1056,17 +1067,27 @@ def _run_plan(
                         else:
                             streak, streak_reason = [sid], reason
                         if len(streak) >= SYSTEMATIC_FAILURES:
-                            with lock:  # a setup problem, not these structures: not counted
-                                for f_sid in streak:
-                                    failures[f_sid].pop()
-                                    if not failures[f_sid]:
-                                        del failures[f_sid]
-                                _dump_json(failures_file(output), failures)
-                                counts["failed"] -= len(streak)
-                            systematic = (f"{len(streak)} structures in a row ({', '.join(streak)}) failed "
-                                          f"within {FAST_FAILURE_S:.0f} s with the same reason: {reason}")
+                            with lock:
+                                repeated = all(
+                                    any(a.get("setup_suspect") and a["reason"] == failures[f][-1]["reason"]
+                                        for a in failures[f][:-1])
+                                    for f in streak
+                                )
+                                if not repeated:  # a setup problem, not these structures: not counted
+                                    for f_sid in streak:
+                                        failures[f_sid][-1]["setup_suspect"] = True
+                                    _dump_json(failures_file(output), failures)
+                                    counts["failed"] -= len(streak)
+                            what = (f"{len(streak)} structures in a row ({', '.join(streak)}) failed "
+                                    f"within {FAST_FAILURE_S:.0f} s with the same reason: {reason}")
+                            streak, streak_reason = [], None
+                            if repeated:
+                                log(f"{what}, as in an earlier call: their own failures (counted); "
+                                    "going on with the rest of the plan")
+                                continue
+                            systematic = what
                             log(f"stopping: {systematic}; a setup problem, so these failures are not "
-                                "recorded against the structures")
+                                "counted against the structures (they are if it happens again)")
                             stop.set()
                         continue
                     streak, streak_reason = [], None
@@ -1121,7 +1142,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
             c = f.info["cpu_s"] if "cpu_s" in f.info else cpu_seconds(Path(workdir) / sid)
             if c is not None:
                 cpu[kind].append(float(c))
-        elif sid in failures:
+        elif counted_attempts(failures.get(sid, [])):
             rows[kind]["failed"] += 1
         elif (Path(workdir) / sid / "gs.done").is_file() or (Path(workdir) / sid / "gs.abi").is_file():
             rows[kind]["in_progress"] += 1
@@ -1151,7 +1172,8 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
         "extra": sorted(set(done) - planned),  # frames not from the plan (e.g. the convergence cell)
         "kinds": summary,
         "max_asr_violation_per_formula_unit_e": float(max(asr)) if asr else None,
-        "failures": {k: v[-1]["reason"] for k, v in failures.items()},
+        "failures": {k: v[-1]["reason"] + (" (setup suspect: not counted)" if v[-1].get("setup_suspect") else "")
+                     for k, v in failures.items()},
         "partial": partial,
         "kept_ground_state": kept_gs,
     }

@@ -1419,9 +1419,10 @@ def test_missing_abinit_or_pseudopotential_fails_before_any_structure(tmp_path, 
     assert not (out.parent / "failures.json").exists() and not out.exists()
 
 
-def test_fast_identical_failures_stop_the_call_unrecorded(tmp_path, monkeypatch):
+def test_fast_identical_failures_stop_the_call_uncounted(tmp_path, monkeypatch):
     """Three structures failing in a row within seconds for the same reason are a setup
-    problem: the call stops, nothing is recorded, and a later call runs them all."""
+    problem: the call stops, the failures are kept flagged but not counted, and a later
+    call runs them all."""
     from ase_born.dft import pipeline
 
     plan = _fake_plan(tmp_path, n=4)
@@ -1432,7 +1433,11 @@ def test_fast_identical_failures_stop_the_call_unrecorded(tmp_path, monkeypatch)
         run_plan(plan, out, tmp_path / "runs", runner=fake, log=messages.append)
     assert fake.calls == ["s0", "s1", "s2"]
     failures = out.parent / "failures.json"
-    assert not failures.exists() or json.loads(failures.read_text()) == {}
+    recorded = json.loads(failures.read_text())
+    assert sorted(recorded) == ["s0", "s1", "s2"]
+    assert all(a["setup_suspect"] for v in recorded.values() for a in v)
+    assert all(pipeline.counted_attempts(v) == 0 for v in recorded.values())
+    assert sum(k.get("failed", 0) for k in status(plan, out, tmp_path / "runs")["kinds"].values()) == 0
     assert any(m.startswith("stopping: 3 structures in a row") for m in messages)
     fake = FakeAbinit()
     assert run_plan(plan, out, tmp_path / "runs", runner=fake, log=lambda m: None)["finished"] == 4
@@ -1443,6 +1448,35 @@ def test_fast_identical_failures_stop_the_call_unrecorded(tmp_path, monkeypatch)
                       log=lambda m: None)
     assert counts["failed"] == 4
     assert len(json.loads((out2.parent / "failures.json").read_text())) == 4
+
+
+def test_structures_that_always_fail_fast_do_not_block_the_plan(tmp_path):
+    """The same three structures failing fast again in a later call are their own failures
+    (an SCF that never converges, not a setup problem): counted, and the call goes on; they
+    are skipped after max_attempts (every call used to stop at them, the plan never moved)."""
+    from ase_born.dft import pipeline
+
+    plan = _fake_plan(tmp_path, n=5)
+    out = tmp_path / "data" / "dft.xyz"
+    bad = {"s0", "s1", "s2"}
+    fake = FakeAbinit(fail_ids=bad)
+    with pytest.raises(pipeline.SystematicFailure):
+        run_plan(plan, out, tmp_path / "runs", runner=fake, log=lambda m: None)
+    assert fake.calls == ["s0", "s1", "s2"]
+    messages = []
+    fake = FakeAbinit(fail_ids=bad)
+    counts = run_plan(plan, out, tmp_path / "runs", runner=fake, log=messages.append)
+    assert fake.calls == ["s0", "s1", "s2", "s3", "s4"] and counts["finished"] == 2
+    assert any("as in an earlier call: their own failures" in m for m in messages)
+    recorded = json.loads((out.parent / "failures.json").read_text())
+    assert all(pipeline.counted_attempts(recorded[s]) == 1 for s in bad)
+    fake = FakeAbinit(fail_ids=bad)  # third call: counted again, now max_attempts (2) reached
+    run_plan(plan, out, tmp_path / "runs", runner=fake, log=lambda m: None)
+    assert fake.calls == ["s0", "s1", "s2"]
+    fake = FakeAbinit(fail_ids=bad)
+    counts = run_plan(plan, out, tmp_path / "runs", runner=fake, log=lambda m: None)
+    assert fake.calls == [] and counts["skipped"] == 3
+    assert sum(k.get("failed", 0) for k in status(plan, out, tmp_path / "runs")["kinds"].values()) == 3
 
 
 def _measured_plan(tmp_path, n=3):
