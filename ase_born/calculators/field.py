@@ -570,9 +570,7 @@ class BornFieldCalculator(Calculator):
             "time": float(self.time),
             "field_work": float(self.field_work),
             "n_updates": int(self._n_updates),
-            "last_config": None
-            if self._last_positions is None
-            else {"positions": self._last_positions.tolist(), "cell": self._last_cell.tolist()},
+            "last_config": self._last_config_state(),
             "born_cache": None
             if self._z_raw is None
             else {
@@ -646,16 +644,26 @@ class BornFieldCalculator(Calculator):
         self._n_updates = int(state.get("n_updates", 0))
         self._z_update = self._n_updates
         last = state.get("last_config")
-        if last is not None:
-            self._restored_config = (
-                np.asarray(last["positions"], dtype=float).reshape(-1, 3),
-                np.asarray(last["cell"], dtype=float).reshape(3, 3),
-            )
+        self._restored_config = None if last is None else (
+            np.asarray(last["positions"], dtype=float).reshape(-1, 3),
+            np.asarray(last["cell"], dtype=float).reshape(3, 3),
+        )
         cache = state.get("born_cache")
         if cache is not None and self.parameters["mode"] == "direct":
             self._z_raw = np.asarray(cache["z_raw"], dtype=float).reshape(-1, 3, 3)
             self._z_update = int(cache["z_update"])
             self._z_pbc = np.asarray(cache["pbc"], dtype=bool)
+
+    def _last_config_state(self) -> dict | None:
+        """The last calculated structure, or the restored one when nothing was calculated
+        since :meth:`set_state` (a state saved right after a restore keeps it)."""
+        if self._last_positions is not None:
+            pos, cell = self._last_positions, self._last_cell
+        elif self._restored_config is not None:
+            pos, cell = self._restored_config
+        else:
+            return None
+        return {"positions": pos.tolist(), "cell": cell.tolist()}
 
     def save_state(self, path: str | os.PathLike) -> None:
         """Write :meth:`get_state` as JSON to ``path`` (atomically)."""

@@ -619,6 +619,39 @@ def test_restored_state_refreshes_born_charges_of_a_moved_structure():
         np.testing.assert_allclose(atoms.get_forces(), fresh.get_forces(atoms.copy()), atol=1e-12)
 
 
+def test_state_saved_right_after_a_restore_keeps_the_last_configuration():
+    """restore -> save (nothing calculated in between) -> restore keeps last_config (it was
+    dropped, so a moved structure kept the old Z*); set_state on a calculator that already
+    calculated another structure counts configurations from the state's (set_reference
+    forgets the calculator's own last structure)."""
+    ref = _cell()
+    x, y = _displaced(ref, 0.1, seed=1), _displaced(ref, 0.1, seed=2)
+    calc = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
+    x.calc = calc
+    x.get_forces()
+    state = json.loads(json.dumps(calc.get_state()))
+    mid = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
+    mid.set_state(state)
+    resaved = json.loads(json.dumps(mid.get_state()))
+    assert resaved["last_config"] == state["last_config"]
+    new = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
+    new.set_state(resaved)
+    a = y.copy()
+    a.calc = new
+    want = physics.asr_project(SmoothBorn().get_born_charges(y))
+    np.testing.assert_allclose(new.get_property("born_effective_charges", a), want, atol=1e-12)
+    # a used calculator: the exact resume at the saved structure adds no configuration
+    used = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
+    b = y.copy()
+    b.calc = used
+    b.get_forces()
+    used.set_state(state)
+    c = x.copy()
+    c.calc = used
+    c.get_forces()
+    assert used.get_state()["n_updates"] == state["n_updates"]
+
+
 def test_lowering_born_update_every_refreshes_stale_born_charges():
     """After set(born_update_every=1) the current structure's Z* is used at once (it kept the
     Z* of up to k-1 configurations back until the next new configuration)."""
