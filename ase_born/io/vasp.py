@@ -280,10 +280,25 @@ def read_vasprun_frames(path: str | os.PathLike, *, born_rows: BornRows | None =
     relaxation with LCALCEPS), else ``[read_vasprun(path)]``.
 
     Each frame pairs a step's structure, energy, forces and stress with that step's Born
-    charges and, when present, its own ε∞ (module docstring, "Which ionic step").
-    Parameters, errors and warnings as :func:`read_vasprun`.
+    charges and, when present, its own ε∞ (module docstring, "Which ionic step").  The
+    steps of one file are one trajectory: :func:`one_trajectory` gives them one
+    ``structure_id``.  Parameters, errors and warnings as :func:`read_vasprun`.
     """
-    return _read_vasprun(path, born_rows, all_steps=True)
+    return one_trajectory(_read_vasprun(path, born_rows, all_steps=True), path)
+
+
+def one_trajectory(frames: list[Atoms], path: str | os.PathLike) -> list[Atoms]:
+    """Mark the frames of several ionic steps of one file as one structure for splitting:
+    ``info["structure_id"]`` = the path as given (kept when already set), and
+    ``info["ionic_step"]`` = the step index.  Consecutive MD/relaxation steps are nearly
+    the same structure; with an ID each they could land on both sides of a train/validation
+    split or of the TEST split (CONVENTIONS.md: splits by structure ID).  A single frame is
+    left as it is."""
+    if len(frames) > 1:
+        for step, atoms in enumerate(frames):
+            atoms.info.setdefault("structure_id", str(path))
+            atoms.info["ionic_step"] = step
+    return frames
 
 
 def _vasprun_step_epsilons(path: str | os.PathLike) -> list[np.ndarray | None]:
@@ -549,10 +564,10 @@ def read_outcar_frames(
 
     Each frame pairs a step's structure, energy, forces and stress with that step's Born
     block and, when ε is printed at every step, its own ε∞ (module docstring, "Which ionic
-    step").  With ``structure`` there is one frame.  Parameters, errors and warnings as
-    :func:`read_outcar`.
+    step").  With ``structure`` there is one frame.  The steps share one ``structure_id``
+    (:func:`one_trajectory`).  Parameters, errors and warnings as :func:`read_outcar`.
     """
-    return _read_outcar(path, structure, born_rows, all_steps=True)
+    return one_trajectory(_read_outcar(path, structure, born_rows, all_steps=True), path)
 
 
 def _read_outcar(
@@ -609,6 +624,7 @@ __all__ = [
     "PHONON_IBRION",
     "OutcarGeometryError",
     "is_outcar_born_header",
+    "one_trajectory",
     "parse_outcar_born_epsilon",
     "read_outcar",
     "read_outcar_frames",

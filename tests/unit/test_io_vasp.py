@@ -626,6 +626,44 @@ def test_outcar_frames_one_per_labelled_step(tmp_path):
         assert len(read_outcar_frames(path)) == 1
 
 
+def test_steps_of_one_file_are_one_structure_for_splits(tmp_path):
+    """The ionic steps of one MD/relaxation file share one structure_id (the path), each with
+    its ionic_step, so a split by structure keeps them together (each step had its own
+    "file#k" ID, and correlated steps landed on both sides); an ID already set is kept and a
+    single-frame file is left alone. They survive an extxyz round trip (ase-born convert)."""
+    from ase_born.cli.main import main
+    from ase_born.io import read_dataset
+    from ase_born.io.extxyz import read_frames
+    from ase_born.io.vasp import one_trajectory, read_outcar_frames, read_vasprun_frames
+    from ase_born.train.dataset import BornDataset, split_by_structure
+
+    z2 = nonsymmetric_born(5, 12)
+    outcar = tmp_path / "md" / "OUTCAR"
+    outcar.parent.mkdir()
+    outcar.write_text(_outcar_two_steps(2, True, z2=z2)[0])
+    vasprun = tmp_path / "vasprun.xml"
+    vasprun.write_text(_vasprun_two_labelled_steps(0)[0])
+    for path, frames in ((outcar, read_outcar_frames(outcar)), (vasprun, read_vasprun_frames(vasprun))):
+        assert [f.info["structure_id"] for f in frames] == [str(path)] * 2
+        assert [f.info["ionic_step"] for f in frames] == [0, 1]
+    frames = read_dataset([outcar, vasprun])
+    ids = BornDataset.from_frames(frames, r_max=5.0, source="x").structure_ids
+    assert ids == [str(outcar)] * 2 + [str(vasprun)] * 2
+    train, val = split_by_structure(ids, val_fraction=0.5, seed=0)
+    assert sorted(train) in ([0, 1], [2, 3]) and sorted(val) in ([0, 1], [2, 3])
+    out = tmp_path / "md.extxyz"
+    assert main(["convert", str(outcar), "-o", str(out)]) == 0
+    back = read_frames(out)
+    assert [(f.info["structure_id"], f.info["ionic_step"]) for f in back] == [(str(outcar), 0), (str(outcar), 1)]
+    one = read_outcar_frames(outcar)[:1]
+    one[0].info.pop("structure_id")
+    assert "structure_id" not in one_trajectory(one, outcar)[0].info
+    tagged = read_outcar_frames(outcar)
+    for f in tagged:
+        f.info["structure_id"] = "mine"
+    assert {f.info["structure_id"] for f in one_trajectory(tagged, outcar)} == {"mine"}
+
+
 def test_outcar_phonon_run_takes_epsilon_of_the_reference_step(tmp_path):
     """IBRION=6 with ε printed at each step: Z* and ε∞ both from the reference (first)."""
     atoms, z, eps, *_ = _case(11)
