@@ -448,7 +448,7 @@ def epsilon_ion_finite_field_error(
 
 
 def fluctuation_scale(volume: float, temperature_K: float) -> float:
-    """Normalisation ``Ω ε0 k_B T`` (e·Å) of the zero-field fluctuation formulas.
+    """Normalisation ``Ω ε0 k_B T`` (e²·Å²) of the zero-field fluctuation formulas.
 
     ``ε_ion = Ω ⟨δP δP⟩ / (ε0 k_B T) = ⟨δd δd⟩ / (Ω ε0 k_B T)``; for NpT pass ``⟨Ω⟩``.
     Errors of the dipole covariance (e²Å²) become errors of ε by dividing by this value.

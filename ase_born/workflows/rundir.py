@@ -246,7 +246,7 @@ class RunDirectory:
     def _start(self, sfile: Path, overwrite: bool) -> None:
         if overwrite:  # under the lock: never delete a directory another process is writing
             for p in self.path.iterdir():
-                if p.is_dir():
+                if p.is_dir() and not p.is_symlink():  # a link is removed, not what it points to
                     shutil.rmtree(p)
                 elif p.name != LOCK_FILE:
                     p.unlink()

@@ -281,6 +281,22 @@ def test_one_process_per_run_directory(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "settings.json"]
 
 
+def test_overwrite_removes_links_not_what_they_point_to(tmp_path):
+    """--overwrite with a symlink to a directory inside the run directory: the link goes,
+    its target stays (rmtree refused the link and stopped halfway, settings.json deleted)."""
+    from ase_born.workflows.rundir import RunDirectory
+
+    RunDirectory(tmp_path / "run", "heat", {"config": {"a": 1}}).release()
+    keep = tmp_path / "data"
+    keep.mkdir()
+    (keep / "f.txt").write_text("x")
+    (tmp_path / "run" / "link_to_data").symlink_to(keep)
+    (tmp_path / "run" / "sub").mkdir()
+    RunDirectory(tmp_path / "run", "heat", {"config": {"a": 2}}, overwrite=True).release()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "settings.json"]
+    assert (keep / "f.txt").read_text() == "x"
+
+
 def test_resume_accepts_the_same_files_by_another_path_and_new_analysis_options(tmp_path):
     """Model and structure files are locked by content: another path to the same file
     resumes, another content does not. Options that only change when checkpoints are
