@@ -11,7 +11,8 @@ Runs in the project environment (mace-torch's own trainer, ``mace_run_train`` wi
 A ``--work`` folder that holds an earlier run (checkpoints) is refused unless ``--resume``
 is given, and a resume is refused when the data changed (the pipeline adds frames between
 a kill and a restart): mace-torch's ``--restart_latest`` would otherwise continue the old
-run, with its old E0s, on the new data.  Frames from different DFT settings (``--dft``
+run, with its old E0s, on the new data; so is a resume with another base model, learning
+rate, epoch counts or extra arguments (``WORK/finetune_settings.json``).  Frames from different DFT settings (``--dft``
 files with another cutoff or k-point density) are refused: their energies differ by the
 basis-set error (~85 meV/atom between 30 and 40 Ha).
 
@@ -238,12 +239,24 @@ def main(argv: list[str] | None = None) -> int:
         f = work / f"{name}.xyz"
         return f.read_text() if f.is_file() else ""
 
+    # the run's own settings: a resume continues the same recipe from the same base model
+    run_settings = {"model_sha256": hashlib.sha256(Path(args.model).read_bytes()).hexdigest(),
+                    "epochs": args.epochs, "stage2": args.stage2, "lr": args.lr,
+                    "study": args.study, "extra": extra}  # fmt: skip
+    settings_file = work / "finetune_settings.json"
     if earlier:  # resume: the same frames, or mace-torch would continue on other data
         changed = [n for n, t in texts.items() if old_text(n) != t]
         if changed:
             print(f"--resume refused: the {', '.join(changed)} frames differ from the run in {work} "
                   "(new DFT frames since it started?); start a new --work")
             return 1
+        old = json.loads(settings_file.read_text()) if settings_file.is_file() else run_settings
+        if old != run_settings:  # (a run from before this record: not checked)
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in run_settings.items() if old.get(k) != v)
+            print(f"--resume refused: {work} was started with other settings ({diff}); "
+                  "resume with the same ones, or start a new --work")
+            return 1
+    settings_file.write_text(json.dumps(run_settings, indent=1) + "\n")
     for name, text in texts.items():
         if parts[name]:
             (work / f"{name}.xyz").write_text(text)

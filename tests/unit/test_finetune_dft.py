@@ -72,6 +72,10 @@ def test_guards_around_the_trainer(script, tmp_path, monkeypatch):
     # the folder holds a run now: refused without --resume, resumed with it (same data) ...
     assert mod.main(args) == 1
     assert mod.main([*args, "--resume"]) == 0 and "--restart_latest" in calls[-1]
+    # ... nor with another recipe (learning rate, epochs) than the one it started with
+    n_calls = len(calls)
+    assert mod.main([*args, "--resume", "--lr", "5e-4"]) == 1 and len(calls) == n_calls
+    assert mod.main([*args, "--resume", "--epochs", "80"]) == 1 and len(calls) == n_calls
     # ... but not on other data (a frame added since the run started)
     more = [f for f in read_frames(DFT) if f.info["structure_id"] == "cubic5_0004"]
     write_frames(dft, [*frames, *more])
