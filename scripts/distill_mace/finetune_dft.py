@@ -12,9 +12,9 @@ A ``--work`` folder that holds an earlier run (checkpoints) is refused unless ``
 is given, and a resume is refused when the data changed (the pipeline adds frames between
 a kill and a restart): mace-torch's ``--restart_latest`` would otherwise continue the old
 run, with its old E0s, on the new data; so is a resume with another base model, learning
-rate, epoch counts or extra arguments (``WORK/finetune_settings.json``).  Frames from different DFT settings (``--dft``
-files with another cutoff or k-point density) are refused: their energies differ by the
-basis-set error (~85 meV/atom between 30 and 40 Ha).
+rate, epoch counts or extra arguments (``WORK/finetune_settings.json``).  Frames from
+different DFT settings (``--dft`` files with another cutoff or k-point density) are refused:
+their energies differ by the basis-set error (~85 meV/atom between 30 and 40 Ha).
 
 Steps:
 
