@@ -187,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     out = None if args.install is None else args.install.resolve()
     if out is None:
         out = REPO / "runs" / f"born_default_{len(ids)}"
+        if args.resume and not (out / "checkpoints" / "last.pt").is_file():
+            others = sorted(p.name for p in (REPO / "runs").glob("born_default_*"))
+            print(f"--resume: nothing to resume in {out} (the run for {len(ids)} training structures)"
+                  + (f"; runs there: {', '.join(others)} (the dataset grew since? retrain without --resume)"
+                     if others else ""))
+            return 1
         cmd = [sys.executable, "-m", "ase_born.cli.main", "train", str(args.config), "--device", "cpu",
                "--threads", str(args.threads), "--out", str(out), "--quiet",
                *(["--resume"] if args.resume else [])]

@@ -136,10 +136,14 @@ def test_check_says_whether_due(_script, capsys, monkeypatch, fitted_part):
 
 
 @pytest.mark.parametrize("resume", [False, True])
-def test_resume_reaches_the_trainer(_script, monkeypatch, resume):
+def test_resume_reaches_the_trainer(_script, monkeypatch, tmp_path, resume):
     """--resume continues a killed retrain (ase-born train --resume) instead of failing on
     the existing run directory."""
     mod = _script()
+    n = len(mod.training_structures(read_frames(defaults.data_dir() / "dft" / "catio3_dfpt.extxyz")))
+    monkeypatch.setattr(mod, "REPO", tmp_path)
+    (tmp_path / "runs" / f"born_default_{n}" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / f"born_default_{n}" / "checkpoints" / "last.pt").write_text("x")
     seen = []
 
     class Stop(Exception):
@@ -153,3 +157,15 @@ def test_resume_reaches_the_trainer(_script, monkeypatch, resume):
     with pytest.raises(Stop):
         mod.main(["--force", *(["--resume"] if resume else [])])
     assert seen[0][3] == "train" and ("--resume" in seen[0]) == resume
+
+
+def test_resume_without_a_run_for_todays_data_says_so(_script, monkeypatch, tmp_path, capsys):
+    """The dataset grew after a kill: the run folder for today's count does not exist; --resume
+    says which runs exist instead of the trainer's traceback ("nothing to resume")."""
+    mod = _script()
+    monkeypatch.setattr(mod, "REPO", tmp_path)
+    (tmp_path / "runs" / "born_default_3" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(mod.subprocess, "run", lambda *a, **k: pytest.fail("trainer started"))
+    assert mod.main(["--force", "--resume"]) == 1
+    out = capsys.readouterr().out
+    assert "nothing to resume" in out and "born_default_3" in out
