@@ -39,9 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options whose value may start with "-" (a direction "-x", "-1,1,0", "-x,y")
+NEGATIVE_VALUE_OPTIONS = ("--field-direction", "--directions")
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """``--field-direction -x`` -> ``--field-direction=-x``: argparse takes "-x" for an
+    option and stops with "expected one argument"; the value form with "=" is unambiguous."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if (tok in NEGATIVE_VALUE_OPTIONS and nxt is not None and nxt.startswith("-")
+                and not nxt.startswith("--") and nxt[1:2].lower() in set("xyzabc0123456789.")):
+            out.append(f"{tok}={nxt}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -257,3 +257,54 @@ def test_default_epsilon_inf_follows_the_default_born_model(models, shipped, mon
         assert list(eps) == pytest.approx(defaults.default_epsilon_inf().ravel().tolist())
     else:
         assert eps is None
+
+
+@pytest.mark.parametrize(
+    ("cmd", "extra", "want"),
+    [
+        ("heat", ["--field-direction", "-z"], (0.0, 0.0, -0.005)),
+        ("heat", ["--field-direction", "y"], (0.0, 0.005, 0.0)),
+        ("dielectric", [], 0.005),
+    ],
+)
+def test_field_in_V_per_m_reaches_the_workflow_in_V_per_A(cmd, extra, want, monkeypatch, tmp_path):
+    """--field-V-per-m 5e7 is 0.005 V/Å (1 V/Å = 1e10 V/m), with its sign from the direction;
+    a wrong factor (V/cm) or a lost sign would pass every end-to-end test, which compare runs
+    made through the same conversion."""
+    from ase_born.workflows import dielectric, heating
+
+    seen = {}
+
+    def fake_run(cfg, *args, **kw):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(heating, "run_heating", fake_run)
+    monkeypatch.setattr(dielectric, "run_dielectric", fake_run)
+    rc = main([cmd, *STANDIN, "--field-V-per-m", "5e7", *extra, "--out", str(tmp_path / "w")])
+    assert rc == 1 and "cfg" in seen
+    got = seen["cfg"].field_V_per_A
+    assert (tuple(got) if cmd == "heat" else got) == pytest.approx(want, abs=1e-15)
+
+
+def test_negative_directions_point_the_other_way():
+    from ase_born.workflows.common import field_vector, parse_direction
+
+    assert parse_direction("-x").tolist() == [-1.0, 0.0, 0.0]
+    assert parse_direction("+y").tolist() == [0.0, 1.0, 0.0]
+    assert parse_direction("-1,1,0") == pytest.approx([-2**-0.5, 2**-0.5, 0.0])
+    assert field_vector(0.01, "-z").tolist() == [0.0, 0.0, -0.01]
+
+
+def test_negative_direction_values_parse_with_or_without_equals(monkeypatch, tmp_path):
+    """``--field-direction -x`` and ``--directions -x,y`` are values, not options (argparse
+    stopped with "expected one argument"; only the "=" form worked)."""
+    from ase_born.cli.main import attach_negative_values
+
+    assert attach_negative_values(["heat", "--field-direction", "-x", "--steps", "5"]) == [
+        "heat", "--field-direction=-x", "--steps", "5"]
+    assert attach_negative_values(["pe-curve", "--directions", "-1,1,0"]) == [
+        "pe-curve", "--directions=-1,1,0"]
+    # another option after it stays an option (argparse then reports the missing value)
+    assert attach_negative_values(["heat", "--field-direction", "--steps", "5"]) == [
+        "heat", "--field-direction", "--steps", "5"]
