@@ -246,6 +246,12 @@ def test_epsilon_inf_adds_electronic_polarization_only():
     assert np.allclose(
         b.get_property("ionic_polarization", atoms), a.get_property("polarization", atoms)
     )
+    # dipole = Ω P includes the electronic term; the ionic dipole does not
+    omega = atoms.get_volume()
+    dd = b.get_property("dipole", atoms) - a.get_property("dipole", atoms)
+    assert np.allclose(dd, omega * EPSILON0 * (eps_inf - np.eye(3)) @ FIELD, rtol=1e-12)
+    assert np.abs(dd).max() > 1e-6
+    assert np.array_equal(b.get_property("ionic_dipole", atoms), a.get_property("dipole", atoms))
 
 
 # ---------------------------------------------------------------------------

@@ -32,6 +32,8 @@ def test_metrics_match_direct_formulas():
     assert m["rmse"] == pytest.approx(np.sqrt((err**2).mean()))
     assert m["mae_diag"] == pytest.approx(np.abs(err[:, diag]).mean())
     assert m["mae_offdiag"] == pytest.approx(np.abs(err[:, ~diag]).mean())
+    assert m["rmse_diag"] == pytest.approx(np.sqrt((err[:, diag] ** 2).mean()))
+    assert m["rmse_offdiag"] == pytest.approx(np.sqrt((err[:, ~diag] ** 2).mean()))
     td = target[:, diag]
     ok = np.abs(td) >= 0.05
     assert m["rmspe_diag"] == pytest.approx(
@@ -42,6 +44,9 @@ def test_metrics_match_direct_formulas():
         assert m["mae_per_species"][sym] == pytest.approx(np.abs(err[numbers == z]).mean())
         assert m["mae_diag_per_species"][sym] == pytest.approx(
             np.abs(err[numbers == z][:, diag]).mean()
+        )
+        assert m["mae_offdiag_per_species"][sym] == pytest.approx(
+            np.abs(err[numbers == z][:, ~diag]).mean()
         )
     # paper SI: (1/(9 N_struct)) sum_s sum_ab |sum_{i in s} Z*_i,ab| of the RAW output
     n_struct = batch.max() + 1

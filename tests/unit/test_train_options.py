@@ -238,3 +238,50 @@ def test_predict_writes_the_born_charges_the_metrics_describe(tmp_path):
     assert max(np.abs(zs.sum(axis=0)).max() for zs in z) < 1e-10
     raw = predict_born_charges(model, frames, asr=False)
     assert max(np.abs(zs.sum(axis=0)).max() for zs in raw) > 1e-3
+
+
+def test_ema_weights_are_the_validated_and_exported_ones(tmp_path):
+    """With EMA on, validation (log.csv, best-epoch choice) and model.pt use the averaged
+    weights, not the raw ones: the logged val MAE of the best epoch is the EMA weights' MAE,
+    and model.pt holds best.pt's EMA state (checking only that ema_state exists passed with
+    validation and export on the raw weights)."""
+    import numpy as np
+
+    from ase_born.train.dataset import load_splits
+    from ase_born.train.evaluation import evaluate
+
+    cfg = _cfg(tmp_path, ema_decay=0.5, epochs=3, lr=5e-2)
+    result = train(cfg)
+    out = Path(cfg.out)
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    ema, raw = best["ema_state"], best["model_state"]
+    assert max(float((ema[k] - raw[k]).abs().max()) for k in ema) > 1e-4  # they differ
+    splits = load_splits(cfg.train_files, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                         r_max=Equivar.load(out / "model.pt").r_max)
+
+    def mae(state):
+        m = Equivar.from_config(best["model_config"], dtype=best["model_dtype"])
+        m.load_state_dict(state)
+        return evaluate(m, splits.val, batch_size=16)["mae"]
+
+    rows = list(csv.DictReader((out / "log.csv").read_text().splitlines()))
+    logged = float(rows[best["epoch"]]["val_mae"])
+    assert logged == pytest.approx(mae(ema), rel=1e-5)
+    assert abs(mae(raw) - logged) > 1e-6 * logged
+    exported = Equivar.load(out / "model.pt").state_dict()
+    for k, v in ema.items():
+        np.testing.assert_array_equal(exported[k].cpu().numpy(), v.cpu().numpy())
+    assert result.val["mae"] == pytest.approx(logged, rel=1e-5)
+
+
+def test_huber_delta_reaches_the_loss(tmp_path):
+    """huber_delta is passed to the loss (config and make_loss defaults are both 0.01, so a
+    trainer that dropped it looked the same at the default)."""
+    tr, rec, batch = _first_step(tmp_path / "huber", loss="huber", huber_delta=0.5)
+    with torch.no_grad():
+        z, z_raw = forward_batch(tr.model, batch)
+    zz = z_raw if tr.cfg.loss_on == "raw" else z
+    want = torch.nn.HuberLoss(delta=0.5)(zz, batch.target)
+    default = torch.nn.HuberLoss(delta=0.01)(zz, batch.target)
+    assert float(rec["loss"]) == pytest.approx(float(want), rel=1e-5)
+    assert abs(float(default) - float(want)) > 1e-2 * float(want)
