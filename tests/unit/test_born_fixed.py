@@ -114,6 +114,9 @@ def test_supercell_mapping_errors():
     # not a supercell: 9 atoms
     with pytest.raises(ValueError, match="not a supercell"):
         FixedBornCharges(model.born_charges, prim).get_born_charges(prim.repeat(2)[:9])
+    # a tolerance above the O-O distance (2.8 Å): an O matches two primitive O sites
+    with pytest.raises(ValueError, match=r"atom \d+ matches two primitive atoms within 3.0 Å"):
+        FixedBornCharges(model.born_charges, prim, match_tolerance=3.0).get_born_charges(prim.repeat(2))
     # rotated cell: not an integer multiple of the primitive lattice
     rot = prim.repeat(2)
     rot.rotate(30, "z", rotate_cell=True)

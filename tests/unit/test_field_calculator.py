@@ -538,6 +538,26 @@ def test_field_work_equals_minus_field_energy_change_for_constant_field():
     )
 
 
+def test_field_work_is_continuous_when_a_displacement_wraps_across_half_a_cell():
+    """u is the minimum-image displacement: past half a lattice vector it jumps by one. The
+    work of the (constant) field force along the path must not: W = F_field · Δr of the
+    continuous path (it was off by F_field · a, a lattice vector, without the rounding)."""
+    ref = _cell()
+    z = _z_nonsym()
+    calc = _calc(ref, z=z, field=FIELD, asr=False)
+    a1 = ref.cell.array[0]
+    atoms = ref.copy()
+    atoms.calc = calc
+    shifts = np.linspace(0.40, 0.60, 11)  # atom 0 moves along a1 across u = a1/2
+    for t in shifts:
+        atoms.positions = ref.positions.copy()
+        atoms.positions[0] += t * a1
+        atoms.get_forces()
+    f0 = physics.field_forces(z, FIELD)[0]
+    assert calc.field_work == pytest.approx(float(f0 @ ((shifts[-1] - shifts[0]) * a1)), rel=1e-10)
+    assert abs(float(f0 @ a1)) > 1e-3  # a lattice-vector slip would show
+
+
 def test_state_round_trip_keeps_reference(tmp_path):
     ref = _cell()
     z = _z_nonsym()
