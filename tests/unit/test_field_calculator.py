@@ -625,16 +625,21 @@ def test_resume_from_state_is_exact_with_born_update_every(tmp_path):
         np.testing.assert_array_equal(fa, fb)
 
 
-def test_restored_state_refreshes_born_charges_of_a_moved_structure():
-    """born_update_every=1 after set_state: a structure displaced after the restore (the
-    dielectric workflow's pre-polarization, a new P(E) direction) gets its own Z*, not the
-    saved configuration's; the saved configuration itself (an exact resume) keeps the cache."""
+def _state_after_one_structure():
+    """Reference, structures x and y, and the (JSON) state of a calculator that did x."""
     ref = _cell()
     x, y = _displaced(ref, 0.1, seed=1), _displaced(ref, 0.1, seed=2)
     calc = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
     x.calc = calc
     x.get_forces()
-    state = json.loads(json.dumps(calc.get_state()))
+    return ref, x, y, json.loads(json.dumps(calc.get_state()))
+
+
+def test_restored_state_refreshes_born_charges_of_a_moved_structure():
+    """born_update_every=1 after set_state: a structure displaced after the restore (the
+    dielectric workflow's pre-polarization, a new P(E) direction) gets its own Z*, not the
+    saved configuration's; the saved configuration itself (an exact resume) keeps the cache."""
+    ref, x, y, state = _state_after_one_structure()
     for atoms, model_at in ((y, y), (x.copy(), x)):
         new = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
         new.set_state(state)
@@ -650,12 +655,7 @@ def test_state_saved_right_after_a_restore_keeps_the_last_configuration():
     dropped, so a moved structure kept the old Z*); set_state on a calculator that already
     calculated another structure counts configurations from the state's (set_reference
     forgets the calculator's own last structure)."""
-    ref = _cell()
-    x, y = _displaced(ref, 0.1, seed=1), _displaced(ref, 0.1, seed=2)
-    calc = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
-    x.calc = calc
-    x.get_forces()
-    state = json.loads(json.dumps(calc.get_state()))
+    ref, x, y, state = _state_after_one_structure()
     mid = _calc(ref, model=SmoothBorn(), field=FIELD, born_update_every=1)
     mid.set_state(state)
     resaved = json.loads(json.dumps(mid.get_state()))
