@@ -267,7 +267,7 @@ def pulay_stress(ecut_Ha: float, points: dict) -> float:
     """Isotropic basis-set (Pulay) stress of a cutoff, from the cutoff axis of the study.
 
     A plane-wave basis of fixed ``ecut`` gives a spurious isotropic stress that converges
-    much more slowly with the cutoff than Z* or forces (measured on ``conv_cubic``: the
+    much more slowly with the cutoff than Z* (measured on ``conv_cubic``: the
     pressure is -10.7 GPa at 30 Ha, -1.8 at 40 and -1.7 at 50).  Returned: the mean normal
     stress at ``ecut_Ha`` minus that at the highest cutoff (ASE sign, eV/Å³; 0 at or above
     it).  Subtract it from the diagonal of stresses computed at ``ecut_Ha`` (same
