@@ -48,6 +48,7 @@ from ase_born.io.abinit import read_abinit_output
 from ase_born.io.extxyz import get_born_charges, read_frames, write_frames
 
 DATA = Path(__file__).parents[1] / "data" / "abinit"
+REPO = Path(__file__).resolve().parents[2]
 needs_psp = pytest.mark.skipif(
     not Path("/usr/share/abinit/psp/Ti.psp8").is_file(), reason="abinit-data pseudopotentials not installed"
 )
@@ -144,6 +145,35 @@ def test_plan_ids_split_and_order():
         if s.info["structure_id"] != "pnma_eq":
             big = plan[ids.index(s.info["structure_id"])]
             np.testing.assert_array_equal(s.positions, big.positions)
+
+
+def test_committed_plan_is_the_sampler_output_and_its_test_split_is_pinned():
+    """The committed plan (the pipeline's input; its TEST split decides every reported error)
+    is exactly make_plan(): a change of seed, RNG key, σ formula or split rule would silently
+    give the same IDs other structures or move structures between TEST and train."""
+    from ase_born.dft.sampler import einstein_sigma
+
+    committed = read_frames(REPO / "data" / "dft" / "plan_catio3.extxyz")
+    plan = make_plan()
+    assert [a.info["structure_id"] for a in committed] == [a.info["structure_id"] for a in plan]
+    for c, p in zip(committed, plan):
+        assert c.info["split"] == p.info["split"] and c.info["kind"] == p.info["kind"]
+        np.testing.assert_allclose(c.positions, p.positions, atol=1e-10)
+        np.testing.assert_allclose(c.cell.array, p.cell.array, atol=1e-10)
+    test_ids = sorted(a.info["structure_id"] for a in plan if a.info["split"] == "test")
+    assert [s for s in test_ids if s.startswith("cubic5")][:8] == [
+        "cubic5_0000", "cubic5_0006", "cubic5_0011", "cubic5_0017",
+        "cubic5_0025", "cubic5_0027", "cubic5_0028", "cubic5_0029"]
+    assert "pnma_eq" in test_ids
+    # Einstein σ = sqrt(k_B T / (m ω²)), ω = 2π ν, from ASE's units independently
+    from ase.data import atomic_masses, atomic_numbers
+    from ase.units import kB, second
+
+    for sym, nu_thz in (("O", 9.0), ("Ca", 4.5), ("Ti", 6.0)):
+        omega = 2 * np.pi * nu_thz * 1e12 / second  # 1/(ASE time)
+        k = atomic_masses[atomic_numbers[sym]] * omega**2  # eV/Å²
+        assert einstein_sigma(sym, 300.0) == pytest.approx(np.sqrt(kB * 300.0 / k), rel=1e-6)
+    assert einstein_sigma("O", 300.0) == pytest.approx(0.0715, abs=0.002)
 
 
 def _fake_plan(tmp_path, n=4):
@@ -615,6 +645,9 @@ def test_field_directions_carried_over_a_stop_finish_the_structure(tmp_path, mon
     np.testing.assert_allclose(get_born_charges(frame), get_born_charges(ref), atol=1e-9)
     # these DDBs came from one session (direction 2 had ddk 1): the whole epsilon is known
     np.testing.assert_allclose(frame.info["epsilon_inf"], ref.info["epsilon_inf"], atol=1e-6)
+    # the raw sum-rule violation Σ_k Z*_k (a 3x3 over atoms), as the one-run parser gives it
+    np.testing.assert_allclose(frame.info["acoustic_sum"], get_born_charges(frame).sum(axis=0), atol=1e-12)
+    np.testing.assert_allclose(frame.info["acoustic_sum"], ref.info["acoustic_sum"], atol=1e-9)
     assert not carry.exists()
     assert status(tmp_path / "plan.xyz", out, tmp_path / "runs2")["partial"] == {}
 
