@@ -191,13 +191,18 @@ def test_restart_continues_exactly(system, ensemble):
     )
 
 
-def test_integrator_matches_ase_langevin_baoab(system):
+@pytest.mark.parametrize(("hydrostatic", "pressure_GPa"), [(False, 0.0), (True, 2.0), (False, -1.5)])
+def test_integrator_matches_ase_langevin_baoab(system, hydrostatic, pressure_GPa):
     """The subclass swaps SciPy's expm for an exact symmetric one and puts the trace term of
-    the anisotropic drag on the diagonal: same trajectory as ASE's class with that one fix."""
+    the anisotropic drag on the diagonal: same trajectory as ASE's class with that one fix,
+    also for the hydrostatic barostat (heating runs) and at a nonzero pressure (ASE's
+    externalstress is a stress: −P)."""
     from ase.md.langevinbaoab import LangevinBAOAB as AseLangevinBAOAB
 
     class LangevinBAOAB(AseLangevinBAOAB):
         def _barostat_BAOAB_OU_gamma_mod(self):
+            if self.hydrostatic:  # ASE's own (right) hydrostatic drag
+                return super()._barostat_BAOAB_OU_gamma_mod()
             return (self.p_eps + np.trace(self.p_eps) / self.Ndof * np.identity(3)) / self.barostat_mass
 
     ref, _ = system
@@ -214,7 +219,8 @@ def test_integrator_matches_ase_langevin_baoab(system):
                     atoms,
                     2.0 * units.fs,
                     temperature_K=300.0,
-                    externalstress=0.0,
+                    externalstress=-pressure_GPa * units.GPa,
+                    hydrostatic=hydrostatic,
                     T_tau=100 * units.fs,
                     P_tau=p_tau,
                     P_mass=(((p_tau / 4) / (1.66 * units.fs)) * len(atoms) ** (1 / 6)) ** 2,
@@ -222,11 +228,13 @@ def test_integrator_matches_ase_langevin_baoab(system):
                 )
         else:
             dyn = md.make_integrator(
-                atoms, timestep_fs=2.0, temperature_K=300.0, rng=np.random.default_rng(5)
+                atoms, timestep_fs=2.0, temperature_K=300.0, rng=np.random.default_rng(5),
+                hydrostatic=hydrostatic, pressure_GPa=pressure_GPa,
             )
         for _ in range(20):
             dyn.step()
         out.append((atoms.positions.copy(), atoms.cell.array.copy()))
+    assert np.abs(out[0][1] - ref.cell.array).max() > 1e-4  # the cell moved
     np.testing.assert_allclose(out[0][0], out[1][0], atol=1e-10)
     np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-10)
 
@@ -297,3 +305,30 @@ def test_reference_cell_relaxed_at_the_run_pressure(tmp_path):
     from ase_born.defaults import default_pressure_GPa
 
     assert _pressure(ns(pressure_GPa=None, force_field=None)) == (default_pressure_GPa() or None)
+
+
+def test_npt_holds_the_requested_pressure_and_compresses_under_it():
+    """Physics of the sign, independent of ASE's convention: EMT copper (32 atoms, 300 K) at
+    −2 and +5 GPa: the mean pressure (kinetic part included) is the requested one and the
+    volume is smaller at the higher pressure (a sign slip in externalstress reverses both)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    result = {}
+    for p in (-2.0, 5.0):
+        atoms = bulk("Cu", cubic=True).repeat(2)
+        atoms.calc = EMT()
+        md.thermalize(atoms, 300.0, np.random.default_rng(0))
+        dyn = md.make_integrator(atoms, timestep_fs=2.0, temperature_K=300.0, pressure_GPa=p,
+                                 hydrostatic=True, thermostat_time_fs=50.0, barostat_time_fs=200.0,
+                                 rng=np.random.default_rng(1))
+        dyn.run(150)
+        ps, vs = [], []
+        for _ in range(150):
+            dyn.run(1)
+            ps.append(md.pressure_GPa(atoms, atoms.get_stress(include_ideal_gas=False)))
+            vs.append(atoms.get_volume() / len(atoms))
+        result[p] = (np.mean(ps), np.mean(vs))
+    for p, (mean_p, _) in result.items():
+        assert mean_p == pytest.approx(p, abs=1.5)
+    assert result[5.0][1] < result[-2.0][1] - 0.3  # Å³/atom: ~11.33 against ~11.96
