@@ -139,6 +139,29 @@ def test_classify_tilts(m, r, phase, glazer):
     assert res["glazer"] == glazer
 
 
+@pytest.mark.parametrize(
+    ("temps", "rate", "dt", "n_ramp"),
+    [((300.0, 1800.0), 1.0, 2.0, 750_000), ((1800.0, 300.0), 10.0, 1.0, 150_000), ((300.0, 700.0), None, 2.0, 40)],
+)
+def test_heating_ramp_from_rate_or_steps(temps, rate, dt, n_ramp):
+    """Ramp length from a rate in K/ps (timestep in fs), the rate reported back, and the
+    thermostat target per step: t0 through the equilibration, then linear, reaching t1 on
+    the last ramp step (cooling too)."""
+    from ase_born.workflows.heating import HeatingConfig
+
+    cfg = HeatingConfig(temperatures_K=temps, heating_rate_K_per_ps=rate, ramp_steps=40,
+                        timestep_fs=dt, equilibration_steps=7)
+    assert cfg.n_ramp_steps == n_ramp and cfg.total_steps == 7 + n_ramp
+    span = abs(temps[1] - temps[0])
+    assert cfg.rate_K_per_ps == pytest.approx(rate if rate else span / (40 * dt / 1000.0))
+    t0, t1 = temps
+    assert [cfg.target_temperature(s) for s in (0, 6)] == [t0, t0]
+    assert cfg.target_temperature(7) == pytest.approx(t0 + (t1 - t0) / n_ramp)
+    assert cfg.target_temperature(7 + n_ramp // 2 - 1) == pytest.approx(t0 + (t1 - t0) * (n_ramp // 2) / n_ramp)
+    assert cfg.target_temperature(7 + n_ramp - 1) == t1
+    assert cfg.target_temperature(7 + n_ramp + 5) == t1
+
+
 def test_transition_helpers():
     t = [300, 500, 700, 900, 1100]
     phases = ["Pnma", "Pnma", "I4/mcm", "Pnma", "Pm-3m"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import ase.io
+import numpy as np
 import pytest
 
 from ase_born.cli.main import main
@@ -163,6 +164,27 @@ def test_heat_end_to_end(tmp_path, capsys):
         assert (out / name).exists(), name
     res = json.loads((out / "heat_phases.json").read_text())
     assert [w["phase"] for w in res["windows"]] == ["Pnma", "Pnma"]
+    # the ramp: target 300 K through the 50 equilibration steps, then linear to 700 K over
+    # the 300 ramp steps (logged after each step s1: the target of step s1 - 1 -> s1)
+    from ase.geometry import cellpar_to_cell
+
+    from ase_born.workflows.rundir import read_csv
+
+    log = read_csv(out / "heat_log.csv")
+    steps = log["step"].astype(int)
+    assert steps.tolist() == list(range(10, 351, 10))
+    want = np.where(steps <= 50, 300.0, 300.0 + 400.0 * (steps - 50) / 300.0)
+    np.testing.assert_allclose(log["temperature_target_K"], want, atol=1e-9)
+    np.testing.assert_allclose(log["time_ps"], steps * 1e-3 * 2.0, atol=1e-12)  # 2 fs steps
+    hot, cold = log["temperature_K"][-8:].mean(), log["temperature_K"][steps <= 50].mean()
+    assert hot > cold + 150  # the thermostat follows the ramp (~640 K against ~300 K)
+    # volume per formula unit: 20 atoms = 4 CaTiO3
+    cellpar = np.stack([log[k] for k in ("a_A", "b_A", "c_A", "alpha_deg", "beta_deg", "gamma_deg")], 1)
+    vols = [abs(np.linalg.det(cellpar_to_cell(c))) for c in cellpar]
+    np.testing.assert_allclose(log["v_per_fu_A3"], np.array(vols) / 4, rtol=1e-5)
+    # windows 300-500 and 500-700 K hold only ramp rows: 14 (steps 60-190) and 16 (200-350)
+    assert [w["n_log"] for w in res["windows"]] == [14, 16]
+    assert [w["n_averaged"] for w in res["windows"]] == [14, 16]
     # the finished run is analysed again with other analysis options (no MD is redone)
     n_rows = (out / "heat_log.csv").read_text().count("\n")
     rc = main(["heat", *STANDIN, "--supercell", "1,1,1", "--temperatures", "300:700", "--steps", "300",
