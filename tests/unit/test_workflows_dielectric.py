@@ -120,6 +120,7 @@ def test_finite_field_route_agrees_within_error_bars(solved):
     val, err = np.asarray(ff["value"]), np.asarray(ff["error"])
     # harmonic + correlated sampling: the paired difference is nearly noise free
     assert np.all(np.abs(val - exact) <= 4 * err + 0.01 * np.abs(exact).max())
+    assert np.all(np.diag(err) > 0) and np.all(np.diag(err) < 0.05 * np.diag(exact))
 
 
 def test_fluctuation_route_agrees_within_error_bars(solved):
@@ -253,3 +254,27 @@ def test_unknown_structure_file_and_broken_supercell(structure_file, tmp_path):
             progress=False,
             log=lambda m: None,
         )
+
+
+def test_plus_minus_runs_agree_with_the_exact_tensor(structure_file, tmp_path):
+    """±E (correlated): the slope over 2E gives the exact harmonic ε (a slope over E doubled
+    it); the even-order difference (P+ + P- − 2P0)/E vanishes within its error for a
+    harmonic crystal; the reported zero-field P is the E0 run's mean in C/m² (16.02 × e/Å²)."""
+    from ase_born.conventions import C_PER_M2_PER_E_PER_A2
+
+    out = tmp_path / "pm"
+    cfg = _config(structure_file, plus_minus=True, production_steps=1000)
+    res = run_dielectric(cfg, force_field, born_model, str(out), progress=False, log=lambda m: None)
+    exact = exact_epsilon_ion(PHI, Z, cubic_catio3().get_volume())
+    t = res["temperatures"][0]
+    ff = t["epsilon_ion"]["finite_field"]
+    val, err = np.asarray(ff["value"]), np.asarray(ff["error"])
+    assert np.all(np.diag(err) > 0)
+    np.testing.assert_allclose(val, exact, atol=4 * err.max() + 1e-3 * np.abs(exact).max())
+    assert np.all(np.diag(err) < 0.05 * np.diag(exact))  # correlated: nearly noise free
+    diff, derr = np.diag(t["linearity"]["difference"]), np.diag(t["linearity"]["difference_error"])
+    assert np.all(np.abs(diff) <= 4 * derr + 1e-6)
+    d0 = read_csv(next(out.glob("md_*_E0.csv")))
+    p = np.stack([d0[f"P{x}_e_per_A2"][d0["step"] > cfg.discard_steps] for x in "xyz"], axis=1)
+    np.testing.assert_allclose(t["zero_field_polarization_C_per_m2"], p.mean(0) * C_PER_M2_PER_E_PER_A2,
+                               rtol=1e-9, atol=1e-15)
