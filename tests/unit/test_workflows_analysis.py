@@ -90,6 +90,14 @@ def test_pnma_tilt_pattern_and_pseudocubic_lattice():
         rtol=1e-10,
     )
     np.testing.assert_allclose(ana2.order_parameters(sc)["R"], op["R"], atol=1e-8)
+    # an asymmetric repeat (the CPU default of the heating run is (2, 1, 2); here (1, 1, 2)):
+    # each supercell vector divided by its own pseudo-cubic length
+    sc = pn.repeat((1, 1, 2))
+    np.testing.assert_allclose(
+        pseudocubic_lattice(sc.cell.array, TiltAnalyzer(sc).cell_in_pseudocubic),
+        [a / np.sqrt(2), b / 2, c / np.sqrt(2)],
+        rtol=1e-10,
+    )
 
 
 def test_labels_do_not_depend_on_orientation():
