@@ -186,7 +186,9 @@ def test_missing_epsilon_inf_warns_and_reports_ionic_only(structure_file, tmp_pa
     assert "ionic ε_ion" in format_report(res)
 
 
-def test_resume_refuses_different_settings(structure_file, tmp_path):
+def test_resume_refuses_different_settings(structure_file, tmp_path, monkeypatch):
+    from ase_born.workflows import md
+
     cfg = _config(
         structure_file,
         equilibration_steps=10,
@@ -209,7 +211,11 @@ def test_resume_refuses_different_settings(structure_file, tmp_path):
                 progress=False,
                 log=lambda m: None,
             )
-        # same settings: a finished run is reloaded, not recomputed
+        # same settings: a finished run is reloaded, not recomputed (no MD step is made)
+        def no_md(*args, **kwargs):
+            raise AssertionError("a finished run was recomputed")
+
+        monkeypatch.setattr(md, "step", no_md)
         again = run_dielectric(
             cfg, force_field, born_model, out, progress=False, log=lambda m: None
         )
