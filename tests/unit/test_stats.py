@@ -104,3 +104,30 @@ def test_finite_field_columns_and_their_errors():
     # the field's sign: −E gives the same ε from the reversed difference
     v_neg, _ = paired_epsilon_column(p0 - response, p0, -e, 10)
     np.testing.assert_allclose(v_neg, [3.0, -0.5, 0.2], rtol=1e-9)
+
+
+def test_fluctuation_jackknife_error_when_it_dominates():
+    """Blocks of unequal variance (a drifting amplitude, which Bartlett's stationary formula
+    does not see): the reported error is the delete-one-block jackknife, checked against a
+    direct implementation with ε = cov(d)/(⟨Ω⟩ ε0 k_B T); too short a series gives NaN."""
+    from ase_born.physics import fluctuation_scale
+
+    rng = np.random.default_rng(7)
+    n, nb, temp = 2000, 10, 500.0
+    amp = np.repeat(np.linspace(0.5, 3.0, nb), n // nb)[:, None]
+    d = rng.normal(size=(n, 3)) @ L.T * amp
+    vol = 1000.0 + 20.0 * rng.normal(size=n)
+    value, err = fluctuation_epsilon(d, vol, temp, n_blocks=nb)
+
+    def eps(k):
+        return np.cov(d[k].T, ddof=0) / fluctuation_scale(vol[k].mean(), temp)
+
+    np.testing.assert_allclose(value, eps(np.arange(n)), rtol=1e-10)
+    blocks = np.arange(n).reshape(nb, -1)
+    jk = np.array([eps(np.delete(blocks, b, axis=0).ravel()) for b in range(nb)])
+    jack = np.sqrt((nb - 1) / nb * ((jk - jk.mean(0)) ** 2).sum(0))
+    bartlett = covariance_error(d) / fluctuation_scale(vol.mean(), temp)
+    assert np.all(np.diag(jack) > 1.5 * np.diag(bartlett))  # the jackknife is the larger here
+    np.testing.assert_allclose(np.diag(err), np.diag(jack), rtol=1e-10)
+    np.testing.assert_allclose(err, np.maximum(jack, bartlett), rtol=1e-10)
+    assert np.isnan(fluctuation_epsilon(d[:15], vol[:15], temp, n_blocks=nb)[1]).all()
