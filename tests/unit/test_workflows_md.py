@@ -332,3 +332,19 @@ def test_npt_holds_the_requested_pressure_and_compresses_under_it():
     for p, (mean_p, _) in result.items():
         assert mean_p == pytest.approx(p, abs=1.5)
     assert result[5.0][1] < result[-2.0][1] - 0.3  # Å³/atom: ~11.33 against ~11.96
+
+
+def test_remove_com_momentum_shifts_every_velocity_equally():
+    """Zero total momentum by a Galilean shift (the same velocity for every atom, the
+    centre-of-mass velocity): relative velocities and internal kinetic energy are kept
+    (an equal momentum per atom also zeroes the total but heats the light atoms)."""
+    from ase import Atoms
+
+    atoms = Atoms("CaTiO3", positions=np.random.default_rng(0).normal(size=(5, 3)))
+    v = np.random.default_rng(1).normal(size=(5, 3)) * 0.01
+    atoms.set_velocities(v)
+    m = atoms.get_masses()
+    md.remove_com_momentum(atoms)
+    np.testing.assert_allclose(atoms.get_momenta().sum(0), 0.0, atol=1e-14)
+    v_com = (m[:, None] * v).sum(0) / m.sum()
+    np.testing.assert_allclose(atoms.get_velocities(), v - v_com, atol=1e-14)
