@@ -224,6 +224,9 @@ def test_resume_half_done_plan_completes_only_the_rest(tmp_path):
     assert frames[0].info["epsilon_inf"].shape == (3, 3)
     st = status(plan, out, work)
     assert st["done"] == 4 and st["kinds"]["cubic5"]["done"] == 2 and st["extra"] == []
+    # the largest raw sum-rule violation per formula unit (5 atoms), over the frames
+    want = max(np.abs(get_born_charges(f).sum(axis=0)).max() / (len(f) / 5) for f in frames)
+    assert st["max_asr_violation_per_formula_unit_e"] == pytest.approx(want, rel=1e-9)
     # a frame that is not in the plan (the convergence cell) is listed, not counted as plan progress
     extra = frames[0].copy()
     extra.info["structure_id"] = "conv_cubic"
