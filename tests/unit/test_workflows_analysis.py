@@ -65,6 +65,17 @@ def test_thermal_average_recovers_the_phase(name):
     res = identify_phase(avg, ana)  # spglib at the default symprec = 0.1 Å
     assert res["phase"] == phase
     assert res["spglib_number"] == number
+    # the rigid shifts are removed, not averaged into the sites: frames that are only
+    # shifted copies of the reference average back onto it
+    shifted = []
+    for _ in range(5):
+        f = ref.copy()
+        f.positions += rng.normal(scale=1.0, size=3)
+        f.wrap()
+        shifted.append(f)
+    back = time_averaged_structure(shifted, ref)
+    ds = back.get_scaled_positions(wrap=False) - ref.get_scaled_positions(wrap=False)
+    np.testing.assert_allclose(ds, 0.0, atol=1e-10)
 
 
 def test_pnma_tilt_pattern_and_pseudocubic_lattice():
