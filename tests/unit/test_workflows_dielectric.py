@@ -284,3 +284,23 @@ def test_plus_minus_runs_agree_with_the_exact_tensor(structure_file, tmp_path):
     p = np.stack([d0[f"P{x}_e_per_A2"][d0["step"] > cfg.discard_steps] for x in "xyz"], axis=1)
     np.testing.assert_allclose(t["zero_field_polarization_C_per_m2"], p.mean(0) * C_PER_M2_PER_E_PER_A2,
                                rtol=1e-9, atol=1e-15)
+
+
+def test_supercell_order_is_whole_cell_images_as_prepolarization_tiles_it():
+    """_prepolarization tiles the unit-cell displacements with np.tile: that is right only if
+    the workflow's supercell (make_supercell) lists whole copies of the unit cell, image by
+    image, each atom k of image j a lattice translate of unit atom k (the CPU default
+    supercell is (1, 1, 2); the tests run (1, 1, 1))."""
+    from ase_born.dft.sampler import pnma_catio3
+    from ase_born.workflows.structures import make_supercell
+
+    unit = pnma_catio3()
+    n = len(unit)
+    for rep in ((1, 1, 2), (2, 1, 2)):
+        sc = make_supercell(unit, rep)
+        images = len(sc) // n
+        np.testing.assert_array_equal(sc.numbers, np.tile(unit.numbers, images))
+        shift = sc.positions.reshape(images, n, 3) - unit.positions[None]
+        frac = shift @ np.linalg.inv(unit.cell.array)
+        np.testing.assert_allclose(frac, np.rint(frac), atol=1e-9)  # lattice translations
+        assert np.allclose(frac, frac[:, :1])  # one translation per image: whole-cell copies
