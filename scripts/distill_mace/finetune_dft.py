@@ -61,6 +61,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from ase_born.conventions import KEY_BORN
+from ase_born.defaults import sha256
 from ase_born.train.dataset import split_tag
 from ase_born.workflows.models import mace_calculator
 
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return f.read_text() if f.is_file() else ""
 
     # the run's own settings: a resume continues the same recipe from the same base model
-    run_settings = {"model_sha256": hashlib.sha256(Path(args.model).read_bytes()).hexdigest(),
+    run_settings = {"model_sha256": sha256(args.model),
                     "epochs": args.epochs, "stage2": args.stage2, "lr": args.lr,
                     "study": args.study, "extra": extra}  # fmt: skip
     settings_file = work / "finetune_settings.json"
