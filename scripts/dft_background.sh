@@ -17,6 +17,8 @@
 # directory survives: the case from session 6 on; 20-atom cells need it, their ground state and
 # one direction take ~3 h); no requires its ground state and a whole field direction to fit
 # (a fresh machine each session); auto: yes when dft_runs/ holds steps of unfinished structures.
+# DFT_MAX_ATOMS (default: none): leave larger structures for a later run (10: no 20-atom cell,
+# for a session whose machine may not be kept, where a 20-atom cell's steps left cannot finish).
 # DFT_COMMIT (default 0): 1 commits data/dft (finished frames, carried directions, failures.json)
 # to git every 15 min while the pipeline runs and once when it stops, so the data land even when
 # the work session ends without a hand-made commit.  Only data/dft goes into these commits.
@@ -85,7 +87,8 @@ run_child() {  # run "$@" in the background, commit every 15 min while it runs; 
 run_child ase-born dft converge --ranks 2
 status=$?
 if [ "$stopping" = 0 ]; then
-    run_child ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}" --step-level "${DFT_STEP_LEVEL:-auto}"
+    run_child ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}" --step-level "${DFT_STEP_LEVEL:-auto}" \
+        ${DFT_MAX_ATOMS:+--max-atoms "$DFT_MAX_ATOMS"}
     status=$?
 fi
 commit_data

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "--output, so across sessions)")
     pr.add_argument("--max-structures", type=int, default=None, help="stop after this many finished structures")
     pr.add_argument("--only", nargs="*", default=None, help="restrict to these structure IDs")
+    pr.add_argument("--max-atoms", type=int, default=None,
+                    help="leave structures with more atoms for a later run (e.g. 20-atom cells whose "
+                         "steps left cannot finish before --hours on a machine that will not be kept)")
     pr.add_argument("--hours", type=float, default=None,
                     help="stop after this many hours (the run in progress is killed; finished field "
                          "directions are kept in data/dft/partial/), and start a structure only if its "
@@ -121,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         max_structures=args.max_structures,
         only_ids=args.only,
+        max_atoms=args.max_atoms,
         nice=args.nice,
         log=lambda m: print(m, flush=True),
         deadline=None if args.hours is None else time.time() + 3600.0 * args.hours,

@@ -655,6 +655,7 @@ def run_plan(
     max_attempts: int = 2,
     max_structures: int | None = None,
     only_ids: Sequence[str] | None = None,
+    max_atoms: int | None = None,
     nice: int = 19,
     log: Callable[[str], None] = print,
     install_signal_handlers: bool = True,
@@ -688,6 +689,10 @@ def run_plan(
         Stop after this many structures finished in this call.
     only_ids : sequence of str, optional
         Restrict to these IDs (plan order kept).
+    max_atoms : int, optional
+        Leave structures with more atoms for a later call (their carried directions stay
+        in ``data/dft/partial/``): on a machine that will not survive the session, a 20-atom
+        cell whose steps left take longer than the call only costs time the small cells could use.
     runner : callable
         ``run_structure``-compatible function (tests substitute a fake ABINIT).
     deadline : float, optional
@@ -751,8 +756,8 @@ def run_plan(
     with workdir_lock(workdir):
         return _run_plan(
             plan, plan_path, output, workdir, settings, ranks=ranks, jobs=jobs, timeout_s=timeout_s,
-            max_attempts=max_attempts, max_structures=max_structures, only_ids=only_ids, nice=nice,
-            log=log, install_signal_handlers=install_signal_handlers, runner=runner,
+            max_attempts=max_attempts, max_structures=max_structures, only_ids=only_ids, max_atoms=max_atoms,
+            nice=nice, log=log, install_signal_handlers=install_signal_handlers, runner=runner,
             deadline=deadline, safety=safety, clock=clock, carry=carry, step_level=step_level,
             complete_epsilon=complete_epsilon,
         )
@@ -781,6 +786,7 @@ def _run_plan(
     max_attempts: int,
     max_structures: int | None,
     only_ids: Sequence[str] | None,
+    max_atoms: int | None,
     nice: int,
     log: Callable[[str], None],
     install_signal_handlers: bool,
@@ -805,6 +811,12 @@ def _run_plan(
         and counted_attempts(failures.get(a.info["structure_id"], [])) < max_attempts
         and (only_ids is None or a.info["structure_id"] in only_ids)
     ]
+    if max_atoms is not None:
+        large = [a.info["structure_id"] for a in todo if len(a) > max_atoms]
+        todo = [a for a in todo if len(a) <= max_atoms]
+        if large:
+            log(f"left for a later call (more than {max_atoms} atoms): {len(large)} structure(s), "
+                f"{', '.join(large[:3])}{', ...' if len(large) > 3 else ''}")
     skipped = sum(counted_attempts(failures.get(a.info["structure_id"], [])) >= max_attempts for a in plan
                   if a.info["structure_id"] not in done)
     n_done = len(done & {a.info["structure_id"] for a in plan})  # frames outside the plan (conv_cubic) not counted

@@ -1575,3 +1575,22 @@ def test_cost_model_within_a_call_uses_the_idle_machine_cost(tmp_path):
     (a,) = [m for m in first if m.startswith("start s2")]
     (b,) = [m for m in second if m.startswith("start s2")]
     assert a.split("estimated ")[1] == b.split("estimated ")[1]
+
+
+def test_max_atoms_leaves_larger_structures_and_their_carried_directions(tmp_path):
+    """--max-atoms: the 10-atom s1 (carried over, so it would come first) is neither started nor
+    counted, its carried direction stays for a later call, and the log names it."""
+    plan = _fake_plan(tmp_path, n=3)
+    frames = read_frames(plan)
+    frames[1] = frames[1].repeat((2, 1, 1))
+    write_frames(plan, frames)
+    out = tmp_path / "data.xyz"
+    _carry_direction_1(tmp_path / "partial" / "s1")
+    runner, messages = FakeAbinit(), []
+    counts = run_plan(plan, out, tmp_path / "runs", runner=runner, max_atoms=5, log=messages.append)
+    assert runner.calls == ["s0", "s2"]
+    assert [f.info["structure_id"] for f in read_frames(out)] == ["s0", "s2"]
+    assert counts["finished"] == 2 and counts["pending"] == 0
+    assert (tmp_path / "partial" / "s1" / "efield1.ddb").is_file()
+    assert "left for a later call (more than 5 atoms): 1 structure(s), s1" in messages
+    assert any(m.startswith("plan ") and "3 structures, 0 done" in m for m in messages)
