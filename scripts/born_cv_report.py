@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from ase_born.calculators.equivar import EquivarCalculator
 from ase_born.io.extxyz import get_born_charges, read_frames
 from ase_born.models.equivar import Equivar
-from ase_born.train.checkpoint import eval_state, load_checkpoint
+from ase_born.train.checkpoint import load_checkpoint, model_from_checkpoint
 from ase_born.train.dataset import correct_asr, split_tag
 
 
@@ -45,10 +45,7 @@ def last_epoch_model(fold: Path) -> Equivar:
     if int(ckpt["epoch"]) != epochs:
         raise SystemExit(f"{fold}: checkpoints/last.pt is from epoch {ckpt['epoch']}, not the last "
                          f"({epochs}); --last-epoch needs checkpoint_every dividing epochs")
-    model = Equivar.from_config(ckpt["model_config"], dtype=ckpt["model_dtype"])
-    model.load_state_dict(eval_state(ckpt), strict=True)
-    model.elements = tuple(int(z) for z in ckpt["elements"])
-    return model
+    return model_from_checkpoint(ckpt)
 
 
 def val_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:

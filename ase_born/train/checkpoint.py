@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,27 @@ def load_checkpoint(
 def eval_state(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The weights that were validated: EMA weights if present, else the model's."""
     return dict(ckpt["ema_state"] if ckpt.get("ema_state") is not None else ckpt["model_state"])
+
+
+def model_from_checkpoint(
+    ckpt: Mapping[str, Any],
+    *,
+    elements: Sequence[int] | None = None,
+    tp_impl: str = "fast",
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+):
+    """The :class:`~ase_born.models.equivar.Equivar` of a checkpoint with its validated weights
+    (:func:`eval_state`), in the checkpoint's dtype unless ``dtype`` is given.  ``elements``
+    (the species the calculator does not warn about) defaults to the checkpoint's."""
+    from ase_born.models.equivar import Equivar
+
+    model = Equivar.from_config(
+        ckpt["model_config"], tp_impl=tp_impl, device=device, dtype=dtype or ckpt["model_dtype"]
+    )
+    model.load_state_dict(eval_state(ckpt), strict=True)
+    model.elements = tuple(int(z) for z in (ckpt["elements"] if elements is None else elements))
+    return model
 
 
 def versions() -> dict[str, str]:

@@ -77,9 +77,9 @@ from ase_born.train.checkpoint import (
     CheckpointMismatchError,
     atomic_torch_save,
     atomic_write_text,
-    eval_state,
     get_rng_state,
     load_checkpoint,
+    model_from_checkpoint,
     set_rng_state,
     versions,
 )
@@ -736,11 +736,10 @@ class Trainer:
                 f"training stopped ({result.stopped_reason}) before any finite validation result; no model exported"
             )
         best = load_checkpoint(self.best_path, map_location="cpu")
-        model = Equivar.from_config(
-            self.model_config, tp_impl=self.cfg.tp_impl, device=self.device, dtype=self.dtype
+        model = model_from_checkpoint(  # the calculator warns for elements not trained on
+            best, elements=self.splits.train.elements, tp_impl=self.cfg.tp_impl,
+            device=self.device, dtype=self.dtype,
         )
-        model.load_state_dict(eval_state(best), strict=True)
-        model.elements = tuple(self.splits.train.elements)  # the calculator warns for others
         model.save(self.out / "model.pt")
         bs = max(self.cfg.batch_size, 16)
         val, val_pred = evaluate(model, self.splits.val, batch_size=bs, return_predictions=True)
