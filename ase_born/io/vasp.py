@@ -79,6 +79,7 @@ from typing import Literal
 import numpy as np
 from ase import Atoms
 
+from ase_born.defaults import sha256
 from ase_born.io import build_frame, calculator_results, load_structure
 
 BornRows = Literal["field", "displacement"]
@@ -289,14 +290,17 @@ def read_vasprun_frames(path: str | os.PathLike, *, born_rows: BornRows | None =
 
 def one_trajectory(frames: list[Atoms], path: str | os.PathLike) -> list[Atoms]:
     """Mark the frames of several ionic steps of one file as one structure for splitting:
-    ``info["structure_id"]`` = the path as given (kept when already set), and
-    ``info["ionic_step"]`` = the step index.  Consecutive MD/relaxation steps are nearly
-    the same structure; with an ID each they could land on both sides of a train/validation
-    split or of the TEST split (CONVENTIONS.md: splits by structure ID).  A single frame is
-    left as it is."""
+    ``info["structure_id"]`` = ``"<path as given>@<first 12 hex digits of the file's
+    SHA-256>"`` (kept when already set), and ``info["ionic_step"]`` = the step index.
+    Consecutive MD/relaxation steps are nearly the same structure; with an ID each they
+    could land on both sides of a train/validation split or of the TEST split
+    (CONVENTIONS.md: splits by structure ID).  The content hash keeps two runs apart that
+    were converted under the same name (``OUTCAR`` in each run directory).  A single
+    frame is left as it is."""
     if len(frames) > 1:
+        sid = f"{path}@{sha256(path)[:12]}"
         for step, atoms in enumerate(frames):
-            atoms.info.setdefault("structure_id", str(path))
+            atoms.info.setdefault("structure_id", sid)
             atoms.info["ionic_step"] = step
     return frames
 

@@ -8,7 +8,9 @@ round-trip is exact.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -643,18 +645,33 @@ def test_steps_of_one_file_are_one_structure_for_splits(tmp_path):
     outcar.write_text(_outcar_two_steps(2, True, z2=z2)[0])
     vasprun = tmp_path / "vasprun.xml"
     vasprun.write_text(_vasprun_two_labelled_steps(0)[0])
+    sid = {p: f"{p}@{hashlib.sha256(p.read_bytes()).hexdigest()[:12]}" for p in (outcar, vasprun)}
     for path, frames in ((outcar, read_outcar_frames(outcar)), (vasprun, read_vasprun_frames(vasprun))):
-        assert [f.info["structure_id"] for f in frames] == [str(path)] * 2
+        assert [f.info["structure_id"] for f in frames] == [sid[path]] * 2
         assert [f.info["ionic_step"] for f in frames] == [0, 1]
     frames = read_dataset([outcar, vasprun])
     ids = BornDataset.from_frames(frames, r_max=5.0, source="x").structure_ids
-    assert ids == [str(outcar)] * 2 + [str(vasprun)] * 2
+    assert ids == [sid[outcar]] * 2 + [sid[vasprun]] * 2
     train, val = split_by_structure(ids, val_fraction=0.5, seed=0)
     assert sorted(train) in ([0, 1], [2, 3]) and sorted(val) in ([0, 1], [2, 3])
     out = tmp_path / "md.extxyz"
     assert main(["convert", str(outcar), "-o", str(out)]) == 0
     back = read_frames(out)
-    assert [(f.info["structure_id"], f.info["ionic_step"]) for f in back] == [(str(outcar), 0), (str(outcar), 1)]
+    assert [(f.info["structure_id"], f.info["ionic_step"]) for f in back] == [(sid[outcar], 0), (sid[outcar], 1)]
+    # another run converted under the same name (cd run; ase-born convert OUTCAR) is another structure
+    other = tmp_path / "md2" / "OUTCAR"
+    other.parent.mkdir()
+    other.write_text(_outcar_two_steps(2, True, z2=nonsymmetric_born(5, 13))[0])
+    cwd = os.getcwd()
+    try:
+        os.chdir(outcar.parent)
+        first = read_outcar_frames("OUTCAR")
+        os.chdir(other.parent)
+        second = read_outcar_frames("OUTCAR")
+    finally:
+        os.chdir(cwd)
+    assert len({f.info["structure_id"] for f in first + second}) == 2
+    assert first[0].info["structure_id"].startswith("OUTCAR@")
     one = read_outcar_frames(outcar)[:1]
     one[0].info.pop("structure_id")
     assert "structure_id" not in one_trajectory(one, outcar)[0].info
