@@ -12,9 +12,11 @@ the fold model that did not train on it (its validation fold); TEST frames are n
 kind and per species, and the structures with the largest error.  The fold models are the
 best-validation epochs of their folds, so the numbers are optimistic in the same way for
 every recipe: compare recipes, do not quote them as test errors.  ``--last-epoch`` uses
-each fold's final weights instead (``checkpoints/last.pt`` at the configured last epoch):
-what a fixed-epoch final fit (``val_fraction: 0``) ships, without the selection on the
-validation folds; it also prints the fold-mean validation MAE along the training
+each fold's final weights instead (``checkpoints/last.pt`` at the configured last epoch),
+without the selection on the validation folds: the closest CV stand-in for a final fit
+(``val_fraction: 0``), which no held-out data select either -- it ships its lowest
+training-set MAE epoch, near the end at a constant learning rate (epoch 962 of 1000 for the
+session-24 default).  It also prints the fold-mean validation MAE along the training
 (``log.csv``), to compare learning-rate schedules and epoch counts.
 """
 
@@ -32,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ase_born.calculators.equivar import EquivarCalculator
-from ase_born.io.extxyz import get_born_charges, read_frames
+from ase_born.io.extxyz import get_born_charges, read_frames_by_id
 from ase_born.models.equivar import Equivar
 from ase_born.train.checkpoint import load_checkpoint, model_from_checkpoint
 from ase_born.train.dataset import correct_asr, split_tag
@@ -44,7 +46,7 @@ def last_epoch_model(fold: Path) -> Equivar:
     epochs = int(ckpt["train_config"]["epochs"])
     if int(ckpt["epoch"]) != epochs:
         raise SystemExit(f"{fold}: checkpoints/last.pt is from epoch {ckpt['epoch']}, not the last "
-                         f"({epochs}); --last-epoch needs checkpoint_every dividing epochs")
+                         f"({epochs}): the fold did not finish (resume it with ase-born train --resume)")
     return model_from_checkpoint(ckpt)
 
 
@@ -102,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--last-epoch", action="store_true",
                     help="each fold's final weights instead of its best-validation epoch")
     args = ap.parse_args(argv)
-    frames = {str(f.info["structure_id"]): f for f in read_frames(args.data)}
+    try:
+        frames = read_frames_by_id(args.data)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     for run in args.runs:
         err = cv_errors(run, frames, args.last_epoch)
         allerr = np.concatenate([e.reshape(-1) for e in err.values()])

@@ -18,12 +18,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.units import GPa
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ase_born.io.extxyz import get_born_charges, read_frames
+from ase_born.io.extxyz import get_born_charges, read_frames_by_id
 
 
 def _setting(atoms) -> str:
@@ -36,14 +37,23 @@ def compare(a, b) -> dict:
     if len(a) != len(b) or np.abs(a.positions - b.positions).max() > 1e-6:
         raise SystemExit(f"{a.info['structure_id']}: not the same structure in both files")
     fa, fb = a.get_forces(), b.get_forces()
+    sa, sb = _stress(a), _stress(b)
     eps_a, eps_b = a.info.get("epsilon_inf"), b.info.get("epsilon_inf")
     return {
         "max_dF": float(np.abs(fa - fb).max()),
         "rel_rms_dF": float(np.sqrt(((fa - fb) ** 2).mean() / (fb**2).mean())) if np.any(fb) else None,
         "max_dZ": float(np.abs(get_born_charges(a) - get_born_charges(b)).max()),
         "max_deps": None if eps_a is None or eps_b is None else float(np.abs(eps_a - eps_b).max()),
-        "dstress_GPa": ((a.get_stress() - b.get_stress()) / GPa).tolist(),
+        "dstress_GPa": None if sa is None or sb is None else ((sa - sb) / GPa).tolist(),
     }
+
+
+def _stress(atoms) -> np.ndarray | None:
+    """Voigt stress (eV/Å³, ASE sign) or None when the frame has none."""
+    try:
+        return atoms.get_stress()
+    except (PropertyNotImplementedError, RuntimeError):  # RuntimeError: no calculator
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("first", type=Path)
     ap.add_argument("second", type=Path)
     args = ap.parse_args(argv)
-    one = {str(f.info["structure_id"]): f for f in read_frames(args.first)}
-    two = {str(f.info["structure_id"]): f for f in read_frames(args.second)}
+    try:
+        one, two = read_frames_by_id(args.first), read_frames_by_id(args.second)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     shared = sorted(set(one) & set(two))
     if not shared:
         print("no structure ID in both files")
@@ -60,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     for sid in shared:
         d = compare(one[sid], two[sid])
         eps = "-" if d["max_deps"] is None else f"{d['max_deps']:.3f}"
+        dstress = "-" if d["dstress_GPa"] is None else np.round(d["dstress_GPa"], 2).tolist()
         rel = "- (no forces)" if d["rel_rms_dF"] is None else f"{100 * d['rel_rms_dF']:.1f} %"
         print(f"{sid} ({_setting(one[sid])} vs {_setting(two[sid])}): max |dF| {d['max_dF']:.3f} eV/A, "
               f"rel. RMS dF {rel}, max |dZ*| {d['max_dZ']:.3f} e, "
-              f"max |d eps_inf| {eps}, d stress (GPa) {np.round(d['dstress_GPa'], 2).tolist()}")
+              f"max |d eps_inf| {eps}, d stress (GPa) {dstress}")
     return 0
 
 

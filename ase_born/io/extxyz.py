@@ -128,6 +128,27 @@ def read_frames(path: str | os.PathLike, index: str | int | slice = ":") -> list
     return [_normalise(a) for a in frames]
 
 
+def read_frames_by_id(path: str | os.PathLike) -> dict[str, Atoms]:
+    """The frames of ``path`` keyed by ``info["structure_id"]`` (file order), for pairing
+    structures across files or models.
+
+    Raises
+    ------
+    ValueError
+        A frame without a ``structure_id``, or several frames under one ID (the ionic
+        steps of one VASP trajectory share theirs): they cannot be paired by ID.
+    """
+    out: dict[str, Atoms] = {}
+    for i, atoms in enumerate(read_frames(path)):
+        sid = atoms.info.get("structure_id")
+        if sid is None:
+            raise ValueError(f"{path}: frame {i} has no structure_id")
+        if str(sid) in out:
+            raise ValueError(f"{path}: several frames with structure_id {str(sid)!r}: one frame per structure expected")
+        out[str(sid)] = atoms
+    return out
+
+
 def _frame_text(atoms: Atoms) -> str:
     """One extxyz frame with ``repr``-precision floats (ASE's writer keeps 8 decimals)."""
     from ase.io.extxyz import key_val_dict_to_str

@@ -235,3 +235,21 @@ def test_append_to_a_file_without_final_newline(tmp_path):
     assert len(back) == 2
     _assert_same(_frame(17), back[0])
     _assert_same(_frame(18, n=2), back[1])
+
+
+def test_read_frames_by_id_pairs_unique_ids_and_refuses_others(tmp_path):
+    from ase_born.io.extxyz import read_frames_by_id
+
+    a, b = Atoms("H", cell=[3, 3, 3], pbc=True), Atoms("He", cell=[3, 3, 3], pbc=True)
+    a.info["structure_id"], b.info["structure_id"] = "x", "y"
+    write_frames(tmp_path / "ok.extxyz", [a, b])
+    got = read_frames_by_id(tmp_path / "ok.extxyz")
+    assert list(got) == ["x", "y"] and got["y"].get_chemical_symbols() == ["He"]
+    b.info["structure_id"] = "x"
+    write_frames(tmp_path / "twice.extxyz", [a, b])
+    with pytest.raises(ValueError, match="several frames with structure_id 'x'"):
+        read_frames_by_id(tmp_path / "twice.extxyz")
+    del b.info["structure_id"]
+    write_frames(tmp_path / "none.extxyz", [a, b])
+    with pytest.raises(ValueError, match="frame 1 has no structure_id"):
+        read_frames_by_id(tmp_path / "none.extxyz")
