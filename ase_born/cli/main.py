@@ -45,13 +45,19 @@ NEGATIVE_VALUE_OPTIONS = ("--field-direction", "--directions")
 
 def attach_negative_values(argv: list[str]) -> list[str]:
     """``--field-direction -x`` -> ``--field-direction=-x``: argparse takes "-x" for an
-    option and stops with "expected one argument"; the value form with "=" is unambiguous."""
+    option and stops with "expected one argument"; the value form with "=" is unambiguous.
+    Abbreviations argparse accepts (``--field-dir -x``) are attached the same way; argparse
+    still resolves (or refuses as ambiguous) the abbreviated name."""
+
+    def takes_direction(tok: str) -> bool:
+        return tok.startswith("--") and len(tok) > 2 and any(o.startswith(tok) for o in NEGATIVE_VALUE_OPTIONS)
+
     out: list[str] = []
     i = 0
     while i < len(argv):
         tok = argv[i]
         nxt = argv[i + 1] if i + 1 < len(argv) else None
-        if (tok in NEGATIVE_VALUE_OPTIONS and nxt is not None and nxt.startswith("-")
+        if (takes_direction(tok) and nxt is not None and nxt.startswith("-")
                 and not nxt.startswith("--") and nxt[1:2].lower() in set("xyzabc0123456789.")):
             out.append(f"{tok}={nxt}")
             i += 2

@@ -330,3 +330,10 @@ def test_negative_direction_values_parse_with_or_without_equals(monkeypatch, tmp
     # another option after it stays an option (argparse then reports the missing value)
     assert attach_negative_values(["heat", "--field-direction", "--steps", "5"]) == [
         "heat", "--field-direction", "--steps", "5"]
+    # abbreviations argparse accepts are values too, and reach the parsed arguments
+    from ase_born.cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(attach_negative_values(["heat", "--field-dir", "-x"])).field_direction == "-x"
+    assert parser.parse_args(attach_negative_values(["pe-curve", "--direction", "-x,y"])).directions == "-x,y"
+    assert attach_negative_values(["heat", "--steps", "-5"]) == ["heat", "--steps", "-5"]  # not a direction option
