@@ -743,8 +743,11 @@ class BornFieldCalculator(Calculator):
         first_config = (
             self._last_positions is None or self._last_positions.shape != atoms.positions.shape
         )
+        # committed to self only once the force field and the Born model have answered: a
+        # call that raises (and its retry at the same structure) must not count twice
+        n_updates = self._n_updates
         if new_config and not first_config:
-            self._n_updates += 1
+            n_updates += 1
         elif first_config and self._restored_config is not None:
             # the first structure after set_state: a new configuration of the saved trajectory
             # unless it is the saved one (an exact resume), e.g. displaced after the restore
@@ -752,8 +755,7 @@ class BornFieldCalculator(Calculator):
             if pos.shape != atoms.positions.shape or not (
                 np.array_equal(pos, atoms.positions) and np.array_equal(cell, atoms.cell.array)
             ):
-                self._n_updates += 1
-        self._restored_config = None
+                n_updates += 1
         field = self.get_field()
 
         # ---- force field (cached by the force field itself)
@@ -802,13 +804,16 @@ class BornFieldCalculator(Calculator):
             )
             self._z_raw = None  # direct mode's cached Z* no longer belongs to this configuration
         else:
-            z_raw = self._direct_born(atoms)
+            z_raw = self._direct_born(atoms, n_updates)
             z = physics.asr_project(z_raw) if self.parameters["asr"] else z_raw
             f_field = physics.field_forces(z, field)
             s_field = physics.field_stress(f_field, u, volume) if volume is not None else None
             correction = np.zeros_like(f_field)
         d_ion = physics.ionic_dipole(z, u)
         e_field = float(physics.field_energy(field, d_ion))
+
+        self._n_updates = n_updates
+        self._restored_config = None
 
         # ---- field work (trapezoid along the trajectory)
         if new_config and not first_config and self._last_u is not None:
@@ -857,21 +862,22 @@ class BornFieldCalculator(Calculator):
             r[KEY_STRESS] = s0 + s_field
             r["stress_contributions"] = np.stack([s0, s_field])
 
-    def _direct_born(self, atoms: Atoms) -> np.ndarray:
+    def _direct_born(self, atoms: Atoms, n_updates: int) -> np.ndarray:
         """Raw Z* for direct mode, refreshed every ``born_update_every`` new configurations
-        (and whenever the periodic directions change: the model's neighbours depend on them)."""
+        (``n_updates``: this configuration's count; and whenever the periodic directions
+        change: the model's neighbours depend on them)."""
         k = self.parameters["born_update_every"]
         n = len(atoms)
         stale = (
             self._z_raw is None
             or self._z_raw.shape[0] != n
             or not np.array_equal(self._z_pbc, atoms.pbc)
-            or self._n_updates - self._z_update >= k  # also after set(born_update_every=...)
+            or n_updates - self._z_update >= k  # also after set(born_update_every=...)
         )
         if stale:
             src = f"born model {type(self._born_model).__name__}"
             self._z_raw = check_born_charges(self._born_model.get_born_charges(atoms), n, src)
-            self._z_update = self._n_updates
+            self._z_update = n_updates
             self._z_pbc = atoms.pbc.copy()
         return self._z_raw
 

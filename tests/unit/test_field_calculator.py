@@ -968,3 +968,42 @@ def test_periodic_directions_without_a_3d_cell_are_refused():
     assert not np.allclose(wrapped.positions, atoms.positions)
     np.testing.assert_allclose(calc.get_property("displacements", wrapped), u, atol=1e-12)
     assert calc.get_property("field_energy", wrapped) == pytest.approx(e, abs=1e-12)
+
+class _FailsOnce(BornChargeModel):
+    """SmoothBorn that raises on its ``fail_at``-th call (0-based), as a model can on one
+    bad structure, and answers again on the retry."""
+
+    def __init__(self, fail_at):
+        self.inner, self.calls, self.fail_at = SmoothBorn(), 0, fail_at
+
+    def get_born_charges(self, atoms):
+        self.calls += 1
+        if self.calls - 1 == self.fail_at:
+            raise RuntimeError("model failed on this structure")
+        return self.inner.get_born_charges(atoms)
+
+
+def test_a_failed_calculation_counts_no_configuration_and_keeps_the_restored_one():
+    """The Z* refresh count (n_updates) and the restored last configuration are committed only
+    once the models have answered: a call that raised and its retry at the same structure count
+    one configuration (they counted two), and a state saved after a failed first call following
+    set_state still holds the saved configuration (it was dropped)."""
+    ref, x, y, state = _state_after_one_structure()
+    calc = _calc(ref, model=_FailsOnce(fail_at=1), field=FIELD, born_update_every=1)
+    for atoms in (x.copy(), y.copy()):
+        atoms.calc = calc
+        try:
+            atoms.get_forces()
+        except RuntimeError:
+            atoms.get_forces()  # the retry
+    assert calc.get_state()["n_updates"] == 1
+    new = _calc(ref, model=_FailsOnce(fail_at=0), field=FIELD, born_update_every=1)
+    new.set_state(state)
+    a = y.copy()
+    a.calc = new
+    with pytest.raises(RuntimeError, match="model failed"):
+        a.get_forces()
+    assert json.loads(json.dumps(new.get_state()))["last_config"] == state["last_config"]
+    want = physics.asr_project(SmoothBorn().get_born_charges(y))
+    np.testing.assert_allclose(new.get_property("born_effective_charges", a), want, atol=1e-12)
+    assert new.get_state()["n_updates"] == state["n_updates"] + 1
