@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     # the run's own settings: a resume continues the same recipe from the same base model
     run_settings = {"model_sha256": sha256(args.model),
                     "epochs": args.epochs, "stage2": args.stage2, "lr": args.lr,
-                    "study": args.study, "extra": extra}  # fmt: skip
+                    "study_sha256": sha256(args.study) if args.study else None,  # content, not spelling
+                    "extra": extra}  # fmt: skip
     settings_file = work / "finetune_settings.json"
     if earlier:  # resume: the same frames, or mace-torch would continue on other data
         changed = [n for n, t in texts.items() if old_text(n) != t]

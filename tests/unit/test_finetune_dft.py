@@ -76,6 +76,10 @@ def test_guards_around_the_trainer(script, tmp_path, monkeypatch):
     n_calls = len(calls)
     assert mod.main([*args, "--resume", "--lr", "5e-4"]) == 1 and len(calls) == n_calls
     assert mod.main([*args, "--resume", "--epochs", "80"]) == 1 and len(calls) == n_calls
+    # the same convergence study spelled another way is the same recipe (its content counts)
+    study = Path(mod.__file__).resolve().parents[2] / "data" / "dft" / "convergence.json"
+    assert mod.main([*args, "--resume", "--study", str(study)]) == 0 and len(calls) == n_calls + 1
+    n_calls = len(calls)
     # ... but not on other data (a frame added since the run started)
     more = [f for f in read_frames(DFT) if f.info["structure_id"] == "cubic5_0004"]
     write_frames(dft, [*frames, *more])
