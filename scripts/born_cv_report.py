@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.last_epoch:
             epochs, curve = val_curve(run)
             marks = np.unique(np.linspace(0, len(epochs) - 1, 6).round().astype(int))[1:]
-            print("  fold-mean val MAE at epoch " + ", ".join(
+            print("  fold-mean val MAE (log.csv; folds weighted equally, not by atoms) at epoch " + ", ".join(
                 f"{epochs[i]} {curve[i]:.4f}" for i in marks) + f"; minimum {curve.min():.4f} "
                 f"at {epochs[int(curve.argmin())]}")
         print("  per kind: " + ", ".join(f"{k} {np.concatenate(v).mean():.4f} ({len(v)})"
