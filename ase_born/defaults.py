@@ -134,9 +134,11 @@ def default_pressure_GPa() -> float:
     CaTiO3), at which Pnma has unstable polar Γ modes; at the experimental volume it is a
     local minimum.  The card's ``pressure_correction_GPa`` is the hydrostatic pressure at
     which the relaxed Pnma cell has the experimental volume
-    (``scripts/distill_mace/validate_physics.py --checks pressure``).  The workflows apply
-    it as the external pressure when they run on the default force field and no pressure is
-    given (the classic volume correction of first-principles perovskite simulations).
+    (``scripts/distill_mace/validate_physics.py --checks pressure``).  The ``ase-born``
+    workflow commands (``heat``, ``dielectric``, ``pe-curve``) apply it as the external
+    pressure when they run on the default force field and no pressure is given (the classic
+    volume correction of first-principles perovskite simulations); the Python ``run_*``
+    functions take their config's ``pressure_GPa`` as given (default 0): pass this value.
     """
     try:
         entry = model_card().get("force_field") or {}
@@ -199,7 +201,7 @@ def describe() -> str:
                          f"{e.get('summary', '')}")
     corr = (card.get("force_field") or {}).get("pressure_correction_GPa") if isinstance(card.get("force_field"), dict) else None
     if isinstance(corr, dict):
-        lines.append(f"  pressure correction (applied by the workflows): {corr.get('value')} GPa; {corr.get('source', '')}")
+        lines.append(f"  pressure correction (applied by the ase-born workflow commands): {corr.get('value')} GPa; {corr.get('source', '')}")
     if isinstance(card.get("epsilon_inf"), dict):
         lines.append(f"  epsilon_inf: {card['epsilon_inf'].get('source', '')}")
     lines.append("  model card: data/README.md")

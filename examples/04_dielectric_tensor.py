@@ -8,7 +8,9 @@ runs/examples/04_dielectric.
 
 The README main job, ``ase-born dielectric``, runs the same workflow on the default MACE and
 Equivar models at a CPU-sized setting (DielectricConfig() defaults: 40-atom cell, 300 K,
-4 x 600 production steps).  Paper-sized (GPU, ``ase-born dielectric --paper``)::
+4 x 600 production steps), plus what the command adds on the default models: the card's
+volume-correcting pressure (``ase_born.defaults.default_pressure_GPa()``) and ε∞
+(``default_epsilon_inf()``); a Python run of the defaults passes both itself.  Paper-sized (GPU, ``ase-born dielectric --paper``)::
 
     DielectricConfig(**ase_born.workflows.dielectric.PAPER_PRESET)
     # 640-atom (4, 2, 4) cell, 300-1500 K every 200 K, 100 ps per field run, E = 5e7 V/m, ±E

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "steps left cannot finish before --hours on a machine that will not be kept)")
     pr.add_argument("--hours", type=float, default=None,
                     help="stop after this many hours (the run in progress is killed; finished field "
-                         "directions are kept in data/dft/partial/), and start a structure only if its "
+                         "directions are kept in partial/ beside --output), and start a structure only if its "
                          "ground state (unless its run directory keeps it) and one field direction are "
                          "expected (measured cost, x1.2) to finish before then; the rest are deferred to "
                          "a later run")
