@@ -152,22 +152,28 @@ def ground_state_datasets(echo: dict) -> list[int]:
 
 
 def _response_table(text: str, header: str) -> list[tuple[int, int, int, int, float]]:
-    """Rows ``(dir1, pert1, dir2, pert2, real)`` of the LAST table with ``header``."""
+    """Rows ``(dir1, pert1, dir2, pert2, real)`` of the LAST table with ``header``; the rows
+    must start within :data:`_TABLE_START_LINES` lines of it (ABINIT prints 3-4 header lines),
+    so a header without its table (a truncated output) does not pick up later lines."""
     pos = text.rfind(header)
     if pos < 0:
         return []
     rows = []
     lines = text[pos:].split("\n")
     started = False
-    for line in lines[1:]:
+    for i, line in enumerate(lines[1:], start=1):
         parts = line.split()
         if len(parts) == 6 and all(p.lstrip("-").isdigit() for p in parts[:4]):
             started = True
             d1, p1, d2, p2 = (int(p) for p in parts[:4])
             rows.append((d1, p1, d2, p2, _to_float(parts[4])))
-        elif started and parts:
+        elif (parts if started else i > _TABLE_START_LINES):  # the table ended / never began
             break
     return rows
+
+
+#: lines after a response-table header within which its first row must appear
+_TABLE_START_LINES = 8
 
 
 def born_charges_from_table(

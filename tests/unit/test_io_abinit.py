@@ -301,3 +301,17 @@ def test_truncated_or_malformed_ddb_is_refused_naming_the_file(tmp_path):
             read_ddb(cut_file)
     cut_file.write_text(full)
     assert read_ddb(cut_file)[1] == read_ddb(TILT / "efield2.ddb")[1]
+
+
+def test_a_response_header_without_its_table_takes_no_later_lines():
+    """A truncated output ends after the table header: lines far below that happen to have six
+    integer-led fields are not read as the table (the rows must follow the header)."""
+    from ase_born.io.abinit import _response_table
+
+    text = (DATA / "efield.abo").read_text()
+    full = _response_table(text, "(from electric field response)")
+    assert len(full) == 3 * 3 * 5  # every (atom, direction, field direction) row of the 5-atom cell
+    cut = text.index("(from electric field response)")
+    truncated = text[:cut] + "(from electric field response)\n" + "\n".join(["   some other line"] * 12) \
+        + "\n   1    1   1    7         2.8717239875         0.0000000000\n"
+    assert _response_table(truncated, "(from electric field response)") == []
