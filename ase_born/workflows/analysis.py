@@ -343,7 +343,8 @@ def classify_tilts(
     equal_rtol : float
         Two tilts of the same kind (both in-phase or both out-of-phase) count as equal (same
         Glazer letter) when their magnitudes differ by less than ``equal_rtol`` times the
-        larger.  Tilts of different kinds always get different letters (``a−a−c+`` is Pnma
+        larger, against every tilt already under that letter (no chaining).  Tilts of
+        different kinds always get different letters (``a−a−c+`` is Pnma
         whatever the in-phase magnitude).
 
     Returns
@@ -385,8 +386,13 @@ def classify_tilts(
                         letter = names[j]
                         break
             else:
+                # equal to EVERY tilt already under that letter (no chaining: a≈b and b≈c
+                # with a and c apart are not one letter)
                 for j in range(i):
-                    if signs[j] == s and abs(mags[j] - v) <= equal_rtol * max(mags[j], v):
+                    group = [k for k in range(i) if names[k] == names[j] and signs[k] == s]
+                    if signs[j] == s and all(
+                        abs(mags[k] - v) <= equal_rtol * max(mags[k], v) for k in group
+                    ):
                         letter = names[j]
                         break
             if letter is None:

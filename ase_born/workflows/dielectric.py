@@ -471,7 +471,7 @@ def _totals(results: dict[str, Any], eps_inf: np.ndarray | None) -> None:
 
 def write_outputs(rd: RunDirectory, results: dict[str, Any]) -> None:
     """``dielectric.json``, ``dielectric.csv`` and ``dielectric.png``."""
-    rd.write_json("dielectric.json", results)
+    rd.write_json("dielectric.json", results, strict=True)
     lines = ["temperature_K,quantity,estimator,component,value,error"]
     h = results.get("zero_kelvin", {}).get("harmonic")
     comps = [f"{_AXES[b]}{_AXES[c]}" for b in range(3) for c in range(3)]

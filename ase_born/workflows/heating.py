@@ -261,6 +261,11 @@ def window_index(edges: np.ndarray, temperature: float) -> int:
     return min(max(k, 0), len(edges) - 2)
 
 
+def _range_key(lo: float, hi: float) -> tuple[float, float]:
+    """A window's temperature range as a dictionary key (rounded to 1 mK)."""
+    return (round(float(lo), 3), round(float(hi), 3))
+
+
 class WindowAverager:
     """Running time average of the structure within a temperature window (exact restart state).
 
@@ -360,9 +365,10 @@ def run_heating(
 
     t_start = time.perf_counter()
     cfg = config
-    if not (Path(out) / "settings.json").exists():
-        # a supercell that cannot hold the tilt patterns fails before anything is written, so
-        # the same out directory can be used with a better one (relaxing never changes this)
+    if overwrite or not (Path(out) / "settings.json").exists():
+        # a supercell that cannot hold the tilt patterns fails before anything is written (or
+        # removed, with overwrite), so the same out directory can be used with a better one
+        # (relaxing never changes this)
         check_structure_file(cfg.structure)
         unit0 = load_structure(cfg.structure)
         _analyzer(make_supercell(unit0, cfg.supercell), cfg.supercell, len(unit0))
@@ -422,7 +428,7 @@ def run_heating(
                         log_csv.write(
                             _log_row(atoms, calc, analyzer, cfg, s1, t_target, n_fu, fix_com)
                         )
-                        if s1 > cfg.equilibration_steps or len(cfg.temperatures_K) == 1:
+                        if s1 > cfg.equilibration_steps:  # isothermal runs too
                             averager.add(atoms, t_target, wfh)
                     if s1 % cfg.traj_every == 0:
                         write_frame(
@@ -456,7 +462,7 @@ def run_heating(
         result = analyze_heating(rd.path, cfg, reference=reference, analyzer=analyzer)
         result["fix_com"] = fix_com
         result["wall_time_s_this_process"] = time.perf_counter() - t_start
-        rd.write_json("heat_phases.json", result)
+        rd.write_json("heat_phases.json", result, strict=True)
         return result
 
 
@@ -537,18 +543,16 @@ def analyze_heating(
     if not logfile.exists():
         raise FileNotFoundError(f"{logfile} not found: no heating run in {path}")
     data = read_csv(logfile)
-    averaged: dict[int, Any] = {}
+    # averaged structures by their temperature range: a config with other windows than the
+    # run's finds none for its windows rather than another window's
+    averaged: dict[tuple[float, float], Any] = {}
     wfile = path / "window_structures.extxyz"
     if wfile.exists() and wfile.stat().st_size:
         for f in ase.io.read(wfile, index=":", format="extxyz"):
-            averaged[int(f.info["window"])] = f
+            averaged[_range_key(*np.ravel(f.info["range_K"]))] = f
     t_log = data["temperature_target_K"]
     edges = window_edges(cfg)
-    ramp = (
-        data["step"] > cfg.equilibration_steps
-        if len(cfg.temperatures_K) == 2
-        else np.ones_like(t_log, dtype=bool)
-    )
+    ramp = data["step"] > cfg.equilibration_steps  # production rows (isothermal runs too)
     windows = []
     for k in range(len(edges) - 1):
         a, b = edges[k], edges[k + 1]
@@ -587,7 +591,7 @@ def analyze_heating(
             "spglib_number": None,
             "n_averaged": 0,
         }
-        avg = averaged.get(k)
+        avg = averaged.get(_range_key(a, b))
         if avg is not None:
             avg.calc = None
             sym, num = space_group(avg, symprec=cfg.symprec)
@@ -653,7 +657,7 @@ def analyze_heating(
     (path / "heat_windows.csv").write_text("\n".join(lines) + "\n")
     from ase_born.workflows.rundir import write_json
 
-    write_json(path / "heat_phases.json", result)
+    write_json(path / "heat_phases.json", result, strict=True)
     plot_heating(data, result, path / "heat.png")
     return result
 

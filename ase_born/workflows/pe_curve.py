@@ -309,7 +309,7 @@ def run_pe_curve(
                 rd.write_json("harmonic.json", {"epsilon_ion": eps.tolist()})
                 result["epsilon_ion_harmonic"] = eps.tolist()
         result["wall_time_s_this_process"] = time.perf_counter() - t_start
-        rd.write_json("pe_curve.json", result)
+        rd.write_json("pe_curve.json", result, strict=True)
         from ase_born.workflows.plots import plot_pe_curve
 
         plot_pe_curve(result, rd.file("pe_curve.png"))

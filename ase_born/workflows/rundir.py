@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -78,12 +79,30 @@ def normalise(x: Any) -> Any:
     return json.loads(json.dumps(x, default=_json_default))
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temporary file + ``os.replace``)."""
+def _finite_or_none(x: Any) -> Any:
+    """``x`` with every NaN/±inf float (also inside arrays) replaced by ``None``."""
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _finite_or_none(x.tolist())
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def write_json(path: str | os.PathLike, data: Any, *, strict: bool = False) -> None:
+    """Write JSON atomically (temporary file + ``os.replace``).  ``strict``: standard JSON
+    for the result files users read with other tools (jq, JavaScript): undefined numbers
+    (NaN, ±inf: e.g. a tilt component the cell cannot hold) become ``null``; otherwise
+    Python's ``NaN`` tokens are kept (checkpoints, read back by this package)."""
     path = Path(path)
+    if strict:
+        data = _finite_or_none(normalise(data))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, default=_json_default)
+        json.dump(data, fh, indent=1, default=_json_default, allow_nan=not strict)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -341,10 +360,10 @@ class RunDirectory:
         write_json(self.path / CHECKPOINT_FILE, data)
         self.checkpoint = normalise(data)
 
-    def write_json(self, name: str, data: Any) -> Path:
-        """Atomic JSON output inside the directory."""
+    def write_json(self, name: str, data: Any, *, strict: bool = False) -> Path:
+        """Atomic JSON output inside the directory (``strict``: :func:`write_json`)."""
         p = self.file(name)
-        write_json(p, data)
+        write_json(p, data, strict=strict)
         return p
 
 

@@ -150,6 +150,8 @@ def test_tilt_amplitude_is_the_rotation_angle():
         ((4, 7, 0), (0, 0, 9), "Pmmn", "a+b+c-"),
         ((8, 0, 0), (0, 5, 9), "P21/m", "a+b-c-"),
         ((0, 0, 0), (4, 7, 10), "P-1", "a-b-c-"),
+        # 6 ≈ 7.5 and 7.5 ≈ 9.4 (within 25 %), but 6 and 9.4 are not: no chained "a-a-a-"
+        ((0, 0, 0), (6, 7.5, 9.4), "C2/c", "a-a-c-"),
     ],
 )
 def test_classify_tilts(m, r, phase, glazer):

@@ -106,6 +106,16 @@ def test_supercell_that_breaks_the_reference(cubic_file, tmp_path, capsys):
     assert "breaks the reference" in capsys.readouterr().err
     # nothing written: the same --out takes a supercell that works (no "different settings")
     assert not (tmp_path / "h").exists() or not (tmp_path / "h" / "settings.json").exists()
+    good = ["heat", *STANDIN, "--structure", cubic_file, "--supercell", "2,2,2", "--steps", "4",
+            "--equilibration-steps", "0", "--log-every", "2", "--out", str(tmp_path / "h")]
+    assert main(good) == 0
+    settings = (tmp_path / "h" / "settings.json").read_text()
+    # with --overwrite too: refused before the finished run is removed
+    rc = main(["heat", *STANDIN, "--structure", cubic_file, "--supercell", "1,1,1", "--overwrite",
+               "--out", str(tmp_path / "h")])
+    assert rc == 1 and "breaks the reference" in capsys.readouterr().err
+    assert (tmp_path / "h" / "settings.json").read_text() == settings
+    assert (tmp_path / "h" / "heat_log.csv").exists()
 
 
 def test_missing_default_models_error(tmp_path, capsys, monkeypatch):
@@ -208,6 +218,22 @@ def test_heat_end_to_end(tmp_path, capsys):
         "Pz_C_per_m2",
     ):
         assert col in header
+    # heat_phases.json is standard JSON: the tilt components this 20-atom cell cannot hold
+    # are null, not Python's NaN token (jq / JavaScript reject it)
+    text = (out / "heat_phases.json").read_text()
+    strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+    assert any(x is None for w in strict["windows"] for x in w["M_deg"] + w["R_deg"])
+    # analysed with other windows than the run's: no averaged structure of another window is
+    # attached (they were matched by index)
+    from ase_born.workflows.heating import HeatingConfig, analyze_heating
+
+    cfg = HeatingConfig(supercell=(1, 1, 1), temperatures_K=(300.0, 700.0), ramp_steps=300,
+                        equilibration_steps=50, log_every=10, traj_every=50, window_K=100.0)
+    other = analyze_heating(str(out), cfg)
+    assert [w["range_K"] for w in other["windows"]] == [[300, 400], [400, 500], [500, 600], [600, 700]]
+    assert [w["n_averaged"] for w in other["windows"]] == [0, 0, 0, 0]
+    same = analyze_heating(str(out), cfg.replace(window_K=200.0))
+    assert [w["n_averaged"] for w in same["windows"]] == [14, 16]
 
 
 def test_pe_curve_end_to_end(tmp_path, capsys):
@@ -337,3 +363,17 @@ def test_negative_direction_values_parse_with_or_without_equals(monkeypatch, tmp
     assert parser.parse_args(attach_negative_values(["heat", "--field-dir", "-x"])).field_direction == "-x"
     assert parser.parse_args(attach_negative_values(["pe-curve", "--direction", "-x,y"])).directions == "-x,y"
     assert attach_negative_values(["heat", "--steps", "-5"]) == ["heat", "--steps", "-5"]  # not a direction option
+
+
+def test_isothermal_heat_run_averages_production_only(tmp_path):
+    """One temperature: windows and averaged structures hold the production rows only, as
+    in a ramp (the equilibration rows were averaged too)."""
+    from ase_born.workflows.heating import HeatingConfig, run_heating
+    from ase_born.workflows.standins import standin_born_model, standin_force_field
+
+    cfg = HeatingConfig(supercell=(1, 1, 1), temperatures_K=(300.0,), ramp_steps=40,
+                        equilibration_steps=20, log_every=4, traj_every=40, checkpoint_every=1000)
+    res = run_heating(cfg, standin_force_field, standin_born_model, str(tmp_path / "iso"),
+                      progress=False, log=lambda m: None)
+    (w,) = res["windows"]
+    assert w["n_log"] == 10 and w["n_averaged"] == 10  # steps 24..60, not 4..60
