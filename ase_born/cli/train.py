@@ -21,6 +21,17 @@ import sys
 from ase_born.cli._errors import reports_errors
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train``, ``evaluate`` and ``predict`` subcommands."""
     p = subparsers.add_parser(
@@ -42,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--out", default=None, help="override the output directory")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     p.add_argument(
         "--quiet", action="store_true", help="no per-epoch log lines and no progress bars"

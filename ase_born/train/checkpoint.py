@@ -25,7 +25,8 @@ key                    content
 ``rng``                ``{"torch": ByteTensor, "cuda": [ByteTensor] , "numpy": {...},
                        "python": [...]}`` (numpy's MT19937 key as an int64 tensor,
                        python's state as a list), see :func:`get_rng_state`
-``elements``           atomic numbers present in the data
+``elements``           atomic numbers present in the data (all splits)
+``train_elements``     atomic numbers of the training split (what an exported model knows)
 ``normalisation``      ``None`` (targets are trained in e, unscaled)
 ``data_fingerprint``   SHA-256 of the train/val/test structures and targets
 ``world_size``         number of DDP processes that wrote it
@@ -171,14 +172,17 @@ def model_from_checkpoint(
 ):
     """The :class:`~ase_born.models.equivar.Equivar` of a checkpoint with its validated weights
     (:func:`eval_state`), in the checkpoint's dtype unless ``dtype`` is given.  ``elements``
-    (the species the calculator does not warn about) defaults to the checkpoint's."""
+    (the species the calculator does not warn about) defaults to the checkpoint's training
+    elements (``train_elements``; older checkpoints: ``elements``, all splits')."""
     from ase_born.models.equivar import Equivar
 
     model = Equivar.from_config(
         ckpt["model_config"], tp_impl=tp_impl, device=device, dtype=dtype or ckpt["model_dtype"]
     )
     model.load_state_dict(eval_state(ckpt), strict=True)
-    model.elements = tuple(int(z) for z in (ckpt["elements"] if elements is None else elements))
+    if elements is None:
+        elements = ckpt.get("train_elements") or ckpt["elements"]
+    model.elements = tuple(int(z) for z in elements)
     return model
 
 

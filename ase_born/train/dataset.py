@@ -483,11 +483,24 @@ def load_splits(
 
 
 def _geometry_key(sample: BornSample) -> str:
-    """Hash of species, positions and cell (to 1e-6 Å): the same structure under any ID."""
+    """Hash of species, positions and cell (to ~1e-6): the same structure under any ID, also
+    with atoms listed in another order or moved by a lattice vector (positions along the
+    periodic directions are taken as fractional coordinates wrapped into [0, 1))."""
     g = sample.graph
-    h = hashlib.sha256(np.ascontiguousarray(g.numbers, dtype=np.int64).tobytes())
-    for arr in (g.positions, g.cell):
-        h.update((np.round(np.asarray(arr, dtype=np.float64) * 1e6) + 0.0).astype(np.int64).tobytes())
+    pos = np.asarray(g.positions, dtype=np.float64)
+    cell = np.asarray(g.cell, dtype=np.float64)
+    periodic = np.asarray(g.pbc, dtype=bool) & (np.linalg.norm(cell, axis=1) > 0)
+    if periodic.any() and abs(np.linalg.det(cell)) > 1e-12:
+        frac = np.linalg.solve(cell.T, pos.T).T
+        frac[:, periodic] = np.round(frac[:, periodic] * 1e6) % 1_000_000  # wrapped, 1e-6 steps
+        frac[:, ~periodic] = np.round(frac[:, ~periodic] * 1e6)
+        coords = frac.astype(np.int64)
+    else:
+        coords = np.round(pos * 1e6).astype(np.int64)
+    rows = np.column_stack([np.asarray(g.numbers, dtype=np.int64), coords])
+    rows = rows[np.lexsort(rows.T[::-1])]  # by species, then coordinates: any atom order
+    h = hashlib.sha256(np.ascontiguousarray(rows).tobytes())
+    h.update((np.round(cell * 1e6) + 0.0).astype(np.int64).tobytes())
     return h.hexdigest()
 
 

@@ -203,7 +203,7 @@ def resolve_train_device(device: str, local_rank: int = 0) -> torch.device:
         device = f"cuda:{local_rank}"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        raise ValueError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
     return dev
 
 
@@ -435,6 +435,7 @@ class Trainer:
             "history": [dict(h) for h in self.history],
             "rng": get_rng_state(),
             "elements": self.splits.elements,
+            "train_elements": self.splits.train.elements,  # what an exported model knows
             "normalisation": None,
             "data_fingerprint": self.fingerprint,
             "fold": self.fold,
@@ -475,6 +476,12 @@ class Trainer:
             raise CheckpointMismatchError(
                 f"{where} was written with a different training config ({lines}); "
                 "resume with the original config or start a new run in another out directory"
+            )
+        if int(ckpt.get("epoch", 0)) > self.cfg.epochs:
+            raise CheckpointMismatchError(
+                f"{where} is from epoch {int(ckpt['epoch'])}, beyond the {self.cfg.epochs} epochs asked "
+                "for: its model would be exported as a shorter run's; resume with --epochs >= "
+                f"{int(ckpt['epoch'])}, or train anew in another out directory"
             )
         if ckpt.get("data_fingerprint") != self.fingerprint:
             raise CheckpointMismatchError(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from train_helpers import one_torch_thread  # noqa: F401 - autouse fixture
 
 from ase_born.cli.main import main
@@ -111,6 +112,14 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--split", "nonsense", "m.pt", "d.extxyz"])
     capsys.readouterr()
+    # --threads 0 is a usage error, CUDA on a machine without it a one-line error (tracebacks)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(TINY_YAML), "--threads", "0"])
+    assert exc.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", str(TINY_YAML), "--device", "cuda", "--out", str(tmp_path / "c")]) == 1
+        err = capsys.readouterr().err
+        assert "CUDA is not available" in err and "Traceback" not in err
 
 
 def test_final_fit_without_held_out_validation(tmp_path):

@@ -137,6 +137,13 @@ def test_bad_split_tag_and_leaks(tmp_path):
     write_frames(tmp_path / "noid.extxyz", plain)
     with pytest.raises(DatasetError, match=r"6 structure\(s\) of the train set are also in the test set"):
         load_splits([tmp_path / "noid.extxyz"], test_file=f"{tmp_path}/./noid.extxyz", val_fraction=0.0)
+    # ... also with the atoms listed in another order, or one moved by a lattice vector
+    moved = [a.copy() for a in plain[:2]]
+    moved[0] = moved[0][[4, 2, 0, 3, 1]]
+    moved[1].positions[2] += moved[1].cell[0] - moved[1].cell[2]
+    write_frames(tmp_path / "moved.extxyz", moved)
+    with pytest.raises(DatasetError, match=r"2 structure\(s\) of the train set are also in the test set"):
+        load_splits([tmp_path / "noid.extxyz"], test_file=tmp_path / "moved.extxyz", val_fraction=0.0)
 
 
 def test_training_frames_drop_test_and_select_by_id():

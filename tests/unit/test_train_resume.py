@@ -168,7 +168,7 @@ def test_checkpoint_is_weights_only_and_complete(tmp_path):
         "epoch", "best_metric", "best_epoch", "rng", "elements", "normalisation", "versions", "history",
     ):  # fmt: skip
         assert key in ckpt, key
-    assert ckpt["epoch"] == 1 and ckpt["elements"] == [8, 20, 22]
+    assert ckpt["epoch"] == 1 and ckpt["elements"] == ckpt["train_elements"] == [8, 20, 22]
     assert set(ckpt["rng"]) >= {"torch", "numpy", "python"}
     assert all(isinstance(v, torch.Tensor) for v in ckpt["model_state"].values())
     assert ckpt["versions"]["torch"] == str(torch.__version__)
@@ -213,6 +213,29 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     # allowed changes: more epochs, another device string
     result = train(cfg.replace(epochs=2, device="cpu"), resume=True)
     assert result.epochs_completed == 2
+    # fewer epochs than trained: refused (model.pt would be a longer run's under a shorter config)
+    with pytest.raises(CheckpointMismatchError, match="from epoch 2, beyond the 1 epochs"):
+        train(cfg.replace(epochs=1), resume=True)
+
+
+def test_checkpoint_model_knows_the_training_elements_only(tmp_path):
+    """A species only in TEST is in the checkpoint's data elements, not in what a model rebuilt
+    from the checkpoint knows (it was, so the calculator gave no extrapolation warning)."""
+    from ase_born.io.extxyz import read_frames, write_frames
+    from ase_born.train.checkpoint import model_from_checkpoint
+
+    frames = read_frames(DATA)
+    sr = frames[-1].copy()
+    sr.arrays["born_effective_charges"] = frames[-1].arrays["born_effective_charges"].copy()
+    sr.symbols[[i for i, s in enumerate(sr.get_chemical_symbols()) if s == "Ca"]] = "Sr"
+    sr.info.update(structure_id="sr_only_in_test", split="test")
+    data = tmp_path / "data.extxyz"
+    write_frames(data, [*frames, sr])
+    train(_config(tmp_path / "run", epochs=1, train_files=[str(data)]))
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert 38 in best["elements"] and best["train_elements"] == [8, 20, 22]
+    assert model_from_checkpoint(best).elements == (8, 20, 22)
+    assert Equivar.load(tmp_path / "run" / "model.pt").elements == (8, 20, 22)
 
 
 def test_data_change_is_refused(tmp_path):
