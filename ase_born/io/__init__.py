@@ -159,12 +159,37 @@ def calculator_results(atoms: Atoms) -> dict[str, Any]:
     return {k: res[k] for k in _RESULT_KEYS if res.get(k) is not None}
 
 
+#: compressed-file suffixes :func:`read_text` opens transparently
+_COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def open_text(path: str | os.PathLike):
+    """``path`` opened for reading text (undecodable bytes replaced), decompressed when it
+    ends in ``.gz``, ``.bz2`` or ``.xz`` (``OUTCAR.gz``, ``BORN.gz``: ASE and phonopy read
+    them too)."""
+    import importlib
+
+    p = Path(path)
+    module = _COMPRESSED.get(p.suffix.lower())
+    if module is None:
+        return open(p, errors="replace")
+    return importlib.import_module(module).open(p, "rt", errors="replace")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole text of ``path`` (:func:`open_text`)."""
+    with open_text(path) as fh:
+        return fh.read()
+
+
 def load_structure(structure: Atoms | str | os.PathLike, format: str | None = None) -> Atoms:
     """Return a copy of ``structure``, reading it with :func:`ase.io.read` if a path.
 
     The last image is used for multi-image files (e.g. a pw.x relaxation: the
-    final structure is the one a following ph.x run used).  A calculator
-    attached by the reader (e.g. pw.x output energies) is kept.
+    final structure is the one a following ph.x run used), except for a VASP
+    OUTCAR / vasprun.xml of a phonon run (IBRION=5-8), whose first image is the
+    undisplaced reference the Born charges belong to.  A calculator attached by
+    the reader (e.g. pw.x output energies) is kept.
 
     Parameters
     ----------
@@ -178,14 +203,29 @@ def load_structure(structure: Atoms | str | os.PathLike, format: str | None = No
         out.calc = structure.calc
         return out
     import ase.io
+    from ase.io.formats import UnknownFileTypeError
 
     path = Path(structure)
     if not path.is_file():
         raise FileNotFoundError(f"structure file not found: {path}")
-    atoms = ase.io.read(str(path), index=-1, format=format)
-    if not isinstance(atoms, Atoms):  # pragma: no cover - index=-1 returns one image
-        atoms = atoms[-1]
+    index = -1
+    if format is None and _is_vasp_output(path):
+        from ase_born.io.vasp import PHONON_IBRION, read_ibrion
+
+        index = 0 if read_ibrion(path) in PHONON_IBRION else -1
+    try:
+        atoms = ase.io.read(str(path), index=index, format=format)
+    except UnknownFileTypeError as exc:
+        raise ValueError(f"{path}: not a structure file ASE recognises ({exc}); pass its format") from exc
+    if not isinstance(atoms, Atoms):  # pragma: no cover - an int index returns one image
+        atoms = atoms[index]
     return atoms
+
+
+def _is_vasp_output(path: Path) -> bool:
+    """OUTCAR* or vasprun*.xml* by name."""
+    name = path.name
+    return name.startswith("OUTCAR") or (name.lower().startswith("vasprun") and ".xml" in name.lower())
 
 
 def _finite_array(x, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -225,9 +265,9 @@ def guess_format(path: str | os.PathLike) -> str:
     if name.startswith("BORN"):
         return "phonopy-born"
     try:
-        with open(p, errors="replace") as fh:
+        with open_text(p) as fh:
             head = [line for _, line in zip(range(80), fh)]
-    except OSError as exc:
+    except (OSError, EOFError) as exc:
         raise ValueError(f"cannot read {p}: {exc}") from exc
     text = "".join(head)
     if "<modeling>" in text and "<generator>" in text:

@@ -29,10 +29,13 @@ ASE's reader.
 What round-trips exactly (same values): species, positions, cell, pbc, Z*, ε∞, energy,
 free_energy, forces, stress, per-atom float/int/bool/string arrays of shape ``(N,)`` or
 ``(N, k)`` with ``k > 1``, and ``info`` values that are numbers, bools, numeric arrays
-or strings that do not look like a number or a bool.  Not exactly, because ASE's reader
-parses the text back by its look: a string such as ``"T"``, ``"False"``, ``"10.0"`` or
-``"3"`` comes back as a bool / float / int, a list as a NumPy array, and an ``(N, 1)``
-array as ``(N,)``.  Store such labels unambiguously (``"v10.0"``, ``"md_300K"``).
+of two or more elements, or non-empty strings that do not look like a number or a bool.
+Not exactly, because ASE's reader parses the text back by its look: a string such as
+``"T"``, ``"False"``, ``"10.0"`` or ``"3"`` comes back as a bool / float / int, ``""`` as an
+empty array, ``None`` as ``True``, a list or a bool array as a NumPy array / list, a
+one-element array as its scalar, NumPy scalars as Python ones, and an ``(N, 1)`` array as
+``(N,)``; an ``info["energy"]`` (or another calculator key) without a calculator comes back
+in the frame's calculator.  Store such labels unambiguously (``"v10.0"``, ``"md_300K"``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from ase_born.io import build_frame, calculator_results, load_structure
+from ase_born.io import build_frame, calculator_results, load_structure, read_text
 
 _HEADER_ATOMS_RE = re.compile(r"^\s*(?:\S+\s+)*?#\s*epsilon and Z\* of atoms\s+([\d\s]+)$")
 
@@ -157,7 +157,7 @@ def read_born_file(
         cell, e.g. with ``phonopy-vasp-born --pa``, whose header numbers unit-cell atoms).
     """
     atoms = load_structure(structure)
-    text = Path(path).read_text()
+    text = read_text(path)
     first = text.splitlines()[0] if text else ""
     m = _HEADER_ATOMS_RE.match(first)
     if m:

@@ -80,7 +80,7 @@ import numpy as np
 from ase import Atoms
 
 from ase_born.defaults import sha256
-from ase_born.io import build_frame, calculator_results, load_structure
+from ase_born.io import build_frame, calculator_results, load_structure, read_text
 
 BornRows = Literal["field", "displacement"]
 
@@ -107,6 +107,21 @@ OUTCAR_BORN_PREFIX = "BORN EFFECTIVE CHARGES"
 PHONON_IBRION: tuple[int, ...] = (5, 6, 7, 8)
 
 _IBRION_RE = re.compile(r"^\s*IBRION\s*=\s*(-?\d+)")
+_VASPRUN_IBRION_RE = re.compile(r'name="IBRION">\s*(-?\d+)')
+
+
+def read_ibrion(path: str | os.PathLike) -> int | None:
+    """IBRION of a VASP OUTCAR or vasprun.xml (the first value printed), or None; reads the
+    file only as far as that line."""
+    from ase_born.io import open_text
+
+    xml = ".xml" in Path(path).name.lower()
+    with open_text(path) as fh:
+        for line in fh:
+            m = (_VASPRUN_IBRION_RE.search if xml else _IBRION_RE.match)(line)
+            if m:
+                return int(m.group(1))
+    return None
 
 
 class OutcarGeometryError(ValueError):
@@ -458,7 +473,7 @@ def parse_outcar_born_epsilon(
         A block that cannot be read, e.g. a file that ends inside it (names the file and
         line).
     """
-    text = Path(path).read_text(errors="replace")
+    text = read_text(path)
     lines = text.splitlines()
     born_blocks: list[np.ndarray] = []
     born_header = None

@@ -847,3 +847,52 @@ def test_truncated_outcar_raises_valueerror_naming_file_and_block(tmp_path):
         ValueError, match=r"OUTCAR:\d+: file ends inside the dielectric-tensor block"
     ):
         read_outcar(path)
+
+
+@pytest.mark.parametrize("ibrion", [6, 2])
+def test_vasp_output_as_structure_file_uses_the_step_the_born_charges_belong_to(tmp_path, ibrion):
+    """structure=<vasprun.xml/OUTCAR> (a BORN file's structure, the OUTCAR fallback): a phonon
+    run's (IBRION=5-8) first, undisplaced step, as the VASP readers pick; a relaxation's last.
+    The last image was always taken, displaced geometry and energy included."""
+    import ase.io
+
+    from ase_born.io import load_structure
+    from ase_born.io.vasp import read_ibrion
+
+    text, atoms, _, _, energy, _, moved = _vasprun_two_steps(ibrion)
+    path = tmp_path / "vasprun.xml"
+    path.write_text(text)
+    outcar = tmp_path / "OUTCAR"
+    outcar.write_text(_outcar_two_steps(ibrion, False)[0])
+    assert read_ibrion(path) == read_ibrion(outcar) == ibrion
+    want = atoms if ibrion == 6 else moved
+    np.testing.assert_allclose(load_structure(path).positions, want.positions, atol=1e-7)
+    if ibrion == 6:
+        assert load_structure(path).get_potential_energy() == pytest.approx(energy)
+        first = ase.io.read(outcar, index=0, format="vasp-out")
+        np.testing.assert_allclose(load_structure(outcar).positions, first.positions, atol=1e-7)
+
+
+def test_compressed_outcar_and_born_files_read_like_plain_ones(tmp_path):
+    """OUTCAR.gz (guessed as an OUTCAR, like vasprun.xml.gz) was read as plain text ("no
+    Born-charge block"); BORN.gz failed to decode."""
+    import gzip
+
+    from ase_born.io import read_dataset
+
+    text = _outcar_two_steps(6, False)[0]
+    (tmp_path / "OUTCAR").write_text(text)
+    with gzip.open(tmp_path / "OUTCAR.gz", "wt") as fh:
+        fh.write(text)
+    (plain,), (packed,) = read_dataset([tmp_path / "OUTCAR"]), read_dataset([tmp_path / "OUTCAR.gz"])
+    np.testing.assert_array_equal(packed.arrays[KEY_BORN], plain.arrays[KEY_BORN])
+    np.testing.assert_array_equal(packed.positions, plain.positions)
+    assert packed.get_potential_energy() == plain.get_potential_energy()
+
+
+def test_unrecognised_structure_file_is_a_value_error(tmp_path):
+    from ase_born.io import load_structure
+
+    (tmp_path / "notastructure.txt").write_text("hello\n")
+    with pytest.raises(ValueError, match="not a structure file ASE recognises"):
+        load_structure(tmp_path / "notastructure.txt")
