@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Read Born effective charges, epsilon_inf, structure and (where present) "
             "energy/forces/stress from DFPT outputs and write extxyz frames in the project's "
-            "convention (Z*[k,b,a], b = field, a = displacement; raw, no sum-rule correction)."
+            "convention (Z*[k,b,a], b = field, a = displacement; as read: no sum-rule correction unless the source applied one, e.g. ph.x --born-block dF/dE-asr)."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files (formats may be mixed)")
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skip-unavailable",
         action="store_true",
-        help="skip inputs whose reader is not available (e.g. ABINIT) instead of failing",
+        help="skip inputs whose reader module cannot be imported instead of failing",
     )
     p.set_defaults(func=run)
 

@@ -414,8 +414,8 @@ def read_dataset(
         phonopy BORN only: ``False`` for a file that lists every atom (written with
         symmetry off, e.g. ``write_born_file(..., is_symmetry=False)``).
     skip_unavailable : bool
-        Skip (with a warning) inputs whose reader module is not available (the
-        ABINIT reader, until written) instead of raising
+        Skip (with a warning) inputs whose reader module cannot be imported (a
+        partial install) instead of raising
         :class:`FormatUnavailableError`.
 
     Returns
