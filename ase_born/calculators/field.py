@@ -91,6 +91,12 @@ def _cell_volume(atoms: Atoms) -> float | None:
     return vol
 
 
+class NoCellError(PropertyNotImplementedError, ValueError):
+    """A property that needs a non-singular 3D cell (stress, polarization) asked of a
+    structure without one: ASE's ``PropertyNotImplementedError`` (what its calculator
+    contract expects) and a ``ValueError`` (bad input)."""
+
+
 class BornFieldCalculator(Calculator):
     r"""Electric-field calculator: any ASE force field + a Born-charge model.
 
@@ -118,7 +124,9 @@ class BornFieldCalculator(Calculator):
         current configuration, energy ``E0 − E·d``.  Exactly the gradient of that
         energy only when Z* does not depend on positions; with a position-dependent
         model the field force misses the ``(∂Z*/∂R)·u`` term and MD is not exactly
-        energy conserving.  ``"conservative"``: forces and stress are exact gradients
+        energy conserving; likewise the field stress misses ``(∂Z*/∂ε)·u`` (with the
+        shipped Equivar model a sizeable fraction of the field stress in a rattled cell),
+        so direct-mode NpT under a field is approximate in the same way.  ``"conservative"``: forces and stress are exact gradients
         (torch autograd through ``born_model.get_born_charges_torch``) of the enthalpy
         ``H = E0 − Σ E_b Z*_{k,ba}(R) u_{k,a}``.  Its implied effective charges are
         ``∂d/∂R = Z* + (∂Z*/∂R)·u``, not Z*, and depend on the reference; the
@@ -155,9 +163,11 @@ class BornFieldCalculator(Calculator):
     ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å, ``(n, 3)``), ``stress`` (eV/Å³,
     Voigt, when the force field has it and the cell is 3D), ``born_effective_charges``
     (e, ``(n, 3, 3)``, after the ASR correction when ``asr``), ``polarization`` (e/Å²,
-    ``(3,)``; needs a non-singular 3D cell, else ``ValueError`` — use ``dipole``),
+    ``(3,)``; needs a non-singular 3D cell, else :class:`NoCellError`, an ASE
+    ``PropertyNotImplementedError`` and a ``ValueError`` — use ``dipole``),
     ``dipole`` (e·Å; ``Ω P`` with a 3D cell, the ionic dipole without one),
-    ``field_energy``, ``field_forces``, ``field_stress`` (Voigt, 3D cells),
+    ``field_energy``, ``field_forces``, ``field_stress`` (Voigt, 3D cells; in direct mode
+    not the strain derivative of the field energy when Z* depends on the structure),
     ``energy_contributions`` ``(2,)``, ``free_energy_contributions`` ``(2,)``,
     ``forces_contributions`` ``(2, n, 3)``, ``stress_contributions`` ``(2, 6)`` in the
     order ``contribution_names = ("force_field", "field")``; also ``ionic_dipole``,
@@ -355,6 +365,8 @@ class BornFieldCalculator(Calculator):
         clean: dict[str, Any] = {}
         allow = bool(params.get("allow_large_field", False))
         if "allow_large_field" in kwargs:
+            if not isinstance(kwargs["allow_large_field"], (bool, np.bool_)):  # "false" is truthy
+                raise TypeError(f"allow_large_field must be a bool, got {kwargs['allow_large_field']!r}")
             clean["allow_large_field"] = bool(kwargs["allow_large_field"])
         if "field" in kwargs or "allow_large_field" in kwargs:
             f = params["field"]
@@ -437,11 +449,12 @@ class BornFieldCalculator(Calculator):
         Wraps ``dyn.step`` (see "Time-dependent fields" in the class docstring): before
         each step the forces at the current positions and time are ensured, then the
         clock advances by ``dyn.dt``.  The clock continues from its current value
-        (e.g. one restored with :meth:`set_state`).
+        (e.g. one restored with :meth:`set_state`).  Attaching again (this or another
+        calculator) replaces the earlier wrapper: the clock never advances twice per step.
         """
         import inspect
 
-        orig_step = dyn.step
+        orig_step = getattr(dyn.step, "_ase_born_unwrapped", dyn.step)
         try:
             takes_forces = "forces" in inspect.signature(orig_step).parameters
         except (TypeError, ValueError):  # pragma: no cover - builtins
@@ -458,6 +471,7 @@ class BornFieldCalculator(Calculator):
                 return orig_step(forces=forces, **kwargs)
             return orig_step(*args, **kwargs)
 
+        step._ase_born_unwrapped = orig_step  # type: ignore[attr-defined]
         dyn.step = step
 
     def reset_field_work(self) -> None:
@@ -721,13 +735,13 @@ class BornFieldCalculator(Calculator):
 
         volume = _cell_volume(atoms)
         if props & {KEY_POLARIZATION, "ionic_polarization"} and volume is None:
-            raise ValueError(
+            raise NoCellError(
                 "polarization needs a non-singular 3D cell (Ω > 0); this structure has "
                 f"cell rank {atoms.cell.rank} / volume {atoms.cell.volume:.3g} Å³. "
                 "Only the dipole ('dipole', e·Å) is defined without a cell"
             )
         if want_stress and volume is None:
-            raise ValueError("stress needs a non-singular 3D cell")
+            raise NoCellError("stress needs a non-singular 3D cell")
         if want_stress and KEY_STRESS not in self._force_field.implemented_properties:
             raise PropertyNotImplementedError(
                 f"force field {type(self._force_field).__name__} does not implement 'stress'"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms, units
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.calculators.lj import LennardJones
 from ase.md.verlet import VelocityVerlet
 
@@ -746,6 +746,9 @@ def test_bad_cells_and_references():
     assert np.allclose(calc.get_property("dipole", moved), [-1.1 * 0.1, 0, 0])
     with pytest.raises(ValueError, match="polarization needs a non-singular 3D cell"):
         calc.get_property("polarization", moved)
+    # ... and ASE's calculator contract: the property is not implemented for this structure
+    with pytest.raises(PropertyNotImplementedError, match="polarization needs"):
+        calc.get_property("polarization", moved)
     flat = _cell()
     flat.set_cell([[4, 0, 0], [0, 4, 0], [2, 2, 0]], scale_atoms=False)
     with pytest.raises(ValueError, match="polarization needs"):
@@ -824,6 +827,8 @@ def test_conservative_mode_cluster_without_cell_exact_forces_and_dipole():
     e0 = LennardJones(sigma=1.6, epsilon=0.01, rc=5.0).get_potential_energy(atoms)
     assert atoms.get_potential_energy() == pytest.approx(e0 - FIELD @ d, rel=1e-12, abs=1e-13)
     with pytest.raises(ValueError, match="stress needs a non-singular 3D cell"):
+        atoms.get_stress()
+    with pytest.raises(PropertyNotImplementedError, match="stress needs a non-singular 3D cell"):
         atoms.get_stress()
 
 
@@ -1007,3 +1012,21 @@ def test_a_failed_calculation_counts_no_configuration_and_keeps_the_restored_one
     want = physics.asr_project(SmoothBorn().get_born_charges(y))
     np.testing.assert_allclose(new.get_property("born_effective_charges", a), want, atol=1e-12)
     assert new.get_state()["n_updates"] == state["n_updates"] + 1
+
+
+def test_allow_large_field_takes_bools_only_and_the_clock_is_attached_once():
+    """allow_large_field="false" is truthy: it turned the 1 V/Å guard off (now a TypeError);
+    attach_dynamics twice on one dynamics advanced the clock twice per step."""
+    ref = _cell()
+    with pytest.raises(TypeError, match="allow_large_field must be a bool"):
+        _calc(ref, field=(5e7, 0, 0), allow_large_field="false")
+    with pytest.raises(ValueError, match="V/Å"):
+        _calc(ref, field=(5e7, 0, 0), allow_large_field=False)
+    calc = _calc(ref, field=lambda t: np.array([1e-3 * t, 0.0, 0.0]))
+    atoms = _displaced(ref, 0.05)
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    calc.attach_dynamics(dyn)
+    calc.attach_dynamics(dyn)
+    dyn.run(3)
+    assert calc.time == pytest.approx(3.0 * units.fs)
