@@ -125,10 +125,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--epsilon-inf",
         help="ε∞: 1, 3 or 9 comma-separated numbers (total ε = ε∞ + ε_ion; default: the value "
-        "shipped with the default Born model when that model is used, else none)",
+        "shipped with the default Born model when that model is used, else the Born model's own "
+        "epsilon_inf if it has one (e.g. a phonopy BORN file), else none)",
     )
     p.add_argument(
-        "--ionic-only", action="store_true", default=None, help="report ε_ion only (no ε∞ warning)"
+        "--ionic-only", action="store_true", default=None, help="report ε_ion only (no ε∞ added, whatever --epsilon-inf or the Born model gives; no warning)"
     )
     p.add_argument(
         "--no-harmonic", action="store_true", default=None, help="skip the 0 K harmonic tensor"
@@ -161,7 +162,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fields-V-per-m", help="explicit comma-separated fields in V/m (overrides the two above)"
     )
-    p.add_argument("--directions", help="comma-separated field directions (default x,y,z)")
+    p.add_argument("--directions", help="comma-separated field directions, each x, y, z, -x, ... or a "
+                   "vector with spaces ('1 1 0'); default x,y,z")
     p.add_argument("--steps", type=int, help="maximum optimizer steps per field (default 1000)")
     p.add_argument("--fmax-eV-per-A", type=float, help="relaxation threshold (default 1e-5)")
     p.add_argument(

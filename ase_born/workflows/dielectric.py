@@ -126,6 +126,11 @@ MD_COLUMNS = (
 _AXES = "xyz"
 
 
+def _tag(temperature: float) -> str:
+    """A temperature's part of the run names (``300K``; 6 significant digits)."""
+    return f"{temperature:g}K"
+
+
 @dataclass(frozen=True)
 class DielectricConfig(ConfigMixin):
     """Settings of :func:`run_dielectric` (defaults: the CPU-sized main job, module docstring).
@@ -178,6 +183,10 @@ class DielectricConfig(ConfigMixin):
         temps = check_temperatures(self.temperatures_K)
         if len(set(temps)) != len(temps):
             raise ValueError(f"temperatures_K must be distinct, got {list(temps)}")
+        tags = [_tag(t) for t in temps]  # the runs' file names
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"temperatures_K {list(temps)} give the same run names {tags}: they must "
+                             "differ in their first 6 significant digits")
         object.__setattr__(self, "temperatures_K", temps)
         for name in (
             "timestep_fs",
@@ -255,10 +264,6 @@ PAPER_PRESET = {
     "traj_every": 1000,
     "checkpoint_every": 2000,
 }
-
-
-def _tag(temperature: float) -> str:
-    return f"{temperature:g}K"
 
 
 def _field_of_run(run: str, magnitude: float) -> np.ndarray:
@@ -480,14 +485,15 @@ def write_outputs(rd: RunDirectory, results: dict[str, Any]) -> None:
             if q in h:
                 m = np.asarray(h[q])
                 for j, comp in enumerate(comps):
-                    lines.append(f"0,{q},harmonic,{comp},{m.reshape(-1)[j]!r},0.0")
+                    lines.append(f"0,{q},harmonic,{comp},{float(m.reshape(-1)[j])!r},0.0")
     for tr in results["temperatures"]:
         for q in ("epsilon_ion", "epsilon_total"):
             for est, v in tr.get(q, {}).items():
                 val = np.asarray(v["value"]).reshape(-1)
                 err = np.asarray(v["error"]).reshape(-1)
                 for j, comp in enumerate(comps):
-                    lines.append(f"{tr['temperature_K']!r},{q},{est},{comp},{val[j]!r},{err[j]!r}")
+                    lines.append(f"{float(tr['temperature_K'])!r},{q},{est},{comp},{float(val[j])!r},"
+                                 f"{float(err[j])!r}")
     rd.file("dielectric.csv").write_text("\n".join(lines) + "\n")
     from ase_born.workflows.plots import plot_dielectric
 
@@ -616,6 +622,8 @@ def run_dielectric(
             if getattr(bm_ref, "epsilon_inf", None) is not None:
                 eps_inf = epsilon_inf_matrix(bm_ref.epsilon_inf)
                 eps_inf_source = f"Born model ({type(bm_ref).__name__}.epsilon_inf)"
+        if not cfg.total_epsilon:  # ε_ion only, whatever ε∞ the settings or the Born model carry
+            eps_inf = eps_inf_source = None
         if cfg.total_epsilon and eps_inf is None:
             msg = (
                 "total ε = ε∞ + ε_ion was asked for but ε∞ is not known (give epsilon_inf / "

@@ -28,6 +28,7 @@ the relaxation in progress.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -188,8 +189,10 @@ def _analyze(cfg: PECurveConfig, rows: dict[str, np.ndarray]) -> dict[str, Any]:
                 relative_deviation_from_linear=dev.tolist(),
                 nonlinearity_onset_V_per_m=onset,
             )
-            if d.lstrip("+") in ("x", "y", "z"):
-                eps_static[:, "xyz".index(d.lstrip("+"))] = eps_col_fit
+            n = parse_direction(d)
+            axis = int(np.argmax(np.abs(n)))
+            if np.count_nonzero(n) == 1:  # ±x/y/z (or a/b/c): the fit is ε·n = ±(column)
+                eps_static[:, axis] = n[axis] * eps_col_fit
         out_dirs.append(entry)
     return {"directions": out_dirs, "epsilon_ion_static": eps_static.tolist()}
 
@@ -263,6 +266,12 @@ def run_pe_curve(
                     atoms, calc, fmax=cfg.fmax_eV_per_A, steps=cfg.max_steps,
                     relax_cell=cfg.relax_cell, pressure_GPa=cfg.pressure_GPa,
                 )
+                if i > 0 and res["steps"] == 0:
+                    msg = (f"pe-curve {d} at {e_vm:g} V/m: the relaxation took no step (the field "
+                           f"forces are below fmax {cfg.fmax_eV_per_A:g} eV/Å), so this point adds "
+                           "nothing to the slope: fields given in V/Å instead of V/m?")
+                    warnings.warn(msg, stacklevel=2)
+                    log(msg)
                 p = np.asarray(calc.get_property("ionic_polarization", atoms), dtype=float)
                 writer.write(
                     [

@@ -164,6 +164,13 @@ def test_total_epsilon_and_outputs(solved):
     assert f"finite field ({t0['n_samples_per_run']} samples/run;" in report
     assert f"fluctuation (zero field) ({n_fl} samples/run;" in report
     assert len(ase.io.read(out / "traj_300K_Ex+.extxyz", index=":")) == 5
+    # dielectric.csv holds plain numbers (NumPy 2 wrote "np.float64(118.5...)")
+    rows = [line.split(",") for line in (out / "dielectric.csv").read_text().splitlines()[1:]]
+    assert rows and all(len(r) == 6 for r in rows)
+    values = [float(x) for r in rows for x in (r[0], r[4], r[5])]
+    assert np.all(np.isfinite(values))
+    (ff_xx,) = [r for r in rows if r[1:4] == ["epsilon_ion", "finite_field", "xx"]]
+    assert float(ff_xx[4]) == pytest.approx(ion[0, 0], rel=1e-12)
 
 
 def test_missing_epsilon_inf_warns_and_reports_ionic_only(structure_file, tmp_path):
@@ -184,6 +191,13 @@ def test_missing_epsilon_inf_warns_and_reports_ionic_only(structure_file, tmp_pa
     assert res["epsilon_inf"] is None
     assert any("ε_ion only" in n for n in res["notes"])
     assert "ionic ε_ion" in format_report(res)
+    # ionic only although ε∞ is given: none is added (total_epsilon=False only muted the warning)
+    res = run_dielectric(cfg.replace(epsilon_inf=(6.0,), total_epsilon=False), force_field, born_model,
+                         str(tmp_path / "r2"), progress=False, log=lambda m: None)
+    assert "epsilon_total" not in res["temperatures"][0] and res["epsilon_inf"] is None
+    # temperatures that differ beyond their run names' 6 digits would share the run files
+    with pytest.raises(ValueError, match="give the same run names"):
+        cfg.replace(temperatures_K=(1000.123, 1000.124))
 
 
 def test_resume_refuses_different_settings(structure_file, tmp_path, monkeypatch):

@@ -204,3 +204,20 @@ def test_analysis_subtracts_the_zero_field_polarization():
         np.testing.assert_allclose(d["P_at_zero_field_C_per_m2"], p0)
         np.testing.assert_allclose(d["epsilon_ion_column_small_field"],
                                    eps[:, "xyz".index(d["direction"])], rtol=1e-9)
+
+
+def test_signed_axis_direction_fills_its_column_with_the_sign_undone(tmp_path):
+    """A -y run fits ε·(-ŷ) = -(column y): epsilon_ion_static gets the column (it stayed NaN)."""
+    res = _run(tmp_path, standin_force_field, directions=("-y",))
+    h = np.asarray(res["epsilon_ion_harmonic"])
+    s = np.asarray(res["epsilon_ion_static"], dtype=float)
+    np.testing.assert_allclose(s[:, 1], h[:, 1], rtol=2e-3, atol=1e-3)
+    assert h[1, 1] > 50 and np.isnan(s[:, 0]).all()
+    (d,) = res["directions"]
+    np.testing.assert_allclose(d["epsilon_ion_column_fit"], -h[:, 1], rtol=2e-3, atol=1e-3)
+
+
+def test_fields_too_small_to_move_the_atoms_warn(tmp_path):
+    """Fields in V/Å passed as V/m: no relaxation step at any nonzero field, ε = 0 (was silent)."""
+    with pytest.warns(UserWarning, match="took no step"):
+        _run(tmp_path, standin_force_field, fields_V_per_m=(0.0, 0.005, 0.01), directions=("x",))
