@@ -174,7 +174,8 @@ def load_default_calculator(device: str = "cpu", dtype: str = "float64", **kwarg
     """
     from ase_born.calculators.field import BornFieldCalculator
 
-    kwargs.setdefault("epsilon_inf", default_epsilon_inf())
+    if "epsilon_inf" not in kwargs:  # the card is read only when needed (a bad entry must not
+        kwargs["epsilon_inf"] = default_epsilon_inf()  # block a caller's own ε∞)
     kwargs.setdefault("device", device)  # the conservative mode's field terms: with the models
     kwargs.setdefault("dtype", dtype)
     born = load_born_model(device=device, dtype=dtype)  # first: fails fast if none is shipped

@@ -69,12 +69,17 @@ def retrain_due(now: set[str], fitted: set[str], growth: float = 0.5) -> tuple[b
     return grown >= needed, msg
 
 
-def summary(n_params: int, kinds: Counter, test_mae: float, recipe: str, model: str, provisional: bool) -> str:
+def summary(n_params: int, kinds: Counter, test_mae: float, recipe: str, model: str, provisional: bool,
+            held_out: int = 0) -> str:
+    """The card's one-line description; ``held_out``: structures of ``kinds`` that validated
+    instead of training (a split recipe; 0 for a final fit)."""
     by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
     head = "PROVISIONAL " if provisional else ""
-    return (f"{head}Equivar {model} ({n_params:,} params) fitted to the {sum(kinds.values())} DFPT training "
-            f"structures at the production settings ({by_kind}; 30 Ha, k density 3.6); TEST MAE "
-            f"{test_mae:.3f} e (goal 0.02); recipe {recipe}")
+    n = sum(kinds.values())
+    fitted = (f"trained on {n - held_out} of the {n} DFPT training structures ({held_out} held out for "
+              "validation)" if held_out else f"fitted to the {n} DFPT training structures")
+    return (f"{head}Equivar {model} ({n_params:,} params) {fitted} at the production settings ({by_kind}; "
+            f"30 Ha, k density 3.6); TEST MAE {test_mae:.3f} e (goal 0.02); recipe {recipe}")
 
 
 def model_description(mc) -> str:
@@ -98,10 +103,11 @@ def fitted_structures(out: Path) -> list[str]:
     return sorted(set(splits["train"]) | set(splits.get("val") or []))
 
 
-def _replace(src: Path, dst: Path) -> None:
+def _stage(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` beside ``dst``, to be renamed onto it."""
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    return tmp
 
 
 def install(out: Path, kinds: dict[str, str], config: Path = CONFIG) -> dict:
@@ -120,6 +126,9 @@ def install(out: Path, kinds: dict[str, str], config: Path = CONFIG) -> dict:
         raise SystemExit(f"{out}: training status {metrics.get('status')!r}, not installing")
     if (metrics.get("test") or {}).get("mae") is None:
         raise SystemExit(f"{out}: no TEST metrics (trained without the TEST split?), not installing")
+    if metrics.get("fold") is not None or metrics.get("cross_validation"):
+        raise SystemExit(f"{out}: a cross-validation run or fold (fitted to part of the training "
+                         "structures), not installing: install a final fit")
     model_file = out / metrics.get("model_file", "model.pt")
     model = Equivar.load(model_file)  # loads, or raises
     n_params = sum(p.numel() for p in model.parameters())
@@ -147,18 +156,24 @@ def install(out: Path, kinds: dict[str, str], config: Path = CONFIG) -> dict:
     import update_model_card  # a sibling script: scripts/ is on sys.path when a script runs
 
     card = json.loads(card_path.read_text())
-    entry = card["born_model"]
+    entry = card.get("born_model") or {"file": "equivar_bm2_catio3_provisional.pt", "provisional": True}
+    card["born_model"] = entry
     entry["sha256"] = defaults.sha256(model_file)
     entry["reference_check"] = update_model_card.born_reference_check(model_file)
     entry["test_mae_e"] = float(metrics["test"]["mae"])
     entry["training_structures"] = ids
+    held_out = 0 if metrics.get("val_is_train", True) else int(metrics.get("n_val") or 0)
     entry["summary"] = summary(n_params, Counter(kinds[i] for i in ids), entry["test_mae_e"], recipe,
-                               model_name, bool(entry.get("provisional", True)))
+                               model_name, bool(entry.get("provisional", True)), held_out)
     target = card_path.parent / entry["file"]
+    # every file staged first (a full disk fails here, before anything changes), then three
+    # renames, the card last: the loader checks the model against the card's hash
     new_card = card_path.with_name(f".{card_path.name}.new")
     new_card.write_text(json.dumps(card, indent=1) + "\n")
-    _replace(model_file, target)
-    _replace(out / "metrics.json", target.with_name(target.stem + "_metrics.json"))
+    metrics_target = target.with_name(target.stem + "_metrics.json")
+    staged = [(_stage(model_file, target), target), (_stage(out / "metrics.json", metrics_target), metrics_target)]
+    for tmp, dst in staged:
+        tmp.replace(dst)
     new_card.replace(card_path)
     return metrics
 
@@ -179,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ids = training_structures(read_frames(defaults.data_dir() / "dft" / "catio3_dfpt.extxyz"))
     card = defaults.model_card()
-    fitted = set(card["born_model"].get("training_structures", []))
+    fitted = set((card.get("born_model") or {}).get("training_structures", []))
     due, msg = retrain_due(set(ids), fitted, args.growth)
     print(("retrain due: " if due else "not due: ") + msg)
     if args.check or not (due or args.force or args.install):

@@ -130,6 +130,9 @@ def check_pressure(calc, tol_A3: float = 0.05) -> dict:
     scan = {0.0: v0}
     if v0 > v_exp:
         lo, hi = 0.0, 12.0
+        scan[hi] = relaxed_at_pressure(calc, hi).get_volume()
+        if scan[hi] > v_exp:
+            raise RuntimeError(f"relaxed volume at {hi} GPa is still above the experimental volume")
     else:
         lo, hi = -6.0, 0.0
         scan[lo] = relaxed_at_pressure(calc, lo).get_volume()

@@ -154,6 +154,15 @@ def test_malformed_epsilon_inf_in_the_card_is_an_error_not_a_missing_value(card,
             with pytest.raises(ValueError, match=r"defaults\.json: epsilon_inf"):
                 fn()
     assert main(["dielectric", "--force-field", "standin", "--out", str(tmp_path / "d")]) == 1
+    # the caller's own ε∞ does not read the broken entry (models replaced: only the card matters)
+    from ase.calculators.emt import EMT
+
+    from ase_born import FixedBornCharges
+
+    monkeypatch.setattr(defaults, "load_born_model", lambda **kw: FixedBornCharges(np.zeros((5, 3, 3))))
+    monkeypatch.setattr(defaults, "load_force_field", lambda **kw: EMT())
+    calc = defaults.load_default_calculator(epsilon_inf=6.0 * np.eye(3))
+    np.testing.assert_array_equal(calc.parameters["epsilon_inf"], 6.0 * np.eye(3))
 
 
 def test_default_force_field_loads_without_a_default_born_model(card, tmp_path, monkeypatch):

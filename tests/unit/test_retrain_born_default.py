@@ -83,9 +83,17 @@ def test_install_refreshes_the_card(_script, tmp_path, monkeypatch):
     assert "TEST MAE 0.012 e" in new["summary"] and new["summary"].startswith("PROVISIONAL Equivar BM2")
     assert "recipe examples/configs/equivar_bm2_catio3_provisional.yaml" in new["summary"]
     assert json.loads((models / (Path(born["file"]).stem + "_metrics.json")).read_text())["test"]["mae"] == 0.0123
-    # refused runs change nothing in data/: unfinished, without TEST metrics, unreadable model
+    # a split recipe (validation held out): the summary says how many trained
+    (run / "metrics.json").write_text(json.dumps({**metrics, "val_is_train": False, "n_val": 1}))
+    mod.install(run, kinds, mod.CONFIG)
+    summary = json.loads((models / defaults.CARD_NAME).read_text())["born_model"]["summary"]
+    assert "trained on 3 of the 4 DFPT training structures (1 held out for validation)" in summary
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    # refused runs change nothing in data/: unfinished, without TEST metrics, a cross-validation
+    # fold (fitted to part of the structures), unreadable model
     before = {p.name: p.read_bytes() for p in models.iterdir()}
-    for change, match in (({"status": "interrupted"}, "interrupted"), ({"test": None}, "no TEST metrics")):
+    for change, match in (({"status": "interrupted"}, "interrupted"), ({"test": None}, "no TEST metrics"),
+                          ({"fold": 0}, "cross-validation"), ({"cross_validation": {"folds": 4}}, "cross-validation")):
         (run / "metrics.json").write_text(json.dumps({**metrics, **change}))
         with pytest.raises(SystemExit, match=match):
             mod.install(run, kinds, mod.CONFIG)
@@ -169,3 +177,12 @@ def test_resume_without_a_run_for_todays_data_says_so(_script, monkeypatch, tmp_
     assert mod.main(["--force", "--resume"]) == 1
     out = capsys.readouterr().out
     assert "nothing to resume" in out and "born_default_3" in out
+
+
+def test_check_with_a_card_without_born_model(_script, capsys, monkeypatch):
+    """A card whose born_model is null (a state the loader handles) was an AttributeError."""
+    mod = _script()
+    card = {**defaults.model_card(), "born_model": None}
+    monkeypatch.setattr(defaults, "model_card", lambda *a, **k: card)
+    assert mod.main(["--check"]) == 0
+    assert ", 0 at the shipped fit" in capsys.readouterr().out
