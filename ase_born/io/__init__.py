@@ -159,21 +159,14 @@ def calculator_results(atoms: Atoms) -> dict[str, Any]:
     return {k: res[k] for k in _RESULT_KEYS if res.get(k) is not None}
 
 
-#: compressed-file suffixes :func:`read_text` opens transparently
-_COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
-
-
 def open_text(path: str | os.PathLike):
     """``path`` opened for reading text (undecodable bytes replaced), decompressed when it
-    ends in ``.gz``, ``.bz2`` or ``.xz`` (``OUTCAR.gz``, ``BORN.gz``: ASE and phonopy read
-    them too)."""
-    import importlib
+    ends in ``.gz``, ``.bz2``, ``.xz`` or ``.lzma`` (``OUTCAR.gz``, ``BORN.gz``: ASE and
+    phonopy read them too), with phonopy's choice of module (as for ``vasprun.xml.gz``)."""
+    from phonopy.file_IO import get_io_module_to_decompress
 
     p = Path(path)
-    module = _COMPRESSED.get(p.suffix.lower())
-    if module is None:
-        return open(p, errors="replace")
-    return importlib.import_module(module).open(p, "rt", errors="replace")
+    return get_io_module_to_decompress(p.with_suffix(p.suffix.lower())).open(p, "rt", errors="replace")
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -209,7 +202,7 @@ def load_structure(structure: Atoms | str | os.PathLike, format: str | None = No
     if not path.is_file():
         raise FileNotFoundError(f"structure file not found: {path}")
     index = -1
-    if format is None and _is_vasp_output(path):
+    if format is None and _format_from_name(path.name) in ("outcar", "vasprun"):
         from ase_born.io.vasp import PHONON_IBRION, read_ibrion
 
         index = 0 if read_ibrion(path) in PHONON_IBRION else -1
@@ -222,10 +215,18 @@ def load_structure(structure: Atoms | str | os.PathLike, format: str | None = No
     return atoms
 
 
-def _is_vasp_output(path: Path) -> bool:
-    """OUTCAR* or vasprun*.xml* by name."""
-    name = path.name
-    return name.startswith("OUTCAR") or (name.lower().startswith("vasprun") and ".xml" in name.lower())
+def _format_from_name(name: str) -> str | None:
+    """The dataset format a file name alone tells (:func:`guess_format`), else None."""
+    lower = name.lower()
+    if lower.endswith((".xyz", ".extxyz")):
+        return "extxyz"
+    if lower.startswith("vasprun") and ".xml" in lower:
+        return "vasprun"
+    if name.startswith("OUTCAR"):
+        return "outcar"
+    if name.startswith("BORN"):
+        return "phonopy-born"
+    return None
 
 
 def _finite_array(x, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -254,16 +255,9 @@ def guess_format(path: str | os.PathLike) -> str:
         If the format cannot be recognised (pass ``format=`` explicitly).
     """
     p = Path(path)
-    name = p.name
-    lower = name.lower()
-    if lower.endswith((".xyz", ".extxyz")):
-        return "extxyz"
-    if lower.startswith("vasprun") and ".xml" in lower:
-        return "vasprun"
-    if name.startswith("OUTCAR"):
-        return "outcar"
-    if name.startswith("BORN"):
-        return "phonopy-born"
+    by_name = _format_from_name(p.name)
+    if by_name is not None:
+        return by_name
     try:
         with open_text(p) as fh:
             head = [line for _, line in zip(range(80), fh)]

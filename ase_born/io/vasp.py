@@ -80,7 +80,7 @@ import numpy as np
 from ase import Atoms
 
 from ase_born.defaults import sha256
-from ase_born.io import build_frame, calculator_results, load_structure, read_text
+from ase_born.io import build_frame, calculator_results, load_structure, open_text, read_text
 
 BornRows = Literal["field", "displacement"]
 
@@ -113,8 +113,6 @@ _VASPRUN_IBRION_RE = re.compile(r'name="IBRION">\s*(-?\d+)')
 def read_ibrion(path: str | os.PathLike) -> int | None:
     """IBRION of a VASP OUTCAR or vasprun.xml (the first value printed), or None; reads the
     file only as far as that line."""
-    from ase_born.io import open_text
-
     xml = ".xml" in Path(path).name.lower()
     with open_text(path) as fh:
         for line in fh:

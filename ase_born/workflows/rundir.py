@@ -80,15 +80,14 @@ def normalise(x: Any) -> Any:
 
 
 def _finite_or_none(x: Any) -> Any:
-    """``x`` with every NaN/±inf float (also inside arrays) replaced by ``None``."""
+    """A value as :func:`normalise` returns it (plain dicts, lists, floats) with every
+    NaN/±inf float replaced by ``None``."""
     if isinstance(x, dict):
         return {k: _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
+    if isinstance(x, list):
         return [_finite_or_none(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _finite_or_none(x.tolist())
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
     return x
 
 
