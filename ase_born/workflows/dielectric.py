@@ -101,7 +101,7 @@ from ase_born.workflows.common import (
     write_frame,
 )
 from ase_born.workflows.models import resolve
-from ase_born.workflows.rundir import RunDirectory, _fmt, read_csv
+from ase_born.workflows.rundir import RunDirectory, format_value, read_csv
 from ase_born.workflows.stats import (
     fluctuation_epsilon,
     independent_epsilon_column,
@@ -485,14 +485,14 @@ def write_outputs(rd: RunDirectory, results: dict[str, Any]) -> None:
             if q in h:
                 m = np.asarray(h[q])
                 for j, comp in enumerate(comps):
-                    lines.append(f"0,{q},harmonic,{comp},{_fmt(m.reshape(-1)[j])},0.0")
+                    lines.append(f"0,{q},harmonic,{comp},{format_value(m.reshape(-1)[j])},0.0")
     for tr in results["temperatures"]:
         for q in ("epsilon_ion", "epsilon_total"):
             for est, v in tr.get(q, {}).items():
                 val = np.asarray(v["value"]).reshape(-1)
                 err = np.asarray(v["error"]).reshape(-1)
                 for j, comp in enumerate(comps):
-                    lines.append(",".join([_fmt(tr["temperature_K"]), q, est, comp, _fmt(val[j]), _fmt(err[j])]))
+                    lines.append(",".join([format_value(tr["temperature_K"]), q, est, comp, format_value(val[j]), format_value(err[j])]))
     rd.file("dielectric.csv").write_text("\n".join(lines) + "\n")
     from ase_born.workflows.plots import plot_dielectric
 

@@ -163,10 +163,11 @@ class CsvLog:
         vals = [row[c] for c in self.columns] if isinstance(row, dict) else list(row)
         if len(vals) != len(self.columns):
             raise ValueError(f"row has {len(vals)} values for {len(self.columns)} columns")
-        self.fh.write(",".join(_fmt(v) for v in vals) + "\n")
+        self.fh.write(",".join(format_value(v) for v in vals) + "\n")
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """One CSV cell: floats in full precision (``repr``), anything else with ``str``."""
     if isinstance(v, (float, np.floating)):
         return repr(float(v))
     return str(v)
@@ -372,6 +373,7 @@ __all__ = [
     "SETTINGS_FILE",
     "CsvLog",
     "IncompatibleSettingsError",
+    "format_value",
     "RunDirectory",
     "RunDirectoryLocked",
     "normalise",
