@@ -31,11 +31,13 @@ free_energy, forces, stress, per-atom float/int/bool/string arrays of shape ``(N
 ``(N, k)`` with ``k > 1``, and ``info`` values that are numbers, bools, numeric arrays
 of two or more elements, or non-empty strings that do not look like a number or a bool.
 Not exactly, because ASE's reader parses the text back by its look: a string such as
-``"T"``, ``"False"``, ``"10.0"`` or ``"3"`` comes back as a bool / float / int, ``""`` as an
-empty array, ``None`` as ``True``, a list or a bool array as a NumPy array / list, a
-one-element array as its scalar, NumPy scalars as Python ones, and an ``(N, 1)`` array as
+``"T"``, ``"False"``, ``"10.0"`` or ``"3"`` comes back as a bool / float / int, ``None`` as
+``True``, a list or a bool array as a NumPy array / list, a one-element array as its scalar,
+Python numbers as NumPy scalars (``3`` → ``np.int64(3)``), and an ``(N, 1)`` array as
 ``(N,)``; an ``info["energy"]`` (or another calculator key) without a calculator comes back
-in the frame's calculator.  Store such labels unambiguously (``"v10.0"``, ``"md_300K"``).
+in the frame's calculator.  Store such labels unambiguously (``"v10.0"``, ``"md_300K"``).  An empty (or blank)
+string is refused by :func:`write_frames`: ASE's reader would take the next key's text as
+its value and lose that key.
 """
 
 from __future__ import annotations
@@ -191,6 +193,10 @@ def _frame_text(atoms: Atoms) -> str:
     for k, v in atoms.info.items():
         if k in info:
             raise ValueError(f"info key {k!r} collides with a reserved extxyz key")
+        if isinstance(v, (str, np.str_)) and not str(v).strip():
+            # written as `key=` (or `key=""`), ASE's reader takes the NEXT key=value pair as
+            # its value: that key (e.g. structure_id) would be lost without an error
+            raise ValueError(f"info[{k!r}] is an empty string, which extxyz cannot hold: drop it or give it a value")
         info[k] = np.asarray(v, dtype=float).reshape(3, 3) if k == KEY_EPSILON_INF else v
     info["pbc"] = " ".join("T" if p else "F" for p in atoms.pbc)
     # key_val_dict_to_str would quote our preformatted strings: build the Lattice/

@@ -253,3 +253,25 @@ def test_read_frames_by_id_pairs_unique_ids_and_refuses_others(tmp_path):
     write_frames(tmp_path / "none.extxyz", [a, b])
     with pytest.raises(ValueError, match="frame 1 has no structure_id"):
         read_frames_by_id(tmp_path / "none.extxyz")
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_empty_string_info_is_refused_not_written(tmp_path, empty):
+    # written as `label=`, ASE's reader took the next pair as label's value: structure_id lost
+    a = Atoms("H", cell=[3, 3, 3], pbc=True)
+    a.info.update({"label": empty, "structure_id": "s1"})
+    with pytest.raises(ValueError, match="info\\['label'\\] is an empty string"):
+        write_frames(tmp_path / "e.extxyz", [a])
+    assert not (tmp_path / "e.extxyz").exists() or (tmp_path / "e.extxyz").read_text() == ""
+    a.info["label"] = "run1"
+    write_frames(tmp_path / "e.extxyz", [a])
+    assert read_frames(tmp_path / "e.extxyz")[0].info["structure_id"] == "s1"
+
+
+def test_python_numbers_come_back_as_numpy_scalars_as_documented(tmp_path):
+    a = Atoms("H", cell=[3, 3, 3], pbc=True)
+    a.info.update({"n": 3, "x": 2.5, "m": np.int64(4)})
+    write_frames(tmp_path / "n.extxyz", [a])
+    info = read_frames(tmp_path / "n.extxyz")[0].info
+    assert type(info["n"]) is np.int64 and info["n"] == 3
+    assert info["x"] == 2.5 and type(info["m"]) is np.int64 and info["m"] == 4
