@@ -374,35 +374,34 @@ def classify_tilts(
             sign.append("0")
             mag.append(0.0)
 
-    def letters(signs: Sequence[str], mags: Sequence[float]) -> str:
-        names: list[str] = []
-        out = ""
-        for i, (s, v) in enumerate(zip(signs, mags)):
-            letter = None
-            if s == "0":
-                # all untilted axes equivalent among themselves
-                for j in range(i):
-                    if signs[j] == "0":
-                        letter = names[j]
-                        break
+    def groups(order: Sequence[int]) -> list[int]:
+        """Per axis, the first axis (in ``order``) of its Glazer letter group: tilts visited
+        in ``order`` join the first group of their kind whose EVERY member they equal (no
+        chaining: a≈b and b≈c with a and c apart are not one letter); untilted axes are
+        all one group."""
+        head = [-1, -1, -1]
+        seen: list[int] = []
+        for i in order:
+            for j in seen:
+                if head[j] != j or sign[j] != sign[i]:
+                    continue
+                members = [k for k in seen if head[k] == j]
+                if sign[i] == "0" or all(abs(mag[k] - mag[i]) <= equal_rtol * max(mag[k], mag[i]) for k in members):
+                    head[i] = j
+                    break
             else:
-                # equal to EVERY tilt already under that letter (no chaining: a≈b and b≈c
-                # with a and c apart are not one letter)
-                for j in range(i):
-                    group = [k for k in range(i) if names[k] == names[j] and signs[k] == s]
-                    if signs[j] == s and all(
-                        abs(mags[k] - v) <= equal_rtol * max(mags[k], v) for k in group
-                    ):
-                        letter = names[j]
-                        break
-            if letter is None:
-                letter = "abc"[i]  # Glazer: a new letter is the axis' own letter
-            names.append(letter)
-            out += letter + s
-        return out
+                head[i] = i
+            seen.append(i)
+        return head
 
-    glazer = letters(sign, mag)
+    def spell(head: Sequence[int], order: Sequence[int]) -> str:
+        """The letters in ``order``: a group's letter is the position of its first member
+        (Glazer: a new letter is the axis' own letter)."""
+        pos = {axis: n for n, axis in enumerate(order)}
+        return "".join("abc"[pos[head[i]]] + sign[i] for i in order)
+
     if "?" in sign:
+        glazer = spell(groups(range(3)), range(3))
         return {
             "glazer": glazer,
             "pattern": glazer,
@@ -410,10 +409,14 @@ def classify_tilts(
             "space_group_number": None,
             "tilt_axes": sign,
         }
-    # canonical: untilted axes first, then out-of-phase, then in-phase; larger tilts first
+    # canonical: untilted axes first, then out-of-phase, then in-phase; larger tilts first.
+    # One grouping (in that order) for both spellings, so that the per-axis string and the
+    # pattern name the same odd axis.
     key = {"0": 0, "-": 1, "+": 2}
     idx = sorted(range(3), key=lambda i: (key[sign[i]], -mag[i]))
-    pattern = letters([sign[i] for i in idx], [mag[i] for i in idx])
+    head = groups(idx)
+    glazer = spell([min(k for k in range(3) if head[k] == head[i]) for i in range(3)], range(3))
+    pattern = spell(head, idx)
     sym, num = GLAZER_SPACE_GROUPS.get(pattern, ("other", None))
     return {
         "glazer": glazer,

@@ -150,14 +150,36 @@ def test_tilt_amplitude_is_the_rotation_angle():
         ((4, 7, 0), (0, 0, 9), "Pmmn", "a+b+c-"),
         ((8, 0, 0), (0, 5, 9), "P21/m", "a+b-c-"),
         ((0, 0, 0), (4, 7, 10), "P-1", "a-b-c-"),
-        # 6 ≈ 7.5 and 7.5 ≈ 9.4 (within 25 %), but 6 and 9.4 are not: no chained "a-a-a-"
-        ((0, 0, 0), (6, 7.5, 9.4), "C2/c", "a-a-c-"),
+        # 6 ≈ 7.5 and 7.5 ≈ 9.4 (within 25 %), but 6 and 9.4 are not: no chained "a-a-a-";
+        # larger tilts group first (9.4 with 7.5), 6 is the odd axis
+        ((0, 0, 0), (6, 7.5, 9.4), "C2/c", "a-b-b-"),
+        ((0, 0, 0), (9.4, 7.5, 6), "C2/c", "a-a-c-"),
     ],
 )
 def test_classify_tilts(m, r, phase, glazer):
     res = classify_tilts(m, r, threshold_deg=2.0)
     assert res["phase"] == phase
     assert res["glazer"] == glazer
+
+
+@pytest.mark.parametrize(("m", "r"), [((0, 0, 0), (6, 7.5, 9.4)), ((0, 5, 0), (8, 0, 8.5)),
+                                      ((4, 7, 0), (0, 0, 9)), ((0, 0, 0), (10, 5, 5.5))])
+def test_classify_tilts_does_not_depend_on_axis_order(m, r):
+    """Relabelling the axes permutes the per-axis letters' groups and leaves the pattern and
+    phase alone; the per-axis string groups the axes the way the pattern does."""
+    import itertools
+
+    ref = classify_tilts(m, r, threshold_deg=2.0)
+
+    def partition(glazer, perm=(0, 1, 2)):
+        letters = [glazer[2 * i] for i in range(3)]
+        return {frozenset(perm[k] for k in range(3) if letters[k] == x) for x in letters}
+
+    for perm in itertools.permutations(range(3)):
+        res = classify_tilts([m[p] for p in perm], [r[p] for p in perm], threshold_deg=2.0)
+        assert (res["pattern"], res["phase"]) == (ref["pattern"], ref["phase"])
+        assert partition(res["glazer"], perm) == partition(ref["glazer"])
+        assert sorted(res["glazer"][2 * i + 1] for i in range(3)) == sorted(ref["glazer"][2 * i + 1] for i in range(3))
 
 
 @pytest.mark.parametrize(
