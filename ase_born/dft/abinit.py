@@ -539,12 +539,31 @@ def run_structure(
     inputs = make_inputs(atoms, settings)
     natom = len(atoms)
 
+    def out_prefix(name: str) -> str:
+        """``outdata_prefix`` of step ``name`` (:func:`abinit_inputs`); ``eps_ddk{c}`` reruns ddk{c}."""
+        base = name.removeprefix("eps_")
+        return "gs" if base == "gs" else "ef" + base[6:] if base.startswith("efield") else base
+
     def execute(name: str, text: str) -> float:
-        """Run input ``text`` as ``<name>.abi`` and leave its done marker; wall seconds."""
+        """Run input ``text`` as ``<name>.abi`` and leave its done marker; wall seconds.
+
+        The step's earlier outputs (of a failed or killed try) are removed first, so that
+        a file it did not write this time (e.g. the WFK of an unconverged ground state) is
+        never taken for its result; a field step's DDB is copied to ``efield{d}.ddb``
+        before its marker is written."""
         (directory / f"{name}.abi").write_text(text)
         for stale in directory.glob(f"{name}.abo*"):
             stale.unlink()  # ABINIT renames instead of overwriting; keep one output
+        for stale in directory.glob(f"{out_prefix(name)}_o_*"):
+            stale.unlink()
         seconds = run_step(directory, name, ranks, timeout_s, nice, stop_event)
+        if name.startswith("efield") and name[6:].isdigit():
+            ddb = directory / f"ef{name[6:]}_o_DDB"
+            if not ddb.is_file():
+                raise AbinitError(f"{name}: no derivative database ({ddb.name}) written")
+            tmp = directory / f".{name}.ddb.tmp"
+            shutil.copyfile(ddb, tmp)
+            os.replace(tmp, directory / f"{name}.ddb")
         _write_marker(directory / f"{name}.done", seconds)
         return seconds
 
@@ -626,12 +645,7 @@ def run_structure(
                 link_ddk(range(1, d + 1))
             elif (directory / f"ddk{d}.done").is_file():
                 timings["ddk"] += read_marker(directory / f"ddk{d}.done")
-            seconds = run_once(f"efield{d}")
-            ddb = directory / f"ef{d}_o_DDB"
-            if ddb.is_file():
-                tmp = directory / f".efield{d}.ddb.tmp"
-                shutil.copyfile(ddb, tmp)
-                os.replace(tmp, directory / f"efield{d}.ddb")
+            seconds = run_once(f"efield{d}")  # copies ef{d}_o_DDB to efield{d}.ddb when it runs
             if not (directory / f"efield{d}.ddb").is_file():
                 raise AbinitError(f"efield{d}: no derivative database (ef{d}_o_DDB) written")
             timings["efield"] += seconds

@@ -633,11 +633,18 @@ def restore_carried(carry_dir: Path, directory: Path) -> None:
     As in :func:`save_direction`, each file is copied to a temporary name and renamed, and
     the ``.done`` markers come last: a copy killed part-way leaves no short file under its
     final name (which a later call would keep, beside a marker calling it finished).
+
+    The ground state's marker ``gs.done`` is not restored (it stays in the carry directory
+    for the timing estimates): the carried directions need the ground state run again
+    anyway, and a marker put beside the wavefunctions of a later ground state that failed
+    (e.g. unconverged, having written its WFK) would pass that one off as finished.
     """
     if not carry_dir.is_dir():
         return
     directory.mkdir(parents=True, exist_ok=True)
     for src in sorted(carry_dir.iterdir(), key=lambda p: p.name.endswith(".done")):
+        if src.name == "gs.done":
+            continue
         if src.is_file() and not src.name.startswith(".") and not (directory / src.name).exists():
             tmp = directory / f".{src.name}.tmp"
             shutil.copyfile(src, tmp)

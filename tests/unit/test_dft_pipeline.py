@@ -1594,3 +1594,65 @@ def test_max_atoms_leaves_larger_structures_and_their_carried_directions(tmp_pat
     assert (tmp_path / "partial" / "s1" / "efield1.ddb").is_file()
     assert "left for a later call (more than 5 atoms): 1 structure(s), s1" in messages
     assert any(m.startswith("plan ") and "3 structures, 0 done" in m for m in messages)
+
+
+def test_failed_ground_state_is_not_taken_for_a_carried_one(tmp_path, monkeypatch):
+    """A ground state that fails after writing its WFK (SCF not converged) leaves no marker;
+    the next call must run it again, not pair the carried gs.done with those wavefunctions
+    (the field directions would run on them and the frame take the failed output)."""
+    tiny = DATA / "tilt10_tiny"
+    structure = read_abinit_output(tiny / "gs.abo")
+    structure.info.update(structure_id="t0", kind="tilt10", split="train")
+    write_frames(tmp_path / "plan.xyz", structure)
+    out = tmp_path / "data" / "dft.xyz"
+    carry = out.parent / "partial" / "t0"
+    _carry_direction_1(carry)
+    (carry / "settings.json").write_text(json.dumps(AbinitSettings(ecut_Ha=12.0).to_dict()))
+    calls, _ = _fake_steps(monkeypatch)
+    good = dft_abinit.run_step
+    failed = []
+
+    def failing_gs(directory, step, *args, **kw):
+        if step == "gs" and not failed:
+            failed.append(step)
+            (directory / "gs_o_WFK").write_text("unconverged")
+            shutil.copy(tiny / "gs.abo", directory / "gs.abo")
+            raise AbinitError("gs: SCF not converged")
+        return good(directory, step, *args, **kw)
+
+    monkeypatch.setattr(dft_abinit, "run_step", failing_gs)
+    kw = {"settings": AbinitSettings(ecut_Ha=12.0), "log": lambda m: None}
+    assert run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", **kw)["failed"] == 1
+    assert not (tmp_path / "runs" / "t0" / "gs.done").exists()
+    calls.clear()
+    assert run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", **kw)["finished"] == 1
+    assert [s for _, s in calls] == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
+
+
+def test_a_step_starts_without_the_outputs_of_its_failed_try(tmp_path, monkeypatch):
+    """A field step killed after writing part of its DDB: the retry removes the step's old
+    outputs first, and efield{d}.ddb is the retry's DDB, copied before the marker."""
+    tiny = DATA / "tilt10_tiny"
+    structure = read_abinit_output(tiny / "gs.abo")
+    calls, _ = _fake_steps(monkeypatch)
+    good = dft_abinit.run_step
+    seen = []
+
+    def killed_efield2(directory, step, *args, **kw):
+        if step == "efield2":
+            seen.append(sorted(p.name for p in directory.glob("ef2_o_*")))
+        if step == "efield2" and "efield2" not in [s for _, s in calls]:
+            calls.append((directory.name, "efield2"))
+            (directory / "ef2_o_DDB").write_text("half")
+            raise AbinitError("efield2: killed")
+        return good(directory, step, *args, **kw)
+
+    monkeypatch.setattr(dft_abinit, "run_step", killed_efield2)
+    work = tmp_path / "w"
+    with pytest.raises(AbinitError, match="killed"):
+        run_structure(structure, AbinitSettings(ecut_Ha=12.0), work, ranks=1, cleanup=False)
+    assert (work / "ef2_o_DDB").read_text() == "half" and not (work / "efield2.ddb").exists()
+    seen.clear()
+    run_structure(structure, AbinitSettings(ecut_Ha=12.0), work, ranks=1, cleanup=False)
+    assert seen == [[]]  # the retry started without the killed try's ef2_o_DDB
+    assert (work / "efield2.ddb").read_bytes() == (tiny / "efield2.ddb").read_bytes()
