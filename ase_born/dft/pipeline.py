@@ -25,15 +25,20 @@ Layout
     later run has other tolerances, so each frame's ``dft_settings`` is what
     every one of its steps used.
 ``failures.json`` beside ``<output>`` (:func:`failures_file`; ``data/dft/failures.json``)
-    ``{structure_id: [{"reason": ..., "type": ..., "time": ...}, ...]}``; a structure that
-    failed ``max_attempts`` times is skipped, not retried forever.  Kept (and committed)
-    with the dataset so that the count survives a fresh machine; entries of the older
-    location ``<workdir>/failures.json`` are read too.
+    ``{structure_id: [{"reason": ..., "type": ..., "time": ..., "output": ...}, ...]}``; a
+    structure that failed ``max_attempts`` times is skipped, not retried forever.  Kept (and
+    committed) with the dataset so that the count survives a fresh machine; entries of the
+    older location ``<workdir>/failures.json`` are read too.  Several datasets in one folder
+    share the file: each counts only its own attempts (``output``: the dataset's file name;
+    older entries without it count for every dataset).
 ``<carry>/<structure_id>/`` (default ``data/dft/partial/``, committed with the data)
     The finished field directions of an unfinished structure (``efield{d}.ddb``,
     markers, ``.abo`` outputs): run directories do not outlive a work session here,
     these small files do, so a structure too long for one session is finished
-    direction by direction over several.  Removed once the frame is written.
+    direction by direction over several.  Removed once the frame is written.  Several
+    datasets in one folder share ``partial/``: a carried structure belongs to the dataset
+    whose physics settings it records (its ``settings.json``); another dataset's run leaves
+    it alone (neither uses, extends nor removes it) and computes that structure uncarried.
 ``<output>`` (default ``data/dft/catio3_dfpt.extxyz``)
     One frame per finished structure, appended atomically
     (:func:`ase_born.io.extxyz.write_frames` with ``append=True``) by
@@ -203,20 +208,40 @@ def failures_file(output: str | os.PathLike) -> Path:
     return Path(output).parent / "failures.json"
 
 
+def _own_attempt(attempt: dict, output: str | os.PathLike) -> bool:
+    """Whether a ``failures.json`` entry is an attempt for the dataset ``output`` (entries
+    from before the ``output`` field count for every dataset)."""
+    return attempt.get("output", Path(output).name) == Path(output).name
+
+
 def load_failures(output: str | os.PathLike, workdir: str | os.PathLike | None = None) -> dict[str, list[dict]]:
-    """Failed attempts per structure ID from :func:`failures_file`, merged with the older
-    location ``<workdir>/failures.json`` when it exists (an attempt in both counts once)."""
+    """Failed attempts per structure ID of the dataset ``output`` from :func:`failures_file`
+    (attempts of other datasets in that folder left out, :func:`_own_attempt`), merged with
+    the older location ``<workdir>/failures.json`` when it exists (an attempt in both counts
+    once)."""
     merged: dict[str, list[dict]] = {}
     paths = [failures_file(output)] + ([Path(workdir) / "failures.json"] if workdir is not None else [])
     for path in paths:
         for sid, attempts in _load_json(path, {}).items():
             have = merged.setdefault(sid, [])
             for a in attempts:
-                if a not in have:
+                if a not in have and _own_attempt(a, output):
                     have.append(a)
     for attempts in merged.values():
         attempts.sort(key=lambda a: a.get("time", 0.0))
-    return merged
+    return {sid: attempts for sid, attempts in merged.items() if attempts}
+
+
+def save_failures(output: str | os.PathLike, failures: dict[str, list[dict]]) -> None:
+    """Write ``failures`` (the attempts of ``output``, :func:`load_failures`) to
+    :func:`failures_file`, keeping the entries of the other datasets there."""
+    path = failures_file(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged = {sid: [a for a in attempts if not _own_attempt(a, output)]
+              for sid, attempts in _load_json(path, {}).items()}
+    for sid, attempts in failures.items():
+        merged[sid] = sorted(merged.get(sid, []) + list(attempts), key=lambda a: a.get("time", 0.0))
+    _dump_json(path, {sid: attempts for sid, attempts in merged.items() if attempts})
 
 
 def load_plan(path: str | os.PathLike) -> list[Atoms]:
@@ -849,16 +874,29 @@ def _run_plan(
             old[sig] = signal.signal(sig, handler)
 
     carry_root = None if carry is None else carry_directory(output) if carry == "auto" else Path(carry)
+
+    def foreign(sid: str) -> dict:
+        """Physics settings in which the carried data of ``sid`` differ from this run's: not
+        empty when they belong to another dataset sharing the carry directory."""
+        if carry_root is None:
+            return {}
+        return _physics_diff(_load_json(carry_root / sid / "settings.json", settings.to_dict()), settings.to_dict())
+
     if carry_root is not None:
         # left when a run was stopped between the append of a frame and the removal of its
         # carried directions: they would never be removed otherwise
         for sid in sorted(done):
             stale = carry_root / sid
-            if sid not in (".", "..") and Path(sid).name == sid and stale.is_dir():
+            if sid not in (".", "..") and Path(sid).name == sid and stale.is_dir() and not foreign(sid):
                 log(f"remove {stale}: {sid} is already in {output}")
                 shutil.rmtree(stale)
+    others = {a.info["structure_id"]: foreign(a.info["structure_id"]) for a in todo} if carry_root is not None else {}
+    others = {sid: diff for sid, diff in others.items() if diff}
+    for sid, diff in others.items():
+        log(f"{sid}: the carried data in {carry_root / sid} have other physics settings {diff} (carried, "
+            f"this run): another dataset's, left alone; {sid} runs without carrying")
     carried = {a.info["structure_id"]: carried_directions(carry_root / a.info["structure_id"])
-               for a in todo} if carry_root is not None else {}
+               for a in todo if a.info["structure_id"] not in others} if carry_root is not None else {}
     if any(carried.values()):
         log("carried over: " + ", ".join(f"{k} directions {v}" for k, v in carried.items() if v))
 
@@ -870,7 +908,8 @@ def _run_plan(
             raise StopRequested
         t0 = time.time()
         directory = workdir / sid
-        if carry_root is not None:
+        carry_here = carry_root is not None and sid not in others
+        if carry_here:
             restore_carried(carry_root / sid, directory)
         own = structure_settings(directory, settings)
         if own != settings:
@@ -881,7 +920,7 @@ def _run_plan(
                   "log": lambda m: log(f"{sid}: {m}")}
         if not complete_epsilon:
             kwargs["complete_epsilon"] = False
-        if carry_root is not None:
+        if carry_here:
             kwargs["on_direction"] = lambda d: save_direction(directory, carry_root / sid, d)
         if deadline is not None:
             kwargs["before_step"] = lambda name: step_fits(structure, name)
@@ -891,7 +930,7 @@ def _run_plan(
             log(f"{sid}: epsilon_inf elements between directions computed in different sessions are unknown (NaN)")
         appended = append_frame(output, frame, log)
         (directory / "DONE").write_text(f"{time.time() - t0:.1f}\n")
-        if carry_root is not None and (carry_root / sid).is_dir():
+        if carry_here and (carry_root / sid).is_dir():
             shutil.rmtree(carry_root / sid)
         if not appended:
             return False
@@ -930,7 +969,7 @@ def _run_plan(
         its idle-machine cost by the CPU time in its ``.abo`` (:func:`unloaded_wall_s`);
         ``None`` if none."""
         sid = s.info["structure_id"]
-        places = [workdir / sid] + ([carry_root / sid] if carry_root is not None else [])
+        places = [workdir / sid] + ([carry_root / sid] if carry_root is not None and sid not in others else [])
         names = ["gs"] if step == "gs" else [f"{step}{k}" for k in DIRECTIONS]
         measured = {}
         for name in names:
@@ -1074,9 +1113,9 @@ def _run_plan(
                         reason = _failure_reason(exc)
                         with lock:
                             failures.setdefault(sid, []).append(
-                                {"reason": reason[:500], "type": type(exc).__name__, "time": time.time()})
-                            failures_file(output).parent.mkdir(parents=True, exist_ok=True)
-                            _dump_json(failures_file(output), failures)
+                                {"reason": reason[:500], "type": type(exc).__name__, "time": time.time(),
+                                 "output": output.name})
+                            save_failures(output, failures)
                             counts["failed"] += 1
                         log(f"FAILED {sid}: {reason}")
                         if time.time() - started[sid] >= FAST_FAILURE_S:  # ABINIT ran: its own
@@ -1095,7 +1134,7 @@ def _run_plan(
                                 if not repeated:  # a setup problem, not these structures: not counted
                                     for f_sid in streak:
                                         failures[f_sid][-1]["setup_suspect"] = True
-                                    _dump_json(failures_file(output), failures)
+                                    save_failures(output, failures)
                                     counts["failed"] -= len(streak)
                             what = (f"{len(streak)} structures in a row ({', '.join(streak)}) failed "
                                     f"within {FAST_FAILURE_S:.0f} s with the same reason: {reason}")

@@ -1656,3 +1656,49 @@ def test_a_step_starts_without_the_outputs_of_its_failed_try(tmp_path, monkeypat
     run_structure(structure, AbinitSettings(ecut_Ha=12.0), work, ranks=1, cleanup=False)
     assert seen == [[]]  # the retry started without the killed try's ef2_o_DDB
     assert (work / "efield2.ddb").read_bytes() == (tiny / "efield2.ddb").read_bytes()
+
+
+def test_datasets_sharing_a_folder_keep_their_carried_data_and_failures_apart(tmp_path, monkeypatch):
+    """A reference dataset with other physics settings beside the production one (as
+    data/dft holds): its run neither uses, extends nor removes production's carried
+    directions, and its failures do not count against production's structures."""
+    tiny = DATA / "tilt10_tiny"
+    structure = read_abinit_output(tiny / "gs.abo")
+    structure.info.update(structure_id="t0", kind="tilt10", split="train")
+    write_frames(tmp_path / "plan.xyz", structure)
+    prod, ref = tmp_path / "data" / "prod.xyz", tmp_path / "data" / "ref40.xyz"
+    a, b = AbinitSettings(ecut_Ha=12.0), AbinitSettings(ecut_Ha=40.0)
+    carry = tmp_path / "data" / "partial" / "t0"
+    _carry_direction_1(carry)
+    (carry / "settings.json").write_text(json.dumps(a.to_dict()))
+    before = {p.name: p.read_bytes() for p in carry.iterdir()}
+    calls, _ = _fake_steps(monkeypatch)
+    good = dft_abinit.run_step
+    fail = [True]
+
+    def step(directory, name, *args, **kw):
+        if fail[0]:
+            raise AbinitError("gs: SCF not converged")
+        return good(directory, name, *args, **kw)
+
+    monkeypatch.setattr(dft_abinit, "run_step", step)
+    messages = []
+    for _ in range(2):  # the reference fails t0 as often as max_attempts allows
+        run_plan(tmp_path / "plan.xyz", ref, tmp_path / "runs_ref", settings=b, log=messages.append)
+    assert any("another dataset's, left alone" in m for m in messages)
+    messages.clear()
+    run_plan(tmp_path / "plan.xyz", ref, tmp_path / "runs_ref", settings=b, log=messages.append)
+    assert any("1 skipped after failures, 0 to run" in m for m in messages)
+    fail[0] = False
+    counts = run_plan(tmp_path / "plan.xyz", ref, tmp_path / "runs_ref", settings=b, max_attempts=3,
+                      log=messages.append)
+    assert counts["finished"] == 1 and [s for _, s in calls] == ["gs", "ddk1", "efield1", "ddk2", "efield2", "ddk3", "efield3"]
+    assert {p.name: p.read_bytes() for p in carry.iterdir()} == before  # not used, extended or removed
+    # production: its carried direction 1 is used; the reference's two failures are not its own
+    calls.clear()
+    counts = run_plan(tmp_path / "plan.xyz", prod, tmp_path / "runs_prod", settings=a, log=messages.append)
+    assert counts["finished"] == 1
+    assert [s for _, s in calls] == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
+    assert not carry.exists()
+    recorded = json.loads((tmp_path / "data" / "failures.json").read_text())["t0"]
+    assert [f["output"] for f in recorded] == ["ref40.xyz", "ref40.xyz"]  # kept beside production's runs
