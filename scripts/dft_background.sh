@@ -46,11 +46,16 @@ echo $$ > "$pidfile"
 
 commit_data() {
     [ "${DFT_COMMIT:-0}" = 1 ] && git rev-parse --git-dir > /dev/null 2>&1 || return 0
-    git add -A data/dft && ! git diff --cached --quiet -- data/dft || return 0
-    frames=$(grep -c '^Lattice=' data/dft/catio3_dfpt.extxyz 2> /dev/null)
-    carried=$(find data/dft/partial -mindepth 1 -maxdepth 1 -type d 2> /dev/null | wc -l)
-    git commit -q -m "DFT: $frames frames, $carried structures carried (auto-commit by dft_background.sh)" \
-        -- data/dft || echo "auto-commit failed (will retry)"
+    mkdir -p data/dft
+    (   # under the pipeline's output lock (flock on data/dft, as append_frame takes it): no
+        # frame is half appended while git reads the files
+        flock 9
+        git add -A data/dft && ! git diff --cached --quiet -- data/dft || exit 0
+        frames=$(grep -c '^Lattice=' data/dft/catio3_dfpt.extxyz 2> /dev/null)
+        carried=$(find data/dft/partial -mindepth 1 -maxdepth 1 -type d 2> /dev/null | wc -l)
+        git commit -q -m "DFT: $frames frames, $carried structures carried (auto-commit by dft_background.sh)" \
+            -- data/dft || echo "auto-commit failed (will retry)"
+    ) 9< data/dft
 }
 
 child=

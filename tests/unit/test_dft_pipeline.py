@@ -1354,7 +1354,7 @@ def test_background_script_forwards_sigterm_commits_and_refuses_a_second_start(t
         "fi\n"
     )
     fake_git = 'echo "git $*" >> "$LOG"\n[ "$1" = diff ] && exit 1\nexit 0\n'  # diff: staged changes
-    bash, bin_dir = _script_env(tmp_path, ["dirname", "mkdir", "sleep", "rm", "grep", "find", "wc"],
+    bash, bin_dir = _script_env(tmp_path, ["dirname", "mkdir", "sleep", "rm", "grep", "find", "wc", "flock"],
                                 {"ase-born": fake_cli, "git": fake_git})
     env = {"PATH": str(bin_dir), "LOG": str(log), "STARTED": str(started), "DFT_COMMIT": "1"}
     pidfile = tmp_path / "dft_runs" / "background.pid"
@@ -1382,6 +1382,33 @@ def test_background_script_forwards_sigterm_commits_and_refuses_a_second_start(t
     assert any(c.startswith("git commit") for c in calls[calls.index("run got TERM"):])
     assert first.returncode == 0, out
     assert not pidfile.exists()
+
+
+def test_background_script_commits_only_under_the_output_lock(tmp_path):
+    """The auto-commit read data/dft while append_frame might be writing a frame: it now
+    takes the same lock (flock on data/dft) and waits while the pipeline holds it."""
+    import fcntl
+
+    script = _copy_script(tmp_path, "dft_background.sh")
+    log = tmp_path / "calls.log"
+    fake_git = 'echo "git $* $(date +%s.%N)" >> "$LOG"\n[ "$1" = diff ] && exit 1\nexit 0\n'
+    bash, bin_dir = _script_env(tmp_path, ["dirname", "mkdir", "sleep", "rm", "grep", "find", "wc", "flock", "date"],
+                                {"ase-born": 'echo "ase-born $*" >> "$LOG"\n', "git": fake_git})
+    (tmp_path / "data" / "dft").mkdir(parents=True)
+    fd = os.open(tmp_path / "data" / "dft", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as _output_lock during an append
+        run = subprocess.Popen([bash, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={"PATH": str(bin_dir), "LOG": str(log), "DFT_COMMIT": "1"})
+        assert _wait_for(lambda: log.is_file() and "ase-born dft run" in log.read_text()), "no `dft run`"
+        time.sleep(2.5)  # the script polls its child each second: then it is at the commit
+        released = time.time()
+    finally:
+        os.close(fd)
+    out, _ = run.communicate(timeout=30)
+    adds = [float(c.split()[-1]) for c in log.read_text().splitlines() if c.startswith("git add")]
+    assert adds and min(adds) >= released - 0.05, out
+    assert any(c.startswith("git commit") for c in log.read_text().splitlines())
 
 
 def test_documented_start_command_works_on_a_fresh_checkout(tmp_path):
