@@ -40,9 +40,11 @@ Layout
     whose physics settings it records (its ``settings.json``); another dataset's run leaves
     it alone (neither uses, extends nor removes it) and computes that structure uncarried.
 ``<output>`` (default ``data/dft/catio3_dfpt.extxyz``)
-    One frame per finished structure, appended atomically
-    (:func:`ase_born.io.extxyz.write_frames` with ``append=True``) by
-    :func:`append_frame`, which checks under a lock that the ID is not in the file yet.
+    One frame per finished structure, appended by :func:`append_frame`, which checks under
+    a lock that the ID is not in the file yet (:func:`ase_born.io.extxyz.write_frames` with
+    ``append=True``: one write, fsync; a write that fails is rolled back).  Only a crash of
+    the machine inside that write can leave a torn last frame: reading then fails naming
+    the byte where the whole frames end (cut there, or restore the committed file).
     A structure is *done* when its ID is in this file; at the start of a run the carry
     directories of done structures are removed.
 

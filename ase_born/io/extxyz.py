@@ -127,10 +127,42 @@ def read_frames(path: str | os.PathLike, index: str | int | slice = ":") -> list
     index : str, int or slice
         ASE index (default all frames).
     """
-    frames = ase.io.read(str(path), index=index, format="extxyz")
+    try:
+        frames = ase.io.read(str(path), index=index, format="extxyz")
+    except (ValueError, IndexError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        torn = _incomplete_frame(path)
+        hint = "" if torn is None else (
+            f"; frame {torn[0]} (line {torn[1] + 1}, byte {torn[2]}) is incomplete, as an "
+            f"interrupted append leaves it: restore the file (e.g. from git) or cut it at byte {torn[2]}")
+        err = type(exc) if isinstance(exc, OSError) else ValueError
+        raise err(f"{path}: not readable as extxyz: {exc}{hint}") from exc
     if isinstance(frames, Atoms):
         frames = [frames]
     return [_normalise(a) for a in frames]
+
+
+def _incomplete_frame(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """``(frame, line, byte)`` (0-based) of a last frame with fewer lines than its atom count
+    announces, as an interrupted append leaves it; None otherwise (also when the layout
+    breaks elsewhere, e.g. at a count line that is not a number)."""
+    try:
+        lines = Path(path).read_bytes().splitlines(keepends=True)
+    except OSError:
+        return None
+    i = offset = frame = 0
+    while i < len(lines):
+        try:
+            n = int(lines[i].strip())
+        except ValueError:
+            return None
+        if n >= 0 and i + 2 + n > len(lines):
+            return frame, i, offset
+        offset += sum(len(x) for x in lines[i:i + 2 + n])
+        i += 2 + n
+        frame += 1
+    return None
 
 
 def read_frames_by_id(path: str | os.PathLike) -> dict[str, Atoms]:

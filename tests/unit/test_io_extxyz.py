@@ -275,3 +275,31 @@ def test_python_numbers_come_back_as_numpy_scalars_as_documented(tmp_path):
     info = read_frames(tmp_path / "n.extxyz")[0].info
     assert type(info["n"]) is np.int64 and info["n"] == 3
     assert info["x"] == 2.5 and type(info["m"]) is np.int64 and info["m"] == 4
+
+
+@pytest.mark.parametrize("where", ["mid_line", "line_end"])
+def test_torn_last_frame_is_reported_with_the_file_and_where_to_cut(tmp_path, where):
+    """A crash inside an append (power loss: no exception to roll back on) leaves part of a
+    frame; reading names the file and the byte where the whole frames end."""
+    from ase_born.io.extxyz import frames_to_string
+
+    a, b = _frame(1), _frame(2)
+    whole, second = frames_to_string([a]), frames_to_string([b])
+    cut = len(second) // 2 if where == "mid_line" else second.index("\n", len(second) // 2) + 1
+    path = tmp_path / "torn.extxyz"
+    path.write_text(whole + second[:cut])
+    with pytest.raises(OSError, match=f"torn.extxyz: not readable.*frame 1 .*cut it at byte {len(whole.encode())}"):
+        read_frames(path)
+    with open(path, "r+b") as fh:  # the advice works
+        fh.truncate(len(whole.encode()))
+    assert len(read_frames(path)) == 1
+
+
+def test_unreadable_extxyz_names_the_file(tmp_path):
+    path = tmp_path / "bad.extxyz"
+    path.write_text("two\ncomment\nH 0 0 0\n")
+    with pytest.raises((OSError, ValueError), match="bad.extxyz: not readable as extxyz") as exc:
+        read_frames(path)
+    assert "incomplete" not in str(exc.value)  # not the torn-append case: no advice to cut
+    with pytest.raises(FileNotFoundError):
+        read_frames(tmp_path / "missing.extxyz")
