@@ -436,7 +436,9 @@ def run_step(
     ``mpirun`` and each MPI rank (:func:`kill_step`).  On Linux the child also gets
     SIGTERM when this process dies (``PR_SET_PDEATHSIG``; ``mpirun`` then terminates its
     ranks), so a pipeline killed with SIGKILL does not leave ABINIT running.  Raises
-    :class:`AbinitError` on failure and :class:`StepInterrupted` when stopped.  A ddk-type
+    :class:`AbinitError` on failure and :class:`StepInterrupted` when stopped.  The
+    ``timeout_s`` clock does not run while the step is paused (its leader stopped, as
+    ``scripts/dft_pause.sh stop`` leaves it); the returned seconds include pauses.  A ddk-type
     step (``ddk{d}``, ``eps_ddk{c}``) that used up ``nstep`` is accepted as ABINIT
     accepts it (non-self-consistent, bounded by ``tolwfr``); any other step is not.
     """
@@ -447,6 +449,7 @@ def run_step(
         # and _exit, takes no lock and imports nothing between fork and exec
         proc = subprocess.Popen(cmd, cwd=directory, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=_die_with_parent())  # noqa: PLW1509
+        active, last = 0.0, time.time()  # wall seconds while not paused (dft_pause.sh: SIGSTOP)
         try:
             while True:
                 try:
@@ -455,7 +458,11 @@ def run_step(
                 except subprocess.TimeoutExpired:
                     if stop_event is not None and stop_event.is_set():
                         raise StepInterrupted(f"{step}: stopped on request") from None
-                    if timeout_s is not None and time.time() - t0 > timeout_s:
+                    now = time.time()
+                    if not _stopped(proc.pid):
+                        active += now - last
+                    last = now
+                    if timeout_s is not None and active > timeout_s:
                         raise AbinitError(f"{step}: wall-clock limit of {timeout_s:.0f} s exceeded") from None
         except BaseException:
             kill_step(proc.pid)  # before the wait: the session's ID stays that of its leader
@@ -472,6 +479,16 @@ def run_step(
     if not step.removeprefix("eps_").startswith("ddk") and "not enough SCF cycles to converge" in text:
         raise AbinitError(f"{step}: SCF not converged in nstep iterations")
     return time.time() - t0
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP / job control), from ``/proc`` (Linux;
+    False elsewhere or when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:][:1] in ("T", "t")
 
 
 def _first_error(log: Path) -> str:

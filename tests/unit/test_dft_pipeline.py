@@ -434,6 +434,33 @@ def _processes_running(argv: list[str]) -> list[int]:
     return pids
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_a_paused_step_does_not_use_up_its_wall_clock_limit(tmp_path, monkeypatch):
+    """dft_pause.sh stops a step's session (SIGSTOP) while a benchmark runs: the paused time
+    counted towards timeout_s, and a long pause failed the step (a counted failure)."""
+    script = 'sleep 1.5; echo "Calculation completed" > gs.abo'
+    monkeypatch.setattr(dft_abinit, "mpi_command", lambda ranks: ["bash", "-c", script, "fake-abinit-pause"])
+    result = {}
+
+    def run():
+        try:
+            result["seconds"] = dft_abinit.run_step(tmp_path, "gs", 1, 2.5)
+        except Exception as exc:  # noqa: BLE001
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    argv = ["bash", "-c", script, "fake-abinit-pause", "gs.abi"]
+    assert _wait_for(lambda: _processes_running(argv), timeout=10)
+    (pid,) = _processes_running(argv)
+    os.killpg(os.getpgid(pid), signal.SIGSTOP)  # as dft_pause.sh stop
+    time.sleep(3.5)
+    os.killpg(os.getpgid(pid), signal.SIGCONT)
+    thread.join(timeout=30)
+    assert "error" not in result, result.get("error")
+    assert result["seconds"] > 3.5  # the wall time returned includes the pause
+
+
 @pytest.mark.skipif(shutil.which("mpirun") is None or not Path("/proc").is_dir(),
                     reason="needs mpirun (openmpi-bin) and /proc")
 def test_real_mpirun_ranks_die_with_a_stopped_or_killed_step(tmp_path, monkeypatch):
