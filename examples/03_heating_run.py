@@ -6,12 +6,17 @@ nominal Born charges), which cannot melt the tilts: the point is the workflow, i
 runs/examples/03_heating) and the phase analysis, shown at the end on synthetic structures with
 known tilts.
 
-Real models: pass a MACE calculator and an Equivar model instead of the stand-ins, e.g.::
+Real models: pass a MACE calculator and an Equivar model instead of the stand-ins, e.g. the
+shipped defaults (``data/models/``; ``ase-born heat`` uses them)::
 
-    from mace.calculators import MACECalculator
-    from ase_born.models import EquivarCalculator
-    force_field = MACECalculator(model_paths="mace_catio3.model", device="cuda")
-    born_model = EquivarCalculator("equivar_catio3.pt", device="cuda")
+    from ase_born.defaults import load_born_model, load_force_field
+    force_field = load_force_field(device="cuda")
+    born_model = load_born_model(device="cuda")
+    # and, as `ase-born heat` does, the defaults' volume correction:
+    # HeatingConfig(..., pressure_GPa=ase_born.defaults.default_pressure_GPa())
+
+or your own files: ``ase_born.workflows.models.mace_calculator("my.model", device="cuda")``
+and ``ase_born.models.EquivarCalculator("my_equivar.pt", device="cuda")``.
 
 Paper-sized run (GPU; ``ase-born heat --paper`` does the same): 640-atom ``(4, 2, 4)`` and
 1280-atom ``(4, 4, 4)`` supercells, 300 -> 1800 K at 1 K/ps::

@@ -5,8 +5,10 @@ tests (analytic, equivariant Z*(R) — NOT DFT; replace ``train_files`` with you
 of DFPT frames, e.g. from ``ase-born dft run`` or ``ase-born convert OUTCAR ...``), reports
 the TEST-split metrics, then plugs the trained model into ``BornFieldCalculator``.
 
-Paper-sized training (BM2, 500 epochs, on the project's ABINIT data) is
-``ase-born train examples/configs/equivar_bm2_catio3.yaml`` (use ``--device cuda`` on a GPU).
+Paper-sized training on the project's ABINIT data: the seed paper's recipe (BM2, abrupt 3 Å
+cutoff, 500 epochs) is ``ase-born train examples/configs/equivar_bm2_catio3.yaml``; the shipped
+default model's recipe (r_max 4 Å, smooth cutoff, final fit) is
+``examples/configs/equivar_bm2_catio3_provisional.yaml`` (use ``--device cuda`` on a GPU).
 """
 
 from __future__ import annotations
