@@ -16,7 +16,9 @@ Protocol (:func:`run_pe_curve`)
    ionic dielectric tensor ``ε_static[b, c] = χ_bc/ε0`` from the fit's linear term; the onset
    of nonlinearity, the smallest field where ``|ΔP∥ − χE|`` exceeds
    ``nonlinearity_tol · |χE|``.  Optionally the 0 K harmonic tensor for comparison
-   (``harmonic``).
+   (``harmonic``; force-constant finite-difference step ``harmonic_delta_A``, Å: a strongly
+   anharmonic force field needs a small one: an on-site ``β|u|⁴`` adds ``4βδ²`` to the
+   force constants a central difference of step ``δ`` sees).
 
 Outputs: ``pe_curve.csv`` (one row per relaxed point: direction, field in V/m and V/Å,
 polarization in C/m² and e/Å², energy, final max force, optimizer steps, converged),
@@ -102,6 +104,7 @@ class PECurveConfig(ConfigMixin):
     max_steps: int = 1000
     nonlinearity_tol: float = 0.02
     harmonic: bool = True
+    harmonic_delta_A: float = 0.01
     mode: str = "direct"
     allow_large_field: bool = False
 
@@ -129,7 +132,7 @@ class PECurveConfig(ConfigMixin):
             parse_direction(d)
         # labels without commas: they are CSV fields ("1,1,0" -> "1 1 0", same direction)
         object.__setattr__(self, "directions", tuple(_direction_label(d) for d in self.directions))
-        for name in ("fmax_eV_per_A", "relax_fmax_eV_per_A", "nonlinearity_tol"):
+        for name in ("fmax_eV_per_A", "relax_fmax_eV_per_A", "nonlinearity_tol", "harmonic_delta_A"):
             check_positive(getattr(self, name), name)
         for name in ("max_steps", "relax_steps"):
             check_positive(getattr(self, name), name, integer=True)
@@ -314,7 +317,7 @@ def run_pe_curve(
                 z = physics.asr_project(
                     np.asarray(resolve(born_model, unit).get_born_charges(unit), dtype=float)
                 )
-                eps = harmonic_dielectric(unit, z, calculator=resolve(force_field, unit))
+                eps = harmonic_dielectric(unit, z, calculator=resolve(force_field, unit), delta=cfg.harmonic_delta_A)
                 rd.write_json("harmonic.json", {"epsilon_ion": eps.tolist()})
                 result["epsilon_ion_harmonic"] = eps.tolist()
         result["wall_time_s_this_process"] = time.perf_counter() - t_start

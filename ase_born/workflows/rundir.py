@@ -47,6 +47,9 @@ RESUME_SAFE_KEYS = frozenset(
 #: keys added to the settings after the first release: absent from an older directory's
 #: settings.json, they are not a difference (that directory recorded no hashes)
 ADDED_KEYS = frozenset({"force_field_sha256", "born_model_sha256", "structure_sha256"})
+#: settings (dotted keys) added after the first release with the value an older directory
+#: ran with: absent from its settings.json, they are no difference when they have that value
+ADDED_WITH_DEFAULT = {"config.harmonic_delta_A": 0.01}
 #: file paths (dotted keys) that may differ on resume when the hash locked beside them is
 #: the same on both sides: the same file reached from another directory or by another name
 LOCATED_BY_HASH = {
@@ -137,6 +140,8 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
             if key in RESUME_SAFE_KEYS:
                 continue
             if k not in old and k in ADDED_KEYS:
+                continue
+            if k not in old and key in ADDED_WITH_DEFAULT and new[k] == ADDED_WITH_DEFAULT[key]:
                 continue
             if k not in old:
                 out.append(f"{key}: (absent) -> {new[k]!r}")

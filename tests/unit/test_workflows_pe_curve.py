@@ -3,6 +3,7 @@ for an anharmonic one; cell relaxation under the field stress; input checks."""
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 import numpy as np
@@ -70,6 +71,31 @@ def test_anharmonic_crystal_has_an_onset_of_nonlinearity(tmp_path):
     for d in res["directions"]:  # stiffening: P falls below the linear extrapolation
         p, e = np.asarray(d["P_parallel_C_per_m2"]), np.asarray(d["field_V_per_m"])
         assert p[-1] < d["slope_C_per_m2_per_V_per_m"] * e[-1]
+
+
+def test_harmonic_reference_step_is_configurable_and_resumes_old_runs(tmp_path):
+    """The quartic term has no curvature at u = 0: the 0 K harmonic tensor of QuarticSites is
+    the springs' one, which a 0.01 Å step misses by 4βδ² in the force constants and a 1e-3 Å
+    step reaches; a run directory written before the option existed resumes at its default."""
+    springs = np.asarray(_run(tmp_path / "s", standin_force_field, fields_V_per_m=(0.0, 1e7),
+                              harmonic_delta_A=1e-3)["epsilon_ion_harmonic"])
+    coarse = np.asarray(_run(tmp_path / "c", QuarticSites, fields_V_per_m=(0.0, 1e7))["epsilon_ion_harmonic"])
+    fine = np.asarray(_run(tmp_path / "f", QuarticSites, fields_V_per_m=(0.0, 1e7),
+                           harmonic_delta_A=1e-3)["epsilon_ion_harmonic"])
+    np.testing.assert_allclose(np.diag(fine), np.diag(springs), rtol=2e-3)
+    assert np.all(np.diag(coarse) < 0.98 * np.diag(springs))
+    with pytest.raises(ValueError, match="harmonic_delta_A"):
+        PECurveConfig(harmonic_delta_A=0.0)
+    # an older run directory: its settings.json has no harmonic_delta_A
+    sfile = tmp_path / "c" / "pe" / "settings.json"
+    saved = json.loads(sfile.read_text())
+    del saved["settings"]["config"]["harmonic_delta_A"]
+    sfile.write_text(json.dumps(saved))
+    _run(tmp_path / "c", QuarticSites, fields_V_per_m=(0.0, 1e7))  # the default: resumes
+    from ase_born.workflows.rundir import IncompatibleSettingsError
+
+    with pytest.raises(IncompatibleSettingsError, match="harmonic_delta_A"):
+        _run(tmp_path / "c", QuarticSites, fields_V_per_m=(0.0, 1e7), harmonic_delta_A=1e-3)
 
 
 def _strained_energy_stress(atoms, calc, h=1e-5):
