@@ -815,6 +815,7 @@ class Equivar(nn.Module):
         return_raw: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Core of :meth:`forward` given the edge vectors ``r_ij`` (``shape=(n_edges, 3)``, Å)."""
+        self._check_numbers(numbers)
         edge_vec = edge_vec.to(self.dtype)
         if self._tp_impl == "fast":
             o = self._irreps_fast(numbers, edge_index, edge_vec)
@@ -840,11 +841,16 @@ class Equivar(nn.Module):
             return polynomial_envelope(r, self._config.r_max)
         return None
 
-    def _node_scalars(self, numbers: torch.Tensor) -> torch.Tensor:
+    def _check_numbers(self, numbers: torch.Tensor) -> None:
+        """Refuse atomic numbers outside the embedding table (outside the compiled part:
+        the host-side ``int()`` would break its graph)."""
         n_species = self._config.num_species
         if numbers.numel() and (int(numbers.min()) < 1 or int(numbers.max()) >= n_species):
             bad = sorted({int(z) for z in numbers.tolist() if not 1 <= z < n_species})
             raise ValueError(f"atomic numbers {bad} are outside the model's embedding table (1..{n_species - 1})")
+
+    def _node_scalars(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Embedded species; ``numbers`` checked by :meth:`forward_from_vectors`."""
         h = self.embedding(numbers)
         return h @ self.node_in_weight / math.sqrt(self._config.embedding_dim) + self.node_in_bias
 

@@ -456,3 +456,15 @@ def test_structure_without_edges_on_every_implementation():
     assert z_fast.shape == (2, 3, 3) and torch.isfinite(z_fast).all()
     torch.testing.assert_close(raw_fast, raw_ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(z_fast, z_ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["fast", "e3nn"])
+def test_atomic_numbers_outside_the_embedding_table_are_refused(impl):
+    model = randomized(SMALL, seed=6)
+    model.tp_impl = impl
+    n_species = model.config.num_species
+    for bad in (0, n_species):
+        g = batch_from_atoms([Atoms("TiO", positions=[[0, 0, 0], [1.9, 0, 0]], pbc=False)], dtype="float64")
+        g.numbers[1] = bad
+        with pytest.raises(ValueError, match=rf"atomic numbers \[{bad}\] are outside the model's embedding table"):
+            model.forward_graph(g)
