@@ -407,6 +407,14 @@ def polynomial_envelope(r: torch.Tensor, r_max: float, p: int = 6) -> torch.Tens
 def enforce_asr(z: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
     """Subtract the per-structure mean over atoms (acoustic sum rule).
 
+    The mean runs over the whole structure, so the correction is not local: it couples
+    atoms farther apart than ``r_max`` (in a bulk crystal, one connected graph, that is the
+    sum rule itself).  For parts that do not interact (a molecule far from a slab, atoms in
+    vacuum) each part's sum is not zero on its own, and a lone atom with no neighbours gets
+    ``Z* = 0`` by itself but a nonzero ``Z*`` beside any other atom at any distance
+    (measured with the shipped model: Ca alone 0, Ca with an O 10 or 50 Å away +1.34 e,
+    with a Ti 50 Å away −0.70 e).  Model such systems as separate structures.
+
     Parameters
     ----------
     z : torch.Tensor, shape=(n_atoms, 3, 3)
