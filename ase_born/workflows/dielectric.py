@@ -105,6 +105,7 @@ from ase_born.workflows.rundir import RunDirectory, format_value, read_csv
 from ase_born.workflows.stats import (
     fluctuation_epsilon,
     independent_epsilon_column,
+    integrated_time,
     paired_epsilon_column,
 )
 from ase_born.workflows.structures import parse_supercell
@@ -453,6 +454,8 @@ def _analyze_temperature(
                 "error": fl_err.tolist(),
                 "method": "<dd dd>/(<V> eps0 kB T), zero-field run, error max(block jackknife, Bartlett)",
                 "n_samples": len(dip),
+                # of the dipole, in samples: the value is biased low by ~2τ/N (not corrected)
+                "integrated_time_samples": integrated_time(dip),
             },
         },
     }
@@ -546,6 +549,14 @@ def format_report(results: dict[str, Any]) -> str:
                 f"{', '.join(f'{100 * x:.0f}%' for x in rel)}):"
             )
             out.append(format_tensor(val, err))
+            tau = tr["epsilon_ion"].get(est, {}).get("integrated_time_samples")
+            if est == "fluctuation" and tau is not None and np.isfinite(tau) and n < 20 * tau:
+                out.append(
+                    f"  NOTE: the dipole's integrated correlation time is {tau:.0f} samples: "
+                    f"{n} samples hold ~{n / (2 * tau):.0f} independent ones; the fluctuation "
+                    f"value is biased low by ~{200 * tau / n:.0f}% and its error bar is too small "
+                    "(want N > 20τ: a longer run)"
+                )
             if np.nanmax(rel) > 0.2:
                 out.append(
                     "  NOTE: statistical error above 20% — too short/small a run for this estimator; "

@@ -131,3 +131,20 @@ def test_fluctuation_jackknife_error_when_it_dominates():
     np.testing.assert_allclose(np.diag(err), np.diag(jack), rtol=1e-10)
     np.testing.assert_allclose(err, np.maximum(jack, bartlett), rtol=1e-10)
     assert np.isnan(fluctuation_epsilon(d[:15], vol[:15], temp, n_blocks=nb)[1]).all()
+
+
+def test_integrated_time_of_ar1_series_and_the_variance_bias_it_predicts():
+    """AR(1) x_t = φ x_{t-1} + noise: τ = (1 + φ)/(2(1 − φ)) samples (9.5 for φ = 0.9, 0.5 for
+    white noise); the sample variance of N samples is low by ≈ 2τ/N on average."""
+    from ase_born.workflows.stats import integrated_time
+
+    rng = np.random.default_rng(3)
+    for phi, rtol in ((0.0, 0.05), (0.9, 0.08)):
+        x = lfilter([1.0], [1.0, -phi], rng.standard_normal((200_000, 2)), axis=0)
+        assert abs(integrated_time(x) - (1 + phi) / (2 * (1 - phi))) <= rtol * (1 + phi) / (2 * (1 - phi))
+    phi, n = 0.9, 200
+    tau = (1 + phi) / (2 * (1 - phi))
+    x = lfilter([1.0], [1.0, -phi], rng.standard_normal((4000, n + 500)), axis=1)[:, 500:]
+    ratio = np.mean(np.var(x, axis=1)) / (1.0 / (1 - phi**2))  # stationary variance
+    assert abs((1 - ratio) - 2 * tau / n) < 0.03  # 0.095 predicted
+    assert np.isnan(integrated_time(np.ones(3))) and integrated_time(np.ones(10)) == 0.5

@@ -163,6 +163,13 @@ def test_total_epsilon_and_outputs(solved):
     assert n_fl > t0["n_samples_per_run"]
     assert f"finite field ({t0['n_samples_per_run']} samples/run;" in report
     assert f"fluctuation (zero field) ({n_fl} samples/run;" in report
+    # the dipole's correlation time: a note on the fluctuation value's bias when N < 20τ
+    tau = t0["epsilon_ion"]["fluctuation"]["integrated_time_samples"]
+    assert tau >= 0.5
+    assert ("integrated correlation time" in report) == (n_fl < 20 * tau)
+    shorter = json.loads(json.dumps(res))
+    shorter["temperatures"][0]["epsilon_ion"]["fluctuation"]["integrated_time_samples"] = n_fl / 10
+    assert "biased low by ~20%" in format_report(shorter)
     assert len(ase.io.read(out / "traj_300K_Ex+.extxyz", index=":")) == 5
     # dielectric.csv holds plain numbers (NumPy 2 wrote "np.float64(118.5...)")
     rows = [line.split(",") for line in (out / "dielectric.csv").read_text().splitlines()[1:]]
