@@ -762,7 +762,8 @@ def run_plan(
     -------
     dict
         Counts ``{"finished": ..., "failed": ..., "skipped": ..., "pending": ...,
-        "deferred": ...}`` for this call (``deferred``: left for lack of time).
+        "deferred": ...}`` for this call (``deferred``: left for lack of time), and
+        ``"too_large"`` with ``max_atoms``: structures left for a later call with more atoms.
 
     Raises
     ------
@@ -848,6 +849,7 @@ def _run_plan(
     if max_atoms is not None:
         large = [a.info["structure_id"] for a in todo if len(a) > max_atoms]
         todo = [a for a in todo if len(a) <= max_atoms]
+        counts_large = len(large)
         if large:
             log(f"left for a later call (more than {max_atoms} atoms): {len(large)} structure(s), "
                 f"{', '.join(large[:3])}{', ...' if len(large) > 3 else ''}")
@@ -1172,6 +1174,8 @@ def _run_plan(
         raise SystematicFailure(systematic)
     counts["pending"] = len(pending)
     counts["skipped"] = skipped
+    if max_atoms is not None:
+        counts["too_large"] = counts_large
     counts["deferred"] = len(deferred & {p.info["structure_id"] for p in pending})
     if counts["deferred"]:
         log(f"{counts['deferred']} structure(s) deferred: not expected to finish before the deadline")

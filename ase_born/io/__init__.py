@@ -36,6 +36,7 @@ The submodules are imported lazily, so ``import ase_born.io`` stays cheap.
 
 from __future__ import annotations
 
+import lzma
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -261,7 +262,7 @@ def guess_format(path: str | os.PathLike) -> str:
     try:
         with open_text(p) as fh:
             head = [line for _, line in zip(range(80), fh)]
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read {p}: {exc}") from exc
     text = "".join(head)
     if "<modeling>" in text and "<generator>" in text:

@@ -1644,7 +1644,7 @@ def test_max_atoms_leaves_larger_structures_and_their_carried_directions(tmp_pat
     counts = run_plan(plan, out, tmp_path / "runs", runner=runner, max_atoms=5, log=messages.append)
     assert runner.calls == ["s0", "s2"]
     assert [f.info["structure_id"] for f in read_frames(out)] == ["s0", "s2"]
-    assert counts["finished"] == 2 and counts["pending"] == 0
+    assert counts["finished"] == 2 and counts["pending"] == 0 and counts["too_large"] == 1  # not "all done"
     assert (tmp_path / "partial" / "s1" / "efield1.ddb").is_file()
     assert "left for a later call (more than 5 atoms): 1 structure(s), s1" in messages
     assert any(m.startswith("plan ") and "3 structures, 0 done" in m for m in messages)

@@ -55,6 +55,14 @@ def test_guess_format_by_content(tmp_path):
         guess_format(junk)
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".bz2"])
+def test_guess_format_of_a_corrupt_compressed_file_is_one_value_error(tmp_path, suffix):
+    bad = tmp_path / f"run{suffix}"
+    bad.write_bytes(b"not compressed at all\n")
+    with pytest.raises(ValueError, match=f"cannot read .*run{suffix}"):
+        guess_format(bad)
+
+
 def test_read_dataset_mixed_formats_agree():
     """The same hand-made frame in four formats gives the same Z*, ε∞ and species."""
     frames = read_dataset(
