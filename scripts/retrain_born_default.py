@@ -106,7 +106,11 @@ def fitted_structures(out: Path) -> list[str]:
 def _stage(src: Path, dst: Path) -> Path:
     """A copy of ``src`` beside ``dst``, to be renamed onto it."""
     tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
+    try:
+        shutil.copyfile(src, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a part-written copy (full disk)
+        raise
     return tmp
 
 
@@ -169,9 +173,17 @@ def install(out: Path, kinds: dict[str, str], config: Path = CONFIG) -> dict:
     # every file staged first (a full disk fails here, before anything changes), then three
     # renames, the card last: the loader checks the model against the card's hash
     new_card = card_path.with_name(f".{card_path.name}.new")
-    new_card.write_text(json.dumps(card, indent=1) + "\n")
     metrics_target = target.with_name(target.stem + "_metrics.json")
-    staged = [(_stage(model_file, target), target), (_stage(out / "metrics.json", metrics_target), metrics_target)]
+    staged: list[tuple[Path, Path]] = []
+    try:
+        new_card.write_text(json.dumps(card, indent=1) + "\n")
+        staged.append((_stage(model_file, target), target))
+        staged.append((_stage(out / "metrics.json", metrics_target), metrics_target))
+    except BaseException:  # a staging copy failed: leave data/models as it was, no stray files
+        new_card.unlink(missing_ok=True)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
     for tmp, dst in staged:
         tmp.replace(dst)
     new_card.replace(card_path)

@@ -108,6 +108,20 @@ def test_install_refreshes_the_card(_script, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="config.yaml differs"):
         mod.install(run, kinds, mod.CONFIG)
     (run / "config.yaml").write_text(text)
+    # the second staging copy fails (a full disk): no stray staged file is left in data/models
+    real_copy = shutil.copyfile
+
+    def copy_fails_on_metrics(src, dst, *args, **kw):
+        if str(dst).endswith("_metrics.json.tmp"):
+            Path(dst).write_bytes(b"{part")
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst, *args, **kw)
+
+    monkeypatch.setattr(mod.shutil, "copyfile", copy_fails_on_metrics)
+    with pytest.raises(OSError, match="No space left"):
+        mod.install(run, kinds, mod.CONFIG)
+    monkeypatch.setattr(mod.shutil, "copyfile", real_copy)
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == before
     (run / "model.pt").write_bytes(b"not a model")
     with pytest.raises(Exception):  # noqa: B017 - any load error, before anything is copied
         mod.install(run, kinds, mod.CONFIG)
