@@ -253,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                   "(new DFT frames since it started?); start a new --work")
             return 1
         old = json.loads(settings_file.read_text()) if settings_file.is_file() else run_settings
+        if "study" in old and "study_sha256" not in old:  # recorded by path before session 27
+            path = old.pop("study")
+            old["study_sha256"] = sha256(path) if path and Path(path).is_file() else path
         if old != run_settings:  # (a run from before this record: not checked)
             diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in run_settings.items() if old.get(k) != v)
             print(f"--resume refused: {work} was started with other settings ({diff}); "

@@ -79,6 +79,13 @@ def test_guards_around_the_trainer(script, tmp_path, monkeypatch):
     # the same convergence study spelled another way is the same recipe (its content counts)
     study = Path(mod.__file__).resolve().parents[2] / "data" / "dft" / "convergence.json"
     assert mod.main([*args, "--resume", "--study", str(study)]) == 0 and len(calls) == n_calls + 1
+    # a run recorded before the content hash (its study by path) resumes too
+    record = json.loads((work / "finetune_settings.json").read_text())
+    record["study"] = str(study)
+    del record["study_sha256"]
+    (work / "finetune_settings.json").write_text(json.dumps(record))
+    n_calls = len(calls)
+    assert mod.main([*args, "--resume"]) == 0 and len(calls) == n_calls + 1
     n_calls = len(calls)
     # ... but not on other data (a frame added since the run started)
     more = [f for f in read_frames(DFT) if f.info["structure_id"] == "cubic5_0004"]
