@@ -144,6 +144,7 @@ PAPER_PRESET = {"supercell": (1, 1, 1), "fields_V_per_m": default_fields_V_per_m
 def _analyze(cfg: PECurveConfig, rows: dict[str, np.ndarray]) -> dict[str, Any]:
     out_dirs = []
     eps_static = np.full((3, 3), np.nan)
+    columns: dict[int, list[np.ndarray]] = {}
     for d in cfg.directions:
         unit = parse_direction(d)
         sel = rows["direction"] == d
@@ -195,8 +196,10 @@ def _analyze(cfg: PECurveConfig, rows: dict[str, np.ndarray]) -> dict[str, Any]:
             n = parse_direction(d)
             axis = int(np.argmax(np.abs(n)))
             if np.count_nonzero(n) == 1:  # ±x/y/z (or a/b/c): the fit is ε·n = ±(column)
-                eps_static[:, axis] = n[axis] * eps_col_fit
+                columns.setdefault(axis, []).append(n[axis] * eps_col_fit)
         out_dirs.append(entry)
+    for axis, cols in columns.items():  # x and -x both given: the mean of the two fits
+        eps_static[:, axis] = np.mean(cols, axis=0)
     return {"directions": out_dirs, "epsilon_ion_static": eps_static.tolist()}
 
 

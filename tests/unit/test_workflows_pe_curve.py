@@ -247,3 +247,27 @@ def test_fields_too_small_to_move_the_atoms_warn(tmp_path):
     """Fields in V/Å passed as V/m: no relaxation step at any nonzero field, ε = 0 (was silent)."""
     with pytest.warns(UserWarning, match="took no step"):
         _run(tmp_path, standin_force_field, fields_V_per_m=(0.0, 0.005, 0.01), directions=("x",))
+
+
+def test_both_signs_of_an_axis_give_the_mean_column():
+    """Directions x and -x: epsilon_ion_static's column is the mean of the two fits (the
+    second overwrote the first before)."""
+    from ase_born.workflows.pe_curve import _analyze
+
+    eps0_si = 8.8541878128e-12  # F/m
+    fields = np.array([0.0, 1e7, 2e7, 5e7, 1e8])
+    col_plus, col_minus = np.array([118.0, 0.5, -1.0]), np.array([120.0, 1.5, 1.0])
+    rows: dict[str, list] = {k: [] for k in ("direction", "field_V_per_m", "Px_C_per_m2",
+                                             "Py_C_per_m2", "Pz_C_per_m2")}
+    for d, sign, col in (("x", 1.0, col_plus), ("-x", -1.0, col_minus)):
+        for e in fields:
+            p = sign * eps0_si * col * e  # field along sign·x̂: P = ε·(sign x̂) E
+            rows["direction"].append(d)
+            rows["field_V_per_m"].append(e)
+            for a, x in enumerate("xyz"):
+                rows[f"P{x}_C_per_m2"].append(p[a])
+    cfg = PECurveConfig(fields_V_per_m=tuple(fields), directions=("x", "-x"))
+    res = _analyze(cfg, {k: np.asarray(v) for k, v in rows.items()})
+    s = np.asarray(res["epsilon_ion_static"], dtype=float)
+    np.testing.assert_allclose(s[:, 0], 0.5 * (col_plus + col_minus), rtol=1e-6)
+    assert np.isnan(s[:, 1:]).all()
