@@ -241,6 +241,12 @@ class RunDirectory:
                 raise IncompatibleSettingsError(
                     f"{self.path} is not empty and is not a workflow directory; refusing to overwrite it"
                 )
+        elif self.path.is_dir() and not sfile.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
+            # a later --overwrite of this run would delete everything in it: start only in a
+            # new or empty directory (not e.g. `--out .` in a folder of the user's files)
+            raise IncompatibleSettingsError(
+                f"{self.path} is not empty and is not a workflow directory; use a new or empty --out"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock()
         try:
@@ -282,7 +288,12 @@ class RunDirectory:
                     f"'{self.workflow}'; use another --out"
                 )
             diffs = _diff(*_without_located_paths(saved.get("settings", {}), self.settings))
-            if diffs:
+            started = any(p.name not in (SETTINGS_FILE, LOCK_FILE) for p in self.path.iterdir())
+            if diffs and not started:
+                # a start that failed before writing anything (e.g. a model that did not load):
+                # nothing to mix, the corrected command starts afresh
+                write_json(sfile, {"workflow": self.workflow, "settings": self.settings})
+            elif diffs:
                 raise IncompatibleSettingsError(
                     f"{self.path} was started with different settings; refusing to mix them on resume "
                     "(use a new --out, or --overwrite to discard the old run):\n  "

@@ -248,6 +248,7 @@ def test_settings_lock_includes_model_hashes(tmp_path):
         return {"models": {"born_model": str(path), "born_model_sha256": model_sha256(path, "born_model")}}
 
     RunDirectory(tmp_path / "run", "pe-curve", settings(f))
+    (tmp_path / "run" / "pe_curve.csv").write_text("direction\n")  # the run has started
     f.write_text("second")  # retrained in place
     with pytest.raises(IncompatibleSettingsError, match="born_model_sha256"):
         RunDirectory(tmp_path / "run", "pe-curve", settings(f))
@@ -321,6 +322,7 @@ def test_resume_accepts_the_same_files_by_another_path_and_new_analysis_options(
         }
 
     RunDirectory(tmp_path / "run", "heat", settings(tmp_path)).release()
+    (tmp_path / "run" / "heat_log.csv").write_text("step\n")  # the run has started
     sub = tmp_path / "sub"
     RunDirectory(tmp_path / "run", "heat", settings(sub, "../bm.pt", "../s.cif")).release()
     RunDirectory(tmp_path / "run", "heat",
@@ -347,3 +349,36 @@ def test_conservative_mode_with_stale_born_charges_fails_before_writing(tmp_path
         Config(mode="conservative", born_update_every=2)
     Config(mode="conservative", born_update_every=1)
     Config(mode="direct", born_update_every=2)
+
+
+def test_a_run_never_starts_among_unrelated_files(tmp_path):
+    """`--out .` in a folder of the user's files started a run there, and a later
+    `--overwrite` of that run deleted the user's files: a fresh start needs a new or empty
+    directory (or one that is a run directory already)."""
+    from ase_born.workflows.rundir import IncompatibleSettingsError, RunDirectory
+
+    home = tmp_path / "project"
+    (home / "src").mkdir(parents=True)
+    (home / "thesis.tex").write_text("years of work")
+    for overwrite in (False, True):
+        with pytest.raises(IncompatibleSettingsError, match="not a workflow directory"):
+            RunDirectory(home, "pe-curve", {"a": 1}, overwrite=overwrite)
+    assert (home / "thesis.tex").read_text() == "years of work" and (home / "src").is_dir()
+    assert not (home / "settings.json").exists()
+    RunDirectory(tmp_path / "empty", "pe-curve", {"a": 1}).release()  # new: fine
+    (tmp_path / "empty2").mkdir()
+    RunDirectory(tmp_path / "empty2", "pe-curve", {"a": 1}).release()  # empty: fine
+
+
+def test_a_start_that_wrote_nothing_does_not_block_the_corrected_command(tmp_path):
+    """A start that failed after settings.json (e.g. a model that did not load) left a
+    directory that refused the corrected command as 'different settings'."""
+    from ase_born.workflows.rundir import IncompatibleSettingsError, RunDirectory
+
+    RunDirectory(tmp_path / "run", "heat", {"born_model": "BORN"}).release()
+    rd = RunDirectory(tmp_path / "run", "heat", {"born_model": "standin"})  # nothing to mix: accepted
+    rd.release()
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["settings"]["born_model"] == "standin"
+    (tmp_path / "run" / "heat_log.csv").write_text("step\n")  # once it has written something
+    with pytest.raises(IncompatibleSettingsError, match="born_model"):
+        RunDirectory(tmp_path / "run", "heat", {"born_model": "BORN"})
