@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import pickle
 import sys
 from collections.abc import Callable
@@ -37,3 +38,28 @@ def reports_errors(func: Callable[[argparse.Namespace], Any] | None = None, *,
         return wrapper
 
     return decorate if func is None else decorate(func)
+
+
+def _number(kind: type, text: str, minimum: float, strict: bool, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value) or not (value > minimum if strict else value >= minimum):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _number(int, text, 1, False, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _number(int, text, 0, False, "a non-negative integer")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _number(float, text, 0.0, True, "a positive number")

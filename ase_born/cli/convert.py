@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ase_born.cli._errors import positive_float
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``convert`` subcommand."""
@@ -42,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(an OUTCAR with a geometry keeps its own, with energy/forces/stress)"
         ),
     )
-    p.add_argument("--append", action="store_true", help="append to OUTPUT instead of replacing it")
+    p.add_argument("--append", action="store_true", help="append to OUTPUT (an existing OUTPUT is refused "
+                   "unless --append or --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     p.add_argument(
         "--born-rows",
         choices=("field", "displacement"),
@@ -56,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ph.x only: which effective-charge block to read (default: raw dF/dE)",
     )
     p.add_argument(
-        "--symprec", type=float, default=1e-5, help="phonopy BORN only: symmetry tolerance in Å"
+        "--symprec", type=positive_float, default=1e-5, help="phonopy BORN only: symmetry tolerance in Å"
     )
     p.add_argument(
         "--nosym",
@@ -73,9 +77,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert ``args.inputs`` and write ``args.output``; return the exit status."""
+    from pathlib import Path
+
     from ase_born.io import read_dataset
     from ase_born.io.extxyz import write_frames
 
+    out = Path(args.output)
+    if args.append and args.overwrite:
+        print("ase-born convert: error: --append and --overwrite exclude each other", file=sys.stderr)
+        return 1
+    if out.exists() and any(out.resolve() == Path(i).resolve() for i in args.inputs):
+        print(f"ase-born convert: error: OUTPUT {out} is also an input", file=sys.stderr)
+        return 1
+    if out.exists() and not (args.append or args.overwrite):
+        print(f"ase-born convert: error: {out} exists: pass --append to add the frames to it or "
+              "--overwrite to replace it", file=sys.stderr)
+        return 1
     try:
         frames = read_dataset(
             args.inputs,

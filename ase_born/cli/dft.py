@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ase_born.cli._errors import reports_errors
+from ase_born.cli._errors import nonnegative_int, positive_float, positive_int, reports_errors
 
 DEFAULT_PLAN = "data/dft/plan_catio3.extxyz"
 
@@ -18,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     pp = dsub.add_parser("plan", help="write the CaTiO3 structure plan (stable IDs, fixed TEST split)")
     pp.add_argument("--out", default=DEFAULT_PLAN, help=f"plan file (default {DEFAULT_PLAN})")
-    pp.add_argument("--n-cubic", type=int, default=90, help="5-atom strained/displaced cubic cells")
-    pp.add_argument("--n-tilt", type=int, default=48, help="10-atom tilted cells (a0a0c+ / a-a-a-)")
-    pp.add_argument("--n-pnma", type=int, default=11, help="20-atom thermal Pnma cells (plus pnma_eq)")
+    pp.add_argument("--n-cubic", type=nonnegative_int, default=90, help="5-atom strained/displaced cubic cells")
+    pp.add_argument("--n-tilt", type=nonnegative_int, default=48, help="10-atom tilted cells (a0a0c+ / a-a-a-)")
+    pp.add_argument("--n-pnma", type=nonnegative_int, default=11, help="20-atom thermal Pnma cells (plus pnma_eq)")
     pp.add_argument("--seed", type=int, default=2026)
     pp.add_argument("--force", action="store_true", help="overwrite an existing plan")
     pp.set_defaults(func=_plan)
@@ -28,18 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr = dsub.add_parser("run", help="compute unfinished structures (resumable; stop with Ctrl-C/SIGTERM)")
     pr.add_argument("plan", nargs="?", default=DEFAULT_PLAN)
     _common(pr)
-    pr.add_argument("--ranks", type=int, default=2, help="MPI ranks per structure")
-    pr.add_argument("--jobs", type=int, default=1, help="structures computed at the same time")
-    pr.add_argument("--timeout-min", type=float, default=360.0, help="wall-clock limit per ABINIT step (minutes)")
-    pr.add_argument("--max-attempts", type=int, default=2,
+    pr.add_argument("--ranks", type=positive_int, default=2, help="MPI ranks per structure")
+    pr.add_argument("--jobs", type=positive_int, default=1, help="structures computed at the same time")
+    pr.add_argument("--timeout-min", type=positive_float, default=360.0, help="wall-clock limit per ABINIT step (minutes)")
+    pr.add_argument("--max-attempts", type=positive_int, default=2,
                     help="failures after which a structure is skipped (counted in failures.json beside "
                          "--output, so across sessions)")
-    pr.add_argument("--max-structures", type=int, default=None, help="stop after this many finished structures")
+    pr.add_argument("--max-structures", type=positive_int, default=None, help="stop after this many finished structures")
     pr.add_argument("--only", nargs="*", default=None, help="restrict to these structure IDs")
-    pr.add_argument("--max-atoms", type=int, default=None,
+    pr.add_argument("--max-atoms", type=positive_int, default=None,
                     help="leave structures with more atoms for a later run (e.g. 20-atom cells whose "
                          "steps left cannot finish before --hours on a machine that will not be kept)")
-    pr.add_argument("--hours", type=float, default=None,
+    pr.add_argument("--hours", type=positive_float, default=None,
                     help="stop after this many hours (the run in progress is killed; finished field "
                          "directions are kept in partial/ beside --output), and start a structure only if its "
                          "ground state (unless its run directory keeps it) and one field direction are "
@@ -56,14 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "(by default they are, when they fit before --hours, so the frame has every "
                          "ε∞ element; without them ε∞ elements between sessions are NaN)")
     pr.add_argument("--nice", type=int, default=19)
-    pr.add_argument("--ecut-Ha", type=float, default=None, help="plane-wave cutoff (Hartree)")
-    pr.add_argument("--kpt-density", type=float, default=None, help="k-points per 1/Å (ASE convention)")
+    pr.add_argument("--ecut-Ha", type=positive_float, default=None, help="plane-wave cutoff (Hartree)")
+    pr.add_argument("--kpt-density", type=positive_float, default=None, help="k-points per 1/Å (ASE convention)")
     pr.set_defaults(func=_run)
 
     pc = dsub.add_parser("converge", help="convergence study (ecut, k-mesh, tolerances) on a 5-atom cell")
     pc.add_argument("--workdir", default="dft_runs/convergence")
     pc.add_argument("--output", default="data/dft/convergence.json")
-    pc.add_argument("--ranks", type=int, default=2)
+    pc.add_argument("--ranks", type=positive_int, default=2)
     pc.add_argument("--nice", type=int, default=19)
     pc.add_argument("--table", action="store_true", help="only print the markdown table of existing results")
     pc.add_argument("--export-frame", nargs=2, metavar=("LABEL", "EXTXYZ"),
@@ -85,6 +85,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help=f"run directories (default {DEFAULT_WORKDIR})")
 
 
+@reports_errors
 def _plan(args: argparse.Namespace) -> int:
     from ase_born.dft.sampler import make_plan
     from ase_born.io.extxyz import write_frames

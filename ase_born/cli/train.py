@@ -18,18 +18,7 @@ import json
 import os
 import sys
 
-from ase_born.cli._errors import reports_errors
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
+from ase_born.cli._errors import positive_int, reports_errors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--out", default=None, help="override the output directory")
     p.add_argument(
-        "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     p.add_argument(
         "--quiet", action="store_true", help="no per-epoch log lines and no progress bars"
@@ -79,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--plots", default=None, metavar="DIR", help="write a parity plot (PNG) to DIR")
     e.add_argument("--device", default="cpu")
-    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--batch-size", type=positive_int, default=16)
     e.add_argument("-o", "--output", default=None, help="also write the metrics JSON to this file")
     e.set_defaults(func=_evaluate)
 
@@ -96,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("structures", help="structure file (any format ase.io.read understands)")
     q.add_argument("-o", "--output", required=True, help="output extxyz file")
     q.add_argument("--device", default="cpu")
-    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--batch-size", type=positive_int, default=16)
     q.add_argument("--raw", action="store_true",
                    help="write the network's raw output; by default the acoustic sum rule is "
                         "enforced per structure, as in the training metrics and `evaluate`")

@@ -270,8 +270,10 @@ def _build(cls: Any, preset: dict[str, Any] | None, explicit: dict[str, Any]) ->
 
 
 def _models(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    from ase_born.models.utils import resolve_device
     from ase_born.workflows.models import load_models, model_sha256
 
+    resolve_device(args.device)  # also with stand-ins (they ignore it): no silent CPU run for --device cuda
     ff, bm = load_models(args.force_field, args.born_model, device=args.device, dtype=args.dtype)
     info = {
         "force_field": args.force_field or "default",

@@ -41,6 +41,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import math
 import os
 import shutil
 import signal
@@ -123,6 +124,14 @@ class AbinitSettings:
     nstep: int = 80
     psp_dir: str = str(DEFAULT_PSP_DIR)
     pseudopotentials: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PSEUDOPOTENTIALS))
+
+    def __post_init__(self) -> None:
+        for name in ("ecut_Ha", "kpt_density", "tolvrs_gs", "tolwfr_ddk", "tolvrs_efield"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"ABINIT setting {name} must be a positive number, got {value!r}")
+        if not (isinstance(self.nstep, int) and self.nstep >= 1):
+            raise ValueError(f"ABINIT setting nstep must be a positive integer, got {self.nstep!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -786,6 +786,10 @@ def run_plan(
     settings = settings or AbinitSettings()
     workdir, output = Path(workdir), Path(output)
     plan = load_plan(plan_path)  # before anything is written into workdir
+    if only_ids is not None:
+        unknown = sorted(set(only_ids) - {str(a.info["structure_id"]) for a in plan})
+        if unknown:
+            raise ValueError(f"structure IDs not in the plan {plan_path}: {', '.join(unknown)}")
     if runner is run_structure:  # a missing ABINIT/mpirun/pseudopotential is no structure's failure
         check_environment(plan, settings, ranks)
     with workdir_lock(workdir):

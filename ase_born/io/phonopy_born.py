@@ -72,8 +72,20 @@ def independent_atoms(
     """
     from phonopy.structure.symmetry import Symmetry
 
-    sym = Symmetry(_phonopy_atoms(atoms), symprec=symprec, is_symmetry=is_symmetry)
+    _check_symprec(symprec)
+    try:
+        sym = Symmetry(_phonopy_atoms(atoms), symprec=symprec, is_symmetry=is_symmetry)
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "spglib":
+            raise
+        raise ValueError(f"symmetry search failed at symprec={symprec} Å: {exc}") from exc
     return np.asarray(sym.get_independent_atoms(), dtype=int)
+
+
+def _check_symprec(symprec: float) -> None:
+    """spglib crashes the interpreter on a negative tolerance and fails on zero."""
+    if not (isinstance(symprec, (int, float)) and np.isfinite(symprec) and symprec > 0):
+        raise ValueError(f"symprec must be a positive tolerance in Å, got {symprec!r}")
 
 
 def _bad_number(text: str) -> tuple[int, str] | None:
@@ -93,6 +105,7 @@ def _parse_born_text(
 ) -> tuple[np.ndarray, np.ndarray]:
     from phonopy.file_IO import parse_BORN_from_strings
 
+    _check_symprec(symprec)
     try:
         nac = parse_BORN_from_strings(
             text, _phonopy_atoms(atoms), symprec=symprec, is_symmetry=is_symmetry
@@ -101,7 +114,9 @@ def _parse_born_text(
         bad = _bad_number(text)
         where = f"{source}:{bad[0]}: {bad[1]!r} is not a number" if bad else f"{source}: {exc}"
         raise ValueError(f"{where} (phonopy BORN file)") from exc
-    except RuntimeError as exc:  # phonopy's BORNFileParseError
+    except Exception as exc:  # phonopy's BORNFileParseError (RuntimeError), spglib's errors
+        if not isinstance(exc, RuntimeError) and type(exc).__module__.split(".")[0] != "spglib":
+            raise
         raise ValueError(
             f"{source}: phonopy could not parse the BORN data for this {len(atoms)}-atom cell "
             f"(symprec={symprec}, is_symmetry={is_symmetry}): {exc}"

@@ -32,11 +32,20 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return dt
 
 
+class DeviceUnavailableError(RuntimeError, ValueError):
+    """A device that torch does not know or this machine does not have (a ``RuntimeError``
+    as before, and a ``ValueError``: bad input, one line on the command line)."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
-    """Return a :class:`torch.device`; raises ``RuntimeError`` if CUDA is asked for but absent."""
-    dev = torch.device(device)
+    """Return a :class:`torch.device`; raises :class:`DeviceUnavailableError` for an unknown
+    device name or when CUDA is asked for but absent."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceUnavailableError(f"unknown torch device {device!r} (e.g. cpu, cuda, cuda:1)") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        raise DeviceUnavailableError(f"device {device!r} requested but CUDA is not available")
     return dev
 
 
@@ -45,4 +54,4 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-__all__ = ["dtype_name", "resolve_device", "resolve_dtype"]
+__all__ = ["DeviceUnavailableError", "dtype_name", "resolve_device", "resolve_dtype"]

@@ -291,11 +291,14 @@ class TrainConfig:
         import yaml
 
         with open(path) as fh:
-            d = yaml.safe_load(fh)
+            try:
+                d = yaml.safe_load(fh)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: not valid YAML: {exc}") from exc
         if d is None:
             d = {}
-        if not isinstance(d, Mapping):
-            raise TypeError(
+        if not isinstance(d, Mapping):  # bad input (a file's content), reported as such
+            raise ValueError(  # noqa: TRY004
                 f"{path}: a training config must be a YAML mapping, got {type(d).__name__}"
             )
         return cls.from_dict(d)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +157,17 @@ def mace_calculator(path: str | os.PathLike, *, device: str = "cpu", dtype: str 
             raise ImportError(
                 "loading a MACE model needs mace-torch (pip install mace-torch)"
             ) from exc
-        model = torch.load(str(path), map_location=device, weights_only=False)
-        return MACECalculator(models=model, device=device, default_dtype=dtype)
+        from ase_born.models.utils import resolve_device
+
+        resolve_device(device)
+        try:
+            model = torch.load(str(path), map_location=device, weights_only=False)
+            return MACECalculator(models=model, device=device, default_dtype=dtype)
+        except Exception as exc:  # a file that is not a whole pickled MACE model
+            if isinstance(exc, OSError) and not isinstance(exc, pickle.UnpicklingError):
+                raise
+            raise ValueError(f"{path} is not a MACE model file (loading it failed: "
+                             f"{type(exc).__name__}: {exc})") from exc
     finally:
         torch.set_default_dtype(previous)
         if environ_before is None:
@@ -195,7 +205,14 @@ def load_born_model(
             "ase_born.models.EquivarCalculator is not available in this installation; "
             "cannot load the Equivar model file " + str(path)
         ) from exc
-    return cls(str(path), device=device, dtype=dtype)
+    from ase_born.models.utils import resolve_device
+
+    resolve_device(device)
+    try:
+        return cls(str(path), device=device, dtype=dtype)
+    except (KeyError, AttributeError, TypeError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path} is not an Equivar model file (loading it failed: "
+                         f"{type(exc).__name__}: {exc})") from exc
 
 
 def model_sha256(spec: str | os.PathLike | None, kind: str) -> str | None:

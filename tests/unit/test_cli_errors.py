@@ -46,3 +46,59 @@ def test_decorator_form_keeps_the_function_name():
 
     assert my_command.__name__ == "my_command"
     assert my_command(ARGS) == 3
+
+
+def _run_cli(argv, capsys):
+    from ase_born.cli.main import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse rejects a value
+        rc = exc.code
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["dft", "run", "P", "--ecut-Ha", "-5"], "--ecut-Ha: expected a positive number, got -5"),
+    (["dft", "run", "P", "--kpt-density", "0"], "--kpt-density: expected a positive number, got 0"),
+    (["dft", "run", "P", "--ranks", "0"], "--ranks: expected a positive integer, got 0"),
+    (["dft", "run", "P", "--max-attempts", "0"], "--max-attempts: expected a positive integer, got 0"),
+    (["dft", "run", "P", "--hours", "-1"], "--hours: expected a positive number, got -1"),
+    (["dft", "run", "P", "--hours", "nan"], "--hours: expected a positive number, got nan"),
+    (["dft", "plan", "--n-cubic", "-1"], "--n-cubic: expected a non-negative integer, got -1"),
+    (["evaluate", "m.pt", "d.xyz", "--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+    (["convert", "BORN", "-o", "x.xyz", "--symprec", "-1"], "--symprec: expected a positive number, got -1"),
+])
+def test_bad_numbers_are_refused_by_the_parser(argv, message, capsys):
+    """A typo (--ecut-Ha -5) was recorded in the work directory's settings and blocked it
+    for good; --symprec -1 crashed the interpreter inside spglib."""
+    rc, err = _run_cli(argv, capsys)
+    assert rc == 2 and message in err
+
+
+def test_cli_input_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """Each of these was a traceback (or a silent success)."""
+    from ase_born.io.extxyz import write_frames
+    from ase_born.models.benchmark import catio3_pnma
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk.txt").write_text("junk junk\n")
+    (tmp_path / "bad.yaml").write_text("a: [1\n")
+    plan = catio3_pnma()
+    plan.info.update(structure_id="p0", kind="pnma20", split="train")
+    write_frames(tmp_path / "plan.extxyz", [plan])
+    cases = [
+        (["evaluate", "junk.txt", "plan.extxyz"], "junk.txt is not an Equivar model file"),
+        (["train", "junk.txt"], "must be a YAML mapping"),
+        (["train", "bad.yaml"], "bad.yaml: not valid YAML"),
+        (["heat", "--force-field", "standin", "--born-model", "standin", "--device", "gpu", "--out", "h"],
+         "unknown torch device 'gpu'"),
+        (["dft", "run", "plan.extxyz", "--output", "o.extxyz", "--workdir", "w", "--only", "p0", "NOSUCH"],
+         "structure IDs not in the plan plan.extxyz: NOSUCH"),
+        (["dft", "plan", "--out", "junk.txt/p.extxyz"], "File exists"),
+    ]
+    for argv, message in cases:
+        rc, err = _run_cli(argv, capsys)
+        assert rc == 1 and message in err and "Traceback" not in err, (argv, err)
+        assert err.count("\n") == 1 or argv[0] == "train", (argv, err)
+    assert not (tmp_path / "w").exists()  # the unknown ID was refused before anything was written

@@ -254,3 +254,20 @@ def test_broken_inputs_raise_valueerror_naming_the_file(tmp_path, capsys):
         read_dataset(born, structure=DATA / "phonopy" / "POSCAR")
     assert main(["convert", str(broken), "-o", str(tmp_path / "out.xyz")]) == 1
     assert "vasprun.xml" in capsys.readouterr().err
+
+
+def test_cli_convert_never_replaces_an_existing_output_silently(tmp_path, capsys):
+    """`-o` onto an existing file (e.g. the DFT dataset) replaced it with exit 0; an output
+    that is also an input was rewritten from itself."""
+    out = tmp_path / "dataset.extxyz"
+    outcar = str(DATA / "vasp" / "OUTCAR")
+    assert main(["convert", outcar, "-o", str(out)]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["convert", outcar, "-o", str(out)]) == 1
+    assert "exists: pass --append" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["convert", str(out), outcar, "-o", str(out), "--overwrite"]) == 1
+    assert "is also an input" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["convert", outcar, "-o", str(out), "--append", "--overwrite"]) == 1
+    assert main(["convert", outcar, "-o", str(out), "--append"]) == 0 and len(read_frames(out)) == 2
+    assert main(["convert", outcar, "-o", str(out), "--overwrite"]) == 0 and len(read_frames(out)) == 1
