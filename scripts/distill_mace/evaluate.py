@@ -253,6 +253,16 @@ def compare_dft(calc, dft: Path, result: dict) -> None:
             }
             print(f"  after the basis-set stress correction: S MAE {c['stress_meV_per_A3']['mae']:.2f} meV/Å³, "
                   f"pressure offset {c['pressure_offset_GPa']:+.2f} GPa")
+            if test:  # what a fine-tune trains on (corrected stress), on frames it never saw
+                ct = compare([corrected[i] for i in test], [preds[i] for i in test])
+                result["dft"]["test_split"]["basis_corrected"] = {
+                    k: ct[k] for k in ("stress_meV_per_A3", "pressure_offset_GPa")}
+        if test:
+            t = result["dft"]["test_split"]
+            tc = t.get("basis_corrected")
+            print(f"  TEST split only ({t['n_frames']} frames): F MAE {t['forces_meV_per_A']['mae']:.1f} meV/Å, "
+                  f"S MAE {t['stress_meV_per_A3']['mae']:.2f} meV/Å³"
+                  + (f" ({tc['stress_meV_per_A3']['mae']:.2f} after the basis-set correction)" if tc else ""))
     else:
         result["dft"] = {"file": str(dft), "skipped": "file missing or without frames"}
         print(f"{dft} missing or empty: DFT check skipped")
@@ -269,6 +279,10 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-relax", action="store_true")
     ap.add_argument("--dft-only", action="store_true",
                     help="recompute only the `dft` block (the DFPT file grew) and keep the rest of --out")
+    ap.add_argument("--new-model", action="store_true",
+                    help="with --dft-only: --out evaluates another model file (e.g. before a fine-tune "
+                         "on the DFT frames) whose distillation blocks cannot be recomputed here: start "
+                         "--out afresh with the `dft` block only (the others are dropped, not kept)")
     args = ap.parse_args(argv)
     import sys
 
@@ -281,11 +295,16 @@ def main(argv=None) -> None:
     digest = sha256(model_path)
     if args.dft_only:
         result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        if args.new_model and result.get("model_sha256", digest) != digest:
+            result = {"model": str(model_path), "model_size_bytes": model_path.stat().st_size,
+                      "dtype": args.dtype,
+                      "note": f"DFT block only: the distillation blocks evaluated another file "
+                              f"(SHA-256 {result['model_sha256'][:12]}…) and were dropped"}
         if result.get("model", str(model_path)) != str(model_path):
             raise SystemExit(f"{args.out} evaluates {result['model']}, not {model_path}")
         if result.get("model_sha256", digest) != digest:  # same path, another file: no mixing
             raise SystemExit(f"{args.out} evaluates another {model_path} (SHA-256 {result['model_sha256'][:12]}…): "
-                             "rerun the whole evaluation")
+                             "rerun the whole evaluation, or --new-model for the DFT block alone")
         result["model_sha256"] = digest
         compare_dft(calc, Path(args.dft), result)
         _write(result, Path(args.out))
