@@ -93,9 +93,14 @@ def main(argv=None) -> None:
     ap.add_argument("--born-model", action="store_true")
     ap.add_argument("--pressure-from", metavar="REPORT",
                     help="set the volume correction from a validate_physics.py report of the card's force field")
+    ap.add_argument("--summary", metavar="TEXT",
+                    help="with --force-field/--born-model: the new file's one-line summary (where it comes "
+                         "from, what it was fitted to, its checks); a new file keeps the old one otherwise")
     args = ap.parse_args(argv)
     if not (args.force_field or args.born_model or args.pressure_from):
         ap.error("name the model(s) to refresh: --force-field and/or --born-model (or --pressure-from)")
+    if args.summary is not None and args.force_field == args.born_model:
+        ap.error("--summary goes with exactly one of --force-field / --born-model")
     path = defaults.models_dir() / "defaults.json"
     card = json.loads(path.read_text())
 
@@ -114,6 +119,13 @@ def main(argv=None) -> None:
             if new_ff and card[key].pop("pressure_correction_GPa", None) is not None:
                 print("force_field: new file, its volume correction removed (it belonged to the "
                       "old file; the workflows apply none until --pressure-from sets it)")
+            if args.summary is not None:
+                card[key]["summary"] = args.summary
+            elif old != card[key]["sha256"]:
+                print(f"{key}: NOTE new file, but its summary still describes the old one: pass "
+                      "--summary; for a force field also rerun validate_physics.py (then "
+                      "--pressure-from) and evaluate.py (--dft-only --new-model without the "
+                      "distillation data), whose reports name the old file's hash")
             write()
             refresh(card)
             write()

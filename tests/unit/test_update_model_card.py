@@ -38,7 +38,17 @@ def test_new_force_field_drops_the_volume_correction(data_copy, load_script, cap
     assert new["force_field"]["sha256"] == real_sha
     assert "pressure_correction_GPa" not in new["force_field"]
     assert defaults.default_pressure_GPa() == 0.0
-    assert "volume correction removed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "volume correction removed" in out
+    assert "NOTE new file, but its summary still describes the old one" in out
+    assert new["force_field"]["summary"] == card["force_field"]["summary"]
+    # with the new file's summary
+    new["force_field"]["sha256"] = "0" * 64
+    (models / "defaults.json").write_text(json.dumps(new))
+    mod.main(["--force-field", "--summary", "MACE fine-tuned on 50 DFT structures"])
+    new = json.loads((models / "defaults.json").read_text())
+    assert new["force_field"]["summary"] == "MACE fine-tuned on 50 DFT structures"
+    assert "still describes the old one" not in capsys.readouterr().out
     # the same file again keeps a correction that was set for it
     new["force_field"]["pressure_correction_GPa"] = {"value": 1.5, "source": "x"}
     (models / "defaults.json").write_text(json.dumps(new))
