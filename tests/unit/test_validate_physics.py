@@ -26,3 +26,25 @@ def test_pressure_search_refuses_an_unreachable_experimental_volume(load_script,
     with pytest.raises(RuntimeError, match=match):
         mod.check_pressure(calc=None)
     assert len(calls) == 2  # 0 GPa and the end of the range: no bisection, no phonons
+
+
+def test_verdict_fails_what_the_criteria_exclude(load_script):
+    """The report had no verdict: an NpT run that drifted or ran at the wrong temperature, or a
+    Pnma cell that is no minimum at the corrected volume, still read as checked. The shipped
+    model's committed report passes every check."""
+    import copy
+    import json
+    from pathlib import Path
+
+    mod = load_script("distill_mace/validate_physics")
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "data" / "models"
+                          / "mace_catio3_validation.json").read_text())
+    checks = ["pnma", "cubic", "pressure", "npt"]
+    assert all(v["passed"] for v in mod.verdict(shipped, checks).values())
+    for check, key, value in (("npt", "conserved_drift_meV_per_atom_per_ps", 3.0),
+                              ("npt", "mean_T_K_after_1ps", 1500.0), ("npt", "stable", False),
+                              ("pressure", "local_minimum", False), ("cubic", "tilt_instability_R", False)):
+        bad = copy.deepcopy(shipped)
+        bad[check][key] = value
+        assert mod.verdict(bad, checks)[check]["passed"] is False, (check, key)
+    assert mod.verdict({}, checks) == {}
