@@ -76,10 +76,13 @@ def load_frames(paths: list[str]) -> list:
     return frames
 
 
-def _physics_settings(atoms) -> tuple:
-    """Cutoff and k-point density of a frame (what changes its energy scale)."""
+def _physics_settings(atoms) -> str:
+    """A frame's ABINIT settings that change its energies (all but the convergence
+    tolerances: cutoff, k-points, functional, pseudopotentials, smearing, ...), as JSON."""
+    from ase_born.dft.abinit import TOLERANCE_KEYS
+
     d = json.loads(atoms.info.get("dft_settings") or "{}")
-    return d.get("ecut_Ha"), d.get("kpt_density")
+    return json.dumps({k: v for k, v in d.items() if k not in TOLERANCE_KEYS}, sort_keys=True)
 
 
 def is_valid_id(sid: str, fraction: float = 0.1) -> bool:
@@ -158,8 +161,9 @@ def energy_offset(model_path: str, frames: list) -> float:
 def shifted_model(model_path: str, shift_per_atom: float, out: Path) -> dict[int, float]:
     """Save ``model_path`` with ``shift_per_atom`` added to every E0; return the new E0s.
 
-    mace_run_train takes the atomic energies of a foundation model from its weights (the
-    ``--E0s`` argument only enters the data), so the shift must be in the model itself.
+    The shift goes into the model's weights, and the same shifted E0s are passed as
+    ``--E0s``: mace_run_train (0.3.16, ``model_script_utils``) builds the fine-tuned model's
+    atomic energies from ``--E0s``, so both must agree.
     """
     import torch
 
@@ -194,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     frames = load_frames(args.dft)
     settings = {_physics_settings(a) for a in frames}
     if len(settings) > 1:
-        print(f"--dft mixes frames of {len(settings)} DFT settings (cutoff / k-points); their energies "
-              "differ by the basis-set error: fine-tune on one setting")
+        print(f"--dft mixes frames of {len(settings)} DFT settings (cutoff, k-points, functional or "
+              "pseudopotentials); their energies are on different scales: fine-tune on one setting")
         return 1
     pulay_GPa = {}
     if args.study:  # 30 Ha leaves ~9 GPa of spurious pressure, far above the force field's own error

@@ -107,3 +107,13 @@ def test_frames_of_different_dft_settings_are_refused(script, tmp_path, monkeypa
                    "--force"])
     assert rc == 1 and calls == []
     assert os.getcwd() == str(REPO)
+    # another functional (or pseudopotential) as well: only ecut/k-points were compared before
+    other.info["dft_settings"] = json.dumps({**settings, "ixc": 11})
+    write_frames(tmp_path / "pbe.extxyz", [other])
+    assert mod.main(["--dft", str(dft), str(tmp_path / "pbe.extxyz"), "--work", str(tmp_path / "w2"),
+                     "--force"]) == 1 and calls == []
+    # other tolerances are the same physics
+    other.info["dft_settings"] = json.dumps({**settings, "nstep": 120})
+    write_frames(tmp_path / "nstep.extxyz", [other])
+    assert mod.main(["--dft", str(dft), str(tmp_path / "nstep.extxyz"), "--work", str(tmp_path / "w3"),
+                     "--force"]) == 0 and len(calls) == 1
