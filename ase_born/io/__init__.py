@@ -280,7 +280,7 @@ def guess_format(path: str | os.PathLike) -> str:
     ):
         return "extxyz"
     raise ValueError(
-        f"cannot guess the dataset format of {p}; pass format= one of {', '.join(FORMATS)}"
+        f"cannot guess the dataset format of {p}; pass format= (--format on the command line) one of {', '.join(FORMATS)}"
     )
 
 
@@ -345,7 +345,7 @@ def _read_one(path, fmt, structure, born_rows, born_block, symprec, is_symmetry)
     elif fmt == "phonopy-born":
         if structure is None:
             raise ValueError(
-                f"{path}: a phonopy BORN file holds no structure; pass structure= "
+                f"{path}: a phonopy BORN file holds no structure; pass structure= (--structure on the command line) "
                 "(the cell the BORN file was written for, e.g. its POSCAR)"
             )
         from ase_born.io.phonopy_born import read_born_file

@@ -239,16 +239,16 @@ def read_ph_output(
         except (IndexError, ValueError, KeyError) as exc:
             raise ValueError(
                 f"{path}: ASE could not read the ph.x header structure ({exc!r}); "
-                "pass structure= (pw.x input/output)"
+                "pass structure= (--structure; pw.x input/output)"
             ) from exc
         atoms = next((q["atoms"] for q in res.values() if "atoms" in q), None)
         if atoms is None:
             raise ValueError(
-                f"{path}: no structure in the ph.x header; pass structure= (pw.x input/output)"
+                f"{path}: no structure in the ph.x header; pass structure= (--structure; pw.x input/output)"
             )
         warnings.warn(
             f"{path}: using the structure printed by ph.x (about 5 decimals in alat units); "
-            "pass structure= (the pw.x input or output) for full precision and energies",
+            "pass structure= (--structure; the pw.x input or output) for full precision and energies",
             stacklevel=2,
         )
     else:

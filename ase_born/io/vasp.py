@@ -613,7 +613,7 @@ def _read_outcar(
         except (ParseError, StopIteration, IndexError, ValueError) as exc:
             raise OutcarGeometryError(
                 f"{path}: ASE could not read the geometry from this OUTCAR ({exc}); "
-                "pass structure= (e.g. the POSCAR of the run)"
+                "pass structure= (--structure; e.g. the POSCAR of the run)"
             ) from exc
         steps = _steps(meta["ibrion"], len(images), len(blocks), str(path), all_steps)
     else:
