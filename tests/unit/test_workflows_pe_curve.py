@@ -201,6 +201,20 @@ def test_numeric_directions_are_comma_free_csv_labels(tmp_path):
     assert [d["direction"] for d in res["directions"]] == ["1 1 0", "0.0 0.0 1.0"]
 
 
+def _synthetic_rows(fields, polarization) -> dict[str, np.ndarray]:
+    """pe_curve.csv columns for directions ``{label: P(E) in C/m² (3-vector)}`` at ``fields``."""
+    rows: dict[str, list] = {k: [] for k in ("direction", "field_V_per_m", "Px_C_per_m2",
+                                             "Py_C_per_m2", "Pz_C_per_m2")}
+    for d, p_of in polarization.items():
+        for e in fields:
+            p = p_of(e)
+            rows["direction"].append(d)
+            rows["field_V_per_m"].append(e)
+            for a, x in enumerate("xyz"):
+                rows[f"P{x}_C_per_m2"].append(p[a])
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
 def test_analysis_subtracts_the_zero_field_polarization():
     """P(0) is not exactly zero (the reference is relaxed less tightly than the points): the
     slopes, the fit and the onset use P(E) - P(0). Exactly linear P with an offset gives the
@@ -212,17 +226,10 @@ def test_analysis_subtracts_the_zero_field_polarization():
     eps = np.array([[118.6, 0.0, 1.5], [0.0, 118.1, 0.0], [1.5, 0.0, 117.7]])
     fields = np.array([0.0, 1e7, 2e7, 5e7, 1e8])
     p0 = np.array([3.1e-5, -2.2e-5, 1.7e-5])  # C/m²; P(E1) along x ~ 1.05e-3 C/m²
-    rows: dict[str, list] = {k: [] for k in ("direction", "field_V_per_m", "Px_C_per_m2",
-                                             "Py_C_per_m2", "Pz_C_per_m2")}
-    for d, c in (("x", 0), ("z", 2)):
-        for e in fields:
-            p = p0 + eps0_si * eps[:, c] * e
-            rows["direction"].append(d)
-            rows["field_V_per_m"].append(e)
-            for a, x in enumerate("xyz"):
-                rows[f"P{x}_C_per_m2"].append(p[a])
+    rows = _synthetic_rows(fields, {"x": lambda e: p0 + eps0_si * eps[:, 0] * e,
+                                    "z": lambda e: p0 + eps0_si * eps[:, 2] * e})
     cfg = PECurveConfig(fields_V_per_m=tuple(fields), directions=("x", "z"))
-    res = _analyze(cfg, {k: np.asarray(v) for k, v in rows.items()})
+    res = _analyze(cfg, rows)
     s = np.asarray(res["epsilon_ion_static"])
     np.testing.assert_allclose(s[:, [0, 2]], eps[:, [0, 2]], rtol=1e-9, atol=1e-9)
     for d in res["directions"]:
@@ -257,17 +264,11 @@ def test_both_signs_of_an_axis_give_the_mean_column():
     eps0_si = 8.8541878128e-12  # F/m
     fields = np.array([0.0, 1e7, 2e7, 5e7, 1e8])
     col_plus, col_minus = np.array([118.0, 0.5, -1.0]), np.array([120.0, 1.5, 1.0])
-    rows: dict[str, list] = {k: [] for k in ("direction", "field_V_per_m", "Px_C_per_m2",
-                                             "Py_C_per_m2", "Pz_C_per_m2")}
-    for d, sign, col in (("x", 1.0, col_plus), ("-x", -1.0, col_minus)):
-        for e in fields:
-            p = sign * eps0_si * col * e  # field along sign·x̂: P = ε·(sign x̂) E
-            rows["direction"].append(d)
-            rows["field_V_per_m"].append(e)
-            for a, x in enumerate("xyz"):
-                rows[f"P{x}_C_per_m2"].append(p[a])
+    # field along ±x̂: P = ε·(±x̂) E
+    rows = _synthetic_rows(fields, {"x": lambda e: eps0_si * col_plus * e,
+                                    "-x": lambda e: -eps0_si * col_minus * e})
     cfg = PECurveConfig(fields_V_per_m=tuple(fields), directions=("x", "-x"))
-    res = _analyze(cfg, {k: np.asarray(v) for k, v in rows.items()})
+    res = _analyze(cfg, rows)
     s = np.asarray(res["epsilon_ion_static"], dtype=float)
     np.testing.assert_allclose(s[:, 0], 0.5 * (col_plus + col_minus), rtol=1e-6)
     assert np.isnan(s[:, 1:]).all()
