@@ -138,7 +138,13 @@ def _run(args: argparse.Namespace) -> int:
 
 @reports_errors
 def _converge(args: argparse.Namespace) -> int:
-    from ase_born.dft.convergence import analyse, export_frame, markdown_table, run_convergence
+    from ase_born.dft.convergence import (
+        analyse,
+        export_frame,
+        markdown_table,
+        read_results,
+        run_convergence,
+    )
 
     if args.export_frame:
         label, out = args.export_frame
@@ -151,7 +157,7 @@ def _converge(args: argparse.Namespace) -> int:
                 f"no convergence results at {args.output} (looked in {Path.cwd()}): run from the "
                 "repository root, pass --output, or run the study without --table"
             )
-        res = json.loads(Path(args.output).read_text())
+        res = read_results(args.output)
         res["analysis"] = analyse(res.get("points", {}))  # the current analysis of the stored points
     else:
         res = run_convergence(args.workdir, args.output, ranks=args.ranks, nice=args.nice,

@@ -88,6 +88,18 @@ def _point_result(directory: Path) -> dict:
     }
 
 
+def read_results(path: str | os.PathLike) -> dict:
+    """The convergence study's results file (``data/dft/convergence.json``); a file that is
+    not one is a ``ValueError`` naming it."""
+    try:
+        res = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not a convergence results file (JSON: {exc})") from exc
+    if not isinstance(res, dict):
+        raise ValueError(f"{path} is not a convergence results file (a JSON object expected)")  # noqa: TRY004 - bad file content
+    return res
+
+
 def run_convergence(
     workdir: str | os.PathLike = "dft_runs/convergence",
     output: str | os.PathLike = "data/dft/convergence.json",
@@ -106,7 +118,7 @@ def run_convergence(
     """
     workdir, output = Path(workdir), Path(output)
     atoms = convergence_structure() if structure is None else structure
-    results = json.loads(output.read_text()) if output.is_file() else {}
+    results = read_results(output) if output.is_file() else {}
     points = results.setdefault("points", {})
     for axis, label, over in grid:
         if label in points:
@@ -157,9 +169,9 @@ def export_frame(
     """
     from ase_born.dft.pipeline import append_frame, finished_ids, frame_from_run
 
-    res = json.loads(Path(results).read_text())
+    res = read_results(results)
     if label not in res.get("points", {}):
-        raise KeyError(f"convergence point {label!r} is not finished (have {sorted(res.get('points', {}))})")
+        raise ValueError(f"convergence point {label!r} is not finished (have {sorted(res.get('points', {}))})")
     point = res["points"][label]
     if "abinit_settings" in point:
         settings = AbinitSettings.from_dict(point["abinit_settings"])

@@ -101,7 +101,7 @@ def test_run_resumes_and_exports_a_point_as_frame(tmp_path):
     again = conv.export_frame(grid[0][1], tmp_path / "frames2.extxyz", work, out, structure=structure)
     assert json.loads(again.info["dft_settings"]) == recorded
     assert back.get_potential_energy() == pytest.approx(frame.get_potential_energy())
-    with pytest.raises(KeyError, match="not finished"):
+    with pytest.raises(ValueError, match="not finished"):
         conv.export_frame("ecut99_k9", xyz, work, out, structure=structure)
     # exported once: a second export (of any point) is refused, the file keeps one conv_cubic frame
     with pytest.raises(ValueError, match="already holds the convergence frame"):
@@ -158,3 +158,14 @@ def test_pulay_stress_from_the_cutoff_axis():
     del frames[0].info["dft_settings"]
     with pytest.raises(ValueError, match="no dft_settings"):
         conv.basis_corrected_stress(frames[0], study["points"])
+
+
+def test_a_results_file_that_is_not_one_is_named(tmp_path, capsys):
+    """`dft converge --table --output junk.txt` said only "Expecting value: line 1 column 1"."""
+    from ase_born.cli.main import main
+
+    junk = tmp_path / "junk.txt"
+    junk.write_text("no json here\n")
+    assert main(["dft", "converge", "--table", "--output", str(junk)]) == 1
+    err = capsys.readouterr().err
+    assert "junk.txt is not a convergence results file" in err and err.count("\n") == 1
