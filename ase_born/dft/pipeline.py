@@ -501,8 +501,8 @@ class CostModel:
 
     ``estimate_s`` uses the median rate of the structure's kind; a kind with no finished
     structure yet is scaled from the kinds whose cells have the nearest number of atoms
-    (given ``n_atoms``; the rate per unit falls with cell size: measured 0.056 s for 5-atom,
-    0.032–0.038 s for 10- and 20-atom cells), else from all kinds.
+    (given ``n_atoms``; the rate per unit differs by kind, not monotonically with size:
+    ``ase-born dft status`` prints the current rates), else from all kinds.
     """
 
     ranks: int
@@ -1198,6 +1198,8 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     rows: dict[str, Counter] = defaultdict(Counter)
     cost: dict[str, list[float]] = defaultdict(list)
     cpu: dict[str, list[float]] = defaultdict(list)
+    wall: dict[str, list[float]] = defaultdict(list)
+    model = CostModel(ranks=2)  # the rates the scheduler uses (idle-machine cost on 2 ranks)
     for a in plan:
         sid, kind = a.info["structure_id"], str(a.info.get("kind"))
         rows[kind]["planned"] += 1
@@ -1207,6 +1209,9 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
             rows[kind]["test"] += f.info.get("split") == "test"
             if "wall_s" in f.info:
                 cost[kind].append(float(f.info["wall_s"]) * int(f.info.get("mpi_ranks", 1)))
+                wall[kind].append(float(f.info["wall_s"]))
+                if "kpts" in f.info:
+                    model.add_frame(f, AbinitSettings())
             c = f.info["cpu_s"] if "cpu_s" in f.info else cpu_seconds(Path(workdir) / sid)
             if c is not None:
                 cpu[kind].append(float(c))
@@ -1221,6 +1226,11 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
             "mean_cpu_hours": (float(np.mean(cpu[kind])) / 3600.0) if cpu[kind] else None,
             "min_cpu_hours": (min(cpu[kind]) / 3600.0) if cpu[kind] else None,
             "max_cpu_hours": (max(cpu[kind]) / 3600.0) if cpu[kind] else None,
+            "median_wall_min": float(np.median(wall[kind])) / 60.0 if wall[kind] else None,
+            "min_wall_min": min(wall[kind]) / 60.0 if wall[kind] else None,
+            "max_wall_min": max(wall[kind]) / 60.0 if wall[kind] else None,
+            # CostModel: median idle-machine wall seconds per work unit (N_atoms³ x k-points)
+            "wall_s_per_cost_unit": float(np.median(model.rates[kind])) if model.rates.get(kind) else None,
         }
         for kind, c in rows.items()
     }
@@ -1264,6 +1274,13 @@ def print_status(st: dict, file=sys.stdout) -> None:
         )
     print("started = has a run directory, not finished (running now or interrupted); "
           "core-h = wall x MPI ranks; cpu-h = CPU time summed over ranks (ABINIT's own count)", file=file)
+    for kind, c in st["kinds"].items():
+        if c.get("median_wall_min") is not None:
+            rate = c.get("wall_s_per_cost_unit")
+            print(f"{kind}: wall {c['min_wall_min']:.0f}-{c['max_wall_min']:.0f} min (median "
+                  f"{c['median_wall_min']:.0f}) per structure as run; scheduler rate "
+                  f"{(f'{rate:.3f}' if rate is not None else '-')} s per cost unit (idle machine, 2 ranks)",
+                  file=file)
     if st["max_asr_violation_per_formula_unit_e"] is not None:
         print(f"max |sum_k Z*| per formula unit: {st['max_asr_violation_per_formula_unit_e']:.3f} e", file=file)
     for sid, reason in st["failures"].items():

@@ -701,7 +701,7 @@ def test_status_cost_per_kind(tmp_path):
     for sid, cpu_h in (("s0", 0.5), ("s2", 1.0), ("s4", 0.6)):
         a = read_abinit_output(DATA / "gs.abo")
         a.info.update(structure_id=sid, kind="cubic5", split="train", cpu_s=cpu_h * 3600.0,
-                      wall_s=cpu_h * 1800.0 * 1.5, mpi_ranks=2)
+                      wall_s=cpu_h * 1800.0 * 1.5, mpi_ranks=2, kpts=[4, 4, 4])
         frames.append(a)
     write_frames(tmp_path / "data.xyz", frames)
     st = status(plan, tmp_path / "data.xyz", tmp_path / "runs")
@@ -716,6 +716,15 @@ def test_status_cost_per_kind(tmp_path):
     rows = {line.split()[0]: line.split() for line in buf.getvalue().splitlines()[1:4]}
     assert rows["cubic5"][-3:] == ["1.05", "0.70", "0.50-1.00"]
     assert rows["tilt10"][-3:] == ["-", "-", "-"]
+    # wall time per structure as run, and the scheduler's rate per cost unit (idle-machine
+    # cost: 1.06 x CPU seconds per rank here, the runs were slower than that)
+    assert (cubic["min_wall_min"], cubic["median_wall_min"], cubic["max_wall_min"]) == pytest.approx((22.5, 27.0, 45.0))
+    # the median run (0.6 cpu-h, wall 1620 s on 2 ranks) at its idle-machine cost:
+    # wall x min(1, 1.06 x CPU s / (wall x ranks))
+    idle = 0.6 * 2700.0 * min(1.0, 1.06 * 0.6 * 3600.0 / (2 * 0.6 * 2700.0))
+    assert cubic["wall_s_per_cost_unit"] == pytest.approx(idle / work_units(frames[0], [4, 4, 4]))
+    assert st["kinds"]["tilt10"]["wall_s_per_cost_unit"] is None
+    assert "cubic5: wall 22-45 min (median 27) per structure as run" in buf.getvalue()
 
 
 def test_carried_structures_run_before_plan_order(tmp_path):
