@@ -50,11 +50,12 @@ commit_data() {
     (   # under the pipeline's output lock (flock on data/dft, as append_frame takes it): no
         # frame is half appended while git reads the files
         flock 9
-        git add -A data/dft && ! git diff --cached --quiet -- data/dft || exit 0
+        # 9<&-: git's detached background maintenance must not inherit (and hold) the lock
+        git add -A data/dft 9<&- && ! git diff --cached --quiet -- data/dft 9<&- || exit 0
         frames=$(grep -c '^Lattice=' data/dft/catio3_dfpt.extxyz 2> /dev/null)
         carried=$(find data/dft/partial -mindepth 1 -maxdepth 1 -type d 2> /dev/null | wc -l)
         git commit -q -m "DFT: $frames frames, $carried structures carried (auto-commit by dft_background.sh)" \
-            -- data/dft || echo "auto-commit failed (will retry)"
+            -- data/dft 9<&- || echo "auto-commit failed (will retry)"
     ) 9< data/dft
 }
 

@@ -1237,7 +1237,15 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     asr = [np.abs(np.asarray(f.info["acoustic_sum"])).max() / (len(f) / 5) for f in frames if "acoustic_sum" in f.info]
     planned = {str(a.info["structure_id"]) for a in plan}
     carry = carry_directory(output)
-    partial = {sid: dirs for sid in sorted(planned - set(done)) if (dirs := carried_directions(carry / sid))}
+    # carried data of another dataset in the folder (other physics settings than this one's
+    # frames) are not this dataset's: run_plan leaves them alone
+    own = json.loads(frames[0].info["dft_settings"]) if frames and "dft_settings" in frames[0].info else None
+
+    def ours(sid: str) -> bool:
+        return own is None or not _physics_diff(_load_json(carry / sid / "settings.json", own), own)
+
+    partial = {sid: dirs for sid in sorted(planned - set(done))
+               if (dirs := carried_directions(carry / sid)) and ours(sid)}
     # unfinished structures whose run directory still holds the ground-state wavefunctions
     # (a machine that kept its files): they resume without redoing the ground state
     kept_gs = [sid for sid in sorted(planned - set(done)) if ground_state_kept(Path(workdir) / sid)]

@@ -1116,7 +1116,9 @@ class Equivar(nn.Module):
         dev = resolve_device(device)
         try:
             payload = torch.load(path, map_location=dev, weights_only=True)
-        except (KeyError, EOFError, RuntimeError) as exc:  # not a torch file at all (text, truncated)
+        except (KeyError, EOFError, RuntimeError) as exc:  # not a torch file at all (text, truncated zip)
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
             raise ValueError(f"{path} is not an Equivar model file (torch.load: {type(exc).__name__}: {exc})") from exc
         except pickle.UnpicklingError as exc:
             if not trust:

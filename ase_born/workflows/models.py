@@ -162,12 +162,13 @@ def mace_calculator(path: str | os.PathLike, *, device: str = "cpu", dtype: str 
         resolve_device(device)
         try:
             model = torch.load(str(path), map_location=device, weights_only=False)
-            return MACECalculator(models=model, device=device, default_dtype=dtype)
-        except Exception as exc:  # a file that is not a whole pickled MACE model
-            if isinstance(exc, OSError) and not isinstance(exc, pickle.UnpicklingError):
-                raise
-            raise ValueError(f"{path} is not a MACE model file (loading it failed: "
-                             f"{type(exc).__name__}: {exc})") from exc
+        except (pickle.UnpicklingError, KeyError, EOFError) as exc:  # not a torch file (text, truncated)
+            raise ValueError(f"{path} is not a MACE model file (torch.load: {type(exc).__name__}: {exc})") from exc
+        if not isinstance(model, torch.nn.Module):  # e.g. an Equivar file (a dict of weights): bad input
+            raise ValueError(  # noqa: TRY004
+                f"{path} is not a MACE model file: it holds a {type(model).__name__}, not a pickled model"
+            )
+        return MACECalculator(models=model, device=device, default_dtype=dtype)
     finally:
         torch.set_default_dtype(previous)
         if environ_before is None:
@@ -205,14 +206,7 @@ def load_born_model(
             "ase_born.models.EquivarCalculator is not available in this installation; "
             "cannot load the Equivar model file " + str(path)
         ) from exc
-    from ase_born.models.utils import resolve_device
-
-    resolve_device(device)
-    try:
-        return cls(str(path), device=device, dtype=dtype)
-    except (KeyError, AttributeError, TypeError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path} is not an Equivar model file (loading it failed: "
-                         f"{type(exc).__name__}: {exc})") from exc
+    return cls(str(path), device=device, dtype=dtype)  # Equivar.load: ValueError for a non-model file
 
 
 def model_sha256(spec: str | os.PathLike | None, kind: str) -> str | None:

@@ -102,3 +102,15 @@ def test_cli_input_errors_are_one_line(tmp_path, capsys, monkeypatch):
         assert rc == 1 and message in err and "Traceback" not in err, (argv, err)
         assert err.count("\n") == 1 or argv[0] == "train", (argv, err)
     assert not (tmp_path / "w").exists()  # the unknown ID was refused before anything was written
+
+
+def test_an_equivar_file_as_force_field_is_named_as_such(tmp_path, capsys):
+    """It was an AttributeError traceback ('dict' object has no attribute 'to') from MACE."""
+    from ase_born import defaults
+
+    if not defaults.available():
+        pytest.skip("no default models installed")
+    equivar = defaults.models_dir() / defaults.model_card()["born_model"]["file"]
+    rc, err = _run_cli(["heat", "--force-field", str(equivar), "--born-model", "standin",
+                        "--out", str(tmp_path / "h")], capsys)
+    assert rc == 1 and "is not a MACE model file: it holds a dict" in err and "Traceback" not in err

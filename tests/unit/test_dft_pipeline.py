@@ -691,6 +691,15 @@ def test_status_lists_carried_directions(tmp_path):
         (carry / name).write_text("x")
     st = status(plan, out, tmp_path / "runs")
     assert st["partial"] == {"s1": [2]}
+    # a dataset whose frames have other physics settings than the carried data's (a 40 Ha
+    # reference beside production) does not list them: its runs leave them alone
+    frame = read_frames(plan)[0]
+    frame.info["dft_settings"] = json.dumps(AbinitSettings(ecut_Ha=40.0).to_dict())
+    write_frames(out, [frame])
+    (carry / "settings.json").write_text(json.dumps(AbinitSettings(ecut_Ha=30.0).to_dict()))
+    assert status(plan, out, tmp_path / "runs")["partial"] == {}
+    (carry / "settings.json").write_text(json.dumps(AbinitSettings(ecut_Ha=40.0, nstep=99).to_dict()))
+    assert status(plan, out, tmp_path / "runs")["partial"] == {"s1": [2]}  # tolerances do not count
 
 
 def test_status_cost_per_kind(tmp_path):
