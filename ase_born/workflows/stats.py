@@ -95,18 +95,10 @@ def covariance_error(samples: Any, c: float = 5.0) -> np.ndarray:
     fx = np.fft.rfft(x, n=nfft, axis=0)
     # g[k, b, c] = (1/N) Σ_t x_b(t) x_c(t+k), k = 0..N-1 (biased estimator, positive definite)
     g = np.fft.irfft(np.conj(fx)[:, :, None] * fx[:, None, :], n=nfft, axis=0)[:n] / n
-    diag = np.einsum("kbb->kb", g)
-    # components that never move (up to rounding) carry no correlation information
-    live = diag[0] > 1e-20 * max(float(diag[0].max()), np.finfo(float).tiny)
-    if not live.any():  # constant series: the covariance is zero
+    rho = _mean_autocorrelation(np.einsum("kbb->kb", g))
+    if rho is None:  # constant series: the covariance is zero
         return np.zeros((m, m))
-    rho = np.mean(diag[:, live] / diag[0, live], axis=1)
-    tau, window = 0.5, n - 1
-    for k in range(1, n):
-        tau += rho[k] ** 2
-        if k >= c * tau:
-            window = k
-            break
+    _, window = _sokal_window(rho**2, c)
     gk = g[: window + 1]
     terms = np.einsum("kbb,kcc->kbc", gk, gk) + np.einsum("kbc,kcb->kbc", gk, gk)
     # lags -k mirror +k: γ_bb(-k)γ_cc(-k) = γ_bb(k)γ_cc(k), γ_bc(-k)γ_cb(-k) = γ_cb(k)γ_bc(k)
@@ -136,17 +128,35 @@ def integrated_time(samples: Any, c: float = 5.0) -> float:
         return float("nan")
     x = x - x.mean(axis=0)
     nfft = 1 << (2 * n - 1).bit_length()
+    # the autocovariances γ_bb(k) alone (covariance_error needs every γ_bc)
     g = np.fft.irfft(np.abs(np.fft.rfft(x, n=nfft, axis=0)) ** 2, n=nfft, axis=0)[:n] / n
-    live = g[0] > 1e-20 * max(float(g[0].max()), np.finfo(float).tiny)
-    if not live.any():
+    rho = _mean_autocorrelation(g)
+    if rho is None:
         return 0.5
-    rho = np.mean(g[:, live] / g[0, live], axis=1)
-    tau = 0.5
-    for k in range(1, n):
-        tau += rho[k]
-        if k >= c * tau:
-            break
+    tau, _ = _sokal_window(rho, c)
     return float(tau)
+
+
+def _mean_autocorrelation(autocov: np.ndarray) -> np.ndarray | None:
+    """``ρ(k)``, the mean over components of ``γ_bb(k)/γ_bb(0)`` for an ``(n_lags, n_components)``
+    array of autocovariances; components that never move (up to rounding) carry no
+    correlation information and are left out; None when none moves."""
+    live = autocov[0] > 1e-20 * max(float(autocov[0].max()), np.finfo(float).tiny)
+    if not live.any():
+        return None
+    return np.mean(autocov[:, live] / autocov[0, live], axis=1)
+
+
+def _sokal_window(terms: np.ndarray, c: float) -> tuple[float, int]:
+    """``(τ, W)``: ``τ(W) = 1/2 + Σ_{k=1..W} terms[k]`` at Sokal's window, the smallest
+    ``W ≥ c·τ(W)`` (the last lag when none is)."""
+    tau, window = 0.5, len(terms) - 1
+    for k in range(1, len(terms)):
+        tau += terms[k]
+        if k >= c * tau:
+            window = k
+            break
+    return tau, window
 
 
 def paired_epsilon_column(
