@@ -678,6 +678,13 @@ def restore_carried(carry_dir: Path, directory: Path) -> None:
             os.replace(tmp, directory / src.name)
 
 
+def carried_settings_diff(carry_dir: Path, reference: dict) -> dict:
+    """Physics settings in which the carried data in ``carry_dir`` (its ``settings.json``)
+    differ from ``reference`` (an :meth:`AbinitSettings.to_dict`): not empty when they
+    belong to another dataset sharing the carry directory; empty without a record."""
+    return _physics_diff(_load_json(carry_dir / "settings.json", reference), reference)
+
+
 def run_plan(
     plan_path: str | os.PathLike,
     output: str | os.PathLike = DEFAULT_OUTPUT,
@@ -853,7 +860,6 @@ def _run_plan(
     if max_atoms is not None:
         large = [a.info["structure_id"] for a in todo if len(a) > max_atoms]
         todo = [a for a in todo if len(a) <= max_atoms]
-        counts_large = len(large)
         if large:
             log(f"left for a later call (more than {max_atoms} atoms): {len(large)} structure(s), "
                 f"{', '.join(large[:3])}{', ...' if len(large) > 3 else ''}")
@@ -884,11 +890,7 @@ def _run_plan(
     carry_root = None if carry is None else carry_directory(output) if carry == "auto" else Path(carry)
 
     def foreign(sid: str) -> dict:
-        """Physics settings in which the carried data of ``sid`` differ from this run's: not
-        empty when they belong to another dataset sharing the carry directory."""
-        if carry_root is None:
-            return {}
-        return _physics_diff(_load_json(carry_root / sid / "settings.json", settings.to_dict()), settings.to_dict())
+        return {} if carry_root is None else carried_settings_diff(carry_root / sid, settings.to_dict())
 
     if carry_root is not None:
         # left when a run was stopped between the append of a frame and the removal of its
@@ -1179,7 +1181,7 @@ def _run_plan(
     counts["pending"] = len(pending)
     counts["skipped"] = skipped
     if max_atoms is not None:
-        counts["too_large"] = counts_large
+        counts["too_large"] = len(large)
     counts["deferred"] = len(deferred & {p.info["structure_id"] for p in pending})
     if counts["deferred"]:
         log(f"{counts['deferred']} structure(s) deferred: not expected to finish before the deadline")
@@ -1241,11 +1243,9 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     # frames) are not this dataset's: run_plan leaves them alone
     own = json.loads(frames[0].info["dft_settings"]) if frames and "dft_settings" in frames[0].info else None
 
-    def ours(sid: str) -> bool:
-        return own is None or not _physics_diff(_load_json(carry / sid / "settings.json", own), own)
-
     partial = {sid: dirs for sid in sorted(planned - set(done))
-               if (dirs := carried_directions(carry / sid)) and ours(sid)}
+               if (dirs := carried_directions(carry / sid))
+               and (own is None or not carried_settings_diff(carry / sid, own))}
     # unfinished structures whose run directory still holds the ground-state wavefunctions
     # (a machine that kept its files): they resume without redoing the ground state
     kept_gs = [sid for sid in sorted(planned - set(done)) if ground_state_kept(Path(workdir) / sid)]
