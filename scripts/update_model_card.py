@@ -115,13 +115,13 @@ def main(argv=None) -> None:
             # new hash first: the loaders refuse a file whose hash does not match the card
             old = card[key].get("sha256")
             card[key]["sha256"] = defaults.sha256(defaults.models_dir() / card[key]["file"])
-            new_ff = key == "force_field" and old != card[key]["sha256"]
-            if new_ff and card[key].pop("pressure_correction_GPa", None) is not None:
+            new_file = old != card[key]["sha256"]
+            if new_file and key == "force_field" and card[key].pop("pressure_correction_GPa", None) is not None:
                 print("force_field: new file, its volume correction removed (it belonged to the "
                       "old file; the workflows apply none until --pressure-from sets it)")
             if args.summary is not None:
                 card[key]["summary"] = args.summary
-            elif old != card[key]["sha256"]:
+            elif new_file:
                 print(f"{key}: NOTE new file, but its summary still describes the old one: pass "
                       "--summary; for a force field also rerun validate_physics.py (then "
                       "--pressure-from) and evaluate.py (--dft-only --new-model without the "

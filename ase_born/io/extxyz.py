@@ -35,9 +35,9 @@ Not exactly, because ASE's reader parses the text back by its look: a string suc
 ``True``, a list or a bool array as a NumPy array / list, a one-element array as its scalar,
 Python numbers as NumPy scalars (``3`` → ``np.int64(3)``), and an ``(N, 1)`` array as
 ``(N,)``; an ``info["energy"]`` (or another calculator key) without a calculator comes back
-in the frame's calculator.  Store such labels unambiguously (``"v10.0"``, ``"md_300K"``).  An empty (or blank)
-string is refused by :func:`write_frames`: ASE's reader would take the next key's text as
-its value and lose that key.
+in the frame's calculator.  Store such labels unambiguously (``"v10.0"``, ``"md_300K"``).
+An empty (or blank) string is refused by :func:`write_frames`: ASE's reader would take the
+next key's text as its value and lose that key.
 """
 
 from __future__ import annotations

@@ -76,10 +76,15 @@ def independent_atoms(
     try:
         sym = Symmetry(_phonopy_atoms(atoms), symprec=symprec, is_symmetry=is_symmetry)
     except Exception as exc:
-        if type(exc).__module__.split(".")[0] != "spglib":
+        if not _from_spglib(exc):
             raise
         raise ValueError(f"symmetry search failed at symprec={symprec} Å: {exc}") from exc
     return np.asarray(sym.get_independent_atoms(), dtype=int)
+
+
+def _from_spglib(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of spglib's own errors (its symmetry search failed)."""
+    return type(exc).__module__.split(".")[0] == "spglib"
 
 
 def _check_symprec(symprec: float) -> None:
@@ -115,7 +120,7 @@ def _parse_born_text(
         where = f"{source}:{bad[0]}: {bad[1]!r} is not a number" if bad else f"{source}: {exc}"
         raise ValueError(f"{where} (phonopy BORN file)") from exc
     except Exception as exc:  # phonopy's BORNFileParseError (RuntimeError), spglib's errors
-        if not isinstance(exc, RuntimeError) and type(exc).__module__.split(".")[0] != "spglib":
+        if not (isinstance(exc, RuntimeError) or _from_spglib(exc)):
             raise
         raise ValueError(
             f"{source}: phonopy could not parse the BORN data for this {len(atoms)}-atom cell "

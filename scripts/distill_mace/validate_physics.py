@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms, units
 
+from ase_born.cli._errors import positive_int
+
 EXPERIMENT_PNMA_ABC = (5.4423, 7.6401, 5.3796)
 TEACHER_PNMA_ABC = (5.506, 7.694, 5.406)  # SevenNet-0, measured in the distillation (issue text)
 SPECIAL_POINTS_CUBIC = {"Gamma": (0, 0, 0), "X": (0.5, 0, 0), "M": (0.5, 0.5, 0), "R": (0.5, 0.5, 0.5)}
@@ -312,7 +314,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checks", nargs="+", default=["pnma", "cubic", "pressure", "npt"],
                     choices=["pnma", "cubic", "pressure", "npt"])
     ap.add_argument("--temperature-K", type=float, default=1800.0)
-    ap.add_argument("--steps", type=int, default=5000, help="NpT steps (at least 1000: the averages skip the first ps)")
+    ap.add_argument("--steps", type=positive_int, default=5000,
+                    help="NpT steps (at least 1000: the averages skip the first ps)")
     ap.add_argument("--timestep-fs", type=float, default=2.0)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--md-dtype", default="float32", help="MACE dtype for the MD (phonons always float64)")
@@ -321,8 +324,6 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None,
                     help="candidate MACE file to check instead of the shipped default (before replacing it)")
     args = ap.parse_args(argv)
-    if args.steps < 1:
-        ap.error("--steps must be positive")
 
     import torch
 
