@@ -756,8 +756,9 @@ def run_plan(
     complete_epsilon : bool
         Passed to the runner (:func:`~ase_born.dft.abinit.run_structure`): run the ddk of
         directions finished on another ground state again (``eps_ddk{c}``, optional steps
-        that run only when they and the next field direction fit before the deadline) so
-        that the frame's ε∞ is complete.
+        that run only when they and the next field direction fit before the deadline, with
+        ``step_level`` also every step the structure still needs when those fit without
+        it) so that the frame's ε∞ is complete.
     carry : path-like, "auto" or None
         Directory for the finished field directions of unfinished structures (see
         the module doc); ``"auto"``: :func:`carry_directory` of ``output``; ``None``
@@ -1004,11 +1005,14 @@ def _run_plan(
         est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]], len(s))
         return None if est is None else est * (F_GS if step == "gs" else 0.5 * F_DIRECTION)
 
-    def estimate_s(s: Atoms) -> float | None:
-        """Estimated wall time of the steps left on ``s`` (:func:`steps_left`) from
-        :func:`step_s` (its own markers, else the cost model)."""
-        times = [step_s(s, p) for p in steps_left(s)]
+    def total_s(s: Atoms, names: list[str]) -> float | None:
+        """Expected wall seconds of steps ``names`` of ``s`` (:func:`step_s`); None if one is unknown."""
+        times = [step_s(s, p) for p in names]
         return None if any(t is None for t in times) else float(sum(times))
+
+    def estimate_s(s: Atoms) -> float | None:
+        """Estimated wall time of the steps left on ``s`` (:func:`steps_left`)."""
+        return total_s(s, steps_left(s))
 
     def next_step(s: Atoms) -> str:
         """The first step ``s`` still needs (:func:`steps_left`)."""
@@ -1018,21 +1022,28 @@ def _run_plan(
         """Wall seconds that must fit before the deadline to start step ``name`` of ``s``: with
         ``step_level`` the step alone; otherwise the step and the rest of its field direction
         (after a ground state: a whole first direction), so that a direction is not left
-        half done in a run directory that may not survive."""
+        half done in a run directory that may not survive.  An optional ``eps_ddk{c}`` (it
+        runs before the ddk of the next direction) needs the next whole direction too, and
+        with ``step_level`` every step the structure still needs when those fit without it:
+        it never costs the structure its frame in this call."""
         parts = [name]
-        if not step_level:
-            sid = s.info["structure_id"]
+        sid = s.info["structure_id"]
+        if name.startswith("eps_ddk"):
+            rest = steps_left(s)
+            required = total_s(s, rest)
+            if step_level and required is not None and safety * required <= deadline - clock():
+                parts += rest
+            else:
+                d = next((k for k in DIRECTIONS if k not in carried.get(sid, [])
+                          and not (workdir / sid / f"efield{k}.done").is_file()), 1)
+                parts += [f"ddk{d}", f"efield{d}"]
+        elif not step_level:
             if name == "gs":
                 d = next((k for k in DIRECTIONS if k not in carried.get(sid, [])), 1)
                 parts += [f"ddk{d}", f"efield{d}"]
             elif name.startswith("ddk"):
                 parts.append("efield" + name[3:])
-            elif name.startswith("eps_ddk"):  # runs before the ddk of the next direction
-                d = next((k for k in DIRECTIONS if k not in carried.get(sid, [])
-                          and not (workdir / sid / f"efield{k}.done").is_file()), 1)
-                parts += [f"ddk{d}", f"efield{d}"]
-        times = [step_s(s, p) for p in parts]
-        return None if any(t is None for t in times) else float(sum(times))
+        return total_s(s, parts)
 
     def step_fits(s: Atoms, name: str) -> bool:
         """``before_step`` of a started structure: whether step ``name`` (:func:`need_s`) is
@@ -1047,7 +1058,7 @@ def _run_plan(
             return True
         if name.startswith("eps_"):
             log(f"skip {name} of {s.info['structure_id']}: needs ~{_fmt_s(safety * need)} (x{safety} margin, with the "
-                f"next field direction), {_fmt_s(max(left, 0.0))} left; ε∞ elements with direction {name[-1]} stay unknown")
+                f"steps after it), {_fmt_s(max(left, 0.0))} left; ε∞ elements with direction {name[-1]} stay unknown")
             return False
         what = name if step_level or name == "gs" else f"{name} (field direction {name[-1]})"
         log(f"pause {s.info['structure_id']} before {what}: needs ~{_fmt_s(safety * need)} (x{safety} margin), "

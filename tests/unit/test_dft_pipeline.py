@@ -1010,6 +1010,35 @@ def test_epsilon_ddk_runs_only_when_it_fits_with_the_next_direction(tmp_path, mo
             assert any(m.startswith("skip eps_ddk1 of big: needs ~2m48s") for m in messages)
 
 
+def test_step_level_epsilon_ddk_never_costs_the_frame(tmp_path, monkeypatch):
+    """Step by step, eps_ddk1 alone fits but the structure's required steps fit only without it
+    (session 29: pnma20_0001's eps_ddk2 would have pushed its last field step past the
+    deadline).  Estimates from the carried markers (ddk 40, field 60 s) are low: the steps take
+    48 and 70 s.  After the GS (t = 10 s, 260 s left) the required ddk2, efield2, ddk3, efield3
+    need 200 x 1.2 = 240 s, with eps_ddk1 288 s: it is skipped and the frame is written (run
+    before, eps_ddk1 left efield3 78 s needed, 46 s left: paused).  With time for all of them
+    it runs."""
+    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
+    structure.info.update(structure_id="big", kind="tilt10", split="train")
+    write_frames(tmp_path / "plan.xyz", [structure])
+    settings = AbinitSettings(ecut_Ha=12.0)
+    for deadline, with_eps in ((270.0, False), (1e5, True)):
+        out = tmp_path / f"data{int(deadline)}" / "dft.xyz"
+        now = [0.0]
+        calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 10.0, "ddk": 48.0, "efield": 70.0})
+        _carry_direction_1(out.parent / "partial" / "big")
+        messages = []
+        run_plan(tmp_path / "plan.xyz", out, tmp_path / f"runs{int(deadline)}", settings=settings,
+                 deadline=deadline, clock=lambda now=now: now[0], log=messages.append, step_level=True)
+        steps = [s for _, s in calls]
+        assert finished_ids(out) == {"big"}
+        if with_eps:
+            assert steps == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
+        else:
+            assert steps == ["gs", "ddk2", "efield2", "ddk3", "efield3"]
+            assert any(m.startswith("skip eps_ddk1 of big: needs ~4m48s") for m in messages)
+
+
 def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
     """A structure longer than one call starts when step by step is allowed, not otherwise."""
     plan = _fake_plan(tmp_path, n=1)
