@@ -114,6 +114,9 @@ F_GS, F_DIRECTION = 0.2, 0.3
 #: (measured on finished frames: cubic5 1.01-1.03, tilt10_0000 1.02, pnma_eq 1.06)
 WALL_PER_CPU = 1.06
 
+#: a run shorter than this says little about the machine's load (start-up dominates it)
+LOAD_MIN_WALL_S = 300.0
+
 
 def unloaded_wall_s(wall_s: float, cpu_s: float | None, wall_sum_s: float | None) -> float:
     """Wall seconds a run would have taken with its cores to itself.
@@ -128,6 +131,23 @@ def unloaded_wall_s(wall_s: float, cpu_s: float | None, wall_sum_s: float | None
     if not cpu_s or not wall_sum_s or wall_sum_s <= 0:
         return float(wall_s)
     return float(wall_s) * min(1.0, WALL_PER_CPU * float(cpu_s) / float(wall_sum_s))
+
+
+def step_load(marker: str | os.PathLike) -> float | None:
+    """How many times longer than on an idle machine a finished step took (>= 1): the wall
+    seconds in its done marker over :func:`unloaded_wall_s` (from the CPU and wall times in
+    the ``.abo`` beside it).  None for a step shorter than :data:`LOAD_MIN_WALL_S` or
+    without those times.  A step paused (``dft_pause.sh``) counts as loaded for the pause."""
+    marker = Path(marker)
+    try:
+        wall = read_marker(marker)
+    except (OSError, ValueError):
+        return None
+    times = read_run_times(marker.with_suffix(".abo"))
+    if wall < LOAD_MIN_WALL_S or times is None:
+        return None
+    unloaded = unloaded_wall_s(wall, *times)
+    return max(1.0, wall / unloaded) if unloaded > 0 else None
 
 
 class StopRequested(Exception):
@@ -741,7 +761,8 @@ def run_plan(
         killed, as at the end of a work session).  A structure starts only if
         ``safety`` x the estimated wall time of its ground state (unless its run
         directory keeps the wavefunctions) and one field direction (:class:`CostModel`,
-        :data:`F_GS`, :data:`F_DIRECTION`) fits before it; the others are deferred, not
+        :data:`F_GS`, :data:`F_DIRECTION`; times the load of the latest step finished in
+        this call, :func:`step_load`) fits before it; the others are deferred, not
         failed.  A started structure is paused before a step (without ``step_level``:
         before a field direction) that no longer fits (its finished steps are kept) and the time goes to structures that
         fit.  The call ends when nothing fits.
@@ -922,6 +943,8 @@ def _run_plan(
         carry_here = carry_root is not None and sid not in others
         if carry_here:
             restore_carried(carry_root / sid, directory)
+        with lock:
+            ran[directory] = {m.name for m in directory.glob("*.done")}  # steps of earlier calls
         own = structure_settings(directory, settings)
         if own != settings:
             diff = {k: v for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
@@ -951,6 +974,22 @@ def _run_plan(
             if not carried.get(sid):  # a structure partly computed earlier would look cheap
                 model.add_frame(frame, own)  # at its idle-machine cost, as frames read at the start
         return True
+
+    ran: dict[Path, set[str]] = {}  # run directories of this call: the markers they had before
+
+    def margin() -> tuple[float, str]:
+        """The factor on estimated wall times (``safety`` x the load of the latest step finished
+        in this call, :func:`step_load`: later steps are taken to run as slowly) and its words."""
+        with lock:
+            places = list(ran.items())
+        latest = []
+        for directory, before in places:
+            for marker in directory.glob("*.done"):
+                with contextlib.suppress(OSError):
+                    if marker.name not in before:
+                        latest.append((marker.stat().st_mtime, marker))
+        load = next((f for _, m in sorted(latest, reverse=True) if (f := step_load(m)) is not None), 1.0)
+        return safety * load, f"x{safety} margin" + (f", x{load:.2f} load now" if load > 1.0 else "")
 
     deferred: set[str] = set()
     paused: set[str] = set()  # started, then stopped before a step that did not fit (StructurePaused)
@@ -1031,7 +1070,7 @@ def _run_plan(
         if name.startswith("eps_ddk"):
             rest = steps_left(s)
             required = total_s(s, rest)
-            if step_level and required is not None and safety * required <= deadline - clock():
+            if step_level and required is not None and margin()[0] * required <= deadline - clock():
                 parts += rest
             else:
                 d = next((k for k in DIRECTIONS if k not in carried.get(sid, [])
@@ -1054,14 +1093,15 @@ def _run_plan(
             return True  # the older one-run layout
         need = need_s(s, name)
         left = deadline - clock()
-        if need is None or safety * need <= left:
+        factor, words = margin()
+        if need is None or factor * need <= left:
             return True
         if name.startswith("eps_"):
-            log(f"skip {name} of {s.info['structure_id']}: needs ~{_fmt_s(safety * need)} (x{safety} margin, with the "
+            log(f"skip {name} of {s.info['structure_id']}: needs ~{_fmt_s(factor * need)} ({words}, with the "
                 f"steps after it), {_fmt_s(max(left, 0.0))} left; ε∞ elements with direction {name[-1]} stay unknown")
             return False
         what = name if step_level or name == "gs" else f"{name} (field direction {name[-1]})"
-        log(f"pause {s.info['structure_id']} before {what}: needs ~{_fmt_s(safety * need)} (x{safety} margin), "
+        log(f"pause {s.info['structure_id']} before {what}: needs ~{_fmt_s(factor * need)} ({words}), "
             f"{_fmt_s(max(left, 0.0))} left before the deadline (finished steps are kept)")
         return False
 
@@ -1075,12 +1115,13 @@ def _run_plan(
                 name = next_step(s)
                 est = need_s(s, name)
                 left = deadline - clock()
-                if est is not None and safety * est > left:
+                factor, words = margin()
+                if est is not None and factor * est > left:
                     if sid not in deferred:
                         deferred.add(sid)
                         what = (f"its next step ({name})" if step_level else
                                 "its next field direction (and ground state, unless kept)")
-                        log(f"defer {sid}: {what} needs ~{_fmt_s(safety * est)} (x{safety} margin), "
+                        log(f"defer {sid}: {what} needs ~{_fmt_s(factor * est)} ({words}), "
                             f"{_fmt_s(max(left, 0.0))} left before the deadline")
                     continue
             return pending.pop(i)

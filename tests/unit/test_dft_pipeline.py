@@ -33,6 +33,7 @@ from ase_born.dft.pipeline import (
     resolve_step_level,
     run_plan,
     status,
+    step_load,
     structure_settings,
     work_units,
 )
@@ -1037,6 +1038,40 @@ def test_step_level_epsilon_ddk_never_costs_the_frame(tmp_path, monkeypatch):
         else:
             assert steps == ["gs", "ddk2", "efield2", "ddk3", "efield3"]
             assert any(m.startswith("skip eps_ddk1 of big: needs ~4m48s") for m in messages)
+
+
+def test_admission_scales_estimates_by_the_load_of_the_latest_step(tmp_path, monkeypatch):
+    """Estimates are idle-machine costs; a step is admitted only if it fits at the load the
+    latest step of this call ran at (session 28: pnma20_0001 "estimated 2h49m" ran ~4 h beside
+    other work).  Every step here gets half a core per rank (ABINIT's CPU/wall in its .abo):
+    load 2.  After the GS (t = 400 s, 300 s left) ddk2, estimated 200 s from the carried
+    marker, needs 200 x 1.2 x 2 = 480 s: paused (before: 240 s, admitted, then took 400 s)."""
+    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
+    structure.info.update(structure_id="big", kind="tilt10", split="train")
+    write_frames(tmp_path / "plan.xyz", [structure])
+    out = tmp_path / "data" / "dft.xyz"
+    now = [0.0]
+    calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 400.0, "ddk": 400.0, "efield": 600.0})
+    unloaded = dft_abinit.run_step
+
+    def loaded(directory, step, *args, **kwargs):
+        seconds = unloaded(directory, step, *args, **kwargs)
+        with open(directory / f"{step}.abo", "a") as f:  # CPU per wall second 1 / (2 x WALL_PER_CPU)
+            f.write(f"\n+Overall time at end (sec) : cpu= {seconds:.1f}  wall= {2 * 1.06 * seconds:.1f}\n")
+        return seconds
+
+    monkeypatch.setattr(dft_abinit, "run_step", loaded)
+    _carry_direction_1(out.parent / "partial" / "big", times=(200.0, 200.0, 300.0))
+    messages = []
+    run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=AbinitSettings(ecut_Ha=12.0),
+             deadline=700.0, clock=lambda: now[0], log=messages.append, step_level=True, complete_epsilon=False)
+    assert [s for _, s in calls] == ["gs"]
+    assert any(m.startswith("pause big before ddk2: needs ~8m00s (x1.2 margin, x2.00 load now)") for m in messages)
+    run = tmp_path / "runs" / "big"
+    assert step_load(run / "gs.done") == pytest.approx(2.0)
+    (run / "short.done").write_text("299\n")  # start-up dominates a short run: no load from it
+    (run / "short.abo").write_text("+Overall time at end (sec) : cpu= 100.0  wall= 598.0\n")
+    assert step_load(run / "short.done") is None and step_load(run / "none.done") is None
 
 
 def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
