@@ -40,8 +40,10 @@ Launch with ``torchrun --nproc_per_node N -m ase_born.cli.main train CONFIG.yaml
 process group is initialised from the environment (``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``...; NCCL on CUDA, gloo on CPU), the model is wrapped in
 ``DistributedDataParallel``, each process trains on its ``DistributedSampler`` shard
-(``batch_size`` is per process), validation is sharded and the metric sums are
-all-reduced. Only rank 0 writes files.
+(``batch_size`` is per process), each process's loss is weighted by its share of the
+step's atoms (so the averaged gradient is the mean over all of them, as one process with
+the whole batch gets, also when the shards hold structures of different sizes),
+validation is sharded and the metric sums are all-reduced. Only rank 0 writes files.
 
 Non-finite loss
 ---------------
@@ -532,15 +534,19 @@ class Trainer:
             self.best_epoch = int(best["best_epoch"])
 
     # ------------------------------------------------------------------ steps
-    def _any(self, flag: bool) -> bool:
-        """True if ``flag`` is True on any process."""
+    def _step_sync(self, bad: bool, n_atoms: int) -> tuple[bool, float]:
+        """Whether ``bad`` holds on any process, and the share of this process's ``n_atoms``
+        in the step's atoms times the process count: its loss, scaled by that, makes DDP's
+        gradient average the mean over all the step's atoms (each process's loss is the mean
+        over its own atoms; structures of 5, 10 and 20 atoms give the shards different
+        counts).  ``(bad, 1.0)`` in a single process."""
         if not self.dist.enabled:
-            return flag
+            return bad, 1.0
         import torch.distributed as dist
 
-        t = torch.tensor([1.0 if flag else 0.0], device=self._comm_device())
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        t = torch.tensor([1.0 if bad else 0.0, float(n_atoms)], dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(t)
+        return bool(t[0].item() > 0), n_atoms * self.dist.world_size / float(t[1].item())
 
     def _comm_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -563,17 +569,17 @@ class Trainer:
             batch = batch.to(self.device)
             z, z_raw = forward_batch(self.net, batch, autocast=self.autocast)
             loss = self.loss_fn(z_raw if self.cfg.loss_on == "raw" else z, batch.target)
-            bad = self._any(not bool(torch.isfinite(loss.detach())))
+            n = batch.graph.n_atoms
+            bad, share = self._step_sync(not bool(torch.isfinite(loss.detach())), n)
             if bad:
                 return math.nan, f"non-finite loss at epoch {self.epoch + 1}, step {step}"
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share).backward()
             if self.cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
-            n = batch.graph.n_atoms
             loss_sum += loss.detach().double() * n
             n_sum += n
             if show:

@@ -1,9 +1,12 @@
 """DDP on CPU: ``torchrun`` with 2 gloo processes == one process with twice the batch.
 
-With structures of equal size and a training set divisible by the global batch, the two
-processes' ``DistributedSampler`` shards of an epoch together are exactly the batches of a
-single process with ``batch_size * 2`` (both permute with ``seed + epoch``), and DDP's
-gradient average equals the single-process mean. So in float64 the DDP run must end with
+With a training set divisible by the global batch, the two processes'
+``DistributedSampler`` shards of an epoch together are exactly the batches of a single
+process with ``batch_size * 2`` (both permute with ``seed + epoch``), and DDP's gradient
+average equals the single-process mean over the batch's atoms: the shards mix 5- and
+10-atom structures, so each process's loss must be weighted by its share of the atoms
+(before session 29 it was not: the gradient weighted each shard's atoms by 1 / its own
+count, and only equal-size structures, as this test then used, matched). So in float64 the DDP run must end with
 the same weights and validation metrics (to summation-order rounding), which tests the
 sampler, the gradient all-reduce, the sharded validation all-reduce and rank-0-only output.
 About 20-25 s on a loaded 2-core box (two extra interpreters importing torch/e3nn).
@@ -42,7 +45,7 @@ def _free_port() -> int:
 
 
 def test_ddp_two_gloo_processes_match_single_process(tmp_path):
-    frames = synthetic_frames(24, kinds=("cubic5",), seed=4)  # all 5 atoms
+    frames = synthetic_frames(24, kinds=("cubic5", "tilt10"), seed=4)  # 5 and 10 atoms
     for a in frames:
         a.info["split"] = "train"
     write_frames(tmp_path / "train.extxyz", frames[:16])
