@@ -193,6 +193,9 @@ class TrainConfig:
             kind = _NUMERIC_FIELDS.get(str(f.type))
             if kind is not None and not (getattr(self, f.name) is None and "None" in str(f.type)):
                 object.__setattr__(self, f.name, _number(f.name, getattr(self, f.name), kind))
+            if str(f.type) == "bool" and not isinstance(getattr(self, f.name), bool):
+                # a quoted "false" in YAML is a true string: refused, not taken as on
+                raise ValueError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
         model = self.model
         if isinstance(model, Mapping):
             object.__setattr__(self, "model", _model_from_mapping(model))

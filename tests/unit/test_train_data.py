@@ -270,6 +270,8 @@ def test_config_yaml_round_trip(tmp_path):
         ({"weight_decay": True}, "weight_decay must be a number"),
         ({"lr_min": -1e-5}, "lr_min must be >= 0"),
         ({"plateau_factor": 1.5}, "plateau_factor"),
+        ({"plots": "false"}, "plots must be true or false, got 'false'"),  # a quoted YAML value
+        ({"progress": 0}, "progress must be true or false"),
     ],
 )
 def test_config_errors(kw, match):
