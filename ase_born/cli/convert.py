@@ -7,6 +7,7 @@ Examples
     ase-born convert run*/vasprun.xml -o frames.xyz
     ase-born convert BORN --structure POSCAR -o frames.xyz
     ase-born convert ph.out --structure scf.out -o frames.xyz --append
+    ase-born convert efield.abo --structure gs.abo -o frames.xyz
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=(
             "structure file for inputs without a usable one: required for phonopy BORN; "
             "pw.x input/output for ph.x; POSCAR for an OUTCAR whose geometry cannot be read "
-            "(an OUTCAR with a geometry keeps its own, with energy/forces/stress)"
+            "(an OUTCAR with a geometry keeps its own, with energy/forces/stress); for ABINIT, the "
+            "separate ground-state output of a response-only INPUT"
         ),
     )
     p.add_argument("--append", action="store_true", help="append to OUTPUT (an existing OUTPUT is refused "

@@ -93,6 +93,7 @@ from ase_born.io.abinit import (
     read_abinit_output,
     read_run_times,
     response_from_ddb,
+    structure_difference,
 )
 from ase_born.io.extxyz import read_frames, write_frames
 
@@ -410,12 +411,9 @@ def read_run_directory(directory: str | os.PathLike) -> Atoms:
 def check_same_structure(parsed: Atoms, structure: Atoms) -> None:
     """Raise :class:`AbinitParseError` unless the structure ABINIT echoed is the plan's
     (same species order, positions and cell to 1e-6 Å)."""
-    if parsed.get_chemical_symbols() != structure.get_chemical_symbols():
-        raise AbinitParseError("species order in ABINIT output differs from the plan")
-    dpos = np.abs(parsed.positions - structure.positions).max()
-    dcell = np.abs(parsed.cell.array - structure.cell.array).max()
-    if dpos > 1e-6 or dcell > 1e-6:
-        raise AbinitParseError(f"ABINIT structure differs from the plan (|Δr| {dpos:.2e} Å, |Δcell| {dcell:.2e} Å)")
+    diff = structure_difference(structure, parsed)
+    if diff is not None:
+        raise AbinitParseError(f"ABINIT structure differs from the plan ({diff})")
 
 
 def frame_from_run(structure: Atoms, directory: Path, settings: AbinitSettings, timings: dict, ranks: int) -> Atoms:

@@ -29,7 +29,8 @@ name              files                                       reader
 ================  ==========================================  ==============================================
 
 An ABINIT output file is read on its own (response tables searched in the same file); for
-split ground-state / electric-field outputs call ``read_abinit_output(gs, response)``.
+split ground-state / electric-field outputs pass the ground state as ``structure=``
+(``read_abinit_output(gs, response)``).
 
 The submodules are imported lazily, so ``import ase_born.io`` stays cheap.
 """
@@ -284,7 +285,9 @@ def guess_format(path: str | os.PathLike) -> str:
     )
 
 
-def _read_abinit(path: str | os.PathLike) -> list[Atoms]:
+def _read_abinit(path: str | os.PathLike, ground_state: Any = None) -> list[Atoms]:
+    """Frames of ABINIT output ``path``; with ``ground_state`` (the path of a separate
+    ground-state output) ``path`` is the electric-field response of that run."""
     try:
         from ase_born.io.abinit import read_abinit_output
     except ImportError as exc:
@@ -292,8 +295,12 @@ def _read_abinit(path: str | os.PathLike) -> list[Atoms]:
             f"cannot read ABINIT output {path}: module ase_born.io.abinit "
             f"(read_abinit_output) is not available ({exc})"
         ) from exc
-    out = read_abinit_output(path)
-    return [out] if isinstance(out, Atoms) else list(out)
+    if ground_state is None:
+        return [read_abinit_output(path)]
+    if isinstance(ground_state, Atoms):
+        raise TypeError(f"{path}: for an ABINIT output, structure= (--structure) is the path of its "
+                         "ground-state output (energy, forces, stress), not a structure")
+    return [read_abinit_output(ground_state, path)]
 
 
 def read_file(
@@ -356,14 +363,14 @@ def _read_one(path, fmt, structure, born_rows, born_block, symprec, is_symmetry)
 
         frames = [read_ph_output(path, structure=structure, born_block=born_block)]
     else:  # abinit
-        frames = _read_abinit(path)
+        frames = _read_abinit(path, structure)
         if any(KEY_BORN not in f.arrays for f in frames):
             import warnings
 
             warnings.warn(
                 f"{path}: ABINIT output without Born charges (a ground-state run?); for split "
-                "ground-state / electric-field outputs use "
-                "ase_born.io.abinit.read_abinit_output(gs_output, response_output)",
+                "ground-state / electric-field outputs read the response output with the ground "
+                "state as structure= (ase-born convert RESPONSE.abo --structure GS.abo)",
                 stacklevel=4,
             )
     return frames
@@ -394,8 +401,11 @@ def read_dataset(
         (required), ``qe-ph`` (optional: the ph.x header has ~5 decimals and no energies;
         a pw.x input/output, whose energies/forces/stress are then attached) and an
         ``outcar`` whose geometry ASE cannot read.  An OUTCAR with a readable geometry
-        keeps its own structure, energy, forces and stress; ``extxyz``, ``vasprun`` and
-        ``abinit`` inputs never use ``structure``.  It is one structure for all inputs, so
+        keeps its own structure, energy, forces and stress; for ``abinit`` inputs it is
+        the path of a separate ground-state output (energy, forces, stress; the inputs are
+        then the electric-field responses of that structure:
+        ``read_abinit_output(structure, input)``); ``extxyz`` and ``vasprun`` inputs never
+        use it.  It is one structure for all inputs, so
         mixing several BORN / ph.x files of different structures needs separate calls.
     born_rows : {"field", "displacement"}, optional
         VASP only: what the rows of VASP's Born-charge block are; see

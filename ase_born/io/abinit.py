@@ -233,6 +233,18 @@ def _atoms_from_echo(echo: dict, dataset: int | None = None) -> Atoms:
     )
 
 
+def structure_difference(a: Atoms, b: Atoms, tol_A: float = 1e-6) -> str | None:
+    """How structure ``b`` differs from ``a`` (species order, or Cartesian positions or cell
+    by more than ``tol_A``), or None when they are the same."""
+    if a.get_chemical_symbols() != b.get_chemical_symbols():
+        return "species order differs"
+    dpos = np.abs(a.positions - b.positions).max()
+    dcell = np.abs(a.cell.array - b.cell.array).max()
+    if dpos > tol_A or dcell > tol_A:
+        return f"|Δr| {dpos:.2e} Å, |Δcell| {dcell:.2e} Å"
+    return None
+
+
 _CPU_RE = re.compile(r"^\+Overall time at end \(sec\) : cpu=\s*([0-9.Ee+-]+)\s+wall=\s*([0-9.Ee+-]+)", re.MULTILINE)
 
 
@@ -317,7 +329,8 @@ def read_abinit_output(
     response_path : path-like, optional
         Separate output of the electric-field DFPT run (as written by
         :func:`ase_born.dft.abinit.run_structure`); when omitted, the response
-        tables are searched in ``path``.
+        tables are searched in ``path``.  Its echoed structure must be ``path``'s
+        (:func:`structure_difference`), else :class:`AbinitParseError`.
 
     Returns
     -------
@@ -345,6 +358,15 @@ def read_abinit_output(
     results = _ground_state_results(echo, atoms, path)
 
     rtext = Path(response_path).read_text(errors="replace") if response_path is not None else text
+    if response_path is not None:
+        try:
+            other = _atoms_from_echo(parse_final_echo(rtext))
+        except AbinitParseError:
+            other = None  # no structure echoed: nothing to compare
+        diff = None if other is None else structure_difference(atoms, other)
+        if diff is not None:
+            raise AbinitParseError(f"{response_path}: another structure than {path} ({diff}); the ground "
+                                   "state and the electric-field response must be of one structure")
     zrows = _response_table(rtext, "(from electric field response)")
     if zrows:
         z = born_charges_from_table(zrows, natom)

@@ -114,6 +114,20 @@ def test_gs_only_has_no_born(tmp_path):
         read_abinit_output(DATA / "gs.abo", DATA / "gs.abo")
 
 
+def test_split_outputs_of_different_structures_are_refused(tmp_path):
+    """The two-path reader took the response tables of any output: a response of another
+    structure (here the same cell with one atom moved) gave a frame of mixed data."""
+    text = (DATA / "efield.abo").read_text()
+    first = "xred      4.4881063900E-03"  # atom 1, x (reduced), in the final echo
+    i = text.rfind(first)
+    moved = tmp_path / "moved.abo"
+    moved.write_text(text[:i] + "xred      1.4488106390E-02" + text[i + len(first):])  # +0.01: 0.039 Å
+    with pytest.raises(AbinitParseError, match="another structure"):
+        read_abinit_output(DATA / "gs.abo", moved)
+    with pytest.raises(AbinitParseError, match="species order"):
+        read_abinit_output(DATA / "tilt10_tiny" / "gs.abo", DATA / "efield.abo")
+
+
 def test_response_output_alone_has_no_second_order_energy_or_zero_forces():
     """efield.abo alone: its etotal (-172.67 Ha) is a second-order energy and fcart/strten
     are zeros (optdriver 1); no energy/forces/stress may be attached to the frame."""

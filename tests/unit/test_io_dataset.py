@@ -121,6 +121,27 @@ def test_cli_convert_abinit_response_output_has_no_energy(tmp_path):
     assert frame.calc is None and frame.arrays[KEY_BORN].shape == (5, 3, 3)
 
 
+def test_cli_convert_abinit_response_with_its_ground_state(tmp_path):
+    """Split ABINIT runs: the response output with --structure GS.abo is one complete frame
+    (energy/forces/stress of the GS, Z* and ε∞ of the response), as the library's two-path
+    reader gives; a ground state of another structure is refused, and so is an Atoms."""
+    from ase_born.io.abinit import read_abinit_output
+
+    gs, response = DATA / "abinit" / "gs.abo", DATA / "abinit" / "efield.abo"
+    out = tmp_path / "split.xyz"
+    assert main(["convert", str(response), "--structure", str(gs), "-o", str(out)]) == 0
+    (frame,) = read_frames(out)
+    ref = read_abinit_output(gs, response)
+    np.testing.assert_allclose(frame.arrays[KEY_BORN], ref.arrays[KEY_BORN], atol=1e-12)
+    np.testing.assert_allclose(frame.get_forces(), ref.get_forces(), atol=1e-12)
+    assert frame.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
+    np.testing.assert_allclose(frame.info["epsilon_inf"], ref.info["epsilon_inf"], atol=1e-12)
+    other = DATA / "abinit" / "tilt10_tiny" / "gs.abo"  # 10 atoms
+    assert main(["convert", str(response), "--structure", str(other), "-o", str(tmp_path / "x.xyz")]) == 1
+    with pytest.raises(TypeError, match="not a structure"):
+        read_dataset(response, structure=ref)
+
+
 def _rattled_poscar(tmp_path) -> Path:
     import ase.io
 
