@@ -542,7 +542,9 @@ def read_outcar(
         Geometry (e.g. the run's POSCAR) to use instead of the OUTCAR's own; then no
         energy/forces/stress are attached (unless ``structure`` carries them).  Meant for
         OUTCARs without a readable geometry: :func:`ase_born.io.read_dataset` passes it
-        only when this function raised :class:`OutcarGeometryError` without it.
+        only when this function raised :class:`OutcarGeometryError` without it.  Refused
+        (``ValueError``) for an OUTCAR with a Born block per ionic step (not IBRION=5-8):
+        which step the structure is cannot be told.
     born_rows : {"field", "displacement"}, optional
         What the rows of VASP's Born block are.  ``None`` (default): ``"field"``, except
         for IBRION=7,8 runs, which raise ``ValueError`` asking for an explicit choice.
@@ -617,6 +619,13 @@ def _read_outcar(
             ) from exc
         steps = _steps(meta["ibrion"], len(images), len(blocks), str(path), all_steps)
     else:
+        if len(blocks) > 1 and meta["ibrion"] not in PHONON_IBRION:
+            # an MD/relaxation with a Born block per step: which step is the given structure?
+            raise ValueError(
+                f"{path}: {len(blocks)} Born-charge blocks (one per ionic step) and one structure= "
+                "(--structure): which step it is cannot be told; read the OUTCAR with its own "
+                "geometry (a complete OUTCAR gives one frame per step)"
+            )
         images = [load_structure(structure)]
         steps = [0 if meta["ibrion"] in PHONON_IBRION else -1]
     n_steps = len(images) if structure is None else len(blocks)  # for the ε of each step

@@ -585,9 +585,14 @@ def test_outcar_one_born_block_per_step_pairs_last_with_last(tmp_path):
     np.testing.assert_array_equal(frame.arrays[KEY_BORN], z2)
     np.testing.assert_allclose(frame.positions, moved.positions, atol=1e-12)
     assert frame.calc.results["energy"] == energy2
+    # one structure= for a Born block per step: which step it is cannot be told (the last
+    # block was paired with it silently, also with the first step's POSCAR)
+    with pytest.raises(ValueError, match="2 Born-charge blocks .* which step"):
+        read_outcar(path, structure=_case(11)[0])
     # an IBRION=6 file with a block per step takes the reference step's block
     path.write_text(_outcar_two_steps(6, True, z2=z2)[0])
     np.testing.assert_array_equal(read_outcar(path).arrays[KEY_BORN], _case(11)[1])
+    np.testing.assert_array_equal(read_outcar(path, structure=_case(11)[0]).arrays[KEY_BORN], _case(11)[1])
 
 
 def _check_steps(frames, expected, atol):
