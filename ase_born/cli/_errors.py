@@ -63,3 +63,26 @@ def nonnegative_int(text: str) -> int:
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     return _number(float, text, 0.0, True, "a positive number")
+
+
+def _field_V_per_m(text: str, strict: bool) -> float:
+    from ase_born.conventions import MAX_FIELD_V_PER_A
+
+    value = _number(float, text, 0.0, strict, "a positive field in V/m" if strict else "a field >= 0 in V/m")
+    if value > MAX_FIELD_V_PER_A * 1e10:
+        raise argparse.ArgumentTypeError(
+            f"{text} V/m is above {MAX_FIELD_V_PER_A * 1e10:g} V/m ({MAX_FIELD_V_PER_A:g} V/Å), far beyond "
+            "dielectric breakdown; fields for oxides are ~1e7-1e9 V/m")
+    return value
+
+
+def field_magnitude(text: str) -> float:
+    """argparse type: a field magnitude in V/m, > 0 and at most the calculator's limit
+    (:data:`~ase_born.conventions.MAX_FIELD_V_PER_A`), named in V/m as the user gave it."""
+    return _field_V_per_m(text, True)
+
+
+def field_magnitude_or_zero(text: str) -> float:
+    """:func:`field_magnitude` that also takes 0 (no field)."""
+    return _field_V_per_m(text, False)
+

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ase_born.cli._errors import reports_errors
+from ase_born.cli._errors import field_magnitude, field_magnitude_or_zero, reports_errors
 
 _EPILOG_DIELECTRIC = """\
 CPU-sized default (the README main job: ~6 min on 2 cores with the default models, see the
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _timestep_option(p)
     p.add_argument(
         "--field-V-per-m",
-        type=float,
+        type=field_magnitude_or_zero,
         help="constant field magnitude in V/m (needs --field-direction)",
     )
     p.add_argument("--field-direction", help="x, y, z, -x, ... or three numbers '1,1,0'")
@@ -105,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _timestep_option(p)
     p.add_argument(
         "--field-V-per-m",
-        type=float,
+        type=field_magnitude,
         help="field magnitude of the x, y, z runs in V/m (default 1e8)",
     )
     p.add_argument(
@@ -155,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )
     _common(p, "runs/pe_curve", md_options=False)
-    p.add_argument("--field-V-per-m", type=float, help="largest field in V/m (default 1e8)")
+    p.add_argument("--field-V-per-m", type=field_magnitude, help="largest field in V/m (default 1e8)")
     p.add_argument(
         "--n-fields", type=int, help="number of fields from 0 to the largest (default 11)"
     )

@@ -68,6 +68,11 @@ def _run_cli(argv, capsys):
     (["dft", "plan", "--n-cubic", "-1"], "--n-cubic: expected a non-negative integer, got -1"),
     (["evaluate", "m.pt", "d.xyz", "--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
     (["convert", "BORN", "-o", "x.xyz", "--symprec", "-1"], "--symprec: expected a positive number, got -1"),
+    # fields in V/m are named in V/m (the calculator's "V/Å ... passed as V/Å" message misled)
+    (["dielectric", "--field-V-per-m", "2e10"], "--field-V-per-m: 2e10 V/m is above 1e+10 V/m (1 V/Å)"),
+    (["dielectric", "--field-V-per-m", "0"], "--field-V-per-m: expected a positive field in V/m, got 0"),
+    (["pe-curve", "--field-V-per-m=-1e8"], "--field-V-per-m: expected a positive field in V/m, got -1e8"),
+    (["heat", "--field-V-per-m=-5e7"], "--field-V-per-m: expected a field >= 0 in V/m, got -5e7"),
 ])
 def test_bad_numbers_are_refused_by_the_parser(argv, message, capsys):
     """A typo (--ecut-Ha -5) was recorded in the work directory's settings and blocked it
