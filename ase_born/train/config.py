@@ -338,16 +338,34 @@ def _model_from_mapping(d: Mapping[str, Any]) -> EquivarConfig:
     return dataclasses.replace(cfg, **d)
 
 
+def unused_fields(cfg: TrainConfig) -> frozenset[str]:
+    """Fields that have no effect with ``cfg``'s other settings (the plateau schedule's
+    factor and patience without it, ``lr_min`` without a schedule, ``huber_delta`` without
+    the Huber loss, ``weight_decay`` with Adam)."""
+    unused = set()
+    if cfg.lr_schedule != "plateau":
+        unused |= {"plateau_factor", "plateau_patience"}
+    if cfg.lr_schedule == "none":
+        unused.add("lr_min")
+    if cfg.loss != "huber":
+        unused.add("huber_delta")
+    if cfg.optimizer != "adamw":
+        unused.add("weight_decay")
+    return frozenset(unused)
+
+
 def config_differences(
     a: TrainConfig, b: TrainConfig, *, ignore: frozenset[str] = RESUMABLE_CHANGES
 ) -> dict[str, tuple[Any, Any]]:
-    """Fields (other than ``ignore``) whose values differ: ``{name: (a_value, b_value)}``.
+    """Fields (other than ``ignore``, and those unused by both, :func:`unused_fields`) whose
+    values differ: ``{name: (a_value, b_value)}``.
 
     The model field is compared through the resolved :class:`EquivarConfig`, so ``"BM2"``
     and the equivalent explicit dict are the same.
     """
     diff: dict[str, tuple[Any, Any]] = {}
     da, db = a.to_dict(), b.to_dict()
+    ignore = ignore | (unused_fields(a) & unused_fields(b))
     for key in sorted(set(da) | set(db)):
         if key in ignore:
             continue

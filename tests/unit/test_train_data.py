@@ -251,6 +251,15 @@ def test_config_yaml_round_trip(tmp_path):
     assert isinstance(e.epochs, int) and isinstance(e.lr, float)
     diff = config_differences(TrainConfig(lr=1e-3, epochs=3), TrainConfig(epochs=5))
     assert diff == {"lr": (1e-3, 5e-3)}  # epochs may change on resume
+    # a field without effect in both runs does not block a resume (plateau_patience without
+    # the plateau schedule was refused as "a different training config")
+    assert config_differences(TrainConfig(plateau_patience=5), TrainConfig(plateau_patience=20)) == {}
+    assert config_differences(TrainConfig(huber_delta=0.1, optimizer="adam", weight_decay=0.5),
+                              TrainConfig(optimizer="adam")) == {}
+    assert config_differences(TrainConfig(lr_schedule="plateau", plateau_patience=5),
+                              TrainConfig(lr_schedule="plateau")) == {"plateau_patience": (5, 10)}
+    assert config_differences(TrainConfig(lr_min=1e-5), TrainConfig(lr_schedule="cosine")) == {
+        "lr_min": (1e-5, 0.0), "lr_schedule": ("none", "cosine")}
 
 
 @pytest.mark.parametrize(
