@@ -229,6 +229,11 @@ class RunDirectory:
         self.settings = normalise(settings)
         self._open: dict[str, IO[str]] = {}
         sfile = self.path / SETTINGS_FILE
+        blocker = next((q for q in (self.path, *self.path.parents) if q.exists() and not q.is_dir()), None)
+        if blocker is not None:  # mkdir's "[Errno 17] File exists" / "[Errno 20] Not a directory"
+            raise IncompatibleSettingsError(
+                f"{blocker} is a file, so {self.path} cannot be a run directory; use another --out"
+            )
         if overwrite and self.path.exists():
             if sfile.exists():
                 saved = json.loads(sfile.read_text())

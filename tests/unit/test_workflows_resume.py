@@ -368,6 +368,13 @@ def test_a_run_never_starts_among_unrelated_files(tmp_path):
     RunDirectory(tmp_path / "empty", "pe-curve", {"a": 1}).release()  # new: fine
     (tmp_path / "empty2").mkdir()
     RunDirectory(tmp_path / "empty2", "pe-curve", {"a": 1}).release()  # empty: fine
+    # --out naming a file, or a path below one: one message naming the file (mkdir's
+    # "[Errno 17] File exists" / "[Errno 20] Not a directory"; with --overwrite a traceback)
+    for out in (home / "thesis.tex", home / "thesis.tex" / "run"):
+        for overwrite in (False, True):
+            with pytest.raises(IncompatibleSettingsError, match="thesis.tex is a file, so .* cannot be a run"):
+                RunDirectory(out, "pe-curve", {"a": 1}, overwrite=overwrite)
+    assert (home / "thesis.tex").read_text() == "years of work"
 
 
 def test_a_start_that_wrote_nothing_does_not_block_the_corrected_command(tmp_path):
