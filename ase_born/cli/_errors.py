@@ -86,3 +86,17 @@ def field_magnitude_or_zero(text: str) -> float:
     """:func:`field_magnitude` that also takes 0 (no field)."""
     return _field_V_per_m(text, False)
 
+
+def output_refusal(output: str, inputs: list[str], *, replace_ok: bool) -> str | None:
+    """Why ``output`` must not be written: it is one of ``inputs`` (the same file by any
+    path), or it exists and ``replace_ok`` is false; None when it may be written."""
+    import os
+
+    if not os.path.exists(output):
+        return None
+    if any(os.path.exists(i) and os.path.samefile(output, i) for i in inputs):
+        return f"OUTPUT {output} is also an input"
+    if not replace_ok:
+        return f"{output} exists: pass --overwrite to replace it"
+    return None
+

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ase_born.cli._errors import positive_float
+from ase_born.cli._errors import output_refusal, positive_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,21 +79,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert ``args.inputs`` and write ``args.output``; return the exit status."""
-    from pathlib import Path
-
     from ase_born.io import read_dataset
     from ase_born.io.extxyz import write_frames
 
-    out = Path(args.output)
     if args.append and args.overwrite:
         print("ase-born convert: error: --append and --overwrite exclude each other", file=sys.stderr)
         return 1
-    if out.exists() and any(out.resolve() == Path(i).resolve() for i in args.inputs):
-        print(f"ase-born convert: error: OUTPUT {out} is also an input", file=sys.stderr)
-        return 1
-    if out.exists() and not (args.append or args.overwrite):
-        print(f"ase-born convert: error: {out} exists: pass --append to add the frames to it or "
-              "--overwrite to replace it", file=sys.stderr)
+    refusal = output_refusal(args.output, [*args.inputs, *([args.structure] if args.structure else [])],
+                             replace_ok=args.append or args.overwrite)
+    if refusal is not None:
+        extra = " (or --append to add the frames to it)" if refusal.endswith("--overwrite to replace it") else ""
+        print(f"ase-born convert: error: {refusal}{extra}", file=sys.stderr)
         return 1
     try:
         frames = read_dataset(

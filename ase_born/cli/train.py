@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from ase_born.cli._errors import positive_int, reports_errors
+from ase_born.cli._errors import output_refusal, positive_int, reports_errors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--plots", default=None, metavar="DIR", help="write a parity plot (PNG) to DIR")
     e.add_argument("--device", default="cpu")
     e.add_argument("--batch-size", type=positive_int, default=16)
-    e.add_argument("-o", "--output", default=None, help="also write the metrics JSON to this file")
+    e.add_argument("-o", "--output", default=None, help="also write the metrics JSON to this file "
+                   "(replaced if it exists; never one of the inputs)")
     e.set_defaults(func=_evaluate)
 
     q = subparsers.add_parser(
@@ -83,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument("model", help="model file (Equivar.save format)")
     q.add_argument("structures", help="structure file (any format ase.io.read understands)")
-    q.add_argument("-o", "--output", required=True, help="output extxyz file")
+    q.add_argument("-o", "--output", required=True, help="output extxyz file (an existing one is refused "
+                   "unless --overwrite; never one of the inputs)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     q.add_argument("--device", default="cpu")
     q.add_argument("--batch-size", type=positive_int, default=16)
     q.add_argument("--raw", action="store_true",
@@ -156,6 +159,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ase_born.train.dataset import BornDataset, read_extxyz, split_tag
     from ase_born.train.evaluation import evaluate
 
+    refusal = None if args.output is None else output_refusal(args.output, [args.data, args.model], replace_ok=True)
+    if refusal is not None:  # -o data.xyz replaced the dataset with the metrics JSON
+        print(f"ase-born evaluate: error: {refusal}", file=sys.stderr)
+        return 1
     model = _load_model(args.model, args.device)
     frames = read_extxyz(args.data)
     if args.split != "all":
@@ -209,6 +216,10 @@ def _predict(args: argparse.Namespace) -> int:
     from ase_born.io.extxyz import read_frames, set_born_charges, write_frames
     from ase_born.train.evaluation import predict_born_charges
 
+    refusal = output_refusal(args.output, [args.structures, args.model], replace_ok=args.overwrite)
+    if refusal is not None:  # predict data.xyz -o data.xyz replaced its DFT Born charges
+        print(f"ase-born predict: error: {refusal}", file=sys.stderr)
+        return 1
     model = _load_model(args.model, args.device)
     src = Path(args.structures)
     if src.suffix in (".xyz", ".extxyz"):

@@ -286,7 +286,8 @@ def test_cli_convert_never_replaces_an_existing_output_silently(tmp_path, capsys
     before = out.read_bytes()
     capsys.readouterr()
     assert main(["convert", outcar, "-o", str(out)]) == 1
-    assert "exists: pass --append" in capsys.readouterr().err and out.read_bytes() == before
+    assert "exists: pass --overwrite to replace it (or --append" in capsys.readouterr().err
+    assert out.read_bytes() == before
     assert main(["convert", str(out), outcar, "-o", str(out), "--overwrite"]) == 1
     assert "is also an input" in capsys.readouterr().err and out.read_bytes() == before
     assert main(["convert", outcar, "-o", str(out), "--append", "--overwrite"]) == 1

@@ -96,6 +96,19 @@ def test_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     assert main(["predict", str(out / "model.pt"), str(tmp_path / "empty.extxyz"), "-o", empty_out]) == 1
     assert "no structures in" in capsys.readouterr().err
 
+    # outputs never replace an input (predict data -o data replaced its DFT Born charges;
+    # evaluate -o data wrote the metrics JSON over the dataset); predict needs --overwrite
+    copy = tmp_path / "data.extxyz"
+    copy.write_bytes(DATA.read_bytes())
+    before = copy.read_bytes()
+    for cmd in (["predict", str(out / "model.pt"), str(copy), "-o", str(copy), "--overwrite"],
+                ["evaluate", str(out / "model.pt"), str(copy), "-o", str(copy)]):
+        assert main(cmd) == 1
+        assert f"OUTPUT {copy} is also an input" in capsys.readouterr().err and copy.read_bytes() == before
+    assert main(["predict", str(out / "model.pt"), str(DATA), "-o", str(pred_file)]) == 1
+    assert "exists: pass --overwrite" in capsys.readouterr().err
+    assert main(["predict", str(out / "model.pt"), str(DATA), "-o", str(pred_file), "--overwrite"]) == 0
+
 
 def test_cli_errors(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.yaml")]) == 1
