@@ -13,6 +13,9 @@
 # directions of an unfinished structure are copied to data/dft/partial/ (commit it with the
 # dataset), so long structures finish over several sessions even when the run directories
 # (wavefunctions) are lost with the machine.  On a machine that keeps running, DFT_HOURS=1000.
+# DFT_GRACE_MIN (default 0): minutes after the DFT_HOURS deadline that the ABINIT steps running
+# then may still use (no step starts after the deadline); e.g. DFT_HOURS=2.5 DFT_GRACE_MIN=10 in a
+# 3 h session: a step slowed by other work is not killed minutes before its end.
 # DFT_STEP_LEVEL (default auto): yes lets a structure span sessions step by step (its run
 # directory survives: the case from session 6 on; 20-atom cells need it, their ground state and
 # one direction take ~3 h); no requires its ground state and a whole field direction to fit
@@ -94,7 +97,7 @@ run_child ase-born dft converge --ranks 2
 status=$?
 if [ "$stopping" = 0 ]; then
     run_child ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}" --step-level "${DFT_STEP_LEVEL:-auto}" \
-        ${DFT_MAX_ATOMS:+--max-atoms "$DFT_MAX_ATOMS"}
+        --grace-minutes "${DFT_GRACE_MIN:-0}" ${DFT_MAX_ATOMS:+--max-atoms "$DFT_MAX_ATOMS"}
     status=$?
 fi
 commit_data

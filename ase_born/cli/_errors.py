@@ -65,6 +65,11 @@ def positive_float(text: str) -> float:
     return _number(float, text, 0.0, True, "a positive number")
 
 
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(float, text, 0.0, False, "a non-negative number")
+
+
 def _field_V_per_m(text: str, strict: bool) -> float:
     from ase_born.conventions import MAX_FIELD_V_PER_A
 

@@ -7,7 +7,13 @@ import json
 import time
 from pathlib import Path
 
-from ase_born.cli._errors import nonnegative_int, positive_float, positive_int, reports_errors
+from ase_born.cli._errors import (
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    reports_errors,
+)
 
 DEFAULT_PLAN = "data/dft/plan_catio3.extxyz"
 
@@ -45,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "ground state (unless its run directory keeps it) and one field direction are "
                          "expected (measured cost, x1.2) to finish before then; the rest are deferred to "
                          "a later run")
+    pr.add_argument("--grace-minutes", type=nonnegative_float, default=0.0,
+                    help="with --hours: minutes after the deadline that the steps running then may still "
+                         "use (no step starts after it); default 0")
     pr.add_argument("--step-level", choices=("auto", "yes", "no"), default="auto",
                     help="with --hours: start a structure (and each ABINIT step) when that step alone fits "
                          "before the deadline, so long structures span calls (yes: the work directory "
@@ -129,6 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         nice=args.nice,
         log=lambda m: print(m, flush=True),
         deadline=None if args.hours is None else time.time() + 3600.0 * args.hours,
+        grace_s=60.0 * args.grace_minutes,
         step_level=resolve_step_level(args.step_level, args.workdir, args.output),
         complete_epsilon=args.complete_epsilon,
     )

@@ -720,6 +720,7 @@ def run_plan(
     install_signal_handlers: bool = True,
     runner: Callable[..., dict] = run_structure,
     deadline: float | None = None,
+    grace_s: float = 0.0,
     safety: float = 1.2,
     clock: Callable[[], float] = time.time,
     carry: str | os.PathLike | None = "auto",
@@ -764,6 +765,11 @@ def run_plan(
         failed.  A started structure is paused before a step (without ``step_level``:
         before a field direction) that no longer fits (its finished steps are kept) and the time goes to structures that
         fit.  The call ends when nothing fits.
+    grace_s : float
+        Seconds after ``deadline`` that the steps running then may still use: no step
+        starts after the deadline, and the running ones are killed only at ``deadline +
+        grace_s``, so that a step admitted in time but slowed (other work on the cores)
+        is not lost minutes before its end.
     step_level : bool
         For a work directory that survives between calls (a machine that keeps its
         files): a structure starts, and each of its ABINIT steps runs, when that step
@@ -824,7 +830,7 @@ def run_plan(
             plan, plan_path, output, workdir, settings, ranks=ranks, jobs=jobs, timeout_s=timeout_s,
             max_attempts=max_attempts, max_structures=max_structures, only_ids=only_ids, max_atoms=max_atoms,
             nice=nice, log=log, install_signal_handlers=install_signal_handlers, runner=runner,
-            deadline=deadline, safety=safety, clock=clock, carry=carry, step_level=step_level,
+            deadline=deadline, grace_s=grace_s, safety=safety, clock=clock, carry=carry, step_level=step_level,
             complete_epsilon=complete_epsilon,
         )
 
@@ -858,6 +864,7 @@ def _run_plan(
     install_signal_handlers: bool,
     runner: Callable[..., dict],
     deadline: float | None,
+    grace_s: float,
     safety: float,
     clock: Callable[[], float],
     carry: str | os.PathLike | None,
@@ -1135,6 +1142,7 @@ def _run_plan(
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             running = {}
             started: dict[str, float] = {}
+            in_grace = grace_s <= 0.0
             while (pending or running) and not stop.is_set():
                 while pending and len(running) < jobs and not stop.is_set():
                     if max_structures is not None and counts["finished"] + len(running) >= max_structures:
@@ -1150,9 +1158,13 @@ def _run_plan(
                 if not running:
                     break
                 finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
-                if deadline is not None and clock() >= deadline and not stop.is_set():
+                if deadline is not None and clock() >= deadline + grace_s and not stop.is_set():
                     log("deadline reached: stopping (finished field directions are kept)")
                     stop.set()
+                elif deadline is not None and clock() >= deadline and not in_grace:
+                    in_grace = True
+                    log(f"deadline reached: no step starts any more; the running ones may finish within "
+                        f"{_fmt_s(grace_s)}")
                 for fut in finished:
                     s = running.pop(fut)
                     sid = s.info["structure_id"]

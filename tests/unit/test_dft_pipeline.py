@@ -1074,6 +1074,42 @@ def test_admission_scales_estimates_by_the_load_of_the_latest_step(tmp_path, mon
     assert step_load(run / "short.done") is None and step_load(run / "none.done") is None
 
 
+def test_grace_lets_the_step_running_at_the_deadline_finish(tmp_path, monkeypatch):
+    """efield3 is admitted (estimate 10 s x 1.2 before the deadline at 80 s) but takes 30 s:
+    without grace the deadline kills it (no frame; directions 1, 2 carried); with grace the
+    pipeline waits for it and the frame is written, and no step starts after the deadline."""
+    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
+    structure.info.update(structure_id="big", kind="tilt10", split="train")
+    write_frames(tmp_path / "plan.xyz", [structure])
+    for grace in (0.0, 100.0):
+        now = [0.0]
+        calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 10.0, "ddk": 10.0, "efield": 10.0})
+        quick = dft_abinit.run_step
+
+        def slow_last(directory, step, ranks, timeout_s, nice=19, stop_event=None, grace=grace, now=now, quick=quick):
+            seconds = quick(directory, step, ranks, timeout_s, nice, stop_event)
+            if step == "efield3":  # ends at 90 s: waits for the pipeline's stop (1.5 s at most with grace)
+                now[0] += 20.0
+                if stop_event.wait(1.5 if grace else 30.0):
+                    raise dft_abinit.StepInterrupted("efield3: stopped on request")
+            return seconds
+
+        monkeypatch.setattr(dft_abinit, "run_step", slow_last)
+        out = tmp_path / f"data{int(grace)}" / "dft.xyz"
+        messages = []
+        run_plan(tmp_path / "plan.xyz", out, tmp_path / f"runs{int(grace)}", settings=AbinitSettings(ecut_Ha=12.0),
+                 deadline=80.0, grace_s=grace, clock=lambda now=now: now[0], log=messages.append)
+        assert [s for _, s in calls][-1] == "efield3"
+        if grace:
+            assert finished_ids(out) == {"big"}
+            assert any("no step starts any more; the running ones may finish within 1m40s" in m for m in messages)
+        else:
+            assert not out.exists() or finished_ids(out) == set()
+            assert any(m.startswith("deadline reached: stopping") for m in messages)
+            assert sorted(p.name for p in (out.parent / "partial" / "big").glob("efield*.ddb")) == [
+                "efield1.ddb", "efield2.ddb"]
+
+
 def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
     """A structure longer than one call starts when step by step is allowed, not otherwise."""
     plan = _fake_plan(tmp_path, n=1)
@@ -1486,7 +1522,7 @@ def test_background_script_forwards_sigterm_commits_and_refuses_a_second_start(t
         _kill_if_alive(first.pid)
     calls = log.read_text().splitlines()
     assert [c for c in calls if c.startswith("ase-born")] == [
-        "ase-born dft converge --ranks 2", "ase-born dft run --ranks 2 --hours 2.6 --step-level auto"]
+        "ase-born dft converge --ranks 2", "ase-born dft run --ranks 2 --hours 2.6 --step-level auto --grace-minutes 0"]
     assert "run got TERM" in calls
     assert any(c.startswith("git commit") for c in calls[calls.index("run got TERM"):])
     assert first.returncode == 0, out
