@@ -949,7 +949,7 @@ def _run_plan(
         if carry_here:
             restore_carried(carry_root / sid, directory)
         with lock:
-            ran[directory] = {m.name for m in directory.glob("*.done")}  # steps of earlier calls
+            ran[directory] = time.time()  # markers written from now on are this call's
         own = structure_settings(directory, settings)
         if own != settings:
             diff = {k: v for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
@@ -980,7 +980,7 @@ def _run_plan(
                 model.add_frame(frame, own)  # at its idle-machine cost, as frames read at the start
         return True
 
-    ran: dict[Path, set[str]] = {}  # run directories of this call: the markers they had before
+    ran: dict[Path, float] = {}  # run directories of this call: when each started (carried data restored)
 
     def margin() -> tuple[float, str]:
         """The factor on estimated wall times (``safety`` x the load of the latest step finished
@@ -988,11 +988,11 @@ def _run_plan(
         with lock:
             places = list(ran.items())
         latest = []
-        for directory, before in places:
+        for directory, since in places:
             for marker in directory.glob("*.done"):
                 with contextlib.suppress(OSError):
-                    if marker.name not in before:
-                        latest.append((marker.stat().st_mtime, marker))
+                    if (mtime := marker.stat().st_mtime) >= since:
+                        latest.append((mtime, marker))
         load = next((f for _, m in sorted(latest, reverse=True) if (f := step_load(m)) is not None), 1.0)
         return safety * load, f"x{safety} margin" + (f", x{load:.2f} load now" if load > 1.0 else "")
 
@@ -1099,14 +1099,15 @@ def _run_plan(
         need = need_s(s, name)
         left = deadline - clock()
         factor, words = margin()
-        if need is None or factor * need <= left:
+        if left > 0 and (need is None or factor * need <= left):  # unknown cost: before the deadline
             return True
+        needs = "an unknown time" if need is None else f"~{_fmt_s(factor * need)}"
         if name.startswith("eps_"):
-            log(f"skip {name} of {s.info['structure_id']}: needs ~{_fmt_s(factor * need)} ({words}, with the "
+            log(f"skip {name} of {s.info['structure_id']}: needs {needs} ({words}, with the "
                 f"steps after it), {_fmt_s(max(left, 0.0))} left; ε∞ elements with direction {name[-1]} stay unknown")
             return False
         what = name if step_level or name == "gs" else f"{name} (field direction {name[-1]})"
-        log(f"pause {s.info['structure_id']} before {what}: needs ~{_fmt_s(factor * need)} ({words}), "
+        log(f"pause {s.info['structure_id']} before {what}: needs {needs} ({words}), "
             f"{_fmt_s(max(left, 0.0))} left before the deadline (finished steps are kept)")
         return False
 
@@ -1121,12 +1122,13 @@ def _run_plan(
                 est = need_s(s, name)
                 left = deadline - clock()
                 factor, words = margin()
-                if est is not None and factor * est > left:
+                if left <= 0 or (est is not None and factor * est > left):  # unknown cost: before the deadline
                     if sid not in deferred:
                         deferred.add(sid)
                         what = (f"its next step ({name})" if step_level else
                                 "its next field direction (and ground state, unless kept)")
-                        log(f"defer {sid}: {what} needs ~{_fmt_s(factor * est)} ({words}), "
+                        needs = "an unknown time" if est is None else f"~{_fmt_s(factor * est)}"
+                        log(f"defer {sid}: {what} needs {needs} ({words}), "
                             f"{_fmt_s(max(left, 0.0))} left before the deadline")
                     continue
             return pending.pop(i)

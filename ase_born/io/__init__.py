@@ -286,8 +286,9 @@ def guess_format(path: str | os.PathLike) -> str:
 
 
 def _read_abinit(path: str | os.PathLike, ground_state: Any = None) -> list[Atoms]:
-    """Frames of ABINIT output ``path``; with ``ground_state`` (the path of a separate
-    ground-state output) ``path`` is the electric-field response of that run."""
+    """Frames of ABINIT output ``path``; with ``ground_state`` the path of an ABINIT output (a
+    separate ground state), ``path`` is the electric-field response of that run; any other
+    ``structure=`` (for other inputs of a mixed call) is not used."""
     try:
         from ase_born.io.abinit import read_abinit_output
     except ImportError as exc:
@@ -295,11 +296,12 @@ def _read_abinit(path: str | os.PathLike, ground_state: Any = None) -> list[Atom
             f"cannot read ABINIT output {path}: module ase_born.io.abinit "
             f"(read_abinit_output) is not available ({exc})"
         ) from exc
-    if ground_state is None:
-        return [read_abinit_output(path)]
-    if isinstance(ground_state, Atoms):
-        raise TypeError(f"{path}: for an ABINIT output, structure= (--structure) is the path of its "
-                         "ground-state output (energy, forces, stress), not a structure")
+    try:
+        split = ground_state is not None and not isinstance(ground_state, Atoms) and guess_format(ground_state) == "abinit"
+    except ValueError:  # a format guess_format does not know (a POSCAR): not an ABINIT output
+        split = False
+    if not split:
+        return [read_abinit_output(path)]  # structure= for the other inputs (a POSCAR for a BORN file)
     return [read_abinit_output(ground_state, path)]
 
 
@@ -402,8 +404,8 @@ def read_dataset(
         a pw.x input/output, whose energies/forces/stress are then attached) and an
         ``outcar`` whose geometry ASE cannot read.  An OUTCAR with a readable geometry
         keeps its own structure, energy, forces and stress; for ``abinit`` inputs it is
-        the path of a separate ground-state output (energy, forces, stress; the inputs are
-        then the electric-field responses of that structure:
+        used only when it is an ABINIT output too: a separate ground-state output (energy,
+        forces, stress; the inputs are then the electric-field responses of that structure:
         ``read_abinit_output(structure, input)``); ``extxyz`` and ``vasprun`` inputs never
         use it.  It is one structure for all inputs, so
         mixing several BORN / ph.x files of different structures needs separate calls.

@@ -234,12 +234,13 @@ def _atoms_from_echo(echo: dict, dataset: int | None = None) -> Atoms:
 
 
 def structure_difference(a: Atoms, b: Atoms, tol_A: float = 1e-6) -> str | None:
-    """How structure ``b`` differs from ``a`` (species order, or Cartesian positions or cell
-    by more than ``tol_A``), or None when they are the same."""
+    """How structure ``b`` differs from ``a`` (species order, cell, or positions up to
+    lattice translations, by more than ``tol_A``), or None when they are the same."""
     if a.get_chemical_symbols() != b.get_chemical_symbols():
         return "species order differs"
-    dpos = np.abs(a.positions - b.positions).max()
     dcell = np.abs(a.cell.array - b.cell.array).max()
+    frac = b.get_scaled_positions(wrap=False) - a.get_scaled_positions(wrap=False)
+    dpos = np.abs((frac - np.round(frac)) @ a.cell.array).max()
     if dpos > tol_A or dcell > tol_A:
         return f"|Δr| {dpos:.2e} Å, |Δcell| {dcell:.2e} Å"
     return None

@@ -85,7 +85,7 @@ from ase_born.train.checkpoint import (
     set_rng_state,
     versions,
 )
-from ase_born.train.config import TrainConfig, config_differences
+from ase_born.train.config import RESUMABLE_CHANGES, TrainConfig, config_differences
 from ase_born.train.dataset import Collater, DataSplits, collate_samples, load_splits
 from ase_born.train.evaluation import evaluate, forward_batch
 from ase_born.train.metrics import MetricAccumulator
@@ -466,8 +466,9 @@ class Trainer:
             raise CheckpointMismatchError(
                 f"{where} was trained in {ckpt.get('model_dtype')}, the config asks for {dtype_name(self.dtype)}"
             )
-        try:
-            old = TrainConfig.from_dict(ckpt["train_config"])
+        try:  # fields that may change on resume are not compared: the current ones stand in
+            stored = {k: v for k, v in dict(ckpt["train_config"]).items() if k not in RESUMABLE_CHANGES}
+            old = TrainConfig.from_dict(stored)
         except (ValueError, TypeError) as exc:
             raise CheckpointMismatchError(f"{where}: unreadable train_config ({exc})") from exc
         diff = config_differences(old, self.cfg)

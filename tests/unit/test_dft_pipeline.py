@@ -1108,6 +1108,15 @@ def test_grace_lets_the_step_running_at_the_deadline_finish(tmp_path, monkeypatc
             assert any(m.startswith("deadline reached: stopping") for m in messages)
             assert sorted(p.name for p in (out.parent / "partial" / "big").glob("efield*.ddb")) == [
                 "efield1.ddb", "efield2.ddb"]
+    # a step whose cost is unknown (no frame, no marker yet) starts only before the deadline too
+    now = [0.0]
+    calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 10.0, "ddk": 10.0, "efield": 10.0})
+    messages = []
+    run_plan(tmp_path / "plan.xyz", tmp_path / "fresh" / "dft.xyz", tmp_path / "fresh_runs",
+             settings=AbinitSettings(ecut_Ha=12.0), deadline=15.0, grace_s=1000.0, clock=lambda: now[0],
+             log=messages.append, step_level=True)
+    assert [s for _, s in calls] == ["gs", "ddk1"]  # efield1 would start at 20 s
+    assert any(m.startswith("pause big before efield1: needs an unknown time") for m in messages)
 
 
 def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):

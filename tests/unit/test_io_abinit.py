@@ -126,6 +126,13 @@ def test_split_outputs_of_different_structures_are_refused(tmp_path):
         read_abinit_output(DATA / "gs.abo", moved)
     with pytest.raises(AbinitParseError, match="species order"):
         read_abinit_output(DATA / "tilt10_tiny" / "gs.abo", DATA / "efield.abo")
+    # the same structure with a coordinate wrapped by a lattice vector is the same structure
+    wrapped = tmp_path / "wrapped.abo"
+    i = text.rfind("9.9043566121E-01")
+    assert i > text.rfind("xred")
+    wrapped.write_text(text[:i] + "-9.5643387900E-03" + text[i + len("9.9043566121E-01"):])
+    np.testing.assert_allclose(get_born_charges(read_abinit_output(DATA / "gs.abo", wrapped)),
+                               get_born_charges(read_abinit_output(DATA / "gs.abo", DATA / "efield.abo")))
 
 
 def test_response_output_alone_has_no_second_order_energy_or_zero_forces():

@@ -124,7 +124,7 @@ def test_cli_convert_abinit_response_output_has_no_energy(tmp_path):
 def test_cli_convert_abinit_response_with_its_ground_state(tmp_path):
     """Split ABINIT runs: the response output with --structure GS.abo is one complete frame
     (energy/forces/stress of the GS, Z* and ε∞ of the response), as the library's two-path
-    reader gives; a ground state of another structure is refused, and so is an Atoms."""
+    reader gives; a ground state of another structure is refused."""
     from ase_born.io.abinit import read_abinit_output
 
     gs, response = DATA / "abinit" / "gs.abo", DATA / "abinit" / "efield.abo"
@@ -138,8 +138,14 @@ def test_cli_convert_abinit_response_with_its_ground_state(tmp_path):
     np.testing.assert_allclose(frame.info["epsilon_inf"], ref.info["epsilon_inf"], atol=1e-12)
     other = DATA / "abinit" / "tilt10_tiny" / "gs.abo"  # 10 atoms
     assert main(["convert", str(response), "--structure", str(other), "-o", str(tmp_path / "x.xyz")]) == 1
-    with pytest.raises(TypeError, match="not a structure"):
-        read_dataset(response, structure=ref)
+    # --structure serves every input of a mixed call: a POSCAR for a BORN file is not taken
+    # for the ground state of a complete ABINIT output beside it
+    born, poscar, multi = DATA / "phonopy" / "BORN", DATA / "phonopy" / "POSCAR", DATA / "abinit" / "alas_multi.abo"
+    mixed = tmp_path / "mixed.xyz"
+    assert main(["convert", str(born), str(multi), "--structure", str(poscar), "-o", str(mixed)]) == 0
+    assert len(read_frames(mixed)) == 2
+    (frame,) = read_dataset(multi, structure=ref)  # an Atoms: not a ground-state output
+    assert frame.calc is not None and KEY_BORN in frame.arrays
 
 
 def _rattled_poscar(tmp_path) -> Path:

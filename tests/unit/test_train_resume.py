@@ -216,6 +216,13 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     # fewer epochs than trained: refused (model.pt would be a longer run's under a shorter config)
     with pytest.raises(CheckpointMismatchError, match="from epoch 2, beyond the 1 epochs"):
         train(cfg.replace(epochs=1), resume=True)
+    # a checkpoint written before bool fields were checked, with a quoted YAML "false": the
+    # fields that may change on resume are not read from it (it was "unreadable train_config")
+    last = out / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["train_config"]["plots"] = "false"
+    torch.save(ckpt, last)
+    assert train(cfg.replace(epochs=3), resume=True).epochs_completed == 3
 
 
 def test_checkpoint_model_knows_the_training_elements_only(tmp_path):
