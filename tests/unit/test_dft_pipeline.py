@@ -985,59 +985,46 @@ def test_carried_direction_gets_its_ddk_again_for_epsilon(tmp_path, monkeypatch)
             assert linked == {2: [2], 3: [2, 3]}
 
 
-def test_epsilon_ddk_runs_only_when_it_fits_with_the_next_direction(tmp_path, monkeypatch):
+def _eps_run(tmp_path, monkeypatch, deadline, cost, step_level):
+    """One plan structure ("big", tilt10_tiny) with direction 1 carried (markers: GS 10,
+    ddk 40, field 60 s) run to ``deadline`` with fake steps of ``cost``; (steps run, output,
+    log messages)."""
+    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
+    structure.info.update(structure_id="big", kind="tilt10", split="train")
+    write_frames(tmp_path / "plan.xyz", [structure])
+    out = tmp_path / f"data{int(deadline)}{step_level}" / "dft.xyz"
+    now = [0.0]
+    calls, _ = _fake_steps(monkeypatch, now, cost=cost)
+    _carry_direction_1(out.parent / "partial" / "big")
+    messages = []
+    run_plan(tmp_path / "plan.xyz", out, tmp_path / f"runs{int(deadline)}{step_level}",
+             settings=AbinitSettings(ecut_Ha=12.0), deadline=deadline, clock=lambda: now[0],
+             log=messages.append, step_level=step_level)
+    return [s for _, s in calls], out, messages
+
+
+@pytest.mark.parametrize("step_level", [False, True])
+def test_epsilon_ddk_runs_only_when_it_fits(tmp_path, monkeypatch, step_level):
     """The scheduler lets eps_ddk1 run only when it and the next whole direction fit before the
     deadline (times from the carried markers: GS 10, ddk 40, field 60 s, x1.2); otherwise it is
-    skipped with a message and the direction runs without it."""
-    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
-    structure.info.update(structure_id="big", kind="tilt10", split="train")
-    write_frames(tmp_path / "plan.xyz", [structure])
-    settings = AbinitSettings(ecut_Ha=12.0)
-    for deadline, with_eps in ((150.0, False), (1e5, True)):
-        out = tmp_path / f"data{int(deadline)}" / "dft.xyz"
-        now = [0.0]
-        calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 10.0, "ddk": 40.0, "efield": 60.0})
-        _carry_direction_1(out.parent / "partial" / "big")
-        messages = []
-        run_plan(tmp_path / "plan.xyz", out, tmp_path / f"runs{int(deadline)}", settings=settings,
-                 deadline=deadline, clock=lambda now=now: now[0], log=messages.append)
-        steps = [s for _, s in calls]
-        if with_eps:
-            assert steps == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
-            assert finished_ids(out) == {"big"}
-        else:
-            # after the GS (t = 10 s): eps_ddk1 + ddk2 + efield2 = 140 s x 1.2 > 140 s left; ddk2 + efield2 fit
-            assert steps == ["gs", "ddk2", "efield2"]
-            assert any(m.startswith("skip eps_ddk1 of big: needs ~2m48s") for m in messages)
-
-
-def test_step_level_epsilon_ddk_never_costs_the_frame(tmp_path, monkeypatch):
-    """Step by step, eps_ddk1 alone fits but the structure's required steps fit only without it
-    (session 29: pnma20_0001's eps_ddk2 would have pushed its last field step past the
-    deadline).  Estimates from the carried markers (ddk 40, field 60 s) are low: the steps take
-    48 and 70 s.  After the GS (t = 10 s, 260 s left) the required ddk2, efield2, ddk3, efield3
-    need 200 x 1.2 = 240 s, with eps_ddk1 288 s: it is skipped and the frame is written (run
-    before, eps_ddk1 left efield3 78 s needed, 46 s left: paused).  With time for all of them
-    it runs."""
-    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
-    structure.info.update(structure_id="big", kind="tilt10", split="train")
-    write_frames(tmp_path / "plan.xyz", [structure])
-    settings = AbinitSettings(ecut_Ha=12.0)
-    for deadline, with_eps in ((270.0, False), (1e5, True)):
-        out = tmp_path / f"data{int(deadline)}" / "dft.xyz"
-        now = [0.0]
-        calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 10.0, "ddk": 48.0, "efield": 70.0})
-        _carry_direction_1(out.parent / "partial" / "big")
-        messages = []
-        run_plan(tmp_path / "plan.xyz", out, tmp_path / f"runs{int(deadline)}", settings=settings,
-                 deadline=deadline, clock=lambda now=now: now[0], log=messages.append, step_level=True)
-        steps = [s for _, s in calls]
-        assert finished_ids(out) == {"big"}
-        if with_eps:
-            assert steps == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"]
-        else:
-            assert steps == ["gs", "ddk2", "efield2", "ddk3", "efield3"]
-            assert any(m.startswith("skip eps_ddk1 of big: needs ~4m48s") for m in messages)
+    skipped with a message and the direction runs without it.  Step by step, also every step
+    the structure still needs when those fit without it (session 29: pnma20_0001's eps_ddk2
+    would have pushed its last field step past the deadline): the estimates are low (the steps
+    take 48 and 70 s); after the GS (t = 10 s, 260 s left) the required ddk2, efield2, ddk3,
+    efield3 need 200 x 1.2 = 240 s, with eps_ddk1 288 s: it is skipped and the frame is written
+    (before, eps_ddk1 ran and efield3, 78 s needed with 46 s left, was paused).  With time for
+    all of them it runs."""
+    cost = {"gs": 10.0, "ddk": 48.0, "efield": 70.0} if step_level else {"gs": 10.0, "ddk": 40.0, "efield": 60.0}
+    steps, out, messages = _eps_run(tmp_path, monkeypatch, 1e5, cost, step_level)
+    assert steps == ["gs", "eps_ddk1", "ddk2", "efield2", "ddk3", "efield3"] and finished_ids(out) == {"big"}
+    steps, out, messages = _eps_run(tmp_path, monkeypatch, 270.0 if step_level else 150.0, cost, step_level)
+    if step_level:
+        assert steps == ["gs", "ddk2", "efield2", "ddk3", "efield3"] and finished_ids(out) == {"big"}
+        assert any(m.startswith("skip eps_ddk1 of big: needs ~4m48s") for m in messages)
+    else:
+        # after the GS (t = 10 s): eps_ddk1 + ddk2 + efield2 = 140 s x 1.2 > 140 s left; ddk2 + efield2 fit
+        assert steps == ["gs", "ddk2", "efield2"]
+        assert any(m.startswith("skip eps_ddk1 of big: needs ~2m48s") for m in messages)
 
 
 def test_admission_scales_estimates_by_the_load_of_the_latest_step(tmp_path, monkeypatch):
