@@ -1113,6 +1113,7 @@ def _run_plan(
 
     def next_structure() -> Atoms | None:
         """First pending structure whose next step (:func:`need_s`) fits before the deadline, or None."""
+        factor, words = margin() if deadline is not None else (safety, "")
         for i, s in enumerate(pending):
             sid = s.info["structure_id"]
             if sid in paused:
@@ -1121,7 +1122,6 @@ def _run_plan(
                 name = next_step(s)
                 est = need_s(s, name)
                 left = deadline - clock()
-                factor, words = margin()
                 if left <= 0 or (est is not None and factor * est > left):  # unknown cost: before the deadline
                     if sid not in deferred:
                         deferred.add(sid)
