@@ -244,6 +244,8 @@ def machine_info(load_before: list[float], dft_paused: bool, torch_threads: int 
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads() if torch_threads is None else torch_threads,
+        # neighbour lists (vesin) follow torch's thread count from session 29 (all cores before)
+        "vesin_threads": torch.get_num_threads(),
         "load_average_before": load_before,
         "load_average_after": list(os.getloadavg()),
         # asked for AND the pause script reported a paused ABINIT step (it may find none)
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": args.repeats,
                 "versions": versions(e3nn=True),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "dft_paused": bool(args.pause_dft),
+                "dft_paused": bool(args.pause_dft) and _PAUSE["stopped"],  # asked for and done
                 "paper": PAPER,
                 "results": [],
             }

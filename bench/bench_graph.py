@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-max-atoms", type=int, default=1280)
     p.add_argument("--repeats", type=int, default=11, help="vesin timing blocks (median)")
     p.add_argument("--baseline-repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (collate only)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads, which also bound vesin's "
+                   "(neighbour list; before session 29 vesin took every core)")
     p.add_argument("--pause-dft", action="store_true", help="pause the ABINIT job meanwhile")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "bench_graph.json"))
     args = p.parse_args(argv)

@@ -59,6 +59,7 @@ def neighbor_list(
     pbc: np.ndarray | Sequence[bool] | bool,
     r_max: float = DEFAULT_R_MAX,
     r_min: float = DEFAULT_R_MIN,
+    n_threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Complete periodic neighbour list (all images), O(N), with vesin.
 
@@ -72,6 +73,9 @@ def neighbor_list(
         Periodicity per lattice direction.
     r_max, r_min : float
         Keep pairs with ``r_min < r < r_max`` (Å).
+    n_threads : int, optional
+        vesin's threads; default ``torch.get_num_threads()``, so that the thread setting
+        of the network also bounds its graph (vesin alone takes every core).
 
     Returns
     -------
@@ -91,7 +95,8 @@ def neighbor_list(
     periodic = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     if len(pos) == 0:
         return np.zeros((2, 0), np.int64), np.zeros((0, 3), np.float64)
-    nl = vesin.NeighborList(cutoff=float(r_max), full_list=True, sorted=True)
+    threads = torch.get_num_threads() if n_threads is None else int(n_threads)
+    nl = vesin.NeighborList(cutoff=float(r_max), full_list=True, sorted=True, n_threads=max(1, threads))
     i, j, s, d = nl.compute(pos, box, [bool(p) for p in periodic], quantities="ijSd")
     keep = (d > r_min) & (d < r_max)
     edge_index = np.stack([j[keep], i[keep]]).astype(np.int64)

@@ -39,13 +39,21 @@ class DeviceUnavailableError(RuntimeError, ValueError):
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """Return a :class:`torch.device`; raises :class:`DeviceUnavailableError` for an unknown
-    device name or when CUDA is asked for but absent."""
+    device name or when CUDA (or that GPU) is asked for but absent.  A bare ``"cuda"`` gets
+    the current GPU's index (``cuda:0``), the device tensors report, so that a model already
+    there compares equal to the request (and is not copied)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise DeviceUnavailableError(f"unknown torch device {device!r} (e.g. cpu, cuda, cuda:1)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"device {device!r} requested but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device {device!r} requested but this machine has "
+                                         f"{torch.cuda.device_count()} GPU(s)")
     return dev
 
 

@@ -234,3 +234,20 @@ def test_trained_elements_are_saved_and_warned_about(model, atoms, tmp_path):
         calc.get_born_charges(ba)  # warned once per element
         model.save(tmp_path / "plain.pt")
         EquivarCalculator(tmp_path / "plain.pt").get_born_charges(ba)  # unknown elements: silent
+
+
+def test_bare_cuda_is_the_current_gpu(monkeypatch):
+    """A GPU model sits on cuda:0 and torch.device("cuda") != torch.device("cuda:0"): a bare
+    "cuda" request made EquivarCalculator copy a model already there (helper's review)."""
+    import torch
+
+    from ase_born.models.utils import DeviceUnavailableError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda:0") == resolve_device("cuda:0")
+    with pytest.raises(DeviceUnavailableError, match="has 1 GPU"):
+        resolve_device("cuda:1")
+    assert resolve_device("cpu") == torch.device("cpu")
+
