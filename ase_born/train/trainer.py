@@ -467,7 +467,9 @@ class Trainer:
                 f"{where} was trained in {ckpt.get('model_dtype')}, the config asks for {dtype_name(self.dtype)}"
             )
         try:  # fields that may change on resume are not compared: the current ones stand in
-            stored = {k: v for k, v in dict(ckpt["train_config"]).items() if k not in RESUMABLE_CHANGES}
+            # (epochs is kept: the cosine schedule's length and the epochs trained check use it)
+            stored = {**dict(ckpt["train_config"]),
+                      **{k: getattr(self.cfg, k) for k in RESUMABLE_CHANGES if k != "epochs"}}
             old = TrainConfig.from_dict(stored)
         except (ValueError, TypeError) as exc:
             raise CheckpointMismatchError(f"{where}: unreadable train_config ({exc})") from exc
