@@ -71,12 +71,13 @@ def nonnegative_float(text: str) -> float:
 
 
 def _field_V_per_m(text: str, strict: bool) -> float:
-    from ase_born.conventions import MAX_FIELD_V_PER_A
+    from ase_born.conventions import MAX_FIELD_V_PER_A, field_to_V_per_m
 
     value = _number(float, text, 0.0, strict, "a positive field in V/m" if strict else "a field >= 0 in V/m")
-    if value > MAX_FIELD_V_PER_A * 1e10:
+    limit = float(field_to_V_per_m(MAX_FIELD_V_PER_A))
+    if value > limit:
         raise argparse.ArgumentTypeError(
-            f"{text} V/m is above {MAX_FIELD_V_PER_A * 1e10:g} V/m ({MAX_FIELD_V_PER_A:g} V/Å), far beyond "
+            f"{text} V/m is above {limit:g} V/m ({MAX_FIELD_V_PER_A:g} V/Å), far beyond "
             "dielectric breakdown; fields for oxides are ~1e7-1e9 V/m")
     return value
 
@@ -92,9 +93,11 @@ def field_magnitude_or_zero(text: str) -> float:
     return _field_V_per_m(text, False)
 
 
-def output_refusal(output: str, inputs: list[str], *, replace_ok: bool) -> str | None:
+def output_refusal(output: str, inputs: list[str], *, replace_ok: bool,
+                   how: str = "--overwrite to replace it") -> str | None:
     """Why ``output`` must not be written: it is one of ``inputs`` (the same file by any
-    path), or it exists and ``replace_ok`` is false; None when it may be written."""
+    path), or it exists and ``replace_ok`` is false (the message says to pass ``how``);
+    None when it may be written."""
     import os
 
     if not os.path.exists(output):
@@ -102,6 +105,6 @@ def output_refusal(output: str, inputs: list[str], *, replace_ok: bool) -> str |
     if any(os.path.exists(i) and os.path.samefile(output, i) for i in inputs):
         return f"OUTPUT {output} is also an input"
     if not replace_ok:
-        return f"{output} exists: pass --overwrite to replace it"
+        return f"{output} exists: pass {how}"
     return None
 

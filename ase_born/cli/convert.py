@@ -86,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
         print("ase-born convert: error: --append and --overwrite exclude each other", file=sys.stderr)
         return 1
     refusal = output_refusal(args.output, [*args.inputs, *([args.structure] if args.structure else [])],
-                             replace_ok=args.append or args.overwrite)
+                             replace_ok=args.append or args.overwrite,
+                             how="--overwrite to replace it (or --append to add the frames to it)")
     if refusal is not None:
-        extra = " (or --append to add the frames to it)" if refusal.endswith("--overwrite to replace it") else ""
-        print(f"ase-born convert: error: {refusal}{extra}", file=sys.stderr)
+        print(f"ase-born convert: error: {refusal}", file=sys.stderr)
         return 1
     try:
         frames = read_dataset(

@@ -1062,20 +1062,20 @@ def _run_plan(
         """The first step ``s`` still needs (:func:`steps_left`)."""
         return (steps_left(s) or ["gs"])[0]
 
-    def need_s(s: Atoms, name: str) -> float | None:
+    def need_s(s: Atoms, name: str, factor: float) -> float | None:
         """Wall seconds that must fit before the deadline to start step ``name`` of ``s``: with
         ``step_level`` the step alone; otherwise the step and the rest of its field direction
         (after a ground state: a whole first direction), so that a direction is not left
         half done in a run directory that may not survive.  An optional ``eps_ddk{c}`` (it
         runs before the ddk of the next direction) needs the next whole direction too, and
         with ``step_level`` every step the structure still needs when those fit without it:
-        it never costs the structure its frame in this call."""
+        it never costs the structure its frame in this call (``factor``: :func:`margin`'s)."""
         parts = [name]
         sid = s.info["structure_id"]
         if name.startswith("eps_ddk"):
             rest = steps_left(s)
             required = total_s(s, rest)
-            if step_level and required is not None and margin()[0] * required <= deadline - clock():
+            if step_level and required is not None and factor * required <= deadline - clock():
                 parts += rest
             else:
                 d = next((k for k in DIRECTIONS if k not in carried.get(sid, [])
@@ -1096,9 +1096,9 @@ def _run_plan(
         fit."""
         if name != "gs" and not name[-1:].isdigit():
             return True  # the older one-run layout
-        need = need_s(s, name)
-        left = deadline - clock()
         factor, words = margin()
+        need = need_s(s, name, factor)
+        left = deadline - clock()
         if left > 0 and (need is None or factor * need <= left):  # unknown cost: before the deadline
             return True
         needs = "an unknown time" if need is None else f"~{_fmt_s(factor * need)}"
@@ -1120,7 +1120,7 @@ def _run_plan(
                 continue
             if deadline is not None and steps_left(s):  # no steps left: only parsing
                 name = next_step(s)
-                est = need_s(s, name)
+                est = need_s(s, name, factor)
                 left = deadline - clock()
                 if left <= 0 or (est is not None and factor * est > left):  # unknown cost: before the deadline
                     if sid not in deferred:
