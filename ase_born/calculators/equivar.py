@@ -12,9 +12,10 @@
   ``get_born_charges_torch(atoms, positions, cell)`` (``supports_torch = True``), so it
   can serve as the ``born_model`` of the field calculator, conservative mode included.
 
-The acoustic sum rule is enforced by default (``asr=True``: per-structure mean over
-atoms subtracted, as in the paper); change it with ``calc.set(asr=False)``, which
-clears cached results. As the ``born_model`` of the field calculator, which applies its
+The acoustic sum rule follows the model's own switch by default (``model.asr``, saved with
+the model; ``True`` unless it was trained with ``asr: false``): per-structure mean over
+atoms subtracted, as in the paper. ``asr=True/False`` overrides it; change it later with
+``calc.set(asr=False)``, which clears cached results. As the ``born_model`` of the field calculator, which applies its
 own ``asr`` correction and reports the violation of what it receives, pass ``asr=False``
 here to see the network's raw violation there; Z* and forces are the same either way.
 """
@@ -58,8 +59,9 @@ class EquivarCalculator(Calculator, BornChargeModel):
         Where the network runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
     dtype : str or torch.dtype
         ``"float64"`` (default: reproducible finite differences and MD) or ``"float32"``.
-    asr : bool
-        Enforce the acoustic sum rule (default True). An ASE parameter: ``calc.set(asr=...)``.
+    asr : bool, optional
+        Enforce the acoustic sum rule. Default: the model's own ``asr`` (so the calculator
+        and :meth:`Equivar.forward_graph` give the same Z*). An ASE parameter: ``calc.set(asr=...)``.
     tp_impl : {"fast", "compiled", "e3nn"}, optional
         Tensor-product implementation (same results; ``"e3nn"`` is the slow reference,
         ``"compiled"`` is ``"fast"`` through ``torch.compile``: 1.8-1.9x faster on CPU after a
@@ -81,7 +83,7 @@ class EquivarCalculator(Calculator, BornChargeModel):
         model: Equivar | str | Path,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float64",
-        asr: bool = True,
+        asr: bool | None = None,
         *,
         tp_impl: str | None = None,
         trust: bool = False,
@@ -102,7 +104,7 @@ class EquivarCalculator(Calculator, BornChargeModel):
         self._warned: set[int] = set()  # elements outside the training data, warned once each
         self.device = dev
         self.dtype = dt
-        Calculator.__init__(self, asr=bool(asr), **kwargs)
+        Calculator.__init__(self, asr=net.asr if asr is None else asr, **kwargs)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -140,7 +142,11 @@ class EquivarCalculator(Calculator, BornChargeModel):
 
     # ------------------------------------------------------------------ ASE protocol
     def set(self, **kwargs: Any) -> dict[str, Any]:
-        """Set parameters (``asr``); any change clears the cached results."""
+        """Set parameters (``asr``, a bool); any change clears the cached results."""
+        if "asr" in kwargs:
+            if not isinstance(kwargs["asr"], (bool, np.bool_)):
+                raise TypeError(f"asr must be a bool, got {kwargs['asr']!r}")
+            kwargs["asr"] = bool(kwargs["asr"])
         changed = Calculator.set(self, **kwargs)
         if changed:
             self.reset()

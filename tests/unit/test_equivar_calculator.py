@@ -79,6 +79,34 @@ def test_ase_properties_and_asr_switch(model, atoms):
     assert np.abs(calc.get_born_charges(atoms) - raw).max() > 1e-6
 
 
+def test_asr_default_is_the_models_own_switch(model, atoms, tmp_path):
+    """A model saved with asr=False gives its raw Z* through the calculator, as forward_graph
+    does; an explicit asr overrides it; a non-bool asr is refused (a quoted "false" is truthy)."""
+    from ase_born.calculators.equivar import EquivarCalculator
+
+    raw_model = model.converted()
+    raw_model.asr = False
+    path = tmp_path / "raw.pt"
+    raw_model.save(path)
+    g = collate([build_graph(atoms, model.r_max, model.r_min)], dtype=torch.float64)
+    with torch.no_grad():
+        z_net = raw_model.forward_graph(g).numpy()
+    assert np.abs(z_net.sum(axis=0)).max() > 1e-3  # the raw output violates the sum rule
+    for source in (raw_model, path):
+        calc = EquivarCalculator(source)
+        assert calc.asr is False and calc.parameters["asr"] is False
+        np.testing.assert_allclose(calc.get_born_charges(atoms), z_net, atol=1e-12)
+    forced = EquivarCalculator(path, asr=True).get_born_charges(atoms)
+    np.testing.assert_allclose(forced.sum(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(forced, z_net - z_net.mean(axis=0), atol=1e-12)
+    assert EquivarCalculator(model).asr is True  # the default model switch
+    for bad in ("false", 1, None):
+        with pytest.raises(TypeError, match="asr must be a bool"):
+            EquivarCalculator(model).set(asr=bad)
+    with pytest.raises(TypeError, match="asr must be a bool"):
+        EquivarCalculator(model, asr="false")
+
+
 def test_model_object_or_path_and_no_mutation_of_callers_model(model, atoms, tmp_path):
     from ase_born.calculators.equivar import EquivarCalculator
 
