@@ -800,7 +800,19 @@ class Equivar(nn.Module):
     def forward_graph(
         self, graph: GraphBatch, *, return_raw: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` on a :class:`~ase_born.models.graph.GraphBatch`."""
+        """:meth:`forward` on a :class:`~ase_born.models.graph.GraphBatch`.
+
+        A batch that records its cutoffs (every batch :func:`~ase_born.models.graph.collate`
+        makes) must have been built with this model's ``r_max`` and ``r_min``: edges missing
+        inside the cutoff, or extra ones beyond it, would change Z* silently.
+        """
+        for name, built in (("r_max", graph.r_max), ("r_min", graph.r_min)):
+            own = getattr(self, name)
+            if built is not None and not math.isclose(built, own, rel_tol=1e-9, abs_tol=1e-12):
+                raise ValueError(
+                    f"graph built with {name} = {built:g} Å, this model uses {name} = {own:g} Å: "
+                    f"build it with build_graph(atoms, model.r_max, model.r_min)"
+                )
         return self.forward(
             graph.positions,
             graph.numbers,

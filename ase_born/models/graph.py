@@ -236,6 +236,9 @@ class GraphBatch:
     ptr : torch.Tensor, shape=(n_structures + 1,), dtype=int64
         Atom offsets: atoms of structure ``s`` are ``ptr[s]:ptr[s+1]``.
     n_structures : int
+    r_max, r_min : float or None
+        Cutoffs the edges were built with (Å), shared by all structures; ``None`` when
+        unknown. The network refuses a batch built with other cutoffs than its own.
     """
 
     positions: torch.Tensor
@@ -247,6 +250,8 @@ class GraphBatch:
     batch: torch.Tensor
     ptr: torch.Tensor
     n_structures: int
+    r_max: float | None = None
+    r_min: float | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -336,6 +341,10 @@ def collate(
     """
     if len(graphs) == 0:
         raise ValueError("cannot collate an empty list of graphs")
+    cutoffs = {(float(g.r_max), float(g.r_min)) for g in graphs}
+    if len(cutoffs) > 1:
+        raise ValueError(f"graphs built with different cutoffs (r_max, r_min): {sorted(cutoffs)}")
+    ((r_max, r_min),) = cutoffs
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     n_atoms = np.array([g.n_atoms for g in graphs], dtype=np.int64)
     ptr = np.concatenate([[0], np.cumsum(n_atoms)])
@@ -353,6 +362,8 @@ def collate(
         batch=torch.as_tensor(batch, device=dev),
         ptr=torch.as_tensor(ptr, device=dev),
         n_structures=len(graphs),
+        r_max=r_max,
+        r_min=r_min,
     )
 
 

@@ -468,3 +468,31 @@ def test_atomic_numbers_outside_the_embedding_table_are_refused(impl):
         g.numbers[1] = bad
         with pytest.raises(ValueError, match=rf"atomic numbers \[{bad}\] are outside the model's embedding table"):
             model.forward_graph(g)
+
+
+def test_graph_built_with_other_cutoffs_is_refused():
+    """A batch records the cutoffs it was built with; the network refuses other ones (a 3 Å
+    graph given to a 4 Å model would silently miss every edge between 3 and 4 Å)."""
+    cfg = dataclasses.replace(SMALL, r_max=4.0, cutoff_envelope="polynomial")
+    model = randomized(cfg, seed=5)
+    atoms = rattled_catio3(seed=5)
+    own = batch_from_atoms(atoms, model.r_max, model.r_min, dtype="float64")
+    assert (own.r_max, own.r_min) == (4.0, cfg.r_min)
+    short = batch_from_atoms(atoms, dtype="float64")  # the 3 Å default
+    long_ = batch_from_atoms(atoms, 5.0, model.r_min, dtype="float64")
+    assert short.n_edges < own.n_edges < long_.n_edges
+    with torch.no_grad():
+        z_own = model.forward_graph(own)
+        for bad, name in ((short, "r_max = 3 "), (long_, "r_max = 5 ")):
+            with pytest.raises(ValueError, match=name):
+                model.forward_graph(bad)
+        with pytest.raises(ValueError, match="r_min"):
+            model.forward_graph(batch_from_atoms(atoms, model.r_max, 0.05, dtype="float64"))
+        # a batch made by hand (cutoffs unknown) is taken as it is
+        unknown = dataclasses.replace(own, r_max=None, r_min=None)
+        torch.testing.assert_close(model.forward_graph(unknown), z_own, atol=0, rtol=0)
+        # ... and so is one whose extra edges all lie beyond r_max with a smooth envelope
+        z_long = model(
+            long_.positions, long_.numbers, long_.edge_index, long_.shifts, long_.cell
+        )
+    torch.testing.assert_close(z_long, z_own, atol=1e-12, rtol=0)

@@ -121,6 +121,9 @@ def test_collate_offsets_and_edge_vectors():
     assert batch.edge_index[:, ga.n_edges :].min() >= len(a)
     b32 = batch.to(dtype="float32")
     assert b32.positions.dtype == torch.float32 and b32.numbers.dtype == torch.int64
+    assert (batch.r_max, batch.r_min) == (b32.r_max, b32.r_min) == (ga.r_max, ga.r_min)
+    with pytest.raises(ValueError, match="different cutoffs"):
+        collate([ga, build_graph(b, r_max=4.0)])
 
 
 def test_edge_vectors_differentiable_in_positions_and_cell():
