@@ -85,3 +85,17 @@ def check_born_charges(z: Any, n_atoms: int, source: str = "born model") -> np.n
         bad = np.unique(np.nonzero(~np.isfinite(arr))[0])
         raise ValueError(f"{source} returned NaN/inf Born charges for atoms {bad.tolist()}")
     return arr
+
+
+def bool_parameter(name: str, value: Any) -> bool:
+    """A calculator switch as a Python bool; anything but a bool is refused (a quoted
+    ``"false"`` from a config file would be truthy).
+
+    Raises
+    ------
+    TypeError
+        Naming the parameter and the value given.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)

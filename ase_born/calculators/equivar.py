@@ -15,9 +15,10 @@
 The acoustic sum rule follows the model's own switch by default (``model.asr``, saved with
 the model; ``True`` unless it was trained with ``asr: false``): per-structure mean over
 atoms subtracted, as in the paper. ``asr=True/False`` overrides it; change it later with
-``calc.set(asr=False)``, which clears cached results. As the ``born_model`` of the field calculator, which applies its
-own ``asr`` correction and reports the violation of what it receives, pass ``asr=False``
-here to see the network's raw violation there; Z* and forces are the same either way.
+``calc.set(asr=False)``, which clears cached results. As the ``born_model`` of the field
+calculator, which applies its own ``asr`` correction and reports the violation of what it
+receives, pass ``asr=False`` here to see the network's raw violation there; Z* and forces
+are the same either way.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from ase_born.calculators.base import BornChargeModel
+from ase_born.calculators.base import BornChargeModel, bool_parameter
 from ase_born.conventions import KEY_ACOUSTIC_SUM, KEY_ASR_VIOLATION, KEY_BORN
 from ase_born.models.equivar import Equivar, enforce_asr
 from ase_born.models.graph import build_graph, collate
@@ -61,7 +62,8 @@ class EquivarCalculator(Calculator, BornChargeModel):
         ``"float64"`` (default: reproducible finite differences and MD) or ``"float32"``.
     asr : bool, optional
         Enforce the acoustic sum rule. Default: the model's own ``asr`` (so the calculator
-        and :meth:`Equivar.forward_graph` give the same Z*). An ASE parameter: ``calc.set(asr=...)``.
+        and :meth:`Equivar.forward_graph` give the same Z*). An ASE parameter:
+        ``calc.set(asr=...)``.
     tp_impl : {"fast", "compiled", "e3nn"}, optional
         Tensor-product implementation (same results; ``"e3nn"`` is the slow reference,
         ``"compiled"`` is ``"fast"`` through ``torch.compile``: 1.8-1.9x faster on CPU after a
@@ -144,9 +146,7 @@ class EquivarCalculator(Calculator, BornChargeModel):
     def set(self, **kwargs: Any) -> dict[str, Any]:
         """Set parameters (``asr``, a bool); any change clears the cached results."""
         if "asr" in kwargs:
-            if not isinstance(kwargs["asr"], (bool, np.bool_)):
-                raise TypeError(f"asr must be a bool, got {kwargs['asr']!r}")
-            kwargs["asr"] = bool(kwargs["asr"])
+            kwargs["asr"] = bool_parameter("asr", kwargs["asr"])
         changed = Calculator.set(self, **kwargs)
         if changed:
             self.reset()

@@ -30,7 +30,7 @@ from ase.calculators.calculator import (
 )
 
 from ase_born import physics
-from ase_born.calculators.base import check_born_charges
+from ase_born.calculators.base import bool_parameter, check_born_charges
 from ase_born.conventions import (
     KEY_ASR_VIOLATION,
     KEY_BORN,
@@ -365,9 +365,8 @@ class BornFieldCalculator(Calculator):
         clean: dict[str, Any] = {}
         allow = bool(params.get("allow_large_field", False))
         if "allow_large_field" in kwargs:
-            if not isinstance(kwargs["allow_large_field"], (bool, np.bool_)):  # "false" is truthy
-                raise TypeError(f"allow_large_field must be a bool, got {kwargs['allow_large_field']!r}")
-            clean["allow_large_field"] = bool(kwargs["allow_large_field"])
+            allow_kw = kwargs["allow_large_field"]
+            clean["allow_large_field"] = bool_parameter("allow_large_field", allow_kw)
         if "field" in kwargs or "allow_large_field" in kwargs:
             f = params["field"]
             if callable(f):
@@ -383,9 +382,7 @@ class BornFieldCalculator(Calculator):
                 )
             clean["mode"] = mode
         if "asr" in kwargs:
-            if not isinstance(kwargs["asr"], (bool, np.bool_)):
-                raise TypeError(f"asr must be a bool, got {kwargs['asr']!r}")
-            clean["asr"] = bool(kwargs["asr"])
+            clean["asr"] = bool_parameter("asr", kwargs["asr"])
         if "born_update_every" in kwargs:
             k = kwargs["born_update_every"]
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
