@@ -130,11 +130,11 @@ def default_epsilon_inf() -> np.ndarray | None:
 def default_pressure_GPa() -> float:
     """Volume correction of the default force field (GPa; 0 when none is shipped).
 
-    The distilled MACE inherits its PBE teacher's equilibrium volume (+2.3 % for Pnma
-    CaTiO3), at which Pnma has unstable polar Γ modes; at the experimental volume it is a
-    local minimum.  The card's ``pressure_correction_GPa`` is the hydrostatic pressure at
-    which the relaxed Pnma cell has the experimental volume
-    (``scripts/distill_mace/validate_physics.py --checks pressure``).  The ``ase-born``
+    The card's ``pressure_correction_GPa`` comes from ``scripts/distill_mace/validate_physics.py
+    --checks pressure``: the hydrostatic pressure at which the relaxed Pnma cell has the
+    experimental volume where Pnma is a local minimum there (a MACE distilled from a PBE
+    teacher: +2.3 % volume, unstable polar Γ modes at its own volume), and 0 where Pnma is a
+    minimum only at the model's own volume (fine-tuned on the PBEsol DFPT frames).  The ``ase-born``
     workflow commands (``heat``, ``dielectric``, ``pe-curve``) apply it as the external
     pressure when they run on the default force field and no pressure is given (the classic
     volume correction of first-principles perovskite simulations); the Python ``run_*``

@@ -78,12 +78,22 @@ def pressure_entry(report_path, card: dict) -> dict:
     if not isinstance(check, dict) or "pressure_correction_GPa" not in check:
         raise SystemExit(f"{report_path} has no pressure check: run validate_physics.py --checks pressure")
     minimum = "a local minimum" if check.get("local_minimum") else "NOT a local minimum"
+    value = float(check["pressure_correction_GPa"])
+    p_exp = float(check.get("experimental_volume_pressure_GPa", value))  # older reports: equal
+    at_exp = check.get("at_experimental_volume") or check
+    if value == p_exp:
+        why = (f"pressure at which the MACE-relaxed Pnma cell has the experimental volume "
+               f"({check['experimental_volume_A3']:.1f} A^3); Pnma is {minimum} there")
+    else:
+        why = (f"none: at the experimental volume ({check['experimental_volume_A3']:.1f} A^3, "
+               f"{p_exp:+.2f} GPa) the MACE-relaxed Pnma cell has unstable Gamma modes (lowest "
+               f"{at_exp.get('lowest_optical_THz', float('nan')):.2f} THz); at {value:g} GPa "
+               f"(volume {check.get('volume_A3', float('nan')):.1f} A^3) Pnma is {minimum}")
     return {
-        "value": float(check["pressure_correction_GPa"]),
-        "source": (f"pressure at which the MACE-relaxed Pnma cell has the experimental volume "
-                   f"({check['experimental_volume_A3']:.1f} A^3); Pnma is {minimum} there (lowest "
-                   f"Gamma optical {check.get('lowest_optical_THz', float('nan')):.2f} THz); from "
-                   f"{report_path} ({check.get('command', 'validate_physics.py --checks pressure')})"),
+        "value": value,
+        "source": (f"{why} (lowest Gamma optical {check.get('lowest_optical_THz', float('nan')):.2f} "
+                   f"THz); from {report_path} "
+                   f"({check.get('command', 'validate_physics.py --checks pressure')})"),
     }
 
 

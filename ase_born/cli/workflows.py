@@ -310,8 +310,8 @@ def _pressure(a: argparse.Namespace) -> float | None:
     p = default_pressure_GPa()
     if p:
         print(
-            f"default force field: applying its volume correction, pressure {p:g} GPa (MACE inherits "
-            "its PBE teacher's +2 % volume; see data/README.md). --pressure-GPa 0 turns it off.",
+            f"default force field: applying its volume correction, pressure {p:g} GPa (its model "
+            "card: `ase-born info`, data/README.md). --pressure-GPa 0 turns it off.",
             file=sys.stderr,
         )
     return p or None

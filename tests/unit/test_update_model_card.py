@@ -80,3 +80,25 @@ def test_pressure_from_a_report_of_the_cards_own_file(data_copy, load_script, tm
     path.write_text(json.dumps({"model": report["model"]}))
     with pytest.raises(SystemExit, match="no pressure check"):
         mod.main(["--pressure-from", str(path)])
+
+
+def test_pressure_from_a_report_that_keeps_the_models_own_volume(data_copy, load_script, tmp_path):
+    """A PBEsol-volume model stable at 0 GPa and polar at the experimental volume: the card
+    says so and the workflows apply no correction."""
+    models, card = data_copy
+    mod = load_script("update_model_card")
+    (models / "defaults.json").write_text(json.dumps(card))
+    report = {
+        "model": {"file": card["force_field"]["file"], "sha256": card["force_field"]["sha256"]},
+        "pressure": {"pressure_correction_GPa": 0.0, "experimental_volume_pressure_GPa": -3.0,
+                     "experimental_volume_A3": 223.68, "volume_A3": 219.9,
+                     "lowest_optical_THz": 1.36, "local_minimum": True,
+                     "at_experimental_volume": {"lowest_optical_THz": -2.3, "local_minimum": False}},
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    mod.main(["--pressure-from", str(path)])
+    entry = json.loads((models / "defaults.json").read_text())["force_field"]["pressure_correction_GPa"]
+    assert entry["value"] == 0.0 and defaults.default_pressure_GPa() == 0.0
+    assert entry["source"].startswith("none:") and "-3.00 GPa" in entry["source"]
+    assert "-2.30 THz" in entry["source"] and "a local minimum" in entry["source"]

@@ -48,3 +48,40 @@ def test_verdict_fails_what_the_criteria_exclude(load_script):
         bad[check][key] = value
         assert mod.verdict(bad, checks)[check]["passed"] is False, (check, key)
     assert mod.verdict({}, checks) == {}
+
+
+@pytest.mark.parametrize(("v0_factor", "minimum_at", "expected_sign"), [
+    (1.02, "experimental", +1),  # PBE teacher: too large at 0 GPa, a minimum once compressed
+    (0.98, "zero", 0),  # PBEsol fine-tune: a minimum at its own volume, polar when stretched
+    (0.98, "experimental", -1),  # a tension is kept where it is the one minimum
+])
+def test_pressure_correction_keeps_pnma_a_minimum(load_script, v0_factor, minimum_at, expected_sign):
+    """The correction is the experimental-volume pressure unless Pnma is unstable there and
+    stable at the model's own volume: then none (0 GPa) is applied, and the report's top level
+    describes the structure the workflows run at."""
+    mod = load_script("distill_mace/validate_physics")
+    v_exp = float(np.prod(mod.EXPERIMENT_PNMA_ABC))
+
+    def relaxed(calc, p):  # V(P) linear, 1 % per GPa
+        a = (v_exp * v0_factor * (1.0 - 0.01 * p)) ** (1 / 3)
+        return Atoms("Ca", cell=[a, a, a], pbc=True)
+
+    def pnma_at(calc, p):
+        is_exp = abs(p) > 0.0
+        minimum = is_exp if minimum_at == "experimental" else not is_exp
+        return {"volume_A3": relaxed(calc, p).get_volume(), "local_minimum": minimum,
+                "lowest_optical_THz": 1.0 if minimum else -2.0}
+
+    mod.relaxed_at_pressure = relaxed
+    mod._pnma_at = pnma_at
+    r = mod.check_pressure(calc=None)
+    p_exp = r["experimental_volume_pressure_GPa"]
+    assert np.sign(p_exp) == np.sign(v0_factor - 1.0)
+    assert abs(r["at_experimental_volume"]["volume_A3"] - v_exp) < 0.1
+    assert np.sign(r["pressure_correction_GPa"]) == expected_sign
+    assert r["pressure_correction_GPa"] in (0.0, p_exp)
+    assert r["local_minimum"] and r["lowest_optical_THz"] == 1.0
+    assert r["volume_A3"] == (r["at_zero_pressure"] if expected_sign == 0 else r["at_experimental_volume"])["volume_A3"]
+    assert mod.verdict({"pressure": r}, ["pressure"])["pressure"]["passed"]
+    # nowhere a minimum: the experimental-volume pressure, and the check fails
+    assert mod.choose_correction(p_exp, False, False) == p_exp
