@@ -179,7 +179,10 @@ def shifted_model(model_path: str, shift_per_atom: float, out: Path) -> dict[int
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dft", nargs="+", default=["data/dft/catio3_dfpt.extxyz"])
-    ap.add_argument("--model", default="data/models/mace_catio3.model", help="base (distilled) model")
+    ap.add_argument("--model", default="data/models/mace_catio3.model",
+                    help="base model (default: the shipped file, since session 32 itself fine-tuned; "
+                         "the distilled version 2 the shipped one was made from: `git show "
+                         "1f37d3e:data/models/mace_catio3.model > runs/mace_catio3_v2.model`)")
     ap.add_argument("--work", default="runs/finetune_dft")
     ap.add_argument("--min-structures", type=int, default=50)
     ap.add_argument("--force", action="store_true", help="run below --min-structures (smoke tests)")
