@@ -85,3 +85,28 @@ def test_pressure_correction_keeps_pnma_a_minimum(load_script, v0_factor, minimu
     assert mod.verdict({"pressure": r}, ["pressure"])["pressure"]["passed"]
     # nowhere a minimum: the experimental-volume pressure, and the check fails
     assert mod.choose_correction(p_exp, False, False) == p_exp
+
+
+@pytest.mark.parametrize(("r0", "repulsive"), [
+    (3.0, True),  # minimum beyond every probed pair's distance: every probe climbs the wall
+    (1.4, False),  # a false minimum inside it (version 1's O-O at ~1.4 Å): the check fails
+])
+def test_pair_probes_catch_a_false_short_range_minimum(load_script, r0, repulsive):
+    """The `pairs` check on a Morse pair potential whose minimum distance is known."""
+    from ase.calculators.morse import MorsePotential
+
+    from ase_born.dft.sampler import pnma_catio3
+
+    mod = load_script("distill_mace/validate_physics")
+    calc = MorsePotential(epsilon=1.0, r0=r0, rho0=6.0, rcut1=1.9, rcut2=2.7)
+    atoms = pnma_catio3()
+    i, j, d0 = mod.nearest_pair(atoms, "O", "O")
+    assert {atoms[i].symbol, atoms[j].symbol} == {"O"}
+    assert d0 == pytest.approx(min(atoms.get_distance(a, b, mic=True) for a in range(len(atoms))
+                                   for b in range(a) if atoms[a].symbol == atoms[b].symbol == "O"))
+    # the probe moves the pair to exactly the requested distance
+    rises = mod.pair_probe(atoms, calc, i, j, [d0])
+    assert rises == [pytest.approx(0.0, abs=1e-12)]
+    r = mod.check_pairs(calc)
+    assert r["pairs"]["O-O"]["repulsive"] is repulsive
+    assert mod.verdict({"pairs": r}, ["pairs"])["pairs"]["passed"] is repulsive
