@@ -138,27 +138,32 @@ def check_pressure(calc, tol_A3: float = 0.05) -> dict:
     # bisection on V(p), decreasing: V(lo) > V_exp >= V(hi). A model whose relaxed volume at
     # 0 GPa is below experiment (e.g. one fine-tuned on PBEsol, whose lattice constants come
     # out slightly below experiment, where PBE's come out above) needs a negative pressure.
-    v0 = relaxed_at_pressure(calc, 0.0).get_volume()
-    scan = {0.0: v0}
+    cells = {}  # relaxed cell per pressure: the phonons below reuse the scan's relaxations
+
+    def volume(p: float) -> float:
+        if p not in cells:
+            cells[p] = relaxed_at_pressure(calc, p)
+        return cells[p].get_volume()
+
+    v0 = volume(0.0)
     if v0 > v_exp:
         lo, hi = 0.0, 12.0
-        scan[hi] = relaxed_at_pressure(calc, hi).get_volume()
-        if scan[hi] > v_exp:
+        if volume(hi) > v_exp:
             raise RuntimeError(f"relaxed volume at {hi} GPa is still above the experimental volume")
     else:
         lo, hi = -6.0, 0.0
-        scan[lo] = relaxed_at_pressure(calc, lo).get_volume()
-        if scan[lo] <= v_exp:
+        if volume(lo) <= v_exp:
             raise RuntimeError(f"relaxed volume at {lo} GPa is still below the experimental volume")
     while hi - lo > 0.01:
         mid = 0.5 * (lo + hi)
-        scan[mid] = relaxed_at_pressure(calc, mid).get_volume()
-        if abs(scan[mid] - v_exp) < tol_A3:
+        if abs(volume(mid) - v_exp) < tol_A3:
             lo = hi = mid
             break
-        lo, hi = (mid, hi) if scan[mid] > v_exp else (lo, mid)
+        lo, hi = (mid, hi) if volume(mid) > v_exp else (lo, mid)
+    scan = {p: cell.get_volume() for p, cell in cells.items()}
     p_exp = round(0.5 * (lo + hi), 2)
-    at = {p: _pnma_at(calc, p) for p in (p_exp, 0.0)}
+    volume(p_exp)
+    at = {p: _pnma_at(calc, cells[p]) for p in (p_exp, 0.0)}
     p = choose_correction(p_exp, at[p_exp]["local_minimum"], at[0.0]["local_minimum"])
     return {
         "pressure_correction_GPa": p,
@@ -174,9 +179,8 @@ def check_pressure(calc, tol_A3: float = 0.05) -> dict:
     }
 
 
-def _pnma_at(calc, pressure_GPa: float) -> dict:
-    """Pnma relaxed at ``pressure_GPa``: cell, volume and Γ modes."""
-    atoms = relaxed_at_pressure(calc, pressure_GPa)
+def _pnma_at(calc, atoms: Atoms) -> dict:
+    """A relaxed Pnma cell (``relaxed_at_pressure``): cell, volume and Γ modes."""
     ph, _ = _phonopy(atoms, calc, (1, 1, 1))
     abc = atoms.cell.cellpar()[:3]
     return {
