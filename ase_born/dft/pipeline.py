@@ -763,8 +763,9 @@ def run_plan(
         :data:`F_GS`, :data:`F_DIRECTION`; times the load of the latest step finished in
         this call, :func:`step_load`) fits before it; the others are deferred, not
         failed.  A started structure is paused before a step (without ``step_level``:
-        before a field direction) that no longer fits (its finished steps are kept) and the time goes to structures that
-        fit.  The call ends when nothing fits.
+        before a field direction) that no longer fits (its finished steps are kept) and the
+        time goes to structures that fit; it resumes in the same call once its next step
+        fits again (the load that paused it has gone).  The call ends when nothing fits.
     grace_s : float
         Seconds after ``deadline`` that the steps running then may still use: no step
         starts after the deadline, and the running ones are killed only at ``deadline +
@@ -1116,8 +1117,6 @@ def _run_plan(
         factor, words = margin() if deadline is not None else (safety, "")
         for i, s in enumerate(pending):
             sid = s.info["structure_id"]
-            if sid in paused:
-                continue
             if deadline is not None and steps_left(s):  # no steps left: only parsing
                 name = next_step(s)
                 est = need_s(s, name, factor)
@@ -1131,6 +1130,10 @@ def _run_plan(
                         log(f"defer {sid}: {what} needs {needs} ({words}), "
                             f"{_fmt_s(max(left, 0.0))} left before the deadline")
                     continue
+            if sid in paused:  # paused under a load that has gone, or for a step that now fits
+                paused.discard(sid)
+                deferred.discard(sid)
+                log(f"resume {sid}: its next step ({next_step(s)}) fits now ({words})")
             return pending.pop(i)
         return None
 

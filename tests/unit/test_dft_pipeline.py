@@ -1061,6 +1061,53 @@ def test_admission_scales_estimates_by_the_load_of_the_latest_step(tmp_path, mon
     assert step_load(run / "short.done") is None and step_load(run / "none.done") is None
 
 
+def test_a_structure_paused_under_load_resumes_in_the_same_call_when_the_load_is_gone(tmp_path, monkeypatch):
+    """Session 33: tilt10_0009 was paused before ddk3 because its ground state ran beside an MD
+    run (x1.43 load) and was never taken up again in that call, though the MD run ended soon
+    after.  Here big's GS runs at load 2 (t = 400 s, 2000 s left): ddk2, 1000 s by its carried
+    marker, needs 1000 x 1.2 x 2 = 2400 s: paused.  small then runs unloaded (its ground state
+    300 s at load 1, its other steps 1 s, t = 706 s): ddk2 needs 1200 s of the 1694 s left, and big resumes on
+    its kept ground state and finishes in this call."""
+    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
+    plan = []
+    for sid in ("big", "small"):
+        a = structure.copy()
+        a.info.update(structure_id=sid, kind="tilt10", split="train")
+        plan.append(a)
+    write_frames(tmp_path / "plan.xyz", plan)
+    out = tmp_path / "data" / "dft.xyz"
+    now = [0.0]
+
+    def cost(name, kind):
+        if name == "big":
+            return 400.0 if kind == "gs" else 100.0
+        return 300.0 if kind == "gs" else 1.0
+
+    calls, _ = _fake_steps(monkeypatch, now, cost=cost)
+    unloaded = dft_abinit.run_step
+
+    def timed(directory, step, *args, **kwargs):  # CPU and wall seconds as ABINIT's .abo has them
+        seconds = unloaded(directory, step, *args, **kwargs)
+        wall = 2 * 1.06 * seconds if (directory.name, step) == ("big", "gs") else seconds
+        with open(directory / f"{step}.abo", "a") as f:
+            f.write(f"\n+Overall time at end (sec) : cpu= {seconds:.1f}  wall= {wall:.1f}\n")
+        return seconds
+
+    monkeypatch.setattr(dft_abinit, "run_step", timed)
+    _carry_direction_1(out.parent / "partial" / "big", times=(200.0, 1000.0, 300.0))
+    messages = []
+    counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=AbinitSettings(ecut_Ha=12.0),
+                      deadline=2400.0, clock=lambda: now[0], log=messages.append, step_level=True,
+                      complete_epsilon=False)
+    assert any(m.startswith("pause big before ddk2: needs ~40m00s (x1.2 margin, x2.00 load now)") for m in messages)
+    assert any(m.startswith("resume big: its next step (ddk2) fits now (x1.2 margin)") for m in messages)
+    small = ["gs", "ddk1", "efield1", "ddk2", "efield2", "ddk3", "efield3"]
+    assert calls == [("big", "gs"), *[("small", s) for s in small],
+                     *[("big", s) for s in ("ddk2", "efield2", "ddk3", "efield3")]]  # no second GS
+    assert counts["finished"] == 2 and counts["deferred"] == 0 and counts["pending"] == 0
+    assert finished_ids(out) == {"big", "small"}
+
+
 def test_grace_lets_the_step_running_at_the_deadline_finish(tmp_path, monkeypatch):
     """efield3 is admitted (estimate 10 s x 1.2 before the deadline at 80 s) but takes 30 s:
     without grace the deadline kills it (no frame; directions 1, 2 carried); with grace the
