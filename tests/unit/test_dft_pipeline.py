@@ -861,6 +861,17 @@ def test_loaded_markers_are_costed_by_their_cpu_time(tmp_path):
     assert fake.calls == ["s0"] and any(m.startswith("start s0") and "estimated 20m12s" in m for m in messages)
 
 
+def _write_big_small_plan(path):
+    """A plan of two copies of the tilt10_tiny structure, IDs ``big`` and ``small`` (training split)."""
+    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
+    plan = []
+    for sid in ("big", "small"):
+        a = structure.copy()
+        a.info.update(structure_id=sid, kind="tilt10", split="train")
+        plan.append(a)
+    write_frames(path, plan)
+
+
 @pytest.mark.parametrize("step_level", [False, True])
 def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch, step_level):
     """A long structure stops before a step that cannot finish before the deadline (timed by
@@ -868,13 +879,7 @@ def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch,
     resumes the paused one on its kept run directory.  Without ``step_level`` a ddk step
     starts only with its field step (a whole direction) fitting too."""
     tiny = DATA / "tilt10_tiny"
-    structure = read_abinit_output(tiny / "gs.abo")
-    plan = []
-    for sid in ("big", "small"):
-        a = structure.copy()
-        a.info.update(structure_id=sid, kind="tilt10", split="train")
-        plan.append(a)
-    write_frames(tmp_path / "plan.xyz", plan)
+    _write_big_small_plan(tmp_path / "plan.xyz")
     out, work = tmp_path / "data" / "dft.xyz", tmp_path / "runs"
     now = [0.0]
     cost = {"gs": 10.0, "ddk": 40.0, "efield": 60.0}
@@ -1066,15 +1071,9 @@ def test_a_structure_paused_under_load_resumes_in_the_same_call_when_the_load_is
     run (x1.43 load) and was never taken up again in that call, though the MD run ended soon
     after.  Here big's GS runs at load 2 (t = 400 s, 2000 s left): ddk2, 1000 s by its carried
     marker, needs 1000 x 1.2 x 2 = 2400 s: paused.  small then runs unloaded (its ground state
-    300 s at load 1, its other steps 1 s, t = 706 s): ddk2 needs 1200 s of the 1694 s left, and big resumes on
-    its kept ground state and finishes in this call."""
-    structure = read_abinit_output(DATA / "tilt10_tiny" / "gs.abo")
-    plan = []
-    for sid in ("big", "small"):
-        a = structure.copy()
-        a.info.update(structure_id=sid, kind="tilt10", split="train")
-        plan.append(a)
-    write_frames(tmp_path / "plan.xyz", plan)
+    300 s at load 1, its other steps 1 s, t = 706 s): ddk2 needs 1200 s of the 1694 s left,
+    and big resumes on its kept ground state and finishes in this call."""
+    _write_big_small_plan(tmp_path / "plan.xyz")
     out = tmp_path / "data" / "dft.xyz"
     now = [0.0]
 
