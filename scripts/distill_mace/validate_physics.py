@@ -140,10 +140,13 @@ def check_pressure(calc, tol_A3: float = 0.05) -> dict:
     # out slightly below experiment, where PBE's come out above) needs a negative pressure.
     cells = {}  # relaxed cell per pressure: the phonons below reuse the scan's relaxations
 
-    def volume(p: float) -> float:
+    def relaxed(p: float) -> Atoms:
         if p not in cells:
             cells[p] = relaxed_at_pressure(calc, p)
-        return cells[p].get_volume()
+        return cells[p]
+
+    def volume(p: float) -> float:
+        return relaxed(p).get_volume()
 
     v0 = volume(0.0)
     if v0 > v_exp:
@@ -162,8 +165,7 @@ def check_pressure(calc, tol_A3: float = 0.05) -> dict:
         lo, hi = (mid, hi) if volume(mid) > v_exp else (lo, mid)
     scan = {p: cell.get_volume() for p, cell in cells.items()}
     p_exp = round(0.5 * (lo + hi), 2)
-    volume(p_exp)
-    at = {p: _pnma_at(calc, cells[p]) for p in (p_exp, 0.0)}
+    at = {p: _pnma_at(calc, relaxed(p)) for p in (p_exp, 0.0)}
     p = choose_correction(p_exp, at[p_exp]["local_minimum"], at[0.0]["local_minimum"])
     return {
         "pressure_correction_GPa": p,

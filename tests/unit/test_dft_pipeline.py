@@ -1032,6 +1032,22 @@ def test_epsilon_ddk_runs_only_when_it_fits(tmp_path, monkeypatch, step_level):
         assert any(m.startswith("skip eps_ddk1 of big: needs ~2m48s") for m in messages)
 
 
+def _record_run_times(monkeypatch, load):
+    """After each (fake) step append ABINIT's CPU and wall seconds to its .abo as a run at
+    ``load(run directory name, step)`` would have them: CPU per wall second 1 / (load x
+    WALL_PER_CPU), so that :func:`step_load` reads ``load`` back."""
+    run = dft_abinit.run_step
+
+    def timed(directory, step, *args, **kwargs):
+        seconds = run(directory, step, *args, **kwargs)
+        wall = load(directory.name, step) * 1.06 * seconds
+        with open(directory / f"{step}.abo", "a") as f:
+            f.write(f"\n+Overall time at end (sec) : cpu= {seconds:.1f}  wall= {wall:.1f}\n")
+        return seconds
+
+    monkeypatch.setattr(dft_abinit, "run_step", timed)
+
+
 def test_admission_scales_estimates_by_the_load_of_the_latest_step(tmp_path, monkeypatch):
     """Estimates are idle-machine costs; a step is admitted only if it fits at the load the
     latest step of this call ran at (session 28: pnma20_0001 "estimated 2h49m" ran ~4 h beside
@@ -1044,15 +1060,7 @@ def test_admission_scales_estimates_by_the_load_of_the_latest_step(tmp_path, mon
     out = tmp_path / "data" / "dft.xyz"
     now = [0.0]
     calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 400.0, "ddk": 400.0, "efield": 600.0})
-    unloaded = dft_abinit.run_step
-
-    def loaded(directory, step, *args, **kwargs):
-        seconds = unloaded(directory, step, *args, **kwargs)
-        with open(directory / f"{step}.abo", "a") as f:  # CPU per wall second 1 / (2 x WALL_PER_CPU)
-            f.write(f"\n+Overall time at end (sec) : cpu= {seconds:.1f}  wall= {2 * 1.06 * seconds:.1f}\n")
-        return seconds
-
-    monkeypatch.setattr(dft_abinit, "run_step", loaded)
+    _record_run_times(monkeypatch, lambda name, step: 2.0)
     _carry_direction_1(out.parent / "partial" / "big", times=(200.0, 200.0, 300.0))
     messages = []
     run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=AbinitSettings(ecut_Ha=12.0),
@@ -1083,16 +1091,7 @@ def test_a_structure_paused_under_load_resumes_in_the_same_call_when_the_load_is
         return 300.0 if kind == "gs" else 1.0
 
     calls, _ = _fake_steps(monkeypatch, now, cost=cost)
-    unloaded = dft_abinit.run_step
-
-    def timed(directory, step, *args, **kwargs):  # CPU and wall seconds as ABINIT's .abo has them
-        seconds = unloaded(directory, step, *args, **kwargs)
-        wall = 2 * 1.06 * seconds if (directory.name, step) == ("big", "gs") else seconds
-        with open(directory / f"{step}.abo", "a") as f:
-            f.write(f"\n+Overall time at end (sec) : cpu= {seconds:.1f}  wall= {wall:.1f}\n")
-        return seconds
-
-    monkeypatch.setattr(dft_abinit, "run_step", timed)
+    _record_run_times(monkeypatch, lambda name, step: 2.0 if (name, step) == ("big", "gs") else 1.0)
     _carry_direction_1(out.parent / "partial" / "big", times=(200.0, 1000.0, 300.0))
     messages = []
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=AbinitSettings(ecut_Ha=12.0),
