@@ -505,6 +505,39 @@ def _log_row(atoms, calc, analyzer, cfg, s1, t_target, n_fu, fix_com) -> list[fl
     ]
 
 
+def _window_tilt(
+    data: dict[str, np.ndarray], kind: str, sel: np.ndarray
+) -> tuple[list[float], float]:
+    """Window-mean tilt per axis and the RMS length of the tilt vector over the window's rows.
+
+    The mean keeps the sign, so it classifies an ordered tilt pattern; the RMS,
+    ``sqrt(<Σ_axis θ_axis²>)`` over the logged rows, is the tilt amplitude whatever its axis or
+    sign (NaN components, axes the cell cannot hold, count as zero; NaN when none is finite).
+    """
+    comps = np.stack([data[f"{kind}{x}_deg"][sel] for x in "xyz"], axis=1)
+    finite = np.isfinite(comps)
+    mean = [
+        float(np.mean(comps[finite[:, j], j])) if finite[:, j].any() else float("nan")
+        for j in range(3)
+    ]
+    if not finite.any():
+        return mean, float("nan")
+    length2 = np.sum(np.where(finite, comps, 0.0) ** 2, axis=1)
+    return mean, float(np.sqrt(np.mean(length2)))
+
+
+def _tilt_order(mean: list[float], rms: float) -> float:
+    """``|<θ>| / RMS``: length of the window-mean tilt vector over its RMS length.
+
+    Near 1 for an ordered tilt of any pattern (a−a−a− too); towards 0 when the axis or the
+    sign of the tilt changes within the window (axis hopping, domains, or the thermal tilt
+    fluctuations of a dynamically disordered phase).  NaN without a finite, nonzero RMS.
+    """
+    if not np.isfinite(rms) or rms == 0.0:
+        return float("nan")
+    return float(np.sqrt(np.nansum(np.square(mean)))) / rms
+
+
 def analyze_heating(
     out: str,
     config: HeatingConfig,
@@ -522,7 +555,11 @@ def analyze_heating(
     -------
     dict
         ``windows`` (per window: ``temperature_K``, ``n_log``, ``n_averaged``, ``a_p_A``, ``b_p_A``,
-        ``c_p_A``, ``v_per_fu_A3``, ``M_deg``, ``R_deg``, ``glazer``, ``phase``,
+        ``c_p_A``, ``v_per_fu_A3``, ``M_deg``, ``R_deg`` (window means per axis),
+        ``M_rms_deg``, ``R_rms_deg`` (RMS tilt-vector length over the window, any axis or sign),
+        ``M_order``, ``R_order`` (``|<θ>|``/RMS: 1 ordered, towards 0 when the tilt's axis or
+        sign changes within the window), ``disordered_tilts`` (``"M"``/``"R"`` when that tilt is
+        present, RMS above the threshold, but its order is under 0.5), ``glazer``, ``phase``,
         ``spglib_symbol``/``spglib_number`` of the time-averaged structure, or ``None``),
         ``transitions`` (phase changes between windows), ``M_vanishes_K``/``R_vanishes_K``
         (where the in-/out-of-phase tilts disappear), ``experimental_transitions_K``,
@@ -560,18 +597,8 @@ def analyze_heating(
         sel = ramp & (t_log >= a) & ((t_log <= b) if last else (t_log < b))
         if not np.any(sel):
             continue
-        m = [
-            float(np.nanmean(data[f"M{x}_deg"][sel]))
-            if np.any(np.isfinite(data[f"M{x}_deg"][sel]))
-            else float("nan")
-            for x in "xyz"
-        ]
-        r = [
-            float(np.nanmean(data[f"R{x}_deg"][sel]))
-            if np.any(np.isfinite(data[f"R{x}_deg"][sel]))
-            else float("nan")
-            for x in "xyz"
-        ]
+        m, m_rms = _window_tilt(data, "M", sel)
+        r, r_rms = _window_tilt(data, "R", sel)
         cls = classify_tilts(m, r, threshold_deg=cfg.tilt_threshold_deg)
         w = {
             "temperature_K": float(np.mean(t_log[sel])),
@@ -584,6 +611,16 @@ def analyze_heating(
             "pressure_GPa": float(np.mean(data["pressure_GPa"][sel])),
             "M_deg": m,
             "R_deg": r,
+            "M_rms_deg": m_rms,
+            "R_rms_deg": r_rms,
+            "M_order": _tilt_order(m, m_rms),
+            "R_order": _tilt_order(r, r_rms),
+            # present (RMS above the threshold) but under half ordered: the label understates it
+            "disordered_tilts": [
+                kind
+                for kind, mean, rms in (("M", m, m_rms), ("R", r, r_rms))
+                if rms > cfg.tilt_threshold_deg and _tilt_order(mean, rms) < 0.5
+            ],
             "glazer": cls["glazer"],
             "phase": cls["phase"],
             "space_group_number": cls["space_group_number"],
@@ -631,7 +668,7 @@ def analyze_heating(
     lines = [
         (
             "temperature_K,n_log,n_averaged,a_p_A,b_p_A,c_p_A,v_per_fu_A3,Mx_deg,My_deg,Mz_deg,Rx_deg,Ry_deg,"
-            "Rz_deg,glazer,phase,spglib_symbol"
+            "Rz_deg,M_rms_deg,R_rms_deg,M_order,R_order,glazer,phase,spglib_symbol"
         )
     ]
     for w in windows:
@@ -648,6 +685,10 @@ def analyze_heating(
                     w["v_per_fu_A3"],
                     *w["M_deg"],
                     *w["R_deg"],
+                    w["M_rms_deg"],
+                    w["R_rms_deg"],
+                    w["M_order"],
+                    w["R_order"],
                     w["glazer"],
                     w["phase"],
                     w["spglib_symbol"],
@@ -671,15 +712,25 @@ def format_heating_report(result: dict[str, Any]) -> str:
         )
     ]
     out.append(
-        "  T (K)   a_p     b_p     c_p  (Å)  |M|max  |R|max (deg)  Glazer   phase   spglib(avg)"
+        "  T (K)   a_p     b_p     c_p  (Å)  |M|max |R|max  M rms R rms  M ord R ord  Glazer   phase"
+        "   spglib(avg)"
     )
+    nan = float("nan")
     for w in result["windows"]:
-        mm = np.nanmax(np.abs(w["M_deg"])) if np.any(np.isfinite(w["M_deg"])) else float("nan")
-        rr = np.nanmax(np.abs(w["R_deg"])) if np.any(np.isfinite(w["R_deg"])) else float("nan")
+        mm = np.nanmax(np.abs(w["M_deg"])) if np.any(np.isfinite(w["M_deg"])) else nan
+        rr = np.nanmax(np.abs(w["R_deg"])) if np.any(np.isfinite(w["R_deg"])) else nan
+        # heat_phases.json files of older versions have no RMS/order columns
+        rms = [w.get(k, nan) for k in ("M_rms_deg", "R_rms_deg", "M_order", "R_order")]
         out.append(
             f"  {w['temperature_K']:6.0f}  {w['a_p_A']:.4f}  {w['b_p_A']:.4f}  {w['c_p_A']:.4f}  "
-            f"{mm:6.2f}  {rr:6.2f}        {w['glazer']:8s} {w['phase']:7s} {w['spglib_symbol'] or '-'}"
+            f"{mm:6.2f} {rr:6.2f}  {rms[0]:5.2f} {rms[1]:5.2f}  {rms[2]:5.2f} {rms[3]:5.2f}"
+            f"  {w['glazer']:8s} {w['phase']:7s} {w['spglib_symbol'] or '-'}"
         )
+    out.append(
+        "  |M|max, |R|max: largest window-mean tilt; rms: RMS tilt-vector length (degrees); ord ="
+        "\n  |mean| / rms (1: ordered; towards 0: the axis or sign changes within the window, "
+        "and the\n  label from the window means understates the tilt)"
+    )
     if result["transitions"]:
         for tr in result["transitions"]:
             out.append(f"  transition {tr['from']} -> {tr['to']} at ~{tr['temperature_K']:.0f} K")

@@ -349,3 +349,65 @@ def test_heating_logs_the_ionic_polarization_along_the_field(tmp_path):
     pz = log["Pz_C_per_m2"]
     assert np.mean(pz) > 0.1
     assert np.mean(pz) > 5 * max(abs(np.mean(log["Px_C_per_m2"])), abs(np.mean(log["Py_C_per_m2"])))
+
+
+def _synthetic_heat_log(path, m_y, r_x, r_z):
+    """A heat_log.csv of 40 rows, 300 -> 700 K, with the given tilt columns (degrees)."""
+    from ase_born.workflows.heating import LOG_COLUMNS
+    from ase_born.workflows.rundir import CsvLog
+
+    n = len(m_y)
+    steps = np.arange(1, n + 1) * 10
+    cols = {c: np.zeros(n) for c in LOG_COLUMNS}
+    cols.update(step=steps, time_ps=steps * 2e-3, temperature_target_K=300.0 + 400.0 * steps / steps[-1])
+    cols["temperature_K"] = cols["temperature_target_K"]
+    for c in ("a_p_A", "b_p_A", "c_p_A"):
+        cols[c] = np.full(n, 3.85)
+    cols["v_per_fu_A3"] = np.full(n, 3.85**3)
+    cols.update(My_deg=np.asarray(m_y, float), Rx_deg=np.asarray(r_x, float), Rz_deg=np.asarray(r_z, float))
+    cols["Mz_deg"] = np.full(n, np.nan)  # an axis the cell cannot hold: ignored, not zero-filled
+    with open(path, "w") as fh:
+        log = CsvLog(fh, LOG_COLUMNS, write_header=True)
+        for i in range(n):
+            log.write([cols[c][i] for c in LOG_COLUMNS])
+
+
+def test_heating_windows_flag_tilts_whose_sign_flips_within_a_window(tmp_path):
+    """Window means classify an ordered pattern; the RMS keeps the amplitude of a flipping tilt.
+
+    300-500 K: a−b+a− (M +8° about y, R 6° about x and z) → Pnma, nothing flagged. 500-700 K:
+    the in-phase tilt flips sign every row (domains / hopping): its window mean vanishes (label
+    a−b0a−, Imma), its RMS stays 8°, its order |mean|/RMS drops to ~0, and the window is flagged.
+    """
+    import ase.io
+
+    from ase_born.workflows.heating import HeatingConfig, analyze_heating, format_heating_report
+    from ase_born.workflows.rundir import read_csv
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.1, size=(3, 40))
+    m_y = np.where(np.arange(40) < 20, 8.0, 8.0 * (-1.0) ** np.arange(40)) + noise[0]
+    _synthetic_heat_log(tmp_path / "heat_log.csv", m_y, 6.0 + noise[1], -6.0 + noise[2])
+    ase.io.write(tmp_path / "reference.extxyz", pnma_catio3(), format="extxyz")
+    cfg = HeatingConfig(supercell=(1, 1, 1), temperatures_K=(300.0, 700.0), ramp_steps=400,
+                        equilibration_steps=0, log_every=10, window_K=200.0)
+    res = analyze_heating(str(tmp_path), cfg)
+    low, high = res["windows"]
+    assert (low["n_log"], high["n_log"]) == (19, 21)  # the row at exactly 500 K opens window 2
+    assert low["phase"] == "Pnma" and low["disordered_tilts"] == []
+    assert high["phase"] == "Imma" and high["disordered_tilts"] == ["M"]
+    assert abs(high["M_deg"][1]) < 1.0  # the mean of a flipping tilt
+    for w in (low, high):
+        assert w["M_rms_deg"] == pytest.approx(8.0, abs=0.1)  # NaN Mz ignored
+        assert w["R_rms_deg"] == pytest.approx(np.hypot(6.0, 6.0), abs=0.1)
+        assert np.isnan(w["M_deg"][2])
+    csv = read_csv(tmp_path / "heat_windows.csv")
+    np.testing.assert_allclose(csv["M_rms_deg"], [low["M_rms_deg"], high["M_rms_deg"]])
+    text = format_heating_report(res)
+    assert low["M_order"] > 0.95 and low["R_order"] > 0.95
+    assert high["M_order"] < 0.1 and high["R_order"] > 0.95
+    rows = [line.split() for line in text.splitlines()[2:4]]  # after the title and header
+    # ..., M ord, R ord, Glazer, phase, spglib of the averaged structure
+    assert rows[0][-3:-1] == ["a-b+a-", "Pnma"] and float(rows[0][-5]) > 0.95
+    assert rows[1][-3:-1] == ["a-b0a-", "Imma"] and float(rows[1][-5]) < 0.1
+    assert "axis or sign changes" in text
