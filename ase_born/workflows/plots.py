@@ -135,16 +135,24 @@ def plot_heating(
                     lw=0.6,
                     label=f"|{comp}| about pseudo-cubic {_AX[i]}",
                 )
+    # per window the RMS tilt-vector length: the amplitude whatever the axis (older analyses
+    # have none)
+    for comp, marker in (("M", "o-"), ("R", "s--")):
+        pts = [(w["temperature_K"], w[f"{comp}_rms_deg"]) for w in win if f"{comp}_rms_deg" in w]
+        if pts:
+            ax2.plot(*zip(*pts), marker, color="k", ms=3, lw=1.0, label=f"{comp} RMS per window")
     thr = analysis.get("tilt_threshold_deg")
     if thr is not None:
         ax2.axhline(thr, color="0.5", lw=0.6)
     ax2.set_xlabel("T (K)")
     ax2.set_ylabel("tilt amplitude (deg)")
     ax2.legend(fontsize=7, ncol=2)
+    transitions = analysis.get("transitions", [])
     phases = ", ".join(
-        f"{tr['from']}→{tr['to']} {tr['temperature_K']:.0f} K"
-        for tr in analysis.get("transitions", [])
+        f"{tr['from']}→{tr['to']} {tr['temperature_K']:.0f} K" for tr in transitions[:2]
     )
+    if len(transitions) > 2:  # a title that fits the figure; all of them in heat_phases.json
+        phases += f"\nand {len(transitions) - 2} more phase changes (heat_phases.json)"
     ax.set_title(
         f"Heating run, {analysis.get('n_atoms', '?')} atoms" + (f"; {phases}" if phases else ""),
         fontsize=9,
