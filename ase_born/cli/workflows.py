@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _common(p, "runs/heat")
     p.add_argument(
-        "--temperatures", help="ramp START:END in K, e.g. 300:1800 (one value: isothermal)"
+        "--temperatures", help="ramp START:END in K, e.g. 300:1800 (1800:300 cools; one value: isothermal)"
     )
     p.add_argument("--heating-rate-K-per-ps", type=float, help="heating rate (overrides --steps)")
     p.add_argument("--steps", type=int, help="steps of the ramp (default 3000)")

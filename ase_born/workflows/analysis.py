@@ -511,7 +511,8 @@ def estimate_transitions(
     Parameters
     ----------
     temperatures_K : sequence of float
-        Window centres (increasing).
+        Window centres in the order the run visited them (increasing for heating, decreasing
+        for cooling): each entry goes ``from`` the earlier phase ``to`` the later one.
     phases : sequence of str
         Phase label of each window.
 

@@ -9,6 +9,8 @@ Protocol (:func:`run_heating`)
    choice of ASE's ``LangevinBAOAB``): ``equilibration_steps`` at the first temperature, then a
    linear ramp to the last one over ``ramp_steps`` (or at ``heating_rate_K_per_ps``), with an
    optional constant field (its stress enters the barostat through the calculator's stress).
+   A ramp down (cooling, e.g. for hysteresis against a heating run) works the same way; its
+   phase changes are reported in the order the run met them.
 3. Every ``log_every`` steps ``heat_log.csv`` gets: target and kinetic T, pressure and stress
    (GPa), cell lengths and angles, pseudo-cubic lattice parameters ``a_p, b_p, c_p`` (Pnma:
    ``a/√2, b/2, c/√2`` per 20-atom cell), volume per formula unit, the in-phase (M3+) and
@@ -561,7 +563,10 @@ def analyze_heating(
         sign changes within the window), ``disordered_tilts`` (``"M"``/``"R"`` when that tilt is
         present, RMS above the threshold, but its order is under 0.5), ``glazer``, ``phase``,
         ``spglib_symbol``/``spglib_number`` of the time-averaged structure, or ``None``),
-        ``transitions`` (phase changes between windows), ``M_vanishes_K``/``R_vanishes_K``
+        ``ramp`` (``"heating"``, ``"cooling"`` or ``"isothermal"``), ``transitions`` (phase
+        changes between windows, in the order the run met them: from high to low temperature
+        in a cooling run; ``windows`` are always by increasing temperature),
+        ``M_vanishes_K``/``R_vanishes_K``
         (where the in-/out-of-phase tilts disappear), ``experimental_transitions_K``,
         ``axis_names``, ``n_atoms``.
     """
@@ -648,8 +653,13 @@ def analyze_heating(
     r_amp = [
         np.nanmax(np.abs(w["R_deg"])) if np.any(np.isfinite(w["R_deg"])) else 0.0 for w in windows
     ]
+    t_first, t_last = cfg.temperatures_K[0], cfg.temperatures_K[-1]
+    ramp_kind = "heating" if t_last > t_first else "cooling" if t_last < t_first else "isothermal"
+    # phase changes in the order the run met them (a cooling run goes down the windows)
+    visited = windows[::-1] if ramp_kind == "cooling" else windows
     result = {
         "workflow": "heat",
+        "ramp": ramp_kind,
         "n_atoms": len(reference),
         "supercell": list(cfg.supercell),
         "axis_names": [n.split(" ")[0] + "_p" for n in AXIS_NAMES],
@@ -660,7 +670,9 @@ def analyze_heating(
         "tilt_threshold_deg": cfg.tilt_threshold_deg,
         "symprec": cfg.symprec,
         "windows": windows,
-        "transitions": estimate_transitions(temps, [w["phase"] for w in windows]),
+        "transitions": estimate_transitions(
+            [w["temperature_K"] for w in visited], [w["phase"] for w in visited]
+        ),
         "M_vanishes_K": order_parameter_vanishing(temps, m_amp, cfg.tilt_threshold_deg),
         "R_vanishes_K": order_parameter_vanishing(temps, r_amp, cfg.tilt_threshold_deg),
         "experimental_transitions_K": EXPERIMENTAL_TRANSITIONS_K,
@@ -705,9 +717,10 @@ def analyze_heating(
 
 def format_heating_report(result: dict[str, Any]) -> str:
     """Text summary: phases per window and transition estimates."""
+    kind = {"cooling": "Cooling", "isothermal": "Isothermal"}.get(result.get("ramp"), "Heating")
     out = [
         (
-            f"Heating run, {result['n_atoms']} atoms, supercell {tuple(result['supercell'])}, "
+            f"{kind} run, {result['n_atoms']} atoms, supercell {tuple(result['supercell'])}, "
             f"{result['heating_rate_K_per_ps']:.3g} K/ps"
         )
     ]

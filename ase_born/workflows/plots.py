@@ -154,7 +154,8 @@ def plot_heating(
     if len(transitions) > 2:  # a title that fits the figure; all of them in heat_phases.json
         phases += f"\nand {len(transitions) - 2} more phase changes (heat_phases.json)"
     ax.set_title(
-        f"Heating run, {analysis.get('n_atoms', '?')} atoms" + (f"; {phases}" if phases else ""),
+        f"{analysis.get('ramp', 'heating').capitalize()} run, {analysis.get('n_atoms', '?')} atoms"
+        + (f"; {phases}" if phases else ""),
         fontsize=9,
     )
     fig.savefig(path, dpi=120)

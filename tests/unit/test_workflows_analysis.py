@@ -351,15 +351,16 @@ def test_heating_logs_the_ionic_polarization_along_the_field(tmp_path):
     assert np.mean(pz) > 5 * max(abs(np.mean(log["Px_C_per_m2"])), abs(np.mean(log["Py_C_per_m2"])))
 
 
-def _synthetic_heat_log(path, m_y, r_x, r_z):
-    """A heat_log.csv of 40 rows, 300 -> 700 K, with the given tilt columns (degrees)."""
+def _synthetic_heat_log(path, m_y, r_x, r_z, t_start=300.0, t_end=700.0):
+    """A heat_log.csv of len(m_y) rows, a ramp t_start -> t_end, with the given tilt columns (°)."""
     from ase_born.workflows.heating import LOG_COLUMNS
     from ase_born.workflows.rundir import CsvLog
 
     n = len(m_y)
     steps = np.arange(1, n + 1) * 10
     cols = {c: np.zeros(n) for c in LOG_COLUMNS}
-    cols.update(step=steps, time_ps=steps * 2e-3, temperature_target_K=300.0 + 400.0 * steps / steps[-1])
+    target = t_start + (t_end - t_start) * steps / steps[-1]
+    cols.update(step=steps, time_ps=steps * 2e-3, temperature_target_K=target)
     cols["temperature_K"] = cols["temperature_target_K"]
     for c in ("a_p_A", "b_p_A", "c_p_A"):
         cols[c] = np.full(n, 3.85)
@@ -411,3 +412,31 @@ def test_heating_windows_flag_tilts_whose_sign_flips_within_a_window(tmp_path):
     assert rows[0][-3:-1] == ["a-b+a-", "Pnma"] and float(rows[0][-5]) > 0.95
     assert rows[1][-3:-1] == ["a-b0a-", "Imma"] and float(rows[1][-5]) < 0.1
     assert "axis or sign changes" in text
+
+
+def test_a_cooling_run_reports_its_phase_changes_from_high_to_low_temperature(tmp_path):
+    """700 -> 300 K: I4/mcm (a0a0c−, R about z only) first, Pnma (a−b+a−) below 500 K.
+
+    The windows stay in increasing temperature; the transition reads I4/mcm -> Pnma, the
+    order the run met them (a heating-order report would say Pnma -> I4/mcm).
+    """
+    import ase.io
+
+    from ase_born.workflows.heating import HeatingConfig, analyze_heating, format_heating_report
+
+    first = np.arange(40) < 20  # the hot half of the run
+    m_y = np.where(first, 0.0, 8.0)
+    _synthetic_heat_log(tmp_path / "heat_log.csv", m_y, np.where(first, 0.0, 6.0), np.full(40, 6.0),
+                        t_start=700.0, t_end=300.0)
+    ase.io.write(tmp_path / "reference.extxyz", pnma_catio3(), format="extxyz")
+    cfg = HeatingConfig(supercell=(1, 1, 1), temperatures_K=(700.0, 300.0), ramp_steps=400,
+                        equilibration_steps=0, log_every=10, window_K=200.0)
+    res = analyze_heating(str(tmp_path), cfg)
+    assert res["ramp"] == "cooling"
+    assert [w["phase"] for w in res["windows"]] == ["Pnma", "I4/mcm"]  # by increasing T
+    assert [(t["from"], t["to"]) for t in res["transitions"]] == [("I4/mcm", "Pnma")]
+    assert res["transitions"][0]["temperature_K"] == pytest.approx(500.0, abs=15.0)
+    # the in-phase tilt is above the threshold below 500 K only: it vanishes above ~500 K
+    assert res["M_vanishes_K"] == pytest.approx(500.0, abs=15.0) and res["R_vanishes_K"] is None
+    text = format_heating_report(res)
+    assert text.startswith("Cooling run") and "transition I4/mcm -> Pnma at ~" in text
