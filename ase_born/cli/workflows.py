@@ -73,7 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--traj-every", type=int, help="steps between trajectory frames (default 100)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     p.add_argument(
-        "--window-K", type=float, help="temperature window of the phase analysis (default 50)"
+        "--window-K",
+        type=float,
+        help="largest temperature window of the phase analysis; the ramp is split evenly "
+        "(default 50)",
     )
     p.add_argument(
         "--tilt-threshold-deg", type=float, help="tilt amplitude counted as tilted (default 2)"

@@ -18,7 +18,8 @@ Protocol (:func:`run_heating`)
    (:class:`~ase_born.workflows.analysis.TiltAnalyzer`), the ionic polarization (C/m²) and the
    energy.  Every ``traj_every`` steps a frame goes to ``trajectory.extxyz``.
 4. Analysis (:func:`analyze_heating`, also callable on a finished or partial directory):
-   temperature windows of ``window_K``; per window the mean lattice parameters, the mean
+   temperature windows of at most ``window_K`` (the ramp's range split evenly: 300 → 1800 K
+   with 200 K gives eight windows of 187.5 K); per window the mean lattice parameters, the mean
    signed tilt amplitudes → Glazer pattern and phase (:func:`~.analysis.classify_tilts`), and
    the spglib space group of the window's time-averaged structure (accumulated at every logged step);
    transition temperatures where the phase changes, and where the M and R amplitudes vanish.
@@ -249,7 +250,11 @@ PAPER_PRESET = {
 
 
 def window_edges(cfg: HeatingConfig) -> np.ndarray:
-    """Edges (K) of the analysis windows over the ramp (one window for an isothermal run)."""
+    """Edges (K) of the analysis windows over the ramp (one window for an isothermal run).
+
+    The range is split into ``ceil(range / window_K)`` equal windows, none wider than
+    ``window_K``.
+    """
     t0, t1 = cfg.temperatures_K[0], cfg.temperatures_K[-1]
     lo, hi = min(t0, t1), max(t0, t1)
     if hi > lo:
