@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "refused when EXTXYZ already holds conv_cubic")
     pc.set_defaults(func=_converge)
 
-    ps = dsub.add_parser("status", help="summarise what exists")
+    ps = dsub.add_parser("status", help="summarise what exists: counts and costs per kind, carried "
+                          "directions, whether a pipeline runs, the steps of each started structure")
     ps.add_argument("plan", nargs="?", default=DEFAULT_PLAN)
     _common(ps)
     ps.add_argument("--json", action="store_true", help="print JSON")

@@ -193,6 +193,39 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # also releases the lock
 
 
+def lock_holder(workdir: str | os.PathLike) -> str | None:
+    """Who holds ``<workdir>/run.lock`` (the line its holder wrote), or ``None`` when no
+    pipeline runs on ``workdir``.  Probes with a shared lock, released at once."""
+    path = Path(workdir) / LOCK_NAME
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 300, 0).decode(errors="replace").strip() or "PID not recorded yet"
+        return None
+    finally:
+        os.close(fd)
+
+
+def run_progress(directory: Path) -> dict:
+    """Steps of an unfinished structure's run directory: ``done_steps`` (``<step>.done``
+    markers, in the order they finished) and ``open_step``, the step started last that has
+    no marker (running now or interrupted; ``None`` if every started step finished), with
+    ``open_since`` (its input's time, ``YYYY-mm-dd HH:MM`` local)."""
+    markers = sorted(directory.glob("*.done"), key=lambda f: f.stat().st_mtime)
+    started = [f for f in directory.glob("*.abi") if not (directory / f"{f.stem}.done").is_file()]
+    last = max(started, key=lambda f: f.stat().st_mtime, default=None)
+    return {
+        "done_steps": [f.stem for f in markers],
+        "open_step": last.stem if last is not None else None,
+        "open_since": (time.strftime("%Y-%m-%d %H:%M", time.localtime(last.stat().st_mtime))
+                       if last is not None else None),
+    }
+
+
 @contextlib.contextmanager
 def _output_lock(output: Path) -> Iterator[None]:
     """Exclusive ``flock`` on the directory of ``output``: serialises the check-then-append
@@ -1269,6 +1302,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     cpu: dict[str, list[float]] = defaultdict(list)
     wall: dict[str, list[float]] = defaultdict(list)
     model = CostModel(ranks=2)  # the rates the scheduler uses (idle-machine cost on 2 ranks)
+    started: dict[str, dict] = {}
     for a in plan:
         sid, kind = a.info["structure_id"], str(a.info.get("kind"))
         rows[kind]["planned"] += 1
@@ -1288,6 +1322,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
             rows[kind]["failed"] += 1
         elif (Path(workdir) / sid / "gs.done").is_file() or (Path(workdir) / sid / "gs.abi").is_file():
             rows[kind]["in_progress"] += 1
+            started[sid] = run_progress(Path(workdir) / sid)
     summary = {
         kind: {
             **dict(c),
@@ -1329,6 +1364,8 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
                      for k, v in failures.items()},
         "partial": partial,
         "kept_ground_state": kept_gs,
+        "started": started,  # run_progress of each started, unfinished structure
+        "running": lock_holder(workdir),  # the pipeline holding the work directory, or None
     }
 
 
@@ -1364,3 +1401,13 @@ def print_status(st: dict, file=sys.stdout) -> None:
         print(f"carried over: {sid}, field directions {dirs} of 3 finished", file=file)
     if st.get("kept_ground_state"):
         print(f"ground state kept in {st['workdir']} (no GS to redo): {', '.join(st['kept_ground_state'])}", file=file)
+    running = st.get("running")
+    print(f"pipeline: {'running (' + running + ')' if running else 'not running'}", file=file)
+    for sid, prog in st.get("started", {}).items():
+        done = ", ".join(prog["done_steps"]) or "none"
+        if prog["open_step"]:
+            state = "running" if running else "interrupted"
+            now = f"; {prog['open_step']} started {prog['open_since']} ({state})"
+        else:
+            now = ""
+        print(f"started {sid}: steps done {done}{now}", file=file)

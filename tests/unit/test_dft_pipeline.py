@@ -36,6 +36,7 @@ from ase_born.dft.pipeline import (
     step_load,
     structure_settings,
     work_units,
+    workdir_lock,
 )
 from ase_born.dft.sampler import (
     einstein_sigma,
@@ -701,6 +702,38 @@ def test_status_lists_carried_directions(tmp_path):
     assert status(plan, out, tmp_path / "runs")["partial"] == {}
     (carry / "settings.json").write_text(json.dumps(AbinitSettings(ecut_Ha=40.0, nstep=99).to_dict()))
     assert status(plan, out, tmp_path / "runs")["partial"] == {"s1": [2]}  # tolerances do not count
+
+
+def test_status_shows_the_steps_of_started_structures_and_whether_a_pipeline_runs(tmp_path):
+    """A started structure lists its finished steps (in the order they finished) and the step
+    started last without a marker: running while a pipeline holds the work directory's lock,
+    interrupted otherwise."""
+    plan = _fake_plan(tmp_path, n=2)
+    runs = tmp_path / "runs"
+    run = runs / "s1"
+    run.mkdir(parents=True)
+    for k, name in enumerate(("gs.abi", "gs.done", "ddk1.abi", "ddk1.done", "efield1.abi")):
+        (run / name).write_text("x")
+        os.utime(run / name, (1.8e9 + 60 * k, 1.8e9 + 60 * k))
+    st = status(plan, tmp_path / "data.xyz", runs)
+    assert list(st["started"]) == ["s1"] and st["kinds"]["tilt10"]["in_progress"] == 1
+    prog = st["started"]["s1"]
+    assert prog["done_steps"] == ["gs", "ddk1"] and prog["open_step"] == "efield1"
+    assert prog["open_since"] == time.strftime("%Y-%m-%d %H:%M", time.localtime(1.8e9 + 240))
+    assert st["running"] is None
+    buf = io.StringIO()
+    print_status(st, buf)
+    assert "pipeline: not running" in buf.getvalue()
+    assert "started s1: steps done gs, ddk1; efield1 started " in buf.getvalue()
+    assert buf.getvalue().rstrip().endswith("(interrupted)")
+    with workdir_lock(runs):
+        st = status(plan, tmp_path / "data.xyz", runs)
+        assert st["running"].startswith(f"PID {os.getpid()} on ")
+        buf = io.StringIO()
+        print_status(st, buf)
+        assert buf.getvalue().rstrip().endswith("(running)")
+    (run / "efield1.done").write_text("x")  # every started step finished: nothing open
+    assert status(plan, tmp_path / "data.xyz", runs)["started"]["s1"]["open_step"] is None
 
 
 def test_status_cost_per_kind(tmp_path):
