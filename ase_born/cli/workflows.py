@@ -33,7 +33,9 @@ quick look). Paper-sized (--paper, GPU): 640-atom (4,2,4) cell, 300 -> 1800 K at
 Supercell axes (Pnma setting): a (x) = sqrt2 a_p, b (y, long axis) = 2 a_p, c (z) = sqrt2 a_p.
 Any ABX3 perovskite (B and X from the composition, e.g. CaZrO3 via --structure).
 Resume: run the same command again (same --out); a finished run is analysed again when only
---tilt-threshold-deg / --symprec change. One process per --out at a time."""
+--tilt-threshold-deg / --symprec change. One process per --out at a time.
+Analysis alone (finished or running run, other windows): ase-born heat --analyze --out DIR
+[--window-K 100]."""
 
 _EPILOG_PE = """\
 Default: 20-atom relaxed Pnma cell, fields 0 ... 1e8 V/m in 1e7 V/m steps along x, y, z (seed
@@ -83,6 +85,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--symprec", type=float, help="spglib tolerance for averaged structures, Å (default 0.1)"
+    )
+    p.add_argument(
+        "--analyze",
+        action="store_true",
+        help="analyse the run in --out again, finished or partial (also while it runs), without "
+        "MD or models: its own settings, with --window-K / --tilt-threshold-deg / --symprec if "
+        "given; other options are refused",
     )
     p.set_defaults(func=_heat)
 
@@ -384,8 +393,43 @@ def _run_workflow(
 
 
 # ---------------------------------------------------------------------------- commands
+#: ``heat --analyze`` options: where the run is and how to analyse it (any other option given
+#: would be a new run's setting, silently unused)
+_ANALYSIS_OPTIONS = ("out", "window_K", "tilt_threshold_deg", "symprec", "analyze", "no_progress")
+
+
+def _analyze_heating(a: argparse.Namespace) -> int:
+    """``heat --analyze``: the analysis of the run in ``--out`` again, no MD."""
+    from ase_born.cli.main import build_parser
+    from ase_born.workflows.heating import (
+        analyze_heating,
+        format_heating_report,
+        stored_heating_config,
+    )
+
+    defaults = vars(build_parser().parse_args(["heat"]))
+    given = sorted(
+        "--" + k.replace("_", "-")
+        for k, v in vars(a).items()
+        if k not in _ANALYSIS_OPTIONS and k in defaults and v != defaults[k]
+    )
+    if given:
+        raise ValueError(
+            f"--analyze analyses the run in --out with its own settings; {', '.join(given)} "
+            "would change the run, not its analysis (only --window-K, --tilt-threshold-deg, "
+            "--symprec apply)"
+        )
+    over = {k: getattr(a, k) for k in ("window_K", "tilt_threshold_deg", "symprec")}
+    cfg = stored_heating_config(a.out).replace(**{k: v for k, v in over.items() if v is not None})
+    print(format_heating_report(analyze_heating(a.out, cfg)))
+    print(f"outputs in {a.out}: heat_windows.csv, heat_phases.json, heat.png")
+    return 0
+
+
 def _heat(args: argparse.Namespace) -> int:
     def body(a: argparse.Namespace) -> int:
+        if a.analyze:
+            return _analyze_heating(a)
         from ase_born.conventions import field_from_V_per_m
         from ase_born.workflows.common import field_vector
         from ase_born.workflows.heating import (

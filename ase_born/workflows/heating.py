@@ -720,6 +720,30 @@ def analyze_heating(
     return result
 
 
+def stored_heating_config(out: str | Path) -> HeatingConfig:
+    """The :class:`HeatingConfig` a heating run in ``out`` was started with (its
+    ``settings.json``), e.g. to analyse it again (:func:`analyze_heating`) with other windows.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``out`` holds no ``settings.json``.
+    ValueError
+        It is the settings file of another workflow.
+    """
+    import json
+
+    from ase_born.workflows.rundir import SETTINGS_FILE
+
+    path = Path(out) / SETTINGS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: no heating run in {out}")
+    stored = json.loads(path.read_text())
+    if stored.get("workflow") != "heat":
+        raise ValueError(f"{out} holds a {stored.get('workflow')!r} run, not a heating run")
+    return HeatingConfig(**stored["settings"]["config"])
+
+
 def format_heating_report(result: dict[str, Any]) -> str:
     """Text summary: phases per window and transition estimates."""
     kind = {"cooling": "Cooling", "isothermal": "Isothermal"}.get(result.get("ramp"), "Heating")
@@ -768,4 +792,5 @@ __all__ = [
     "analyze_heating",
     "format_heating_report",
     "run_heating",
+    "stored_heating_config",
 ]

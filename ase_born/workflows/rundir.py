@@ -179,10 +179,15 @@ def format_value(v: Any) -> str:
 
 
 def read_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a :class:`CsvLog` file into ``{column: float array}`` (non-numeric columns as str)."""
+    """Read a :class:`CsvLog` file into ``{column: float array}`` (non-numeric columns as str).
+
+    A last line without its newline is a row still being written (a run in progress, its
+    buffer flushed mid-line) or torn by a kill: it is left out (:class:`CsvLog` ends every
+    row with one).
+    """
     with open(path) as fh:
         header = fh.readline().strip().split(",")
-        rows = [line.rstrip("\n").split(",") for line in fh if line.strip()]
+        rows = [line.rstrip("\n").split(",") for line in fh if line.strip() and line.endswith("\n")]
     out: dict[str, np.ndarray] = {}
     for j, name in enumerate(header):
         col = [r[j] for r in rows]

@@ -233,6 +233,21 @@ def test_heat_end_to_end(tmp_path, capsys):
     assert [w["n_averaged"] for w in other["windows"]] == [0, 0, 0, 0]
     same = analyze_heating(str(out), cfg.replace(window_K=200.0))
     assert [w["n_averaged"] for w in same["windows"]] == [14, 16]
+    # `heat --analyze`: the same from the command line, the run's own settings (no MD, no
+    # models), analysis options only
+    capsys.readouterr()
+    assert main(["heat", "--analyze", "--out", str(out), "--window-K", "100"]) == 0
+    assert "Heating run, 20 atoms" in capsys.readouterr().out
+    res = json.loads((out / "heat_phases.json").read_text())
+    assert [w["range_K"] for w in res["windows"]] == [[300, 400], [400, 500], [500, 600], [600, 700]]
+    # analysis options not given come from settings.json, the run's start (2°), not from the
+    # 30° re-analysis above
+    assert res["tilt_threshold_deg"] == 2.0 and [w["phase"] for w in res["windows"]] == ["Pnma"] * 4
+    assert (out / "heat_log.csv").read_text().count("\n") == n_rows
+    assert main(["heat", "--analyze", "--out", str(out), "--steps", "10", "--dtype", "float32"]) == 1
+    assert "--dtype, --steps would change the run" in capsys.readouterr().err
+    assert main(["heat", "--analyze", "--out", str(tmp_path / "none")]) == 1
+    assert "no heating run" in capsys.readouterr().err
 
 
 def test_pe_curve_end_to_end(tmp_path, capsys):

@@ -389,3 +389,23 @@ def test_a_start_that_wrote_nothing_does_not_block_the_corrected_command(tmp_pat
     (tmp_path / "run" / "heat_log.csv").write_text("step\n")  # once it has written something
     with pytest.raises(IncompatibleSettingsError, match="born_model"):
         RunDirectory(tmp_path / "run", "heat", {"born_model": "BORN"})
+
+
+def test_read_csv_leaves_out_a_row_still_being_written(tmp_path):
+    """A run in progress (or killed mid-write) can leave a last row without its newline: the
+    reader skips it instead of failing on a short row, so a running or killed run can be
+    analysed."""
+    from ase_born.workflows.rundir import CsvLog
+
+    path = tmp_path / "log.csv"
+    with open(path, "w") as fh:
+        log = CsvLog(fh, ["step", "T_K", "phase"], write_header=True)
+        log.write([10, 300.5, "Pnma"])
+        log.write([20, 301.25, "Pnma"])
+        fh.write("30,30")  # torn: no third field, no newline
+    data = read_csv(path)
+    assert data["step"].tolist() == [10.0, 20.0] and data["T_K"].tolist() == [300.5, 301.25]
+    assert data["phase"].tolist() == ["Pnma", "Pnma"]
+    with open(path, "a") as fh:
+        fh.write("2.5,Pnma\n")  # the row completed: read in full
+    assert read_csv(path)["T_K"].tolist() == [300.5, 301.25, 302.5]
