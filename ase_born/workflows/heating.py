@@ -595,7 +595,14 @@ def analyze_heating(
     averaged: dict[tuple[float, float], Any] = {}
     wfile = path / "window_structures.extxyz"
     if wfile.exists() and wfile.stat().st_size:
-        for f in ase.io.read(wfile, index=":", format="extxyz"):
+        frames = ase.io.iread(wfile, index=":", format="extxyz")
+        while True:
+            try:
+                f = next(frames)
+            except StopIteration:
+                break
+            except (RuntimeError, ValueError, OSError):  # ASE's errors on a torn last frame
+                break  # (still being written by a running run, or cut by a kill)
             averaged[_range_key(*np.ravel(f.info["range_K"]))] = f
     t_log = data["temperature_target_K"]
     edges = window_edges(cfg)

@@ -440,3 +440,28 @@ def test_a_cooling_run_reports_its_phase_changes_from_high_to_low_temperature(tm
     assert res["M_vanishes_K"] == pytest.approx(500.0, abs=15.0) and res["R_vanishes_K"] is None
     text = format_heating_report(res)
     assert text.startswith("Cooling run") and "transition I4/mcm -> Pnma at ~" in text
+
+
+def test_a_running_heating_run_is_analysed_up_to_its_torn_last_rows(tmp_path):
+    """While the run writes (or after a kill mid-write) heat_log.csv and window_structures.extxyz
+    can end in a torn row / frame: the analysis uses what is whole."""
+    import ase.io
+
+    from ase_born.workflows.heating import HeatingConfig, analyze_heating
+
+    _synthetic_heat_log(tmp_path / "heat_log.csv", np.full(40, 8.0), np.full(40, 6.0), np.full(40, -6.0))
+    with open(tmp_path / "heat_log.csv", "a") as fh:
+        fh.write("410,0.82,7")  # a row being written
+    ref = pnma_catio3()
+    ase.io.write(tmp_path / "reference.extxyz", ref, format="extxyz")
+    avg = ref.copy()
+    avg.info.update(window=0, n_samples=19, range_K=[300.0, 500.0])
+    ase.io.write(tmp_path / "window_structures.extxyz", [avg, avg], format="extxyz")
+    text = (tmp_path / "window_structures.extxyz").read_text()
+    (tmp_path / "window_structures.extxyz").write_text(text[: len(text) // 2 + 200])  # 2nd torn
+    cfg = HeatingConfig(supercell=(1, 1, 1), temperatures_K=(300.0, 700.0), ramp_steps=400,
+                        equilibration_steps=0, log_every=10, window_K=200.0)
+    res = analyze_heating(str(tmp_path), cfg)
+    assert [w["n_log"] for w in res["windows"]] == [19, 21]
+    assert [w["n_averaged"] for w in res["windows"]] == [19, 0]
+    assert res["windows"][0]["spglib_number"] == 62  # the whole first frame: Pnma
