@@ -11,42 +11,8 @@ default).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
-
-from ase_born import physics
 from ase_born.workflows.pe_curve import PECurveConfig, format_pe_report, run_pe_curve
-from ase_born.workflows.standins import standin_born_model, standin_force_field
-
-
-class QuarticSites(Calculator):
-    """Stand-in springs plus ``β Σ_k |u_k|⁴`` (β in eV/Å⁴): a stiffening, anharmonic crystal."""
-
-    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
-
-    def __init__(self, reference, beta=200.0):
-        super().__init__()
-        self.springs = standin_force_field(reference)
-        self.scaled = reference.get_scaled_positions(wrap=False)
-        self.beta = beta
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        a = self.atoms.copy()
-        a.calc = self.springs
-        u, _ = physics.minimum_image_displacements(a.positions, a.cell.array, self.scaled, a.pbc)
-        r2 = np.sum(u * u, axis=1)
-        e4 = self.beta * float(np.sum(r2**2))
-        f4 = -4.0 * self.beta * r2[:, None] * u
-        s4 = np.einsum("ka,kb->ab", -f4, u) / a.get_volume()
-        self.results = {
-            "energy": a.get_potential_energy() + e4,
-            "free_energy": a.get_potential_energy() + e4,
-            "forces": a.get_forces() + f4,
-            "stress": a.get_stress() + physics.stress_full_to_voigt(0.5 * (s4 + s4.T)),
-        }
+from ase_born.workflows.standins import QuarticCrystal, standin_born_model, standin_force_field
 
 
 def main() -> None:
@@ -54,7 +20,7 @@ def main() -> None:
     # quartic term adds 4βδ² (0.08 eV/Å² at the default 0.01 Å) to the stand-in's soft
     # springs (1.5-3.5 eV/Å²) and would make the "harmonic" reference ~3 % low
     config = PECurveConfig(directions=("x", "y", "z"), harmonic_delta_A=1e-3)
-    for name, ff in (("harmonic", standin_force_field), ("quartic", QuarticSites)):
+    for name, ff in (("harmonic", standin_force_field), ("quartic", QuarticCrystal)):
         result = run_pe_curve(
             config, ff, standin_born_model, f"runs/examples/05_pe_curve_{name}", overwrite=True
         )

@@ -310,6 +310,40 @@ def standin_force_field(reference: Atoms) -> HarmonicCrystal:
     )
 
 
+class QuarticCrystal(Calculator):
+    """The CaTiO3 stand-in force field (:func:`standin_force_field`) plus an on-site quartic
+    term ``β Σ_k |u_k|⁴`` (β in eV/Å⁴; ``u_k`` from the reference site, minimum image, in the
+    current cell): a stiffening, anharmonic crystal whose static P(E) bends over
+    (``examples/05_pe_curve.py``).  The term has no curvature at ``u = 0``, so the 0 K
+    harmonic tensor is the stand-in's.  Energy, forces and stress are exact derivatives.
+    """
+
+    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, reference: Atoms, beta: float = 200.0) -> None:
+        super().__init__()
+        self.springs = standin_force_field(reference)
+        self.scaled = reference.get_scaled_positions(wrap=False)
+        self.beta = float(beta)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        a = self.atoms.copy()
+        a.calc = self.springs
+        u, _ = physics.minimum_image_displacements(a.positions, a.cell.array, self.scaled, a.pbc)
+        r2 = np.sum(u * u, axis=1)
+        e = a.get_potential_energy() + self.beta * float(np.sum(r2**2))
+        f4 = -4.0 * self.beta * r2[:, None] * u
+        # fractional sites follow a strain: dE/dε_ab = Σ_k ∂E/∂u_ka u_kb
+        s4 = np.einsum("ka,kb->ab", -f4, u) / a.get_volume()
+        self.results = {
+            "energy": e,
+            "free_energy": e,
+            "forces": a.get_forces() + f4,
+            "stress": a.get_stress() + physics.stress_full_to_voigt(0.5 * (s4 + s4.T)),
+        }
+
+
 def standin_born_model(reference: Atoms) -> FixedBornCharges:
     """Nominal CaTiO3 Z* on ``reference`` (maps onto its supercells by position matching)."""
     return FixedBornCharges(nominal_born_charges(reference), reference)
@@ -323,6 +357,7 @@ def standin_catio3_models(reference: Atoms) -> tuple[HarmonicCrystal, FixedBornC
 __all__ = [
     "HarmonicCrystal",
     "QuadraticBornModel",
+    "QuarticCrystal",
     "exact_epsilon_ion",
     "nominal_born_charges",
     "random_born_charges",

@@ -4,43 +4,34 @@ for an anharmonic one; cell relaxation under the field stress; input checks."""
 from __future__ import annotations
 
 import json
-from typing import ClassVar
 
 import numpy as np
 import pytest
-from ase.calculators.calculator import Calculator, all_changes
 
 from ase_born import physics
 from ase_born.workflows.pe_curve import PECurveConfig, run_pe_curve
-from ase_born.workflows.standins import standin_born_model, standin_force_field
+from ase_born.workflows.standins import QuarticCrystal, standin_born_model, standin_force_field
 
 
-class QuarticSites(Calculator):
-    """Stand-in springs plus β Σ|u_k|⁴ (eV/Å⁴)."""
+def quartic_sites(reference):
+    """The anharmonic stand-in with a stronger quartic term than the example's."""
+    return QuarticCrystal(reference, beta=300.0)
 
-    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, reference, beta=300.0):
-        super().__init__()
-        self.springs = standin_force_field(reference)
-        self.scaled = reference.get_scaled_positions(wrap=False)
-        self.beta = beta
+def test_quartic_stand_in_forces_and_stress_are_exact_derivatives():
+    from ase_born.dft.sampler import pnma_catio3
+    from ase_born.testing import assert_forces_match_fd, assert_stress_matches_fd
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        a = self.atoms.copy()
-        a.calc = self.springs
-        u, _ = physics.minimum_image_displacements(a.positions, a.cell.array, self.scaled, a.pbc)
-        r2 = np.sum(u * u, axis=1)
-        f4 = -4.0 * self.beta * r2[:, None] * u
-        s4 = np.einsum("ka,kb->ab", -f4, u) / a.get_volume()
-        e = a.get_potential_energy() + self.beta * float(np.sum(r2**2))
-        self.results = {
-            "energy": e,
-            "free_energy": e,
-            "forces": a.get_forces() + f4,
-            "stress": a.get_stress() + physics.stress_full_to_voigt(0.5 * (s4 + s4.T)),
-        }
+    ref = pnma_catio3()
+    atoms = ref.copy()
+    atoms.rattle(0.08, seed=3)  # |u| ~ 0.1 Å: the quartic term is ~10 % of the springs' force
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.01 * np.array([[1, 2, 0], [2, -1, 1], [0, 1, 0.5]])),
+                   scale_atoms=True)
+    atoms.calc = quartic_sites(ref)
+    f4 = atoms.get_forces() - atoms.calc.springs.get_forces(atoms)
+    assert np.abs(f4).max() > 0.02  # the quartic forces are there (eV/Å)
+    assert_forces_match_fd(atoms, eps=1e-4, rtol=1e-6, atol=1e-7)
+    assert_stress_matches_fd(atoms, eps=1e-6, rtol=1e-5, atol=1e-8)
 
 
 def _run(tmp_path, ff, **kw):
@@ -65,7 +56,7 @@ def test_harmonic_crystal_is_linear_with_the_harmonic_slope(tmp_path):
 
 
 def test_anharmonic_crystal_has_an_onset_of_nonlinearity(tmp_path):
-    res = _run(tmp_path, QuarticSites)
+    res = _run(tmp_path, quartic_sites)
     onsets = [d["nonlinearity_onset_V_per_m"] for d in res["directions"]]
     assert all(o is not None and 1e7 < o <= 1e8 for o in onsets)
     for d in res["directions"]:  # stiffening: P falls below the linear extrapolation
@@ -74,13 +65,13 @@ def test_anharmonic_crystal_has_an_onset_of_nonlinearity(tmp_path):
 
 
 def test_harmonic_reference_step_is_configurable_and_resumes_old_runs(tmp_path):
-    """The quartic term has no curvature at u = 0: the 0 K harmonic tensor of QuarticSites is
+    """The quartic term has no curvature at u = 0: the 0 K harmonic tensor of quartic_sites is
     the springs' one, which a 0.01 Å step misses by 4βδ² in the force constants and a 1e-3 Å
     step reaches; a run directory written before the option existed resumes at its default."""
     springs = np.asarray(_run(tmp_path / "s", standin_force_field, fields_V_per_m=(0.0, 1e7),
                               harmonic_delta_A=1e-3)["epsilon_ion_harmonic"])
-    coarse = np.asarray(_run(tmp_path / "c", QuarticSites, fields_V_per_m=(0.0, 1e7))["epsilon_ion_harmonic"])
-    fine = np.asarray(_run(tmp_path / "f", QuarticSites, fields_V_per_m=(0.0, 1e7),
+    coarse = np.asarray(_run(tmp_path / "c", quartic_sites, fields_V_per_m=(0.0, 1e7))["epsilon_ion_harmonic"])
+    fine = np.asarray(_run(tmp_path / "f", quartic_sites, fields_V_per_m=(0.0, 1e7),
                            harmonic_delta_A=1e-3)["epsilon_ion_harmonic"])
     np.testing.assert_allclose(np.diag(fine), np.diag(springs), rtol=2e-3)
     assert np.all(np.diag(coarse) < 0.98 * np.diag(springs))
@@ -91,11 +82,11 @@ def test_harmonic_reference_step_is_configurable_and_resumes_old_runs(tmp_path):
     saved = json.loads(sfile.read_text())
     del saved["settings"]["config"]["harmonic_delta_A"]
     sfile.write_text(json.dumps(saved))
-    _run(tmp_path / "c", QuarticSites, fields_V_per_m=(0.0, 1e7))  # the default: resumes
+    _run(tmp_path / "c", quartic_sites, fields_V_per_m=(0.0, 1e7))  # the default: resumes
     from ase_born.workflows.rundir import IncompatibleSettingsError
 
     with pytest.raises(IncompatibleSettingsError, match="harmonic_delta_A"):
-        _run(tmp_path / "c", QuarticSites, fields_V_per_m=(0.0, 1e7), harmonic_delta_A=1e-3)
+        _run(tmp_path / "c", quartic_sites, fields_V_per_m=(0.0, 1e7), harmonic_delta_A=1e-3)
 
 
 def _strained_energy_stress(atoms, calc, h=1e-5):
