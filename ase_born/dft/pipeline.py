@@ -210,11 +210,30 @@ def lock_holder(workdir: str | os.PathLike) -> str | None:
         os.close(fd)
 
 
+def abinit_running_in(directory: Path) -> bool | None:
+    """Whether an ``abinit`` process runs in ``directory`` (its working directory), from
+    ``/proc``; ``None`` where there is no ``/proc`` to tell."""
+    proc = Path("/proc")
+    if not (proc / "self" / "cwd").exists():
+        return None
+    target = directory.resolve()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == "abinit" and Path(os.readlink(entry / "cwd")) == target:
+                return True
+        except OSError:  # gone, or not ours to read
+            continue
+    return False
+
+
 def run_progress(directory: Path) -> dict:
     """Steps of an unfinished structure's run directory: ``done_steps`` (``<step>.done``
     markers, in the order they finished) and ``open_step``, the step started last that has
-    no marker (running now or interrupted; ``None`` if every started step finished), with
-    ``open_since`` (its input's time, ``YYYY-mm-dd HH:MM`` local)."""
+    no marker (``None`` if every started step finished), with ``open_since`` (its input's
+    time, ``YYYY-mm-dd HH:MM`` local) and ``open_running`` (:func:`abinit_running_in`: an
+    ABINIT process works in the directory now; else the step was interrupted)."""
     markers = sorted(directory.glob("*.done"), key=lambda f: f.stat().st_mtime)
     started = [f for f in directory.glob("*.abi") if not (directory / f"{f.stem}.done").is_file()]
     last = max(started, key=lambda f: f.stat().st_mtime, default=None)
@@ -223,6 +242,7 @@ def run_progress(directory: Path) -> dict:
         "open_step": last.stem if last is not None else None,
         "open_since": (time.strftime("%Y-%m-%d %H:%M", time.localtime(last.stat().st_mtime))
                        if last is not None else None),
+        "open_running": abinit_running_in(directory) if last is not None else False,
     }
 
 
@@ -1406,7 +1426,9 @@ def print_status(st: dict, file=sys.stdout) -> None:
     for sid, prog in st.get("started", {}).items():
         done = ", ".join(prog["done_steps"]) or "none"
         if prog["open_step"]:
-            state = "running" if running else "interrupted"
+            # without /proc (None): running when a pipeline holds the work directory
+            live = prog.get("open_running")
+            state = "running" if (live if live is not None else running) else "interrupted"
             now = f"; {prog['open_step']} started {prog['open_since']} ({state})"
         else:
             now = ""

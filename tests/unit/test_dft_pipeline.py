@@ -706,8 +706,8 @@ def test_status_lists_carried_directions(tmp_path):
 
 def test_status_shows_the_steps_of_started_structures_and_whether_a_pipeline_runs(tmp_path):
     """A started structure lists its finished steps (in the order they finished) and the step
-    started last without a marker: running while a pipeline holds the work directory's lock,
-    interrupted otherwise."""
+    started last without a marker: running while an ``abinit`` process works in its directory,
+    interrupted otherwise (also while a pipeline holds the lock and works on another one)."""
     plan = _fake_plan(tmp_path, n=2)
     runs = tmp_path / "runs"
     run = runs / "s1"
@@ -731,7 +731,23 @@ def test_status_shows_the_steps_of_started_structures_and_whether_a_pipeline_run
         assert st["running"].startswith(f"PID {os.getpid()} on ")
         buf = io.StringIO()
         print_status(st, buf)
-        assert buf.getvalue().rstrip().endswith("(running)")
+        assert buf.getvalue().rstrip().endswith("(interrupted)")  # no ABINIT in s1's directory
+        if Path("/proc/self/cwd").exists():  # a process named abinit working there (Linux)
+            fake = tmp_path / "bin" / "abinit"
+            fake.parent.mkdir()
+            shutil.copy(shutil.which("sleep"), fake)
+            proc = subprocess.Popen([str(fake), "30"], cwd=run)
+            try:
+                deadline = time.time() + 10
+                while not status(plan, tmp_path / "data.xyz", runs)["started"]["s1"]["open_running"]:
+                    assert time.time() < deadline, "the abinit process was not seen"
+                    time.sleep(0.05)
+                buf = io.StringIO()
+                print_status(status(plan, tmp_path / "data.xyz", runs), buf)
+                assert buf.getvalue().rstrip().endswith("(running)")
+            finally:
+                proc.kill()
+                proc.wait()
     (run / "efield1.done").write_text("x")  # every started step finished: nothing open
     assert status(plan, tmp_path / "data.xyz", runs)["started"]["s1"]["open_step"] is None
 
