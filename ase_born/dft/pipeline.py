@@ -210,30 +210,31 @@ def lock_holder(workdir: str | os.PathLike) -> str | None:
         os.close(fd)
 
 
-def abinit_running_in(directory: Path) -> bool | None:
-    """Whether an ``abinit`` process runs in ``directory`` (its working directory), from
-    ``/proc``; ``None`` where there is no ``/proc`` to tell."""
+def abinit_directories() -> set[Path] | None:
+    """Working directories of the running ``abinit`` processes, from ``/proc``; ``None``
+    where there is no ``/proc`` to tell."""
     proc = Path("/proc")
     if not (proc / "self" / "cwd").exists():
         return None
-    target = directory.resolve()
+    found = set()
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if (entry / "comm").read_text().strip() == "abinit" and Path(os.readlink(entry / "cwd")) == target:
-                return True
+            if (entry / "comm").read_text().strip() == "abinit":
+                found.add(Path(os.readlink(entry / "cwd")))
         except OSError:  # gone, or not ours to read
             continue
-    return False
+    return found
 
 
-def run_progress(directory: Path) -> dict:
+def run_progress(directory: Path, live: set[Path] | None) -> dict:
     """Steps of an unfinished structure's run directory: ``done_steps`` (``<step>.done``
     markers, in the order they finished) and ``open_step``, the step started last that has
     no marker (``None`` if every started step finished), with ``open_since`` (its input's
-    time, ``YYYY-mm-dd HH:MM`` local) and ``open_running`` (:func:`abinit_running_in`: an
-    ABINIT process works in the directory now; else the step was interrupted)."""
+    time, ``YYYY-mm-dd HH:MM`` local) and ``open_running`` (the directory is in ``live``,
+    :func:`abinit_directories`: an ABINIT process works there now; else the step was
+    interrupted; ``None`` when ``live`` is)."""
     markers = sorted(directory.glob("*.done"), key=lambda f: f.stat().st_mtime)
     started = [f for f in directory.glob("*.abi") if not (directory / f"{f.stem}.done").is_file()]
     last = max(started, key=lambda f: f.stat().st_mtime, default=None)
@@ -242,7 +243,8 @@ def run_progress(directory: Path) -> dict:
         "open_step": last.stem if last is not None else None,
         "open_since": (time.strftime("%Y-%m-%d %H:%M", time.localtime(last.stat().st_mtime))
                        if last is not None else None),
-        "open_running": abinit_running_in(directory) if last is not None else False,
+        "open_running": (False if last is None
+                         else None if live is None else directory.resolve() in live),
     }
 
 
@@ -1323,6 +1325,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
     wall: dict[str, list[float]] = defaultdict(list)
     model = CostModel(ranks=2)  # the rates the scheduler uses (idle-machine cost on 2 ranks)
     started: dict[str, dict] = {}
+    live = abinit_directories()  # one /proc scan for every started structure
     for a in plan:
         sid, kind = a.info["structure_id"], str(a.info.get("kind"))
         rows[kind]["planned"] += 1
@@ -1342,7 +1345,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
             rows[kind]["failed"] += 1
         elif (Path(workdir) / sid / "gs.done").is_file() or (Path(workdir) / sid / "gs.abi").is_file():
             rows[kind]["in_progress"] += 1
-            started[sid] = run_progress(Path(workdir) / sid)
+            started[sid] = run_progress(Path(workdir) / sid, live)
     summary = {
         kind: {
             **dict(c),

@@ -616,6 +616,7 @@ def analyze_heating(
             continue
         m, m_rms = _window_tilt(data, "M", sel)
         r, r_rms = _window_tilt(data, "R", sel)
+        m_order, r_order = _tilt_order(m, m_rms), _tilt_order(r, r_rms)
         cls = classify_tilts(m, r, threshold_deg=cfg.tilt_threshold_deg)
         w = {
             "temperature_K": float(np.mean(t_log[sel])),
@@ -630,13 +631,13 @@ def analyze_heating(
             "R_deg": r,
             "M_rms_deg": m_rms,
             "R_rms_deg": r_rms,
-            "M_order": _tilt_order(m, m_rms),
-            "R_order": _tilt_order(r, r_rms),
+            "M_order": m_order,
+            "R_order": r_order,
             # present (RMS above the threshold) but under half ordered: the label understates it
             "disordered_tilts": [
                 kind
-                for kind, mean, rms in (("M", m, m_rms), ("R", r, r_rms))
-                if rms > cfg.tilt_threshold_deg and _tilt_order(mean, rms) < 0.5
+                for kind, rms, order in (("M", m_rms, m_order), ("R", r_rms, r_order))
+                if rms > cfg.tilt_threshold_deg and order < 0.5
             ],
             "glazer": cls["glazer"],
             "phase": cls["phase"],
