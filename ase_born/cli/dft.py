@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="with --hours: start a structure (and each ABINIT step) when that step alone fits "
                          "before the deadline, so long structures span calls (yes: the work directory "
                          "survives between calls); no: its ground state and a whole field direction must fit; "
-                         "auto (default): yes when the work directory holds finished steps of an unfinished "
-                         "structure from an earlier call")
+                         "auto (default): yes when the work directory holds a started step (finished or "
+                         "interrupted) of an unfinished structure from an earlier call")
     pr.add_argument("--no-complete-epsilon", dest="complete_epsilon", action="store_false",
                     help="do not run the ddk of field directions carried over from another session again "
                          "(by default they are, when they fit before --hours, so the frame has every "

@@ -669,8 +669,13 @@ def ground_state_kept(directory: Path) -> bool:
 
 def resolve_step_level(choice: str, workdir: str | os.PathLike, output: str | os.PathLike) -> bool:
     """``run_plan(step_level=...)`` from ``"yes"``, ``"no"`` or ``"auto"``: yes when the work
-    directory holds finished steps of an unfinished structure, i.e. it survived an earlier
-    call (on a machine that keeps its files a structure may then span calls)."""
+    directory holds a started step (an ABINIT input, finished or not) of an unfinished
+    structure, i.e. it survived an earlier call (on a machine that keeps its files a structure
+    may then span calls).  A ground state interrupted by the end of a session counts: before,
+    only finished steps did, so a kept machine whose last call was cut during a 20-atom
+    ground state went back to the whole-direction rule, under which a 20-atom cell never
+    starts in a 2.6 h call.  A pipeline restarted within one session on a fresh machine
+    also answers yes (say ``no`` there when the machine will not be kept)."""
     if choice in ("yes", "no"):
         return choice == "yes"
     if choice != "auto":
@@ -679,7 +684,7 @@ def resolve_step_level(choice: str, workdir: str | os.PathLike, output: str | os
     if not workdir.is_dir():
         return False
     done = finished_ids(output)
-    return any(d.is_dir() and d.name not in done and any(d.glob("*.done")) for d in workdir.iterdir())
+    return any(d.is_dir() and d.name not in done and any(d.glob("*.abi")) for d in workdir.iterdir())
 
 
 def partial_born_charges(carry_dir: str | os.PathLike, structure: Atoms) -> tuple[np.ndarray, list[int]]:

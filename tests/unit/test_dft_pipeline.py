@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import spglib
+from ase import Atoms
 from ase.neighborlist import neighbor_list
 
 from ase_born.conventions import BOHR_A
@@ -1215,6 +1216,16 @@ def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
         if not step_level:
             assert any(m.startswith("defer s0: its next field direction") for m in messages)
     assert not resolve_step_level("auto", tmp_path / "missing", tmp_path / "data.xyz")
+    # a ground state cut by the end of an earlier call (its input, no marker) counts as survived;
+    # an empty run directory or one of a finished structure does not
+    work = tmp_path / "kept"
+    (work / "s1").mkdir(parents=True)
+    assert not resolve_step_level("auto", work, tmp_path / "data.xyz")
+    (work / "s1" / "gs.abi").write_text("ecut 30\n")
+    assert resolve_step_level("auto", work, tmp_path / "data.xyz")
+    done = Atoms("H", cell=[3.0, 3.0, 3.0], pbc=True, info={"structure_id": "s1"})
+    write_frames(tmp_path / "done.xyz", [done])
+    assert not resolve_step_level("auto", work, tmp_path / "done.xyz")
     with pytest.raises(ValueError, match="step level"):
         resolve_step_level("maybe", tmp_path, tmp_path / "data.xyz")
 
