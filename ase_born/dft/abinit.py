@@ -25,6 +25,14 @@ then missing (filled from the structure's symmetry where it fixes them).  Direct
 started with the older layouts (one ``ddk`` run, one ``efield`` run with all three
 directions, parsed from its printed tables) still finish that way.
 
+A ground state that would outlast the call (``run_structure(time_left=...)``) is given
+ABINIT's own ``--timelimit``: ABINIT leaves the SCF loop cleanly before it and writes the
+wavefunctions reached; they are kept as ``gs_partial_WFK`` (seconds so far in
+``gs.partial``) and the next try of the ground state continues from them (``irdwfk 1``)
+instead of from scratch (measured on a 5-atom cell: cut after 8 SCF iterations, 10 more
+after the restart, 16 uninterrupted; the same converged energy).  Only the SCF loop of the
+ground state has this check; a DFPT step killed mid-way restarts from its beginning.
+
 Only occupied bands are computed (``nband`` = valence electrons / 2, ``occopt 1``;
 insulators only).  The DFPT steps use time-reversal symmetry (``kptopt 2``), the
 ground state the full symmetry (``kptopt 1``).  ``tolsym 1e-8`` keeps ABINIT from
@@ -72,6 +80,17 @@ DEFAULT_PSEUDOPOTENTIALS: Mapping[str, str] = {
     "O": "O.psp8",
     "Ba": "Ba.psp8",
 }
+
+#: wavefunctions of a ground state cut at ABINIT's time limit (resumed by the next try)
+PARTIAL_WFK = "gs_partial_WFK"
+
+#: seconds before the kill time at which a ground state's ``--timelimit`` falls: ABINIT
+#: stops the SCF loop there; forces, stress and the WFK file (~0.6 GB, 20 atoms) follow
+GS_TIMELIMIT_MARGIN_S = 600.0
+
+#: shortest ``--timelimit`` given (a ground state admitted that close to the kill time
+#: gets a few SCF iterations rather than none)
+GS_TIMELIMIT_MIN_S = 60.0
 
 #: field (and ddk) directions, reduced coordinates; runs: gs, ddk1, efield1, ddk2, efield2, ddk3, efield3
 DIRECTIONS = (1, 2, 3)
@@ -295,11 +314,31 @@ class StepInterrupted(Exception):
 
 class StructurePaused(Exception):
     """A structure stopped before a step that its ``before_step`` callback declined (too
-    long for the time left); finished steps and the run directory are kept."""
+    long for the time left), or its ground state was cut at ABINIT's time limit
+    (``cut=True``, wavefunctions kept in :data:`PARTIAL_WFK`); finished steps and the run
+    directory are kept."""
 
-    def __init__(self, step: str):
-        super().__init__(f"paused before {step}")
+    def __init__(self, step: str, cut: bool = False):
+        super().__init__(f"{step} cut at the time limit" if cut else f"paused before {step}")
         self.step = step
+        self.cut = cut
+
+
+class StepCut(Exception):
+    """ABINIT left a step's SCF loop at its ``--timelimit`` ("Approaching time limit"):
+    the step ended cleanly but unconverged; ``seconds`` is its wall time."""
+
+    def __init__(self, step: str, seconds: float):
+        super().__init__(f"{step}: SCF loop left at the time limit after {seconds:.0f} s")
+        self.step = step
+        self.seconds = seconds
+
+
+def timelimit_arg(seconds: float) -> str:
+    """ABINIT's ``--timelimit`` value (Slurm notation ``hours:minutes:seconds``) for
+    ``seconds`` (at least 1 s)."""
+    total = max(1, int(seconds))
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
 class AbinitError(RuntimeError):
@@ -434,6 +473,7 @@ def run_step(
     timeout_s: float | None,
     nice: int = 19,
     stop_event: threading.Event | None = None,
+    timelimit_s: float | None = None,
 ) -> float:
     """Run one ABINIT input ``<step>.abi`` (``gs``, ``ddk1``-``ddk3``, ``eps_ddk1``-``eps_ddk3``,
     ``efield1``-``efield3``, ``efield``) in ``directory``.
@@ -450,8 +490,12 @@ def run_step(
     ``scripts/dft_pause.sh stop`` leaves it); the returned seconds include pauses.  A ddk-type
     step (``ddk{d}``, ``eps_ddk{c}``) that used up ``nstep`` is accepted as ABINIT
     accepts it (non-self-consistent, bounded by ``tolwfr``); any other step is not.
+    ``timelimit_s`` is passed as ABINIT's ``--timelimit``: a run whose SCF loop stopped
+    there raises :class:`StepCut` (its output files are complete but unconverged).
     """
     cmd = ["nice", "-n", str(nice)] + mpi_command(ranks) + [f"{step}.abi"]
+    if timelimit_s is not None:
+        cmd += ["--timelimit", timelimit_arg(timelimit_s)]
     t0 = time.time()
     with open(directory / f"{step}.log", "w") as log:
         # preexec_fn with threads (PLW1509): safe here, it only calls the prepared prctl, getppid
@@ -485,9 +529,22 @@ def run_step(
     text = abo.read_text(errors="replace")
     if "Calculation completed" not in text:
         raise AbinitError(f"{step}: output incomplete; {_first_error(directory / f'{step}.log')}")
+    if "Approaching time limit" in text:
+        raise StepCut(step, time.time() - t0)
     if not step.removeprefix("eps_").startswith("ddk") and "not enough SCF cycles to converge" in text:
         raise AbinitError(f"{step}: SCF not converged in nstep iterations")
     return time.time() - t0
+
+
+def _scf_summary(abo: Path) -> str:
+    """"N SCF iterations, vres2 X" from the ``ETOT`` lines of a ground-state output."""
+    try:
+        rows = [ln.split() for ln in abo.read_text(errors="replace").splitlines() if ln.startswith(" ETOT")]
+    except OSError:
+        rows = []
+    if not rows:
+        return "no SCF iteration"
+    return f"{len(rows)} SCF iterations, vres2 {rows[-1][5]}"
 
 
 def _stopped(pid: int) -> bool:
@@ -532,6 +589,7 @@ def run_structure(
     before_step=None,
     complete_epsilon: bool = True,
     log: Callable[[str], None] | None = None,
+    time_left: Callable[[], float | None] | None = None,
 ) -> dict[str, float]:
     """Compute one structure, resuming at the first unfinished step.
 
@@ -553,6 +611,14 @@ def run_structure(
     steps are optional: when ``before_step("eps_ddk{c}")`` returns False, or the run
     fails (:class:`AbinitError`; its output wavefunctions are deleted), the step is
     skipped with a message to ``log`` (the ε∞ elements stay unknown), not paused or failed.
+
+    ``time_left()`` (seconds until the running step would be killed, e.g. a work session's
+    end; None: no limit) sets the ground state's ``--timelimit`` that many seconds minus
+    :data:`GS_TIMELIMIT_MARGIN_S` ahead: a ground state cut there keeps its wavefunctions
+    (:data:`PARTIAL_WFK`, seconds so far in ``gs.partial``) and raises
+    :class:`StructurePaused` (``cut=True``); the next try continues from them (``irdwfk
+    1``) and its marker counts the seconds of every try.  A restart that fails drops the
+    partial wavefunctions (the try after starts afresh).
 
     Returns
     -------
@@ -576,13 +642,43 @@ def run_structure(
         The step's earlier outputs (of a failed or killed try) are removed first, so that
         a file it did not write this time (e.g. the WFK of an unconverged ground state) is
         never taken for its result; a field step's DDB is copied to ``efield{d}.ddb``
-        before its marker is written."""
+        before its marker is written.  The ground state continues a cut one (its
+        docstring above)."""
+        partial = directory / PARTIAL_WFK
+        restart = name == "gs" and partial.is_file()
+        if restart:
+            text += '\n# continue the ground state cut at the time limit\nirdwfk 1\nindata_prefix "in"\n'
+            _link(directory, PARTIAL_WFK, "in_WFK")
         (directory / f"{name}.abi").write_text(text)
         for stale in directory.glob(f"{name}.abo*"):
             stale.unlink()  # ABINIT renames instead of overwriting; keep one output
         for stale in directory.glob(f"{out_prefix(name)}_o_*"):
             stale.unlink()
-        seconds = run_step(directory, name, ranks, timeout_s, nice, stop_event)
+        left = time_left() if name == "gs" and time_left is not None else None
+        limit = {} if left is None else {"timelimit_s": max(left - GS_TIMELIMIT_MARGIN_S, GS_TIMELIMIT_MIN_S)}
+        spent = directory / "gs.partial"
+        try:
+            seconds = run_step(directory, name, ranks, timeout_s, nice, stop_event, **limit)
+        except StepCut as cut:
+            so_far = (read_marker(spent) if spent.is_file() else 0.0) + cut.seconds
+            wfk = directory / "gs_o_WFK"
+            if not wfk.is_file():
+                raise AbinitError(f"{name}: cut at the time limit without writing {wfk.name}") from None
+            os.replace(wfk, partial)
+            _write_marker(spent, so_far)
+            if log is not None:
+                log(f"{name} cut at ABINIT's time limit ({_scf_summary(directory / f'{name}.abo')}, "
+                    f"{so_far / 60:.0f} min so far): its wavefunctions are kept, the next try continues from them")
+            raise StructurePaused(name, cut=True) from None
+        except AbinitError:
+            if restart:  # the kept wavefunctions may be the cause: the next try starts afresh
+                partial.unlink(missing_ok=True)
+                spent.unlink(missing_ok=True)
+            raise
+        if restart:
+            seconds += read_marker(spent) if spent.is_file() else 0.0
+            partial.unlink()
+            spent.unlink(missing_ok=True)
         if name.startswith("efield") and name[6:].isdigit():
             ddb = directory / f"ef{name[6:]}_o_DDB"
             if not ddb.is_file():

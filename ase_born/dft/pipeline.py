@@ -79,6 +79,7 @@ from ase import Atoms
 
 from ase_born.dft.abinit import (
     DIRECTIONS,
+    PARTIAL_WFK,
     TOLERANCE_KEYS,
     AbinitError,
     AbinitSettings,
@@ -234,8 +235,11 @@ def run_progress(directory: Path, live: set[Path] | None) -> dict:
     no marker (``None`` if every started step finished), with ``open_since`` (its input's
     time, ``YYYY-mm-dd HH:MM`` local) and ``open_running`` (the directory is in ``live``,
     :func:`abinit_directories`: an ABINIT process works there now; else the step was
-    interrupted; ``None`` when ``live`` is)."""
+    interrupted; ``None`` when ``live`` is), and ``gs_cut_s``: the seconds of a ground state
+    cut at ABINIT's time limit whose wavefunctions are kept to continue from (else None)."""
     markers = sorted(directory.glob("*.done"), key=lambda f: f.stat().st_mtime)
+    spent = directory / "gs.partial"
+    cut_s = read_marker(spent) if spent.is_file() and (directory / PARTIAL_WFK).is_file() else None
     started = [f for f in directory.glob("*.abi") if not (directory / f"{f.stem}.done").is_file()]
     last = max(started, key=lambda f: f.stat().st_mtime, default=None)
     return {
@@ -245,6 +249,7 @@ def run_progress(directory: Path, live: set[Path] | None) -> dict:
                        if last is not None else None),
         "open_running": (False if last is None
                          else None if live is None else directory.resolve() in live),
+        "gs_cut_s": cut_s,
     }
 
 
@@ -830,7 +835,10 @@ def run_plan(
         Seconds after ``deadline`` that the steps running then may still use: no step
         starts after the deadline, and the running ones are killed only at ``deadline +
         grace_s``, so that a step admitted in time but slowed (other work on the cores)
-        is not lost minutes before its end.
+        is not lost minutes before its end.  A ground state gets ABINIT's ``--timelimit``
+        at ``deadline + grace_s`` minus :data:`~ase_born.dft.abinit.GS_TIMELIMIT_MARGIN_S`:
+        cut there, it keeps its wavefunctions and continues in a later call (the
+        structure is deferred, not tried again in this call).
     step_level : bool
         For a work directory that survives between calls (a machine that keeps its
         files): a structure starts, and each of its ABINIT steps runs, when that step
@@ -1024,6 +1032,7 @@ def _run_plan(
             kwargs["on_direction"] = lambda d: save_direction(directory, carry_root / sid, d)
         if deadline is not None:
             kwargs["before_step"] = lambda name: step_fits(structure, name)
+            kwargs["time_left"] = lambda: deadline + grace_s - clock()  # a ground state ends cleanly before its kill
         timings = runner(structure, own, directory, **kwargs)
         frame = frame_from_run(structure, directory, own, timings, ranks)
         if np.isnan(frame.info["epsilon_inf"]).any():
@@ -1058,6 +1067,7 @@ def _run_plan(
         return safety * load, f"x{safety} margin" + (f", x{load:.2f} load now" if load > 1.0 else "")
 
     deferred: set[str] = set()
+    cut: set[str] = set()  # ground state cut at ABINIT's time limit in this call (resumes in a later one)
     paused: set[str] = set()  # started, then stopped before a step that did not fit (StructurePaused)
 
     def steps_left(s: Atoms) -> list[str]:
@@ -1177,6 +1187,8 @@ def _run_plan(
         factor, words = margin() if deadline is not None else (safety, "")
         for i, s in enumerate(pending):
             sid = s.info["structure_id"]
+            if sid in cut:
+                continue
             if deadline is not None and steps_left(s):  # no steps left: only parsing
                 name = next_step(s)
                 est = need_s(s, name, factor)
@@ -1235,9 +1247,9 @@ def _run_plan(
                     sid = s.info["structure_id"]
                     try:
                         appended = fut.result()
-                    except StructurePaused:
+                    except StructurePaused as exc:
                         deferred.add(sid)  # left for a later call, counted as pending and deferred
-                        paused.add(sid)
+                        (cut if exc.cut else paused).add(sid)  # a cut ground state: not again in this call
                         pending.append(s)
                         continue
                     except (StopRequested, StepInterrupted):
@@ -1440,4 +1452,7 @@ def print_status(st: dict, file=sys.stdout) -> None:
             now = f"; {prog['open_step']} started {prog['open_since']} ({state})"
         else:
             now = ""
+        if prog.get("gs_cut_s") is not None:
+            now += (f"; gs cut at the time limit after {prog['gs_cut_s'] / 60:.0f} min, "
+                    "continues from its kept wavefunctions")
         print(f"started {sid}: steps done {done}{now}", file=file)

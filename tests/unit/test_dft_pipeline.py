@@ -20,10 +20,12 @@ from ase.neighborlist import neighbor_list
 from ase_born.conventions import BOHR_A
 from ase_born.dft import abinit as dft_abinit
 from ase_born.dft.abinit import (
+    PARTIAL_WFK,
     AbinitError,
     AbinitSettings,
     make_inputs,
     n_occupied_bands,
+    read_marker,
     run_structure,
 )
 from ase_born.dft.pipeline import (
@@ -524,6 +526,38 @@ def test_abinit_end_to_end_tiny_cell(tmp_path):
 
 @pytest.mark.slow
 @needs_psp
+def test_abinit_ground_state_cut_at_the_time_limit_continues_to_the_same_result(tmp_path, monkeypatch):
+    """Runs ABINIT (2 ranks, ~30 s): a ground state given a 2 s --timelimit is cut with its
+    wavefunctions written; continued from them it converges to the uninterrupted result."""
+    from ase_born.dft.abinit import StructurePaused
+
+    if shutil.which("abinit") is None:
+        pytest.skip("abinit not installed")
+    atoms = make_structure("cubic5", 1)
+    s = AbinitSettings(ecut_Ha=12.0, kpt_density=0.5)
+    gs_only = {"before_step": lambda name: name == "gs", "ranks": 2}
+    with pytest.raises(StructurePaused):
+        run_structure(atoms, s, tmp_path / "one", **gs_only)
+    monkeypatch.setattr(dft_abinit, "GS_TIMELIMIT_MARGIN_S", 0.0)
+    monkeypatch.setattr(dft_abinit, "GS_TIMELIMIT_MIN_S", 1.0)
+    with pytest.raises(StructurePaused) as info:
+        run_structure(atoms, s, tmp_path / "cut", time_left=lambda: 2.0, **gs_only)
+    assert info.value.cut and (tmp_path / "cut" / PARTIAL_WFK).is_file()
+    assert "converged" not in (tmp_path / "cut" / "gs.abo").read_text()
+    with pytest.raises(StructurePaused) as info:
+        run_structure(atoms, s, tmp_path / "cut", **gs_only)
+    assert info.value.step == "ddk1" and not info.value.cut
+    assert "irdwfk 1" in (tmp_path / "cut" / "gs.abi").read_text()
+    assert not (tmp_path / "cut" / PARTIAL_WFK).exists()
+    ref = read_abinit_output(tmp_path / "one" / "gs.abo")
+    got = read_abinit_output(tmp_path / "cut" / "gs.abo")
+    assert got.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(got.get_forces(), ref.get_forces(), atol=1e-4)
+    np.testing.assert_allclose(got.get_stress(), ref.get_stress(), atol=1e-6)
+
+
+@pytest.mark.slow
+@needs_psp
 def test_abinit_structure_over_two_sessions_keeps_every_epsilon_element(tmp_path):
     """Runs ABINIT (2 ranks, ~80 s): direction 1 in one session, 2 and 3 on a new ground state
     in the next.  With the ddk of direction 1 run again there (eps_ddk1) the frame matches a
@@ -922,6 +956,84 @@ def _write_big_small_plan(path):
     write_frames(path, plan)
 
 
+def test_ground_state_cut_at_the_time_limit_continues_in_the_next_call(tmp_path, monkeypatch):
+    """A ground state longer than its estimate is not killed with the session: ABINIT's
+    --timelimit (the kill time minus GS_TIMELIMIT_MARGIN_S) ends it cleanly, its
+    wavefunctions are kept, the call goes on with the rest of the plan (not that structure
+    again), and the next call continues the ground state from them (irdwfk), counting the
+    seconds of both tries in its marker."""
+    _write_big_small_plan(tmp_path / "plan.xyz")
+    out, work = tmp_path / "data" / "dft.xyz", tmp_path / "runs"
+    now = [0.0]
+    calls, linked = _fake_steps(monkeypatch, now, cost=lambda name, kind: 2000.0 if (name, kind) == ("big", "gs")
+                                else 1.0)
+    messages = []
+    counts = run_plan(tmp_path / "plan.xyz", out, work, deadline=900.0, grace_s=100.0, clock=lambda: now[0],
+                      log=messages.append, step_level=True)
+    # big's GS (cost unknown: admitted) gets --timelimit 1000 - 600 = 400 s and is cut there
+    assert calls[0] == ("big", "gs") and ("big", "ddk1") not in calls
+    assert counts["finished"] == 1 and counts["pending"] == 1 and counts["deferred"] == 1
+    assert finished_ids(out) == {"small"} and calls.count(("big", "gs")) == 1  # not retried in this call
+    big = work / "big"
+    assert (big / PARTIAL_WFK).read_text() == "wfk" and not (big / "gs_o_WFK").exists()
+    assert read_marker(big / "gs.partial") == 400.0 and not (big / "gs.done").exists()
+    assert any(m.startswith("big: gs cut at ABINIT's time limit (") and "7 min so far" in m for m in messages)
+    st = status(tmp_path / "plan.xyz", out, work)
+    assert st["started"]["big"]["gs_cut_s"] == 400.0
+    buf = io.StringIO()
+    print_status(st, buf)
+    assert "gs cut at the time limit after 7 min, continues from its kept wavefunctions" in buf.getvalue()
+    assert resolve_step_level("auto", work, out)
+
+    calls.clear()
+    counts = run_plan(tmp_path / "plan.xyz", out, work, log=messages.append, step_level=True)
+    assert counts["finished"] == 1 and calls[0] == ("big", "gs")
+    assert linked["gs"] == [PARTIAL_WFK]  # continued from the kept wavefunctions
+    assert "irdwfk 1" in (big / "gs.abi").read_text()
+    assert read_marker(big / "gs.done") == 2400.0  # 400 s cut + 2000 s continued
+    assert not (big / PARTIAL_WFK).exists() and not (big / "gs.partial").exists()
+
+
+@needs_psp
+def test_a_failed_continuation_of_a_cut_ground_state_starts_afresh(tmp_path, monkeypatch):
+    """Kept wavefunctions that ABINIT cannot continue from (a failed try) are dropped, so the
+    next try is a plain ground state, not the same failure again."""
+    inputs = []
+
+    def fake_step(directory, step, *a, **k):
+        inputs.append((directory / f"{step}.abi").read_text())
+        raise AbinitError("gs: abinit exited with code 1; cannot read in_WFK")
+
+    monkeypatch.setattr(dft_abinit, "run_step", fake_step)
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / PARTIAL_WFK).write_text("wfk")
+    (d / "gs.partial").write_text("300.0\n")
+    with pytest.raises(AbinitError, match="cannot read"):
+        run_structure(make_structure("cubic5", 0), AbinitSettings(), d, cleanup=False)
+    assert "irdwfk 1" in inputs[0] and (d / "in_WFK").is_symlink()
+    assert not (d / PARTIAL_WFK).exists() and not (d / "gs.partial").exists()
+    with pytest.raises(AbinitError):
+        run_structure(make_structure("cubic5", 0), AbinitSettings(), d, cleanup=False)
+    assert "irdwfk" not in inputs[1]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_run_step_passes_the_time_limit_and_reports_a_cut(tmp_path, monkeypatch):
+    """``timelimit_s`` reaches ABINIT as ``--timelimit H:MM:SS``; an output that says the SCF
+    loop was left at the time limit is a cut (StepCut), not a finished step."""
+    script = ('echo "$@" > args; printf " ETOT  1  -1.0 -1.0 1.0 2.5E-03 0.0 0.0\\n'
+              '    Approaching time limit 400.00 [s]. Will exit istep loop in scfcv_core.\\n'
+              ' Calculation completed.\\n" > gs.abo')
+    monkeypatch.setattr(dft_abinit, "mpi_command", lambda ranks: ["bash", "-c", script, "fake-abinit"])
+    with pytest.raises(dft_abinit.StepCut) as info:
+        dft_abinit.run_step(tmp_path, "gs", 1, None, nice=0, timelimit_s=3725.6)
+    assert info.value.step == "gs" and info.value.seconds >= 0.0
+    assert (tmp_path / "args").read_text().split() == ["gs.abi", "--timelimit", "1:02:05"]
+    assert dft_abinit._scf_summary(tmp_path / "gs.abo") == "1 SCF iterations, vres2 2.5E-03"
+    assert dft_abinit.timelimit_arg(59.9) == "0:00:59" and dft_abinit.timelimit_arg(0.2) == "0:00:01"
+
+
 @pytest.mark.parametrize("step_level", [False, True])
 def test_structure_pauses_before_a_step_that_does_not_fit(tmp_path, monkeypatch, step_level):
     """A long structure stops before a step that cannot finish before the deadline (timed by
@@ -976,7 +1088,10 @@ def _fake_steps(monkeypatch, now=None, cost=None):
     1WF31-33); returns the steps run and, per field run, the ddk directions it was given.
 
     ``cost`` gives each step's seconds (added to the clock ``now[0]``): a dict by step kind
-    (gs, ddk, efield) or a function of (run directory name, kind); 1 s when None."""
+    (gs, ddk, efield) or a function of (run directory name, kind); 1 s when None.  A ground
+    state longer than its ``timelimit_s`` is cut there (:class:`StepCut`, wavefunctions
+    written); ``linked["gs"]`` lists, per ground state that continued a cut one, the file
+    its ``in_WFK`` pointed to."""
     tiny = DATA / "tilt10_tiny"
     calls, linked = [], {}
 
@@ -985,12 +1100,18 @@ def _fake_steps(monkeypatch, now=None, cost=None):
             return 1.0
         return cost(name, kind) if callable(cost) else cost[kind]
 
-    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None):
+    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None, timelimit_s=None):
         calls.append((directory.name, step))
         kind = step.rstrip("123").removeprefix("eps_")
         if step == "gs":
             shutil.copy(tiny / "gs.abo", directory / "gs.abo")
             (directory / "gs_o_WFK").write_text("wfk")
+            if "irdwfk 1" in (directory / "gs.abi").read_text():  # continues a ground state cut earlier
+                linked.setdefault("gs", []).append(os.readlink(directory / "in_WFK"))
+            if timelimit_s is not None and seconds_of(directory.name, kind) > timelimit_s:
+                if now is not None:  # ABINIT leaves the SCF loop at its --timelimit
+                    now[0] += timelimit_s
+                raise dft_abinit.StepCut(step, timelimit_s)
         elif kind == "ddk":
             c = int(step[-1])
             rfdir = " ".join("1" if i == c - 1 else "0" for i in range(3))
@@ -1110,6 +1231,7 @@ def test_admission_scales_estimates_by_the_load_of_the_latest_step(tmp_path, mon
     out = tmp_path / "data" / "dft.xyz"
     now = [0.0]
     calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 400.0, "ddk": 400.0, "efield": 600.0})
+    monkeypatch.setattr(dft_abinit, "GS_TIMELIMIT_MARGIN_S", 0.0)  # 10 min: beyond this test's time scale
     _record_run_times(monkeypatch, lambda name, step: 2.0)
     _carry_direction_1(out.parent / "partial" / "big", times=(200.0, 200.0, 300.0))
     messages = []
@@ -1168,8 +1290,9 @@ def test_grace_lets_the_step_running_at_the_deadline_finish(tmp_path, monkeypatc
         calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 10.0, "ddk": 10.0, "efield": 10.0})
         quick = dft_abinit.run_step
 
-        def slow_last(directory, step, ranks, timeout_s, nice=19, stop_event=None, grace=grace, now=now, quick=quick):
-            seconds = quick(directory, step, ranks, timeout_s, nice, stop_event)
+        def slow_last(directory, step, ranks, timeout_s, nice=19, stop_event=None, grace=grace, now=now, quick=quick,
+                      **kw):
+            seconds = quick(directory, step, ranks, timeout_s, nice, stop_event, **kw)
             if step == "efield3":  # ends at 90 s: waits for the pipeline's stop (1.5 s at most with grace)
                 now[0] += 20.0
                 if stop_event.wait(1.5 if grace else 30.0):
