@@ -4,8 +4,10 @@
 #     mkdir -p dft_runs && setsid nohup bash scripts/dft_background.sh > dft_runs/background.log 2>&1 &
 # Everything is resumable; pause for benchmarks with  bash scripts/dft_pause.sh stop|cont
 # Stop it with  kill $(cat dft_runs/background.pid)  (SIGTERM): the running `ase-born dft`
-# command gets SIGTERM (finished steps are kept), the script waits for it, commits (with
-# DFT_COMMIT=1) and removes the PID file.  A second start while it runs is refused.
+# command gets SIGTERM (finished steps are kept; a running ground state ends cleanly after its
+# SCF iteration, wavefunctions kept, within 10 min; a second SIGTERM kills it at once), the
+# script waits for it, commits (with DFT_COMMIT=1) and removes the PID file.  A second start
+# while it runs is refused.
 #
 # DFT_HOURS (default 2.6): the pipeline stops after that many hours (2.6 h of a 3 h work session
 # leaves time to commit); it starts a structure, and each ABINIT step, only when it is expected to

@@ -26,7 +26,9 @@ started with the older layouts (one ``ddk`` run, one ``efield`` run with all thr
 directions, parsed from its printed tables) still finish that way.
 
 A ground state that would outlast the call (``run_structure(time_left=...)``) is given
-ABINIT's own ``--timelimit``: ABINIT leaves the SCF loop cleanly before it and writes the
+ABINIT's own ``--timelimit``, and a graceful stop (``run_step(graceful=...)``: the
+pipeline's first SIGTERM/SIGINT) asks a running ground state to end through the file
+``abinit.exit`` (``chkexit 1``): ABINIT leaves the SCF loop cleanly and writes the
 wavefunctions reached; they are kept as ``gs_partial_WFK`` (seconds so far in
 ``gs.partial``) and the next try of the ground state continues from them (``irdwfk 1``)
 instead of from scratch (measured on a 5-atom cell: cut after 8 SCF iterations, 10 more
@@ -87,6 +89,15 @@ PARTIAL_WFK = "gs_partial_WFK"
 #: seconds before the kill time at which a ground state's ``--timelimit`` falls: ABINIT
 #: stops the SCF loop there; forces, stress and the WFK file (~0.6 GB, 20 atoms) follow
 GS_TIMELIMIT_MARGIN_S = 600.0
+
+#: file whose presence makes a ground state (``chkexit 1``) leave its SCF loop cleanly, as at
+#: the time limit (a graceful stop, :func:`run_step`)
+EXIT_FILE = "abinit.exit"
+
+#: seconds a graceful stop waits for a ground state to leave its SCF loop and write its
+#: wavefunctions (a 20-atom SCF iteration takes ~3.5 min, forces/stress/WFK ~2 min) before
+#: the step is killed
+GS_EXIT_WAIT_S = 600.0
 
 #: shortest ``--timelimit`` given (a ground state admitted that close to the kill time
 #: gets a few SCF iterations rather than none)
@@ -259,6 +270,7 @@ nstep {settings.nstep}
 """
     gs = common + f"""
 # step 1: ground state
+chkexit 1
 kptopt 1
 tolvrs {settings.tolvrs_gs:.3e}
 optforces 1
@@ -319,19 +331,21 @@ class StructurePaused(Exception):
     directory are kept."""
 
     def __init__(self, step: str, cut: bool = False):
-        super().__init__(f"{step} cut at the time limit" if cut else f"paused before {step}")
+        super().__init__(f"{step} cut early, wavefunctions kept" if cut else f"paused before {step}")
         self.step = step
         self.cut = cut
 
 
 class StepCut(Exception):
-    """ABINIT left a step's SCF loop at its ``--timelimit`` ("Approaching time limit"):
-    the step ended cleanly but unconverged; ``seconds`` is its wall time."""
+    """ABINIT left a step's SCF loop at its ``--timelimit`` ("Approaching time limit") or
+    on request (:data:`EXIT_FILE`): the step ended cleanly but unconverged; ``seconds`` is
+    its wall time."""
 
-    def __init__(self, step: str, seconds: float):
-        super().__init__(f"{step}: SCF loop left at the time limit after {seconds:.0f} s")
+    def __init__(self, step: str, seconds: float, reason: str = "at the time limit"):
+        super().__init__(f"{step}: SCF loop left {reason} after {seconds:.0f} s")
         self.step = step
         self.seconds = seconds
+        self.reason = reason
 
 
 def timelimit_arg(seconds: float) -> str:
@@ -474,6 +488,7 @@ def run_step(
     nice: int = 19,
     stop_event: threading.Event | None = None,
     timelimit_s: float | None = None,
+    graceful: threading.Event | None = None,
 ) -> float:
     """Run one ABINIT input ``<step>.abi`` (``gs``, ``ddk1``-``ddk3``, ``eps_ddk1``-``eps_ddk3``,
     ``efield1``-``efield3``, ``efield``) in ``directory``.
@@ -491,7 +506,11 @@ def run_step(
     step (``ddk{d}``, ``eps_ddk{c}``) that used up ``nstep`` is accepted as ABINIT
     accepts it (non-self-consistent, bounded by ``tolwfr``); any other step is not.
     ``timelimit_s`` is passed as ABINIT's ``--timelimit``: a run whose SCF loop stopped
-    there raises :class:`StepCut` (its output files are complete but unconverged).
+    there raises :class:`StepCut` (its output files are complete but unconverged).  When
+    ``stop_event`` is set while ``graceful`` is too, a ground state (``gs``, whose input has
+    ``chkexit 1``) is asked to end cleanly (:data:`EXIT_FILE`) and given
+    :data:`GS_EXIT_WAIT_S` to do so (then :class:`StepCut`); past that, or once ``graceful``
+    is cleared (a second signal), it is killed (:class:`StepInterrupted`).
     """
     cmd = ["nice", "-n", str(nice)] + mpi_command(ranks) + [f"{step}.abi"]
     if timelimit_s is not None:
@@ -503,15 +522,23 @@ def run_step(
         proc = subprocess.Popen(cmd, cwd=directory, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=_die_with_parent())  # noqa: PLW1509
         active, last = 0.0, time.time()  # wall seconds while not paused (dft_pause.sh: SIGSTOP)
+        exit_asked = None  # when EXIT_FILE was written (graceful stop)
         try:
             while True:
                 try:
                     rc = proc.wait(timeout=1.0)
                     break
                 except subprocess.TimeoutExpired:
-                    if stop_event is not None and stop_event.is_set():
-                        raise StepInterrupted(f"{step}: stopped on request") from None
                     now = time.time()
+                    if stop_event is not None and stop_event.is_set():
+                        if not (step == "gs" and graceful is not None and graceful.is_set()):
+                            raise StepInterrupted(f"{step}: stopped on request") from None
+                        if exit_asked is None:
+                            (directory / EXIT_FILE).touch()  # ABINIT ends after this SCF iteration
+                            exit_asked = now
+                        elif now - exit_asked > GS_EXIT_WAIT_S:
+                            raise StepInterrupted(f"{step}: stopped on request (it did not end within "
+                                                  f"{GS_EXIT_WAIT_S:.0f} s of {EXIT_FILE})") from None
                     if not _stopped(proc.pid):
                         active += now - last
                     last = now
@@ -529,6 +556,8 @@ def run_step(
     text = abo.read_text(errors="replace")
     if "Calculation completed" not in text:
         raise AbinitError(f"{step}: output incomplete; {_first_error(directory / f'{step}.log')}")
+    if f'Exit has been requested from file "{EXIT_FILE}"' in text:
+        raise StepCut(step, time.time() - t0, "on a stop request")
     if "Approaching time limit" in text:
         raise StepCut(step, time.time() - t0)
     if not step.removeprefix("eps_").startswith("ddk") and "not enough SCF cycles to converge" in text:
@@ -590,6 +619,7 @@ def run_structure(
     complete_epsilon: bool = True,
     log: Callable[[str], None] | None = None,
     time_left: Callable[[], float | None] | None = None,
+    graceful: threading.Event | None = None,
 ) -> dict[str, float]:
     """Compute one structure, resuming at the first unfinished step.
 
@@ -618,7 +648,8 @@ def run_structure(
     (:data:`PARTIAL_WFK`, seconds so far in ``gs.partial``) and raises
     :class:`StructurePaused` (``cut=True``); the next try continues from them (``irdwfk
     1``) and its marker counts the seconds of every try.  A restart that fails drops the
-    partial wavefunctions (the try after starts afresh).
+    partial wavefunctions (the try after starts afresh).  ``graceful`` (with ``stop_event``:
+    :func:`run_step`) ends a running ground state the same way when the stop comes.
 
     Returns
     -------
@@ -654,9 +685,12 @@ def run_structure(
             stale.unlink()  # ABINIT renames instead of overwriting; keep one output
         for stale in directory.glob(f"{out_prefix(name)}_o_*"):
             stale.unlink()
+        (directory / EXIT_FILE).unlink(missing_ok=True)  # a stop request of an earlier try
         left = time_left() if name == "gs" and time_left is not None else None
         limit = {} if left is None else {"timelimit_s": max(left - GS_TIMELIMIT_MARGIN_S, GS_TIMELIMIT_MIN_S)}
         spent = directory / "gs.partial"
+        if graceful is not None:
+            limit["graceful"] = graceful
         try:
             seconds = run_step(directory, name, ranks, timeout_s, nice, stop_event, **limit)
         except StepCut as cut:
@@ -667,7 +701,7 @@ def run_structure(
             os.replace(wfk, partial)
             _write_marker(spent, so_far)
             if log is not None:
-                log(f"{name} cut at ABINIT's time limit ({_scf_summary(directory / f'{name}.abo')}, "
+                log(f"{name} cut {cut.reason} ({_scf_summary(directory / f'{name}.abo')}, "
                     f"{so_far / 60:.0f} min so far): its wavefunctions are kept, the next try continues from them")
             raise StructurePaused(name, cut=True) from None
         except AbinitError:

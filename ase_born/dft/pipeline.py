@@ -79,6 +79,7 @@ from ase import Atoms
 
 from ase_born.dft.abinit import (
     DIRECTIONS,
+    GS_EXIT_WAIT_S,
     PARTIAL_WFK,
     TOLERANCE_KEYS,
     AbinitError,
@@ -236,7 +237,8 @@ def run_progress(directory: Path, live: set[Path] | None) -> dict:
     time, ``YYYY-mm-dd HH:MM`` local) and ``open_running`` (the directory is in ``live``,
     :func:`abinit_directories`: an ABINIT process works there now; else the step was
     interrupted; ``None`` when ``live`` is), and ``gs_cut_s``: the seconds of a ground state
-    cut at ABINIT's time limit whose wavefunctions are kept to continue from (else None)."""
+    cut early (ABINIT's time limit or a graceful stop) whose wavefunctions are kept to
+    continue from (else None)."""
     markers = sorted(directory.glob("*.done"), key=lambda f: f.stat().st_mtime)
     spent = directory / "gs.partial"
     cut_s = read_marker(spent) if spent.is_file() and (directory / PARTIAL_WFK).is_file() else None
@@ -974,9 +976,21 @@ def _run_plan(
     lock = threading.Lock()
     counts = Counter()
 
+    graceful = threading.Event()  # set by the first signal: a running ground state may end cleanly
+
     def handler(signum, _frame):
-        log(f"signal {signal.Signals(signum).name}: stopping (finished steps are kept)")
-        stop.set()
+        name = signal.Signals(signum).name
+        if graceful.is_set():
+            graceful.clear()
+            log(f"signal {name} again: killing the running steps now")
+        elif stop.is_set():
+            log(f"signal {name}: already stopping")
+        else:
+            graceful.set()  # before stop: a step that sees the stop sees this too
+            log(f"signal {name}: stopping (finished steps are kept; a running ground state ends after "
+                f"its SCF iteration with its wavefunctions kept, within {GS_EXIT_WAIT_S / 60:.0f} min; "
+                "a second signal kills it)")
+            stop.set()
 
     old = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
@@ -1033,6 +1047,8 @@ def _run_plan(
         if deadline is not None:
             kwargs["before_step"] = lambda name: step_fits(structure, name)
             kwargs["time_left"] = lambda: deadline + grace_s - clock()  # a ground state ends cleanly before its kill
+        if install_signal_handlers:
+            kwargs["graceful"] = graceful
         timings = runner(structure, own, directory, **kwargs)
         frame = frame_from_run(structure, directory, own, timings, ranks)
         if np.isnan(frame.info["epsilon_inf"]).any():
@@ -1445,14 +1461,14 @@ def print_status(st: dict, file=sys.stdout) -> None:
     print(f"pipeline: {'running (' + running + ')' if running else 'not running'}", file=file)
     for sid, prog in st.get("started", {}).items():
         done = ", ".join(prog["done_steps"]) or "none"
-        if prog["open_step"]:
-            # without /proc (None): running when a pipeline holds the work directory
-            live = prog.get("open_running")
-            state = "running" if (live if live is not None else running) else "interrupted"
+        live = prog.get("open_running")
+        # without /proc (None): running when a pipeline holds the work directory
+        state = "running" if (live if live is not None else running) else "interrupted"
+        if prog.get("gs_cut_s") is not None and not (prog["open_step"] == "gs" and state == "running"):
+            now = (f"; gs cut early after {prog['gs_cut_s'] / 60:.0f} min (time limit or stop request), "
+                   "continues from its kept wavefunctions")
+        elif prog["open_step"]:
             now = f"; {prog['open_step']} started {prog['open_since']} ({state})"
         else:
             now = ""
-        if prog.get("gs_cut_s") is not None:
-            now += (f"; gs cut at the time limit after {prog['gs_cut_s'] / 60:.0f} min, "
-                    "continues from its kept wavefunctions")
         print(f"started {sid}: steps done {done}{now}", file=file)

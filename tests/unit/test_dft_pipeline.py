@@ -426,6 +426,54 @@ def test_run_step_stop_event_kills_process(tmp_path, monkeypatch):
         dft_abinit.run_step(tmp_path, "gs", 1, None, stop_event=stop)
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_graceful_stop_asks_a_ground_state_to_end_cleanly(tmp_path, monkeypatch):
+    """A stop with ``graceful`` set writes abinit.exit (the ground state's input has chkexit 1)
+    and waits: ABINIT ends after its SCF iteration with its wavefunctions written, a cut
+    (StepCut), not a kill.  Other steps, or a ground state that does not end within
+    GS_EXIT_WAIT_S, are killed as before."""
+    stop, graceful = threading.Event(), threading.Event()
+    stop.set()
+    graceful.set()
+    obeys = ('while [ ! -f abinit.exit ]; do sleep 0.1; done; printf \'%s\\n\' '
+             '"  Exit has been requested from file \\"abinit.exit\\"." " Calculation completed." > gs.abo')
+    monkeypatch.setattr(dft_abinit, "mpi_command", lambda ranks: ["bash", "-c", obeys, "fake-abinit"])
+    with pytest.raises(dft_abinit.StepCut) as info:
+        dft_abinit.run_step(tmp_path, "gs", 1, None, nice=0, stop_event=stop, graceful=graceful)
+    assert info.value.reason == "on a stop request" and (tmp_path / "abinit.exit").is_file()
+    monkeypatch.setattr(dft_abinit, "mpi_command", lambda ranks: ["bash", "-c", "sleep 30", "fake-abinit"])
+    t0 = time.time()
+    with pytest.raises(dft_abinit.StepInterrupted):  # a DFPT step has no such check: killed at once
+        dft_abinit.run_step(tmp_path, "ddk1", 1, None, nice=0, stop_event=stop, graceful=graceful)
+    assert time.time() - t0 < 10
+    monkeypatch.setattr(dft_abinit, "GS_EXIT_WAIT_S", 1.0)
+    t0 = time.time()
+    with pytest.raises(dft_abinit.StepInterrupted, match="did not end within 1 s"):
+        dft_abinit.run_step(tmp_path, "gs", 1, None, nice=0, stop_event=stop, graceful=graceful)
+    assert time.time() - t0 < 10
+    assert "chkexit 1" in make_inputs(make_structure("cubic5", 0), AbinitSettings())["gs"]
+
+
+def test_first_signal_stops_gracefully_a_second_kills(tmp_path):
+    """The pipeline's first SIGTERM sets the stop and the graceful flag its steps get (a
+    ground state may end cleanly); a second one clears the flag (kill now)."""
+    plan = _fake_plan(tmp_path, n=1)
+    seen, messages = [], []
+
+    def runner(structure, settings, directory, ranks, timeout_s, nice, stop_event, graceful=None, **kw):
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread, which waits on this one
+            assert _wait_for(lambda: stop_event.is_set() and graceful.is_set() == (not seen), timeout=10)
+            seen.append(graceful.is_set())
+        raise dft_abinit.StepInterrupted("gs: stopped on request")
+
+    counts = run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=runner, log=messages.append)
+    assert seen == [True, False] and not counts.get("finished")
+    assert any(m.startswith("signal SIGTERM: stopping (finished steps are kept; a running ground state")
+               for m in messages)
+    assert "signal SIGTERM again: killing the running steps now" in messages
+
+
 def _processes_running(argv: list[str]) -> list[int]:
     """PIDs whose command line is exactly ``argv`` (Linux /proc)."""
     want = "\0".join(argv) + "\0"
@@ -526,15 +574,16 @@ def test_abinit_end_to_end_tiny_cell(tmp_path):
 
 @pytest.mark.slow
 @needs_psp
-def test_abinit_ground_state_cut_at_the_time_limit_continues_to_the_same_result(tmp_path, monkeypatch):
-    """Runs ABINIT (2 ranks, ~30 s): a ground state given a 2 s --timelimit is cut with its
-    wavefunctions written; continued from them it converges to the uninterrupted result."""
+def test_abinit_ground_state_cut_early_continues_to_the_same_result(tmp_path, monkeypatch):
+    """Runs ABINIT (2 ranks, ~1 min): a ground state given a 2 s --timelimit, and one asked to
+    stop (graceful stop: abinit.exit after ~1 s), are cut with their wavefunctions written;
+    continued from them each converges to the uninterrupted result."""
     from ase_born.dft.abinit import StructurePaused
 
     if shutil.which("abinit") is None:
         pytest.skip("abinit not installed")
     atoms = make_structure("cubic5", 1)
-    s = AbinitSettings(ecut_Ha=12.0, kpt_density=0.5)
+    s = AbinitSettings(ecut_Ha=12.0, kpt_density=1.0)  # ground state long enough (~10 s) to be stopped
     gs_only = {"before_step": lambda name: name == "gs", "ranks": 2}
     with pytest.raises(StructurePaused):
         run_structure(atoms, s, tmp_path / "one", **gs_only)
@@ -549,11 +598,22 @@ def test_abinit_ground_state_cut_at_the_time_limit_continues_to_the_same_result(
     assert info.value.step == "ddk1" and not info.value.cut
     assert "irdwfk 1" in (tmp_path / "cut" / "gs.abi").read_text()
     assert not (tmp_path / "cut" / PARTIAL_WFK).exists()
+    # a graceful stop (the pipeline's first signal) while the ground state runs: abinit.exit
+    stop, graceful = threading.Event(), threading.Event()
+    stop.set()
+    graceful.set()
+    with pytest.raises(StructurePaused) as info:
+        run_structure(atoms, s, tmp_path / "stopped", stop_event=stop, graceful=graceful, **gs_only)
+    assert info.value.cut and (tmp_path / "stopped" / PARTIAL_WFK).is_file()
+    assert 'Exit has been requested from file "abinit.exit"' in (tmp_path / "stopped" / "gs.abo").read_text()
+    with pytest.raises(StructurePaused):
+        run_structure(atoms, s, tmp_path / "stopped", **gs_only)
     ref = read_abinit_output(tmp_path / "one" / "gs.abo")
-    got = read_abinit_output(tmp_path / "cut" / "gs.abo")
-    assert got.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
-    np.testing.assert_allclose(got.get_forces(), ref.get_forces(), atol=1e-4)
-    np.testing.assert_allclose(got.get_stress(), ref.get_stress(), atol=1e-6)
+    for run in ("cut", "stopped"):
+        got = read_abinit_output(tmp_path / run / "gs.abo")
+        assert got.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(got.get_forces(), ref.get_forces(), atol=1e-4)
+        np.testing.assert_allclose(got.get_stress(), ref.get_stress(), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -977,12 +1037,13 @@ def test_ground_state_cut_at_the_time_limit_continues_in_the_next_call(tmp_path,
     big = work / "big"
     assert (big / PARTIAL_WFK).read_text() == "wfk" and not (big / "gs_o_WFK").exists()
     assert read_marker(big / "gs.partial") == 400.0 and not (big / "gs.done").exists()
-    assert any(m.startswith("big: gs cut at ABINIT's time limit (") and "7 min so far" in m for m in messages)
+    assert any(m.startswith("big: gs cut at the time limit (") and "7 min so far" in m for m in messages)
     st = status(tmp_path / "plan.xyz", out, work)
     assert st["started"]["big"]["gs_cut_s"] == 400.0
     buf = io.StringIO()
     print_status(st, buf)
-    assert "gs cut at the time limit after 7 min, continues from its kept wavefunctions" in buf.getvalue()
+    assert "started big: steps done none; gs cut early after 7 min (time limit or stop request), continues " \
+           "from its kept wavefunctions" in buf.getvalue()
     assert resolve_step_level("auto", work, out)
 
     calls.clear()
@@ -1100,7 +1161,7 @@ def _fake_steps(monkeypatch, now=None, cost=None):
             return 1.0
         return cost(name, kind) if callable(cost) else cost[kind]
 
-    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None, timelimit_s=None):
+    def fake_step(directory, step, ranks, timeout_s, nice=19, stop_event=None, timelimit_s=None, **kw):
         calls.append((directory.name, step))
         kind = step.rstrip("123").removeprefix("eps_")
         if step == "gs":
