@@ -60,7 +60,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -94,6 +96,7 @@ from ase_born.io.abinit import (
     AbinitParseError,
     read_abinit_output,
     read_run_times,
+    read_scf_history,
     response_from_ddb,
     structure_difference,
 )
@@ -236,9 +239,9 @@ def run_progress(directory: Path, live: set[Path] | None) -> dict:
     no marker (``None`` if every started step finished), with ``open_since`` (its input's
     time, ``YYYY-mm-dd HH:MM`` local) and ``open_running`` (the directory is in ``live``,
     :func:`abinit_directories`: an ABINIT process works there now; else the step was
-    interrupted; ``None`` when ``live`` is), and ``gs_cut_s``: the seconds of a ground state
-    cut early (ABINIT's time limit or a graceful stop) whose wavefunctions are kept to
-    continue from (else None)."""
+    interrupted; ``None`` when ``live`` is), ``open_scf`` (:func:`scf_progress` of that
+    step, or None), and ``gs_cut_s``: the seconds of a ground state cut early (ABINIT's time
+    limit or a graceful stop) whose wavefunctions are kept to continue from (else None)."""
     markers = sorted(directory.glob("*.done"), key=lambda f: f.stat().st_mtime)
     spent = directory / "gs.partial"
     cut_s = read_marker(spent) if spent.is_file() and (directory / PARTIAL_WFK).is_file() else None
@@ -251,8 +254,40 @@ def run_progress(directory: Path, live: set[Path] | None) -> dict:
                        if last is not None else None),
         "open_running": (False if last is None
                          else None if live is None else directory.resolve() in live),
+        "open_scf": scf_progress(directory, last.stem, last.stat().st_mtime) if last is not None else None,
         "gs_cut_s": cut_s,
     }
+
+
+def scf_progress(directory: Path, step: str, since: float, now: float | None = None) -> dict | None:
+    """How far the SCF cycle of step ``step`` (started at epoch ``since``) got, from its log
+    (:func:`~ase_born.io.abinit.read_scf_history`): ``iterations``, the ``residual`` that
+    its input's tolerance bounds (``residual_name`` vres2 for ``tolvrs`` steps, residm for
+    the ddk's ``tolwfr``) and that ``target``, ``minutes_per_iteration`` (wall time since
+    the start over iterations: setup included) and ``iterations_left``, projected at the
+    mean rate (decades per iteration) of the last five iterations; None when that rate is
+    under 0.05 (not converging steadily) or the target is met or unknown.  None without
+    any iteration."""
+    history = read_scf_history(directory / f"{step}.log")
+    if not history:
+        return None
+    try:
+        text = (directory / f"{step}.abi").read_text()
+    except OSError:
+        text = ""
+    tol = re.search(r"^\s*(tolvrs|tolwfr)\s+(\S+)", text, re.MULTILINE)
+    name = "residm" if tol is not None and tol.group(1) == "tolwfr" else "vres2"
+    res = [row[1] if name == "residm" else row[2] for row in history]
+    target = float(tol.group(2).replace("d", "e").replace("D", "E")) if tol is not None else None
+    k = min(5, len(res) - 1)
+    left = None
+    if target is not None and k > 0 and min(res[-1], res[-k - 1]) > 0 and res[-1] > target:
+        rate = (math.log10(res[-k - 1]) - math.log10(res[-1])) / k
+        if rate >= 0.05:
+            left = math.ceil((math.log10(res[-1]) - math.log10(target)) / rate)
+    elapsed = (time.time() if now is None else now) - since
+    return {"iterations": len(res), "residual": res[-1], "residual_name": name, "target": target,
+            "minutes_per_iteration": max(elapsed, 0.0) / 60 / len(res), "iterations_left": left}
 
 
 @contextlib.contextmanager
@@ -1468,6 +1503,14 @@ def print_status(st: dict, file=sys.stdout) -> None:
             now = (f"; gs cut early after {prog['gs_cut_s'] / 60:.0f} min (time limit or stop request), "
                    "continues from its kept wavefunctions")
         elif prog["open_step"]:
+            scf = prog.get("open_scf")
+            if scf is not None:
+                state += (f"; SCF iteration {scf['iterations']}, {scf['residual_name']} {scf['residual']:.1e}"
+                          + (f" → {scf['target']:.0e}" if scf["target"] is not None else ""))
+                if state.startswith("running"):
+                    state += f", ~{scf['minutes_per_iteration']:.1f} min per iteration"
+                    if scf["iterations_left"] is not None:
+                        state += f", ~{scf['iterations_left']} more at the last iterations' rate"
             now = f"; {prog['open_step']} started {prog['open_since']} ({state})"
         else:
             now = ""

@@ -265,6 +265,27 @@ def read_run_times(path: str | os.PathLike) -> tuple[float, float] | None:
     return (float(m[-1][0]), float(m[-1][1])) if m else None
 
 
+_ETOT_RE = re.compile(r"^[ -]ETOT\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", re.MULTILINE)
+
+
+def read_scf_history(path: str | os.PathLike) -> list[tuple[int, float, float]]:
+    """``(iteration, residm, vres2)`` of each SCF iteration printed in an ABINIT log or
+    output (its ``ETOT`` lines: ground state and DFPT alike; a ddk run prints vres2 0);
+    ``[]`` when the file or the lines are missing.  A file holding several SCF cycles
+    (datasets, a continued run's log) gives them in order."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return []
+    rows = []
+    for m in _ETOT_RE.finditer(text):
+        try:
+            rows.append((int(m.group(1)), _to_float(m.group(4)), _to_float(m.group(5))))
+        except ValueError:
+            continue
+    return rows
+
+
 def _ground_state_results(echo: dict, atoms: Atoms, source: str | os.PathLike) -> dict:
     """energy/free_energy (eV), forces (eV/Å), stress (eV/Å³) of the last ground-state
     dataset that echoes them (module docstring); ``{}`` with a warning if there is none."""

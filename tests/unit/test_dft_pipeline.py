@@ -847,6 +847,44 @@ def test_status_shows_the_steps_of_started_structures_and_whether_a_pipeline_run
     assert status(plan, tmp_path / "data.xyz", runs)["started"]["s1"]["open_step"] is None
 
 
+def test_status_shows_how_far_the_open_step_converged(tmp_path):
+    """The open step's SCF iterations (from its log's ETOT lines), the residual its tolerance
+    bounds, and a projection of the iterations left from the last five; a ddk step is judged
+    by residm against tolwfr."""
+    from ase_born.dft.pipeline import scf_progress
+    from ase_born.io.abinit import read_scf_history
+
+    run = tmp_path / "s1"
+    run.mkdir()
+    (run / "gs.abi").write_text("ecut 30\ntolvrs 1.000e-12\n")
+    vres2 = [5e3, 2e4, 8e2, 1e1, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]  # last five: 1 decade each
+    lines = [f"{'-' if i == 1 else ' '}ETOT{i:3d}  -590.1   -1.0E-03 {1e-3 / i:.3E} {v:.3E} 1.0E-02 1.0E-01"
+             for i, v in enumerate(vres2, start=1)]
+    (run / "gs.log").write_text("\n".join(["header", *lines, " scprqt: <Vxc>"]) + "\n")
+    hist = read_scf_history(run / "gs.log")
+    assert [h[0] for h in hist] == list(range(1, 11)) and hist[-1][2] == pytest.approx(1e-6)
+    prog = scf_progress(run, "gs", since=1000.0, now=1000.0 + 35 * 60)
+    assert prog["iterations"] == 10 and prog["residual_name"] == "vres2" and prog["target"] == 1e-12
+    assert prog["iterations_left"] == 6 and prog["minutes_per_iteration"] == pytest.approx(3.5)
+    (run / "gs.log").write_text("\n".join(lines[:5] + lines[5:6] * 6) + "\n")  # stalled: no projection
+    assert scf_progress(run, "gs", since=0.0, now=60.0)["iterations_left"] is None
+    (run / "ddk1.abi").write_text("tolwfr 1.000e-12\n")
+    (run / "ddk1.log").write_text("-ETOT  1  -27.0  -2.7E+01 3.411E-01 0.000E+00\n"
+                                  " ETOT  2  -27.5  -5.7E-01 4.692E-02 0.000E+00\n")
+    prog = scf_progress(run, "ddk1", since=0.0, now=60.0)
+    assert prog["residual_name"] == "residm" and prog["residual"] == pytest.approx(4.692e-2)
+    assert scf_progress(run, "efield1", since=0.0) is None  # no log yet
+    (run / "gs.log").write_text("\n".join(lines) + "\n")
+    st = status(_fake_plan(tmp_path, n=1), tmp_path / "data.xyz", tmp_path / "runs")
+    st["started"] = {"s1": {"done_steps": [], "open_step": "gs", "open_since": "2026-12-07 03:53",
+                            "open_running": True, "gs_cut_s": None,
+                            "open_scf": scf_progress(run, "gs", since=1000.0, now=1000.0 + 35 * 60)}}
+    buf = io.StringIO()
+    print_status(st, buf)
+    assert ("gs started 2026-12-07 03:53 (running; SCF iteration 10, vres2 1.0e-06 → 1e-12, "
+            "~3.5 min per iteration, ~6 more at the last iterations' rate)") in buf.getvalue()
+
+
 def test_status_cost_per_kind(tmp_path):
     """Mean, smallest and largest cost per kind come from the finished frames' own ``cpu_s``
     and ``wall_s`` x ranks; a kind with no finished frame prints dashes."""
