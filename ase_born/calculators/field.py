@@ -865,7 +865,7 @@ class BornFieldCalculator(Calculator):
             p_ion = d_ion / volume
             r["ionic_polarization"] = p_ion
             r[KEY_POLARIZATION] = p_ion + p_el
-            r[KEY_DIPOLE] = volume * (p_ion + p_el)
+            r[KEY_DIPOLE] = d_ion + volume * p_el  # without ε∞ exactly the ionic dipole (no Ω/Ω rounding)
             r[KEY_FIELD_STRESS] = s_field
         else:
             r[KEY_DIPOLE] = d_ion
