@@ -68,6 +68,7 @@ from ase import Atoms
 from ase.calculators.calculator import kptdensity2monkhorstpack
 
 from ase_born.conventions import BOHR_A
+from ase_born.io.abinit import read_scf_history
 
 #: Directory of the Debian ``abinit-data`` pseudopotentials.
 DEFAULT_PSP_DIR = Path("/usr/share/abinit/psp")
@@ -566,14 +567,9 @@ def run_step(
 
 
 def _scf_summary(abo: Path) -> str:
-    """"N SCF iterations, vres2 X" from the ``ETOT`` lines of a ground-state output."""
-    try:
-        rows = [ln.split() for ln in abo.read_text(errors="replace").splitlines() if ln.startswith(" ETOT")]
-    except OSError:
-        rows = []
-    if not rows:
-        return "no SCF iteration"
-    return f"{len(rows)} SCF iterations, vres2 {rows[-1][5]}"
+    """"N SCF iterations, vres2 X" of a ground-state output (:func:`read_scf_history`)."""
+    rows = read_scf_history(abo)
+    return f"{len(rows)} SCF iterations, vres2 {rows[-1][2]:.3E}" if rows else "no SCF iteration"
 
 
 def _stopped(pid: int) -> bool:
@@ -678,7 +674,7 @@ def run_structure(
         partial = directory / PARTIAL_WFK
         restart = name == "gs" and partial.is_file()
         if restart:
-            text += '\n# continue the ground state cut at the time limit\nirdwfk 1\nindata_prefix "in"\n'
+            text += '\n# continue the ground state cut early (time limit or stop request)\nirdwfk 1\nindata_prefix "in"\n'
             _link(directory, PARTIAL_WFK, "in_WFK")
         (directory / f"{name}.abi").write_text(text)
         for stale in directory.glob(f"{name}.abo*"):
@@ -697,7 +693,7 @@ def run_structure(
             so_far = (read_marker(spent) if spent.is_file() else 0.0) + cut.seconds
             wfk = directory / "gs_o_WFK"
             if not wfk.is_file():
-                raise AbinitError(f"{name}: cut at the time limit without writing {wfk.name}") from None
+                raise AbinitError(f"{name}: cut {cut.reason} without writing {wfk.name}") from None
             os.replace(wfk, partial)
             _write_marker(spent, so_far)
             if log is not None:

@@ -1129,7 +1129,7 @@ def test_run_step_passes_the_time_limit_and_reports_a_cut(tmp_path, monkeypatch)
         dft_abinit.run_step(tmp_path, "gs", 1, None, nice=0, timelimit_s=3725.6)
     assert info.value.step == "gs" and info.value.seconds >= 0.0
     assert (tmp_path / "args").read_text().split() == ["gs.abi", "--timelimit", "1:02:05"]
-    assert dft_abinit._scf_summary(tmp_path / "gs.abo") == "1 SCF iterations, vres2 2.5E-03"
+    assert dft_abinit._scf_summary(tmp_path / "gs.abo") == "1 SCF iterations, vres2 2.500E-03"
     assert dft_abinit.timelimit_arg(59.9) == "0:00:59" and dft_abinit.timelimit_arg(0.2) == "0:00:01"
 
 
