@@ -87,6 +87,9 @@ DEFAULT_PSEUDOPOTENTIALS: Mapping[str, str] = {
 #: wavefunctions of a ground state cut at ABINIT's time limit (resumed by the next try)
 PARTIAL_WFK = "gs_partial_WFK"
 
+#: wall seconds spent so far on that cut ground state (a marker, :func:`read_marker`)
+PARTIAL_SECONDS = "gs.partial"
+
 #: seconds before the kill time at which a ground state's ``--timelimit`` falls: ABINIT
 #: stops the SCF loop there; forces, stress and the WFK file (~0.6 GB, 20 atoms) follow
 GS_TIMELIMIT_MARGIN_S = 600.0
@@ -683,14 +686,15 @@ def run_structure(
             stale.unlink()
         (directory / EXIT_FILE).unlink(missing_ok=True)  # a stop request of an earlier try
         left = time_left() if name == "gs" and time_left is not None else None
-        limit = {} if left is None else {"timelimit_s": max(left - GS_TIMELIMIT_MARGIN_S, GS_TIMELIMIT_MIN_S)}
-        spent = directory / "gs.partial"
+        extra = {} if left is None else {"timelimit_s": max(left - GS_TIMELIMIT_MARGIN_S, GS_TIMELIMIT_MIN_S)}
         if graceful is not None:
-            limit["graceful"] = graceful
+            extra["graceful"] = graceful
+        spent = directory / PARTIAL_SECONDS
+        earlier = read_marker(spent) if name == "gs" and spent.is_file() else 0.0  # of cut tries
         try:
-            seconds = run_step(directory, name, ranks, timeout_s, nice, stop_event, **limit)
+            seconds = run_step(directory, name, ranks, timeout_s, nice, stop_event, **extra)
         except StepCut as cut:
-            so_far = (read_marker(spent) if spent.is_file() else 0.0) + cut.seconds
+            so_far = earlier + cut.seconds
             wfk = directory / "gs_o_WFK"
             if not wfk.is_file():
                 raise AbinitError(f"{name}: cut {cut.reason} without writing {wfk.name}") from None
@@ -706,7 +710,7 @@ def run_structure(
                 spent.unlink(missing_ok=True)
             raise
         if restart:
-            seconds += read_marker(spent) if spent.is_file() else 0.0
+            seconds += earlier
             partial.unlink()
             spent.unlink(missing_ok=True)
         if name.startswith("efield") and name[6:].isdigit():

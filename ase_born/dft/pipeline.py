@@ -82,6 +82,7 @@ from ase import Atoms
 from ase_born.dft.abinit import (
     DIRECTIONS,
     GS_EXIT_WAIT_S,
+    PARTIAL_SECONDS,
     PARTIAL_WFK,
     TOLERANCE_KEYS,
     AbinitError,
@@ -243,7 +244,7 @@ def run_progress(directory: Path, live: set[Path] | None) -> dict:
     step, or None), and ``gs_cut_s``: the seconds of a ground state cut early (ABINIT's time
     limit or a graceful stop) whose wavefunctions are kept to continue from (else None)."""
     markers = sorted(directory.glob("*.done"), key=lambda f: f.stat().st_mtime)
-    spent = directory / "gs.partial"
+    spent = directory / PARTIAL_SECONDS
     cut_s = read_marker(spent) if spent.is_file() and (directory / PARTIAL_WFK).is_file() else None
     started = [f for f in directory.glob("*.abi") if not (directory / f"{f.stem}.done").is_file()]
     last = max(started, key=lambda f: f.stat().st_mtime, default=None)
