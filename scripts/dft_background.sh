@@ -22,7 +22,7 @@
 # directory survives: the case from session 6 on; 20-atom cells need it, their ground state and
 # one direction take ~3 h); no requires its ground state and a whole field direction to fit
 # (a fresh machine each session); auto: yes when dft_runs/ holds started (finished or interrupted)
-# steps of unfinished structures.
+# steps of unfinished structures, or an earlier call ran to its deadline there (a kept machine).
 # DFT_MAX_ATOMS (default: none): leave larger structures for a later run (10: no 20-atom cell,
 # for a session whose machine may not be kept, where a 20-atom cell's steps left cannot finish).
 # DFT_COMMIT (default 0): 1 commits data/dft (finished frames, carried directions, failures.json)

@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "before the deadline, so long structures span calls (yes: the work directory "
                          "survives between calls); no: its ground state and a whole field direction must fit; "
                          "auto (default): yes when the work directory holds a started step (finished or "
-                         "interrupted) of an unfinished structure from an earlier call")
+                         "interrupted) of an unfinished structure from an earlier call, or an earlier "
+                         "call ran to its deadline there (the machine is kept between sessions)")
     pr.add_argument("--no-complete-epsilon", dest="complete_epsilon", action="store_false",
                     help="do not run the ddk of field directions carried over from another session again "
                          "(by default they are, when they fit before --hours, so the frame has every "
@@ -115,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ase_born.dft.abinit import AbinitSettings
-    from ase_born.dft.pipeline import resolve_step_level, run_plan
+    from ase_born.dft.pipeline import machine_kept, resolve_step_level, run_plan
 
     settings = AbinitSettings()
     over = {}
@@ -124,6 +125,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.kpt_density is not None:
         over["kpt_density"] = args.kpt_density
     settings = dataclasses.replace(settings, **over)
+    step_level = resolve_step_level(args.step_level, args.workdir, args.output)
+    if args.step_level == "auto":
+        why = ("an earlier call ran to its deadline here: the machine is kept" if machine_kept(args.workdir)
+               else "started steps of unfinished structures are kept" if step_level
+               else "no earlier call and no started step here: a fresh machine")
+        print(f"step by step (auto): {'yes' if step_level else 'no'} ({why})", flush=True)
     counts = run_plan(
         args.plan,
         output=args.output,
@@ -140,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         log=lambda m: print(m, flush=True),
         deadline=None if args.hours is None else time.time() + 3600.0 * args.hours,
         grace_s=60.0 * args.grace_minutes,
-        step_level=resolve_step_level(args.step_level, args.workdir, args.output),
+        step_level=step_level,
         complete_epsilon=args.complete_epsilon,
     )
     print(json.dumps(counts))

@@ -710,15 +710,45 @@ def ground_state_kept(directory: Path) -> bool:
     return (directory / "gs.done").is_file() and (directory / "gs_o_WFK").is_file()
 
 
-def resolve_step_level(choice: str, workdir: str | os.PathLike, output: str | os.PathLike) -> bool:
-    """``run_plan(step_level=...)`` from ``"yes"``, ``"no"`` or ``"auto"``: yes when the work
-    directory holds a started step (an ABINIT input, finished or not) of an unfinished
-    structure, i.e. it survived an earlier call (on a machine that keeps its files a structure
-    may then span calls).  A ground state interrupted by the end of a session counts: before,
-    only finished steps did, so a kept machine whose last call was cut during a 20-atom
-    ground state went back to the whole-direction rule, under which a 20-atom cell never
-    starts in a 2.6 h call.  A pipeline restarted within one session on a fresh machine
-    also answers yes (say ``no`` there when the machine will not be kept)."""
+#: calls with a deadline made on a work directory: ``[{"start": epoch, "end": epoch}, ...]``
+CALLS_FILE = "calls.json"
+
+
+def record_call(workdir: Path, seconds_left: float) -> None:
+    """Add this call (now, and the wall time its deadline falls at) to :data:`CALLS_FILE`."""
+    now = time.time()
+    calls = _load_json(workdir / CALLS_FILE, [])
+    calls.append({"start": round(now, 1), "end": round(now + seconds_left, 1)})
+    _dump_json(workdir / CALLS_FILE, calls)
+
+
+def machine_kept(workdir: str | os.PathLike, now: float | None = None) -> bool:
+    """Whether an earlier call on ``workdir`` ran to its deadline (:data:`CALLS_FILE`): the
+    files outlived a whole call, so the machine is kept between work sessions.  A call
+    restarted within the same session sees only calls whose deadline is still ahead."""
+    now = time.time() if now is None else now
+    calls = _load_json(Path(workdir) / CALLS_FILE, [])
+    return any(isinstance(c, dict) and isinstance(c.get("end"), (int, float)) and c["end"] < now for c in calls)
+
+
+def resolve_step_level(choice: str, workdir: str | os.PathLike, output: str | os.PathLike,
+                       now: float | None = None) -> bool:
+    """``run_plan(step_level=...)`` from ``"yes"``, ``"no"`` or ``"auto"``.  ``auto`` says yes
+
+    * when the work directory holds a started step (an ABINIT input, finished or not) of an
+      unfinished structure, i.e. it survived an earlier call (on a machine that keeps its
+      files a structure may then span calls).  A ground state interrupted by the end of a
+      session counts: before session 35 only finished steps did, so a kept machine whose
+      last call was cut during a 20-atom ground state went back to the whole-direction rule,
+      under which a 20-atom cell never starts in a 2.6 h call.  A pipeline restarted within
+      one session on a fresh machine also answers yes (say ``no`` there when the machine
+      will not be kept);
+    * or when an earlier call on the work directory ran to its deadline
+      (:func:`machine_kept`; session 36): the machine was kept from one session to the
+      next, as in most sessions so far (8 of sessions 27-35), so a 20-atom cell may start
+      there; without this rule none ever started, since no 20-atom step was started.
+
+    ``now``: the wall time (epoch seconds) the earlier calls' deadlines are compared with."""
     if choice in ("yes", "no"):
         return choice == "yes"
     if choice != "auto":
@@ -726,6 +756,8 @@ def resolve_step_level(choice: str, workdir: str | os.PathLike, output: str | os
     workdir = Path(workdir)
     if not workdir.is_dir():
         return False
+    if machine_kept(workdir, now):
+        return True
     done = finished_ids(output)
     return any(d.is_dir() and d.name not in done and any(d.glob("*.abi")) for d in workdir.iterdir())
 
@@ -982,6 +1014,8 @@ def _run_plan(
     frames = read_frames(output) if output.is_file() and output.stat().st_size else []
     check_output_settings(output, settings, frames)  # before check_settings records anything
     check_settings(workdir, settings)
+    if deadline is not None:
+        record_call(workdir, deadline - clock())
     done = {str(a.info["structure_id"]) for a in frames}
     failures = load_failures(output, workdir)
     todo = [

@@ -29,9 +29,11 @@ from ase_born.dft.abinit import (
     run_structure,
 )
 from ase_born.dft.pipeline import (
+    CALLS_FILE,
     CostModel,
     check_settings,
     finished_ids,
+    machine_kept,
     print_status,
     resolve_step_level,
     run_plan,
@@ -1450,6 +1452,26 @@ def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
     assert not resolve_step_level("auto", work, tmp_path / "done.xyz")
     with pytest.raises(ValueError, match="step level"):
         resolve_step_level("maybe", tmp_path, tmp_path / "data.xyz")
+
+
+def test_step_level_auto_says_yes_once_an_earlier_call_ran_to_its_deadline(tmp_path):
+    """A work directory that outlived a whole call (its deadline passed) is on a kept machine:
+    ``auto`` schedules step by step there even with no started step, so that a 20-atom cell can
+    start; a call still running (restarted in the same session) does not count."""
+    plan = _fake_plan(tmp_path, n=1)
+    work, out = tmp_path / "runs", tmp_path / "data.xyz"
+    run_plan(plan, out, work, runner=FakeAbinit(), log=lambda m: None, deadline=1000.0, clock=lambda: 400.0)
+    calls = json.loads((work / CALLS_FILE).read_text())
+    assert len(calls) == 1 and calls[0]["end"] - calls[0]["start"] == pytest.approx(600.0, abs=0.2)
+    assert finished_ids(out) == {"s0"} and not any(work.glob("*/*.partial"))  # nothing started is left
+    assert not machine_kept(work) and not resolve_step_level("auto", work, out)  # its deadline is ahead
+    later = calls[0]["end"] + 1.0
+    assert machine_kept(work, now=later) and resolve_step_level("auto", work, out, now=later)
+    assert not resolve_step_level("no", work, out, now=later)
+    run_plan(plan, out, work, runner=FakeAbinit(), log=lambda m: None)  # no deadline: not recorded
+    assert len(json.loads((work / CALLS_FILE).read_text())) == 1
+    (work / CALLS_FILE).write_text("[{}, {\"end\": \"soon\"}]")  # unreadable entries do not count
+    assert not machine_kept(work, now=later)
 
 
 def test_start_estimate_counts_a_half_done_direction_by_its_steps_left(tmp_path):
