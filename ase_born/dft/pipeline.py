@@ -1492,6 +1492,7 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
         "kept_ground_state": kept_gs,
         "started": started,  # run_progress of each started, unfinished structure
         "running": lock_holder(workdir),  # the pipeline holding the work directory, or None
+        "machine_kept": machine_kept(workdir),  # an earlier call ran to its deadline here
     }
 
 
@@ -1529,6 +1530,9 @@ def print_status(st: dict, file=sys.stdout) -> None:
         print(f"ground state kept in {st['workdir']} (no GS to redo): {', '.join(st['kept_ground_state'])}", file=file)
     running = st.get("running")
     print(f"pipeline: {'running (' + running + ')' if running else 'not running'}", file=file)
+    if st.get("machine_kept"):
+        print(f"{st['workdir']}: an earlier call ran to its deadline here (a kept machine): "
+              "--step-level auto schedules step by step", file=file)
     for sid, prog in st.get("started", {}).items():
         done = ", ".join(prog["done_steps"]) or "none"
         live = prog.get("open_running")

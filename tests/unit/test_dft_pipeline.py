@@ -1454,7 +1454,7 @@ def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
         resolve_step_level("maybe", tmp_path, tmp_path / "data.xyz")
 
 
-def test_step_level_auto_says_yes_once_an_earlier_call_ran_to_its_deadline(tmp_path):
+def test_step_level_auto_says_yes_once_an_earlier_call_ran_to_its_deadline(tmp_path, monkeypatch):
     """A work directory that outlived a whole call (its deadline passed) is on a kept machine:
     ``auto`` schedules step by step there even with no started step, so that a 20-atom cell can
     start; a call still running (restarted in the same session) does not count."""
@@ -1468,6 +1468,12 @@ def test_step_level_auto_says_yes_once_an_earlier_call_ran_to_its_deadline(tmp_p
     later = calls[0]["end"] + 1.0
     assert machine_kept(work, now=later) and resolve_step_level("auto", work, out, now=later)
     assert not resolve_step_level("no", work, out, now=later)
+    assert not status(plan, out, work)["machine_kept"]
+    monkeypatch.setattr(time, "time", lambda: later)
+    buf = io.StringIO()
+    print_status(status(plan, out, work), buf)
+    assert "an earlier call ran to its deadline here (a kept machine)" in buf.getvalue()
+    monkeypatch.undo()
     run_plan(plan, out, work, runner=FakeAbinit(), log=lambda m: None)  # no deadline: not recorded
     assert len(json.loads((work / CALLS_FILE).read_text())) == 1
     (work / CALLS_FILE).write_text("[{}, {\"end\": \"soon\"}]")  # unreadable entries do not count
