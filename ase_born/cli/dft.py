@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "auto (default): yes when the work directory holds a started step (finished or "
                          "interrupted) of an unfinished structure from an earlier call, or an earlier "
                          "call ran to its deadline there (the machine is kept between sessions)")
+    pr.add_argument("--no-machine-speed", dest="machine_speed", action="store_false",
+                    help="with --hours: do not scale the cost model's estimates by this machine's speed "
+                         "(by default the first structure is the cheapest one that fits, and the frames "
+                         "finished in the call measure the speed)")
     pr.add_argument("--no-complete-epsilon", dest="complete_epsilon", action="store_false",
                     help="do not run the ddk of field directions carried over from another session again "
                          "(by default they are, when they fit before --hours, so the frame has every "
@@ -149,6 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         grace_s=60.0 * args.grace_minutes,
         step_level=step_level,
         complete_epsilon=args.complete_epsilon,
+        machine_speed=args.machine_speed,
     )
     print(json.dumps(counts))
     return 0

@@ -2225,3 +2225,53 @@ def test_datasets_sharing_a_folder_keep_their_carried_data_and_failures_apart(tm
     assert not carry.exists()
     recorded = json.loads((tmp_path / "data" / "failures.json").read_text())["t0"]
     assert [f["output"] for f in recorded] == ["ref40.xyz", "ref40.xyz"]  # kept beside production's runs
+
+
+@pytest.mark.parametrize("machine_speed", [False, True])
+def test_machine_speed_scales_the_model_after_a_cheap_first_structure(tmp_path, machine_speed):
+    """With ``machine_speed`` the first structure started is the cheapest that fits, and the
+    frames finished in the call scale the cost model to this machine: a long structure that
+    the dataset's rates (slower machines) defer is started on a machine twice as fast."""
+    base = read_abinit_output(DATA / "gs.abo")
+    frames = []
+    for sid, kind in (("old_c", "cubic5"), ("old_t", "tilt10"), ("big", "tilt10"), ("small", "cubic5")):
+        a = base.copy()
+        a.info.update(structure_id=sid, kind=kind, split="train")
+        frames.append(a)
+    write_frames(tmp_path / "plan.xyz", frames)
+    out = tmp_path / "data.xyz"
+    done = [f.copy() for f in frames[:2]]
+    for f, wall in zip(done, (1000.0, 4000.0)):  # the model: cubic5 1000 s, tilt10 4000 s (same cell)
+        f.info["wall_s"] = wall
+    write_frames(out, done)
+    now = [0.0]
+
+    class Runner(FakeAbinit):
+        """Outputs without ABINIT's run times (the frame's wall time is its idle cost); each
+        structure takes 500 s on the clock: half the model's cubic5 time."""
+
+        def __call__(self, structure, settings, directory, *args, **kw):
+            super().__call__(structure, settings, directory, *args, **kw)
+            for name in ("gs.abo", "efield.abo"):
+                text = (directory / name).read_text().splitlines(keepends=True)
+                (directory / name).write_text("".join(t for t in text if "time (sec)" not in t
+                                                      and "Overall time" not in t))
+            now[0] += 500.0
+            return {"gs": 100.0, "ddk": 100.0, "efield": 300.0}
+
+    runner, messages = Runner(), []
+    # big: GS + direction 1 = 0.5 x 4000 s x 1.2 = 2400 s > 2000 s; at speed 0.5: 1200 s < 1500 s
+    counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", runner=runner, log=messages.append,
+                      deadline=2000.0, clock=lambda: now[0], machine_speed=machine_speed)
+    text = "\n".join(messages)
+    if machine_speed:
+        assert runner.calls == ["small", "big"] and counts["finished"] == 2
+        assert "machine speed unknown: small first, the cheapest structure (estimated 18m20s)" in text
+        assert "machine speed: small took 8m20s at idle-machine cost, the model expected 16m40s; " \
+               "estimates now x0.50 (1 frame of this call)" in text
+        # all steps of big: 1.1 x 4000 s (GS 0.2 + 3 x 0.3 of a structure), x 0.5
+        assert "start big (tilt10, 5 atoms, estimated 36m40s)" in text
+    else:
+        assert runner.calls == ["small"] and counts["deferred"] == 1
+        assert "defer big: its next field direction (and ground state, unless kept) needs ~40m00s" in text
+        assert "machine speed" not in text
