@@ -144,6 +144,24 @@ def unloaded_wall_s(wall_s: float, cpu_s: float | None, wall_sum_s: float | None
     return float(wall_s) * min(1.0, WALL_PER_CPU * float(cpu_s) / float(wall_sum_s))
 
 
+def frame_idle_wall_s(frame: Atoms, ranks: int) -> float | None:
+    """A finished frame's wall time at its idle-machine cost (:func:`unloaded_wall_s` from its
+    ``cpu_s`` over its MPI ranks, ``ranks`` when it does not record them): a structure slowed
+    down by other work counts as it would have run alone.  None without ``wall_s``."""
+    if "wall_s" not in frame.info:
+        return None
+    wall = float(frame.info["wall_s"])
+    if "cpu_s" not in frame.info:
+        return wall
+    return unloaded_wall_s(wall, float(frame.info["cpu_s"]), wall * int(frame.info.get("mpi_ranks", ranks)))
+
+
+def speed_factor(ratios: Sequence[float]) -> float:
+    """The machine-speed factor from measured/expected ratios: their median within
+    :data:`SPEED_BOUNDS`; 1.0 when none is measured."""
+    return float(np.clip(np.median(ratios), *SPEED_BOUNDS)) if len(ratios) else 1.0
+
+
 def step_load(marker: str | os.PathLike) -> float | None:
     """How many times longer than on an idle machine a finished step took (>= 1): the wall
     seconds in its done marker over :func:`unloaded_wall_s` (from the CPU and wall times in
@@ -640,13 +658,11 @@ class CostModel:
                 self.atoms[str(kind)] = int(n_atoms)
 
     def add_frame(self, frame: Atoms, settings: AbinitSettings) -> None:
-        if "wall_s" not in frame.info:
+        wall = frame_idle_wall_s(frame, self.ranks)
+        if wall is None:
             return
         kmesh = frame.info["kpts"] if "kpts" in frame.info else settings.kmesh(frame)
         ranks = int(frame.info.get("mpi_ranks", self.ranks))
-        wall = float(frame.info["wall_s"])
-        if "cpu_s" in frame.info:  # a structure slowed down by other work counts at its idle-machine cost
-            wall = unloaded_wall_s(wall, float(frame.info["cpu_s"]), wall * ranks)
         self.add(frame.info.get("kind"), work_units(frame, kmesh), wall, ranks, n_atoms=len(frame))
 
     def estimate_s(self, kind: str, units: float, n_atoms: int | None = None) -> float | None:
@@ -1058,13 +1074,12 @@ def _run_plan(
     progress = Progress(total=len(plan), model=model, done=n_done)
     reference = copy.deepcopy(model)  # the machine-speed reference: the model before this call's frames
     speed_ratios: list[float] = []  # idle-machine time / reference estimate of the frames of this call
-    calibrating = [machine_speed and deadline is not None]  # the next start is the cheapest structure
+    calibrating = machine_speed and deadline is not None  # the next start is the cheapest structure
 
     def speed() -> float:
         """This machine's speed factor on the model's estimates (1.0 until measured)."""
         with lock:
-            ratios = list(speed_ratios)
-        return float(np.clip(np.median(ratios), *SPEED_BOUNDS)) if ratios else 1.0
+            return speed_factor(speed_ratios)
     units = {a.info["structure_id"]: work_units(a, settings.kmesh(a)) for a in todo}
     log(f"plan {plan_path}: {len(plan)} structures, {n_done} done, {skipped} skipped after failures, {len(todo)} to run")
     stop = threading.Event()
@@ -1159,15 +1174,15 @@ def _run_plan(
             progress.done += 1
             if not carried.get(sid):  # a structure partly computed earlier would look cheap
                 model.add_frame(frame, own)  # at its idle-machine cost, as frames read at the start
-                expected = reference.estimate_s(structure.info.get("kind"), units[sid], len(structure))
-                if machine_speed and expected and "wall_s" in frame.info:
-                    wall = float(frame.info["wall_s"])
-                    idle = unloaded_wall_s(wall, frame.info.get("cpu_s"), wall * ranks)
-                    speed_ratios.append(idle / expected)
-                    n = len(speed_ratios)
-                    log(f"machine speed: {sid} took {_fmt_s(idle)} at idle-machine cost, the model expected "
-                        f"{_fmt_s(expected)}; estimates now x{float(np.clip(np.median(speed_ratios), *SPEED_BOUNDS)):.2f} "
-                        f"({n} frame{'s' if n > 1 else ''} of this call)")
+                if machine_speed:
+                    expected = reference.estimate_s(structure.info.get("kind"), units[sid], len(structure))
+                    idle = frame_idle_wall_s(frame, ranks)
+                    if expected and idle is not None:
+                        speed_ratios.append(idle / expected)
+                        n = len(speed_ratios)
+                        log(f"machine speed: {sid} took {_fmt_s(idle)} at idle-machine cost, the model expected "
+                            f"{_fmt_s(expected)}; estimates now x{speed_factor(speed_ratios):.2f} "
+                            f"({n} frame{'s' if n > 1 else ''} of this call)")
         return True
 
     ran: dict[Path, float] = {}  # run directories of this call: when each started (carried data restored)
@@ -1305,10 +1320,11 @@ def _run_plan(
     def next_structure() -> Atoms | None:
         """First pending structure whose next step (:func:`need_s`) fits before the deadline, or
         None; while ``machine_speed`` is being calibrated the cheapest such structure."""
+        nonlocal calibrating
         factor, words = margin() if deadline is not None else (safety, "")
         order = list(range(len(pending)))
-        if calibrating[0]:
-            calibrating[0] = False
+        if calibrating:
+            calibrating = False
             cost = {i: estimate_s(s) for i, s in enumerate(pending)}
             if all(c is not None for c in cost.values()):
                 order.sort(key=lambda i: cost[i])  # stable: plan order among equals
