@@ -730,6 +730,79 @@ def test_cost_model_scales_by_work_units_and_ranks():
     assert model.estimate_s("pnma20", 100.0) == pytest.approx(500.0)  # no size: median of all
 
 
+def test_step_shares_are_measured_on_frames_with_step_times():
+    """CostModel.step_share: the median share of a kind's frames (>= MIN_SHARE_FRAMES), else of
+    all kinds, else the fixed F_GS / F_DIRECTION; a direction's ddk and efield are a third of the
+    frame's summed ddk and efield times; incomplete or odd step records are ignored."""
+    from ase_born.dft.pipeline import F_DIRECTION, F_GS, MIN_SHARE_FRAMES
+
+    assert MIN_SHARE_FRAMES == 3
+    model = CostModel(ranks=2)
+    assert model.step_share("tilt10", "gs") == F_GS and model.step_share("tilt10", "ddk") == 0.5 * F_DIRECTION
+    for bad in ({"gs": 100.0, "ddk": 300.0},  # no efield
+                {"gs": 100.0, "ddk": 300.0, "efield": 0.0},
+                {"gs": 100.0, "ddk": float("nan"), "efield": 600.0},
+                {"gs": 100.0, "ddk": 300.0, "efield": 600.0, "eps": 10.0},
+                {"gs": "x", "ddk": 300.0, "efield": 600.0}):
+        model.add_steps("tilt10", bad)
+    assert not model.shares.get("tilt10")
+    for gs in (100.0, 200.0):
+        model.add_steps("tilt10", {"gs": gs, "ddk": 300.0, "efield": 600.0})
+    assert model.step_share("tilt10", "gs") == F_GS  # 2 frames: not yet
+    model.add_steps("tilt10", {"gs": 150.0, "ddk": 300.0, "efield": 600.0})
+    # median frame: 150 / 1050 for the ground state, 100 / 1050 and 200 / 1050 per direction
+    assert model.step_share("tilt10", "gs") == pytest.approx(150.0 / 1050.0)
+    assert model.step_share("tilt10", "ddk") == pytest.approx(100.0 / 1050.0)
+    assert model.step_share("tilt10", "efield") == pytest.approx(200.0 / 1050.0)
+    assert model.step_share("pnma20", "gs") == pytest.approx(150.0 / 1050.0)  # from all kinds
+    for _ in range(3):
+        model.add_steps("pnma20", {"gs": 300.0, "ddk": 300.0, "efield": 400.0})
+    assert model.step_share("pnma20", "efield") == pytest.approx(400.0 / 3 / 1000.0)  # its own
+    with pytest.raises(ValueError, match="unknown step"):
+        model.step_share("pnma20", "ddk1")
+    # a frame read from the dataset: wall_s_steps is the JSON string frame_from_run writes
+    base = read_abinit_output(DATA / "gs.abo")
+    base.info.update(kind="cubic5", wall_s=1000.0, mpi_ranks=2, kpts=np.array([4, 4, 4]),
+                     wall_s_steps=json.dumps({"gs": 100.0, "ddk": 300.0, "efield": 600.0}))
+    fresh = CostModel(ranks=2)
+    for _ in range(3):
+        fresh.add_frame(base, AbinitSettings())
+    assert fresh.step_share("cubic5", "gs") == pytest.approx(0.1)
+    base.info["wall_s_steps"] = "{not json"
+    fresh.add_frame(base, AbinitSettings())  # rate recorded, steps ignored
+    assert len(fresh.rates["cubic5"]) == 4 and len(fresh.shares["cubic5"]["gs"]) == 3
+
+
+@pytest.mark.parametrize("with_steps", [True, False])
+def test_admission_uses_the_measured_step_shares(tmp_path, with_steps):
+    """Three finished frames whose ground state and one direction took 40 % of them: a fourth
+    structure of their kind (estimate 1000 s) needs 1.2 x 400 s = 480 s to start, and starts with
+    540 s left; without step times the fixed shares (50 %: 600 s) defer it."""
+    base = read_abinit_output(DATA / "gs.abo")
+    settings = AbinitSettings()
+    plan = []
+    for i in range(4):
+        a = base.copy()
+        a.info.update(structure_id=f"s{i}", kind="cubic5", split="train")
+        plan.append(a)
+    write_frames(tmp_path / "plan.xyz", plan)
+    out = tmp_path / "data.xyz"
+    for a in plan[:3]:
+        done = a.copy()
+        done.info.update(wall_s=1000.0, mpi_ranks=2, kpts=np.array(settings.kmesh(base)))
+        if with_steps:  # GS 10 %, a direction 10 % ddk + 20 % efield
+            done.info["wall_s_steps"] = json.dumps({"gs": 100.0, "ddk": 300.0, "efield": 600.0})
+        write_frames(out, done, append=True)
+    fake, messages = FakeAbinit(), []
+    counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=settings, runner=fake,
+                      log=messages.append, deadline=540.0, clock=lambda: 0.0)
+    if with_steps:
+        assert fake.calls == ["s3"] and counts["finished"] == 1
+    else:
+        assert fake.calls == [] and counts["deferred"] == 1
+        assert any(m.startswith("defer s3:") for m in messages)
+
+
 def test_complete_by_symmetry_fills_what_the_point_group_fixes():
     from ase_born.dft.pipeline import complete_by_symmetry
 
