@@ -58,7 +58,6 @@ Linux (:func:`ase_born.dft.abinit.run_step`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import math
@@ -160,6 +159,11 @@ def frame_idle_wall_s(frame: Atoms, ranks: int) -> float | None:
     if "cpu_s" not in frame.info:
         return wall
     return unloaded_wall_s(wall, float(frame.info["cpu_s"]), wall * int(frame.info.get("mpi_ranks", ranks)))
+
+
+def frame_units(frame: Atoms, settings: AbinitSettings) -> float:
+    """:func:`work_units` of a finished frame, on the k-mesh it records (else ``settings``')."""
+    return work_units(frame, frame.info["kpts"] if "kpts" in frame.info else settings.kmesh(frame))
 
 
 def speed_factor(ratios: Sequence[float]) -> float:
@@ -669,9 +673,8 @@ class CostModel:
         wall = frame_idle_wall_s(frame, self.ranks)
         if wall is None:
             return
-        kmesh = frame.info["kpts"] if "kpts" in frame.info else settings.kmesh(frame)
         ranks = int(frame.info.get("mpi_ranks", self.ranks))
-        self.add(frame.info.get("kind"), work_units(frame, kmesh), wall, ranks, n_atoms=len(frame))
+        self.add(frame.info.get("kind"), frame_units(frame, settings), wall, ranks, n_atoms=len(frame))
         steps = frame.info.get("wall_s_steps")
         if isinstance(steps, str):
             try:
@@ -775,16 +778,42 @@ def ground_state_kept(directory: Path) -> bool:
     return (directory / "gs.done").is_file() and (directory / "gs_o_WFK").is_file()
 
 
-#: calls with a deadline made on a work directory: ``[{"start": epoch, "end": epoch}, ...]``
+#: calls with a deadline made on a work directory: ``[{"start": epoch, "end": epoch,
+#: "frames": [structure IDs that measured the machine's speed]}, ...]``
 CALLS_FILE = "calls.json"
 
 
-def record_call(workdir: Path, seconds_left: float) -> None:
-    """Add this call (now, and the wall time its deadline falls at) to :data:`CALLS_FILE`."""
-    now = time.time()
+def record_call(workdir: Path, seconds_left: float) -> float:
+    """Add this call (now, and the wall time its deadline falls at) to :data:`CALLS_FILE`;
+    returns its ``start``, the key of :func:`record_call_frame`."""
+    now = round(time.time(), 1)
     calls = _load_json(workdir / CALLS_FILE, [])
-    calls.append({"start": round(now, 1), "end": round(now + seconds_left, 1)})
+    calls.append({"start": now, "end": round(now + seconds_left, 1)})
     _dump_json(workdir / CALLS_FILE, calls)
+    return now
+
+
+def record_call_frame(workdir: Path, start: float, structure_id: str) -> None:
+    """Add a structure finished in the call that began at ``start`` (:func:`record_call`) and
+    measured this machine's speed to that call's ``frames`` in :data:`CALLS_FILE`."""
+    calls = _load_json(workdir / CALLS_FILE, [])
+    for call in calls:
+        if isinstance(call, dict) and call.get("start") == start:
+            call.setdefault("frames", []).append(str(structure_id))
+            _dump_json(workdir / CALLS_FILE, calls)
+            return
+
+
+def machine_frames(workdir: str | os.PathLike) -> list[str]:
+    """Structure IDs that measured the machine's speed in the calls recorded in
+    :data:`CALLS_FILE` (:func:`record_call_frame`): frames made on this machine, since the
+    work directory lives on it."""
+    ids: list[str] = []
+    for call in _load_json(Path(workdir) / CALLS_FILE, []):
+        frames = call.get("frames") if isinstance(call, dict) else None
+        if isinstance(frames, list):
+            ids += [str(f) for f in frames if str(f) not in ids]
+    return ids
 
 
 def machine_kept(workdir: str | os.PathLike, now: float | None = None) -> bool:
@@ -997,8 +1026,11 @@ def run_plan(
         frame has finished, the first structure started is the cheapest one that fits
         (a cubic cell, minutes), so that the speed is known before long structures are
         judged.  Session 36: a machine 2.2x faster than the model deferred a 20-atom cell
-        whose ground state and first direction would have fitted.  The command line turns
-        it on; off by default here.
+        whose ground state and first direction would have fitted.  The frames that measured
+        the speed are recorded in the work directory (:func:`machine_frames`): a later call
+        on it (the same machine) starts with their speed, without a calibration structure,
+        and the estimates come from the frames made elsewhere only (the machine's own would
+        count its speed twice).  The command line turns it on; off by default here.
     carry : path-like, "auto" or None
         Directory for the finished field directions of unfinished structures (see
         the module doc); ``"auto"``: :func:`carry_directory` of ``output``; ``None``
@@ -1091,8 +1123,9 @@ def _run_plan(
     frames = read_frames(output) if output.is_file() and output.stat().st_size else []
     check_output_settings(output, settings, frames)  # before check_settings records anything
     check_settings(workdir, settings)
-    if deadline is not None:
-        record_call(workdir, deadline - clock())
+    measure_speed = machine_speed and deadline is not None
+    made_here = set(machine_frames(workdir)) if measure_speed else set()  # earlier calls' frames
+    call_start = record_call(workdir, deadline - clock()) if deadline is not None else None
     done = {str(a.info["structure_id"]) for a in frames}
     failures = load_failures(output, workdir)
     todo = [
@@ -1117,9 +1150,24 @@ def _run_plan(
         if a.info["structure_id"] in plan_ids:  # the symmetric convergence cell would skew the rates
             model.add_frame(a, settings)
     progress = Progress(total=len(plan), model=model, done=n_done)
-    reference = copy.deepcopy(model)  # the machine-speed reference: the model before this call's frames
-    speed_ratios: list[float] = []  # idle-machine time / reference estimate of the frames of this call
-    calibrating = machine_speed and deadline is not None  # the next start is the cheapest structure
+    # the machine-speed reference: the model of the frames made elsewhere (not in this call nor
+    # in earlier calls on this work directory); with machine_speed it makes the estimates
+    reference = CostModel(ranks=ranks)
+    for a in frames:
+        if a.info["structure_id"] in plan_ids and a.info["structure_id"] not in made_here:
+            reference.add_frame(a, settings)
+    estimates = reference if measure_speed else model
+
+    def speed_ratio(frame: Atoms) -> float | None:
+        """A frame's idle-machine time over the reference's estimate of it."""
+        expected = reference.estimate_s(frame.info.get("kind"), frame_units(frame, settings), len(frame))
+        idle = frame_idle_wall_s(frame, ranks)
+        return idle / expected if expected and idle is not None else None
+
+    # idle-machine time / reference estimate of the frames made on this machine
+    earlier = {a.info["structure_id"]: speed_ratio(a) for a in frames if a.info["structure_id"] in made_here}
+    speed_ratios = [r for r in earlier.values() if r is not None]
+    calibrating = measure_speed and not speed_ratios  # the next start is the cheapest structure
 
     def speed() -> float:
         """This machine's speed factor on the model's estimates (1.0 until measured)."""
@@ -1127,6 +1175,11 @@ def _run_plan(
             return speed_factor(speed_ratios)
     units = {a.info["structure_id"]: work_units(a, settings.kmesh(a)) for a in todo}
     log(f"plan {plan_path}: {len(plan)} structures, {n_done} done, {skipped} skipped after failures, {len(todo)} to run")
+    if speed_ratios:
+        n = len(speed_ratios)
+        log(f"machine speed from {n} frame{'s' if n > 1 else ''} made here in earlier calls "
+            f"({', '.join(sid for sid, r in earlier.items() if r is not None)}): estimates "
+            f"x{speed_factor(speed_ratios):.2f}")
     stop = threading.Event()
     lock = threading.Lock()
     counts = Counter()
@@ -1219,15 +1272,15 @@ def _run_plan(
             progress.done += 1
             if not carried.get(sid):  # a structure partly computed earlier would look cheap
                 model.add_frame(frame, own)  # at its idle-machine cost, as frames read at the start
-                if machine_speed:
-                    expected = reference.estimate_s(structure.info.get("kind"), units[sid], len(structure))
+                ratio = speed_ratio(frame) if measure_speed else None
+                if ratio is not None:
+                    speed_ratios.append(ratio)
+                    record_call_frame(workdir, call_start, sid)
+                    n = len(speed_ratios)
                     idle = frame_idle_wall_s(frame, ranks)
-                    if expected and idle is not None:
-                        speed_ratios.append(idle / expected)
-                        n = len(speed_ratios)
-                        log(f"machine speed: {sid} took {_fmt_s(idle)} at idle-machine cost, the model expected "
-                            f"{_fmt_s(expected)}; estimates now x{speed_factor(speed_ratios):.2f} "
-                            f"({n} frame{'s' if n > 1 else ''} of this call)")
+                    log(f"machine speed: {sid} took {_fmt_s(idle)} at idle-machine cost, the model expected "
+                        f"{_fmt_s(idle / ratio)}; estimates now x{speed_factor(speed_ratios):.2f} "
+                        f"({n} frame{'s' if n > 1 else ''} of this machine)")
         return True
 
     ran: dict[Path, float] = {}  # run directories of this call: when each started (carried data restored)
@@ -1297,8 +1350,8 @@ def _run_plan(
         own = measured_s(s, step)
         if own is not None:
             return own
-        est = model.estimate_s(s.info.get("kind"), units[s.info["structure_id"]], len(s))
-        return None if est is None else est * speed() * model.step_share(s.info.get("kind"), step)
+        est = estimates.estimate_s(s.info.get("kind"), units[s.info["structure_id"]], len(s))
+        return None if est is None else est * speed() * estimates.step_share(s.info.get("kind"), step)
 
     def total_s(s: Atoms, names: list[str]) -> float | None:
         """Expected wall seconds of steps ``names`` of ``s`` (:func:`step_s`); None if one is unknown."""

@@ -33,6 +33,7 @@ from ase_born.dft.pipeline import (
     CostModel,
     check_settings,
     finished_ids,
+    machine_frames,
     machine_kept,
     print_status,
     resolve_step_level,
@@ -2341,10 +2342,70 @@ def test_machine_speed_scales_the_model_after_a_cheap_first_structure(tmp_path, 
         assert runner.calls == ["small", "big"] and counts["finished"] == 2
         assert "machine speed unknown: small first, the cheapest structure (estimated 18m20s)" in text
         assert "machine speed: small took 8m20s at idle-machine cost, the model expected 16m40s; " \
-               "estimates now x0.50 (1 frame of this call)" in text
+               "estimates now x0.50 (1 frame of this machine)" in text
         # all steps of big: 1.1 x 4000 s (GS 0.2 + 3 x 0.3 of a structure), x 0.5
         assert "start big (tilt10, 5 atoms, estimated 36m40s)" in text
     else:
         assert runner.calls == ["small"] and counts["deferred"] == 1
         assert "defer big: its next field direction (and ground state, unless kept) needs ~40m00s" in text
         assert "machine speed" not in text
+
+
+def test_machine_speed_carries_over_to_a_later_call_on_the_same_work_directory(tmp_path):
+    """The frames that measured the machine are recorded in calls.json: the next call on the
+    work directory starts with their speed (no calibration structure first, a long structure
+    admitted at once) and estimates from the frames made elsewhere only."""
+    base = read_abinit_output(DATA / "gs.abo")
+    frames = []
+    for sid, kind in (("old_c", "cubic5"), ("old_t", "tilt10"), ("small", "cubic5"), ("big", "tilt10"),
+                      ("small2", "cubic5")):
+        a = base.copy()
+        a.info.update(structure_id=sid, kind=kind, split="train")
+        frames.append(a)
+    write_frames(tmp_path / "plan.xyz", frames)
+    out, work = tmp_path / "data.xyz", tmp_path / "runs"
+    done = [f.copy() for f in frames[:2]]
+    for f, wall in zip(done, (1000.0, 4000.0)):  # the model: cubic5 1000 s, tilt10 4000 s (same cell)
+        f.info["wall_s"] = wall
+    write_frames(out, done)
+    now = [0.0]
+
+    class Runner(FakeAbinit):
+        """Outputs without ABINIT's run times; each structure takes half the model's time on
+        the clock (cubic5 500 s, tilt10 2000 s)."""
+
+        def __call__(self, structure, settings, directory, *args, **kw):
+            super().__call__(structure, settings, directory, *args, **kw)
+            for name in ("gs.abo", "efield.abo"):
+                text = (directory / name).read_text().splitlines(keepends=True)
+                (directory / name).write_text("".join(t for t in text if "time (sec)" not in t
+                                                      and "Overall time" not in t))
+            scale = 1.0 if structure.info["kind"] == "cubic5" else 4.0
+            now[0] += 500.0 * scale
+            return {"gs": 100.0 * scale, "ddk": 100.0 * scale, "efield": 300.0 * scale}
+
+    # call 1, 700 s: small measures the machine (500 s vs 1000 s: x0.5); big then needs
+    # 0.5 x 4000 s x 0.5 x 1.2 = 1200 s > 200 s left, and small2 (300 s) too
+    runner, messages = Runner(), []
+    run_plan(tmp_path / "plan.xyz", out, work, runner=runner, log=messages.append,
+             deadline=700.0, clock=lambda: now[0], machine_speed=True)
+    assert runner.calls == ["small"]
+    calls = json.loads((work / CALLS_FILE).read_text())
+    assert len(calls) == 1 and calls[0]["frames"] == ["small"]
+    assert machine_frames(work) == ["small"]
+    # call 2, 2600 s: the speed is known at once; big (needs 1200 s) starts first, in plan order
+    runner, messages = Runner(), []
+    run_plan(tmp_path / "plan.xyz", out, work, runner=runner, log=messages.append,
+             deadline=now[0] + 2600.0, clock=lambda: now[0], machine_speed=True)
+    text = "\n".join(messages)
+    assert runner.calls == ["big", "small2"]
+    assert "machine speed from 1 frame made here in earlier calls (small): estimates x0.50" in text
+    assert "machine speed unknown" not in text
+    # then small2 (needs 300 s, 600 s left) is estimated from old_c alone (1.1 x 1000 s x 0.5),
+    # not from the median with small (750 s), which would count the machine's speed twice
+    assert "start small2 (cubic5, 5 atoms, estimated 9m10s)" in text
+    assert "estimates now x0.50 (2 frames of this machine)" in text
+    assert machine_frames(work) == ["small", "big", "small2"]
+    # without the record (a fresh machine's work directory) the call calibrates again
+    shutil.rmtree(work)
+    assert machine_frames(work) == []
