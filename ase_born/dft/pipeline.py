@@ -1156,10 +1156,13 @@ def _run_plan(
     for a in frames:
         if a.info["structure_id"] in plan_ids and a.info["structure_id"] not in made_here:
             reference.add_frame(a, settings)
-    estimates = reference if measure_speed else model
+    # (all frames made here, e.g. a dataset begun on this machine: the model of all, unscaled)
+    estimates = reference if measure_speed and reference.rates else model
 
     def speed_ratio(frame: Atoms) -> float | None:
-        """A frame's idle-machine time over the reference's estimate of it."""
+        """A frame's idle-machine time over the reference's estimate of it (None without one)."""
+        if estimates is not reference:
+            return None
         expected = reference.estimate_s(frame.info.get("kind"), frame_units(frame, settings), len(frame))
         idle = frame_idle_wall_s(frame, ranks)
         return idle / expected if expected and idle is not None else None

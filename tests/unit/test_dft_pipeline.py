@@ -2409,3 +2409,28 @@ def test_machine_speed_carries_over_to_a_later_call_on_the_same_work_directory(t
     # without the record (a fresh machine's work directory) the call calibrates again
     shutil.rmtree(work)
     assert machine_frames(work) == []
+
+
+def test_machine_speed_without_frames_made_elsewhere_uses_the_model_unscaled(tmp_path):
+    """When every frame was made on this machine (a dataset begun here) no speed can be measured:
+    the estimates are the model of all frames, unscaled, and the call calibrates as before."""
+    base = read_abinit_output(DATA / "gs.abo")
+    plan = []
+    for sid in ("a", "b"):
+        x = base.copy()
+        x.info.update(structure_id=sid, kind="cubic5", split="train")
+        plan.append(x)
+    write_frames(tmp_path / "plan.xyz", plan)
+    out, work = tmp_path / "data.xyz", tmp_path / "runs"
+    done = plan[0].copy()
+    done.info["wall_s"] = 1000.0
+    write_frames(out, done)
+    work.mkdir()
+    (work / CALLS_FILE).write_text(json.dumps([{"start": 1.0, "end": 2.0, "frames": ["a"]}]))
+    fake, messages = FakeAbinit(), []
+    run_plan(tmp_path / "plan.xyz", out, work, runner=fake, log=messages.append, deadline=5000.0,
+             clock=lambda: 0.0, machine_speed=True)
+    text = "\n".join(messages)
+    assert fake.calls == ["b"] and "start b (cubic5, 5 atoms, estimated 18m20s)" in text  # 1.1 x 1000 s
+    assert "machine speed from" not in text and "machine speed:" not in text
+    assert machine_frames(work) == ["a"]  # b measured nothing
