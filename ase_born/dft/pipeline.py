@@ -166,6 +166,27 @@ def frame_units(frame: Atoms, settings: AbinitSettings) -> float:
     return work_units(frame, frame.info["kpts"] if "kpts" in frame.info else settings.kmesh(frame))
 
 
+def frame_speed_ratio(frame: Atoms, reference: CostModel, settings: AbinitSettings, ranks: int) -> float | None:
+    """A frame's idle-machine time (:func:`frame_idle_wall_s`) over ``reference``'s estimate
+    of it: how fast the machine that made it is; None without either."""
+    expected = reference.estimate_s(frame.info.get("kind"), frame_units(frame, settings), len(frame))
+    idle = frame_idle_wall_s(frame, ranks)
+    return idle / expected if expected and idle is not None else None
+
+
+def machine_speed_ratios(frames: Sequence[Atoms], plan_ids: set[str], made_here: set[str],
+                         settings: AbinitSettings, ranks: int) -> tuple[CostModel, dict[str, float | None]]:
+    """The reference :class:`CostModel` (the plan's frames not in ``made_here``) and the
+    :func:`frame_speed_ratio` of each frame in ``made_here`` (frames made on this machine,
+    :func:`machine_frames`)."""
+    reference = CostModel(ranks=ranks)
+    for a in frames:
+        if a.info["structure_id"] in plan_ids and a.info["structure_id"] not in made_here:
+            reference.add_frame(a, settings)
+    return reference, {a.info["structure_id"]: frame_speed_ratio(a, reference, settings, ranks)
+                       for a in frames if a.info["structure_id"] in made_here}
+
+
 def speed_factor(ratios: Sequence[float]) -> float:
     """The machine-speed factor from measured/expected ratios: their median within
     :data:`SPEED_BOUNDS`; 1.0 when none is measured."""
@@ -1152,23 +1173,13 @@ def _run_plan(
     progress = Progress(total=len(plan), model=model, done=n_done)
     # the machine-speed reference: the model of the frames made elsewhere (not in this call nor
     # in earlier calls on this work directory); with machine_speed it makes the estimates
-    reference = CostModel(ranks=ranks)
-    for a in frames:
-        if a.info["structure_id"] in plan_ids and a.info["structure_id"] not in made_here:
-            reference.add_frame(a, settings)
     # (all frames made here, e.g. a dataset begun on this machine: the model of all, unscaled)
+    reference, earlier = machine_speed_ratios(frames, plan_ids, made_here, settings, ranks)
     estimates = reference if measure_speed and reference.rates else model
 
     def speed_ratio(frame: Atoms) -> float | None:
-        """A frame's idle-machine time over the reference's estimate of it (None without one)."""
-        if estimates is not reference:
-            return None
-        expected = reference.estimate_s(frame.info.get("kind"), frame_units(frame, settings), len(frame))
-        idle = frame_idle_wall_s(frame, ranks)
-        return idle / expected if expected and idle is not None else None
+        return frame_speed_ratio(frame, reference, settings, ranks) if estimates is reference else None
 
-    # idle-machine time / reference estimate of the frames made on this machine
-    earlier = {a.info["structure_id"]: speed_ratio(a) for a in frames if a.info["structure_id"] in made_here}
     speed_ratios = [r for r in earlier.values() if r is not None]
     calibrating = measure_speed and not speed_ratios  # the next start is the cheapest structure
 
@@ -1660,7 +1671,19 @@ def status(plan_path: str | os.PathLike, output: str | os.PathLike = DEFAULT_OUT
         "started": started,  # run_progress of each started, unfinished structure
         "running": lock_holder(workdir),  # the pipeline holding the work directory, or None
         "machine_kept": machine_kept(workdir),  # an earlier call ran to its deadline here
+        "machine_speed": _status_speed(frames, planned, workdir),
     }
+
+
+def _status_speed(frames: Sequence[Atoms], plan_ids: set[str], workdir: str | os.PathLike) -> dict | None:
+    """This machine's speed for :func:`status`: ``{"factor": ..., "frames": [IDs]}`` from the
+    frames it made (:func:`machine_frames`) against the others, as a call would start with it."""
+    made_here = set(machine_frames(workdir)) if Path(workdir).is_dir() else set()
+    if not made_here:
+        return None
+    _, ratios = machine_speed_ratios(frames, plan_ids, made_here, AbinitSettings(), 2)
+    measured = {sid: r for sid, r in ratios.items() if r is not None}
+    return {"factor": speed_factor(list(measured.values())), "frames": sorted(measured)} if measured else None
 
 
 def print_status(st: dict, file=sys.stdout) -> None:
@@ -1703,6 +1726,10 @@ def print_status(st: dict, file=sys.stdout) -> None:
     if st.get("machine_kept"):
         print(f"{st['workdir']}: an earlier call ran to its deadline here (a kept machine): "
               "--step-level auto schedules step by step", file=file)
+    speed = st.get("machine_speed")
+    if speed:
+        print(f"machine speed: x{speed['factor']:.2f} of the other machines' times, from the "
+              f"{len(speed['frames'])} frame(s) made here; the next call starts with it", file=file)
     for sid, prog in st.get("started", {}).items():
         done = ", ".join(prog["done_steps"]) or "none"
         live = prog.get("open_running")

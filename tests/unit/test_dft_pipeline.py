@@ -2301,28 +2301,30 @@ def test_datasets_sharing_a_folder_keep_their_carried_data_and_failures_apart(tm
     assert [f["output"] for f in recorded] == ["ref40.xyz", "ref40.xyz"]  # kept beside production's runs
 
 
-@pytest.mark.parametrize("machine_speed", [False, True])
-def test_machine_speed_scales_the_model_after_a_cheap_first_structure(tmp_path, machine_speed):
-    """With ``machine_speed`` the first structure started is the cheapest that fits, and the
-    frames finished in the call scale the cost model to this machine: a long structure that
-    the dataset's rates (slower machines) defer is started on a machine twice as fast."""
+def _speed_case(tmp_path, *todo):
+    """A plan of the finished ``old_c`` (cubic5, 1000 s) and ``old_t`` (tilt10, 4000 s; the same
+    cell: the model's rates) and the ``(id, kind)`` pairs ``todo``; returns the dataset path, the
+    fake clock and a runner class whose structures take half the model's time on the clock
+    (``tilt10_s`` for tilt10) and write outputs without ABINIT's run times (a frame's wall time
+    is its idle-machine cost)."""
     base = read_abinit_output(DATA / "gs.abo")
     frames = []
-    for sid, kind in (("old_c", "cubic5"), ("old_t", "tilt10"), ("big", "tilt10"), ("small", "cubic5")):
+    for sid, kind in (("old_c", "cubic5"), ("old_t", "tilt10"), *todo):
         a = base.copy()
         a.info.update(structure_id=sid, kind=kind, split="train")
         frames.append(a)
     write_frames(tmp_path / "plan.xyz", frames)
     out = tmp_path / "data.xyz"
     done = [f.copy() for f in frames[:2]]
-    for f, wall in zip(done, (1000.0, 4000.0)):  # the model: cubic5 1000 s, tilt10 4000 s (same cell)
+    for f, wall in zip(done, (1000.0, 4000.0)):
         f.info["wall_s"] = wall
     write_frames(out, done)
     now = [0.0]
 
     class Runner(FakeAbinit):
-        """Outputs without ABINIT's run times (the frame's wall time is its idle cost); each
-        structure takes 500 s on the clock: half the model's cubic5 time."""
+        def __init__(self, tilt10_s=2000.0):
+            super().__init__()
+            self.tilt10_s = tilt10_s
 
         def __call__(self, structure, settings, directory, *args, **kw):
             super().__call__(structure, settings, directory, *args, **kw)
@@ -2330,10 +2332,20 @@ def test_machine_speed_scales_the_model_after_a_cheap_first_structure(tmp_path, 
                 text = (directory / name).read_text().splitlines(keepends=True)
                 (directory / name).write_text("".join(t for t in text if "time (sec)" not in t
                                                       and "Overall time" not in t))
-            now[0] += 500.0
-            return {"gs": 100.0, "ddk": 100.0, "efield": 300.0}
+            seconds = 500.0 if structure.info["kind"] == "cubic5" else self.tilt10_s
+            now[0] += seconds
+            return {"gs": 0.2 * seconds, "ddk": 0.2 * seconds, "efield": 0.6 * seconds}
 
-    runner, messages = Runner(), []
+    return out, now, Runner
+
+
+@pytest.mark.parametrize("machine_speed", [False, True])
+def test_machine_speed_scales_the_model_after_a_cheap_first_structure(tmp_path, machine_speed):
+    """With ``machine_speed`` the first structure started is the cheapest that fits, and the
+    frames finished in the call scale the cost model to this machine: a long structure that
+    the dataset's rates (slower machines) defer is started on a machine twice as fast."""
+    out, now, Runner = _speed_case(tmp_path, ("big", "tilt10"), ("small", "cubic5"))
+    runner, messages = Runner(tilt10_s=500.0), []  # each structure 500 s: half the model's cubic5
     # big: GS + direction 1 = 0.5 x 4000 s x 1.2 = 2400 s > 2000 s; at speed 0.5: 1200 s < 1500 s
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", runner=runner, log=messages.append,
                       deadline=2000.0, clock=lambda: now[0], machine_speed=machine_speed)
@@ -2355,35 +2367,8 @@ def test_machine_speed_carries_over_to_a_later_call_on_the_same_work_directory(t
     """The frames that measured the machine are recorded in calls.json: the next call on the
     work directory starts with their speed (no calibration structure first, a long structure
     admitted at once) and estimates from the frames made elsewhere only."""
-    base = read_abinit_output(DATA / "gs.abo")
-    frames = []
-    for sid, kind in (("old_c", "cubic5"), ("old_t", "tilt10"), ("small", "cubic5"), ("big", "tilt10"),
-                      ("small2", "cubic5")):
-        a = base.copy()
-        a.info.update(structure_id=sid, kind=kind, split="train")
-        frames.append(a)
-    write_frames(tmp_path / "plan.xyz", frames)
-    out, work = tmp_path / "data.xyz", tmp_path / "runs"
-    done = [f.copy() for f in frames[:2]]
-    for f, wall in zip(done, (1000.0, 4000.0)):  # the model: cubic5 1000 s, tilt10 4000 s (same cell)
-        f.info["wall_s"] = wall
-    write_frames(out, done)
-    now = [0.0]
-
-    class Runner(FakeAbinit):
-        """Outputs without ABINIT's run times; each structure takes half the model's time on
-        the clock (cubic5 500 s, tilt10 2000 s)."""
-
-        def __call__(self, structure, settings, directory, *args, **kw):
-            super().__call__(structure, settings, directory, *args, **kw)
-            for name in ("gs.abo", "efield.abo"):
-                text = (directory / name).read_text().splitlines(keepends=True)
-                (directory / name).write_text("".join(t for t in text if "time (sec)" not in t
-                                                      and "Overall time" not in t))
-            scale = 1.0 if structure.info["kind"] == "cubic5" else 4.0
-            now[0] += 500.0 * scale
-            return {"gs": 100.0 * scale, "ddk": 100.0 * scale, "efield": 300.0 * scale}
-
+    out, now, Runner = _speed_case(tmp_path, ("small", "cubic5"), ("big", "tilt10"), ("small2", "cubic5"))
+    work = tmp_path / "runs"
     # call 1, 700 s: small measures the machine (500 s vs 1000 s: x0.5); big then needs
     # 0.5 x 4000 s x 0.5 x 1.2 = 1200 s > 200 s left, and small2 (300 s) too
     runner, messages = Runner(), []
@@ -2406,9 +2391,14 @@ def test_machine_speed_carries_over_to_a_later_call_on_the_same_work_directory(t
     assert "start small2 (cubic5, 5 atoms, estimated 9m10s)" in text
     assert "estimates now x0.50 (2 frames of this machine)" in text
     assert machine_frames(work) == ["small", "big", "small2"]
+    st = status(tmp_path / "plan.xyz", out, work)
+    assert st["machine_speed"] == {"factor": pytest.approx(0.5), "frames": ["big", "small", "small2"]}
+    buf = io.StringIO()
+    print_status(st, file=buf)
+    assert "machine speed: x0.50 of the other machines' times, from the 3 frame(s) made here" in buf.getvalue()
     # without the record (a fresh machine's work directory) the call calibrates again
     shutil.rmtree(work)
-    assert machine_frames(work) == []
+    assert machine_frames(work) == [] and status(tmp_path / "plan.xyz", out, work)["machine_speed"] is None
 
 
 def test_machine_speed_without_frames_made_elsewhere_uses_the_model_unscaled(tmp_path):
