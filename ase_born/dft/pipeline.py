@@ -1170,12 +1170,12 @@ def _run_plan(
     for a in frames:
         if a.info["structure_id"] in plan_ids:  # the symmetric convergence cell would skew the rates
             model.add_frame(a, settings)
-    progress = Progress(total=len(plan), model=model, done=n_done)
     # the machine-speed reference: the model of the frames made elsewhere (not in this call nor
     # in earlier calls on this work directory); with machine_speed it makes the estimates
     # (all frames made here, e.g. a dataset begun on this machine: the model of all, unscaled)
     reference, earlier = machine_speed_ratios(frames, plan_ids, made_here, settings, ranks)
     estimates = reference if measure_speed and reference.rates else model
+    progress = Progress(total=len(plan), model=estimates, done=n_done)  # its ETA x speed()
 
     def speed_ratio(frame: Atoms) -> float | None:
         return frame_speed_ratio(frame, reference, settings, ranks) if estimates is reference else None
@@ -1562,11 +1562,14 @@ def _run_plan(
                     remaining = [(p.info.get("kind"), units[p.info["structure_id"]], len(p))
                                  for p in [*pending, *running.values()]]
                     until = "" if deadline is None else f"; this call stops in {_fmt_s(max(deadline - clock(), 0.0))}"
+                    eta = progress.eta_s(remaining, jobs)
+                    factor = speed()
+                    here = "" if factor == 1.0 or eta is None else f" at this machine's speed (x{factor:.2f})"
                     log(
                         f"[{progress.done}/{progress.total}] finished {sid} "
                         f"({_fmt_s(time.time() - started[sid])}); "
-                        f"ETA for the {len(remaining)} structures left {_fmt_s(progress.eta_s(remaining, jobs))}"
-                        f"{until}"
+                        f"ETA for the {len(remaining)} structures left "
+                        f"{_fmt_s(None if eta is None else eta * factor)}{here}{until}"
                     )
             if stop.is_set():
                 for fut in running:

@@ -2389,6 +2389,7 @@ def test_machine_speed_carries_over_to_a_later_call_on_the_same_work_directory(t
     # then small2 (needs 300 s, 600 s left) is estimated from old_c alone (1.1 x 1000 s x 0.5),
     # not from the median with small (750 s), which would count the machine's speed twice
     assert "start small2 (cubic5, 5 atoms, estimated 9m10s)" in text
+    assert "ETA for the 1 structures left 8m20s at this machine's speed (x0.50)" in text  # 1000 s x 0.5
     assert "estimates now x0.50 (2 frames of this machine)" in text
     assert machine_frames(work) == ["small", "big", "small2"]
     st = status(tmp_path / "plan.xyz", out, work)
