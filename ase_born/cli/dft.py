@@ -63,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "call ran to its deadline there (the machine is kept between sessions)")
     pr.add_argument("--no-machine-speed", dest="machine_speed", action="store_false",
                     help="with --hours: do not scale the cost model's estimates by this machine's speed "
-                         "(by default the first structure is the cheapest one that fits, and the frames "
-                         "finished in the call measure the speed)")
+                         "(by default the frames this machine made, recorded in the work directory, "
+                         "measure it; until one exists the first structure is the cheapest one that fits)")
     pr.add_argument("--no-complete-epsilon", dest="complete_epsilon", action="store_false",
                     help="do not run the ddk of field directions carried over from another session again "
                          "(by default they are, when they fit before --hours, so the frame has every "
