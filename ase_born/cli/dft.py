@@ -53,7 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "a later run")
     pr.add_argument("--grace-minutes", type=nonnegative_float, default=0.0,
                     help="with --hours: minutes after the deadline that the steps running then may still "
-                         "use (no step starts after it); default 0")
+                         "use (no step starts after it); default 0. A ground state gets ABINIT's time limit "
+                         "10 minutes before deadline + grace (it keeps its wavefunctions there) and starts only "
+                         "if it fits before that too: with less than 10 minutes, ground states end that much "
+                         "before the deadline")
     pr.add_argument("--step-level", choices=("auto", "yes", "no"), default="auto",
                     help="with --hours: start a structure (and each ABINIT step) when that step alone fits "
                          "before the deadline, so long structures span calls (yes: the work directory "

@@ -82,6 +82,8 @@ from ase import Atoms
 from ase_born.dft.abinit import (
     DIRECTIONS,
     GS_EXIT_WAIT_S,
+    GS_TIMELIMIT_MARGIN_S,
+    GS_TIMELIMIT_MIN_S,
     PARTIAL_SECONDS,
     PARTIAL_WFK,
     TOLERANCE_KEYS,
@@ -1024,7 +1026,9 @@ def run_plan(
         is not lost minutes before its end.  A ground state gets ABINIT's ``--timelimit``
         at ``deadline + grace_s`` minus :data:`~ase_born.dft.abinit.GS_TIMELIMIT_MARGIN_S`:
         cut there, it keeps its wavefunctions and continues in a later call (the
-        structure is deferred, not tried again in this call).
+        structure is deferred, not tried again in this call).  With a grace shorter than
+        that margin the time limit falls before the deadline, and a ground state starts
+        only when it is expected to end before its time limit.
     step_level : bool
         For a work directory that survives between calls (a machine that keeps its
         files): a structure starts, and each of its ABINIT steps runs, when that step
@@ -1407,6 +1411,21 @@ def _run_plan(
                 parts.append("efield" + name[3:])
         return total_s(s, parts)
 
+    def end_s(name: str) -> float:
+        """Clock time by which step ``name`` must end: the deadline; for a ground state the
+        earlier ``--timelimit`` it would get when started now (:func:`~ase_born.dft.abinit.run_structure`:
+        ``deadline + grace_s`` minus :data:`~ase_born.dft.abinit.GS_TIMELIMIT_MARGIN_S`, at
+        least :data:`~ase_born.dft.abinit.GS_TIMELIMIT_MIN_S` ahead), so that a ground state
+        is not admitted to be cut at once (grace shorter than the margin)."""
+        if name != "gs":
+            return deadline
+        now = clock()
+        return min(deadline, now + max(deadline + grace_s - now - GS_TIMELIMIT_MARGIN_S, GS_TIMELIMIT_MIN_S))
+
+    def end_words(name: str) -> str:
+        """What :func:`end_s` of ``name`` is, for the log."""
+        return "the deadline" if end_s(name) >= deadline else f"its ABINIT time limit (grace < {GS_TIMELIMIT_MARGIN_S / 60:.0f} min)"
+
     def step_fits(s: Atoms, name: str) -> bool:
         """``before_step`` of a started structure: whether step ``name`` (:func:`need_s`) is
         expected to finish before the deadline.  When it does not the structure is paused,
@@ -1416,7 +1435,7 @@ def _run_plan(
             return True  # the older one-run layout
         factor, words = margin()
         need = need_s(s, name, factor)
-        left = deadline - clock()
+        left = end_s(name) - clock()
         if left > 0 and (need is None or factor * need <= left):  # unknown cost: before the deadline
             return True
         needs = "an unknown time" if need is None else f"~{_fmt_s(factor * need)}"
@@ -1426,7 +1445,7 @@ def _run_plan(
             return False
         what = name if step_level or name == "gs" else f"{name} (field direction {name[-1]})"
         log(f"pause {s.info['structure_id']} before {what}: needs {needs} ({words}), "
-            f"{_fmt_s(max(left, 0.0))} left before the deadline (finished steps are kept)")
+            f"{_fmt_s(max(left, 0.0))} left before {end_words(name)} (finished steps are kept)")
         return False
 
     def next_structure() -> Atoms | None:
@@ -1451,7 +1470,7 @@ def _run_plan(
             if deadline is not None and steps_left(s):  # no steps left: only parsing
                 name = next_step(s)
                 est = need_s(s, name, factor)
-                left = deadline - clock()
+                left = end_s(name) - clock()
                 if left <= 0 or (est is not None and factor * est > left):  # unknown cost: before the deadline
                     if sid not in deferred:
                         deferred.add(sid)
@@ -1459,7 +1478,7 @@ def _run_plan(
                                 "its next field direction (and ground state, unless kept)")
                         needs = "an unknown time" if est is None else f"~{_fmt_s(factor * est)}"
                         log(f"defer {sid}: {what} needs {needs} ({words}), "
-                            f"{_fmt_s(max(left, 0.0))} left before the deadline")
+                            f"{_fmt_s(max(left, 0.0))} left before {end_words(name)}")
                     continue
             if sid in paused:  # paused under a load that has gone, or for a step that now fits
                 paused.discard(sid)

@@ -60,6 +60,9 @@ REPO = Path(__file__).resolve().parents[2]
 needs_psp = pytest.mark.skipif(
     not Path("/usr/share/abinit/psp/Ti.psp8").is_file(), reason="abinit-data pseudopotentials not installed"
 )
+#: a grace as long as the ground states' time-limit margin: admission against the deadline alone
+#: (the background script's setting), for tests of other rules on ground states of minutes
+GRACE = dft_abinit.GS_TIMELIMIT_MARGIN_S
 
 
 def _var(text, name):
@@ -796,7 +799,7 @@ def test_admission_uses_the_measured_step_shares(tmp_path, with_steps):
         write_frames(out, done, append=True)
     fake, messages = FakeAbinit(), []
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=settings, runner=fake,
-                      log=messages.append, deadline=540.0, clock=lambda: 0.0)
+                      log=messages.append, deadline=540.0, grace_s=GRACE, clock=lambda: 0.0)
     if with_steps:
         assert fake.calls == ["s3"] and counts["finished"] == 1
     else:
@@ -1169,6 +1172,32 @@ def test_ground_state_cut_at_the_time_limit_continues_in_the_next_call(tmp_path,
     assert not (big / PARTIAL_WFK).exists() and not (big / "gs.partial").exists()
 
 
+def test_short_grace_admits_a_ground_state_only_before_its_time_limit(tmp_path, monkeypatch):
+    """With a grace shorter than GS_TIMELIMIT_MARGIN_S a ground state's --timelimit falls
+    before the deadline (deadline + grace - margin): at 700 s, with 900 s deadline and a
+    3 min grace, small's ground state (~3 min with the margin) fits before the deadline but
+    not before its time limit (480 s); it is deferred, not started and cut at once (as six
+    ground states were in session 37).  With a 10 min grace it starts and is not cut."""
+    _write_big_small_plan(tmp_path / "plan.xyz")
+    for grace in (180.0, 600.0):
+        out, work = tmp_path / f"data{int(grace)}" / "dft.xyz", tmp_path / f"runs{int(grace)}"
+        now = [0.0]
+        calls, _ = _fake_steps(monkeypatch, now, cost={"gs": 100.0, "ddk": 100.0, "efield": 100.0})
+        messages = []
+        counts = run_plan(tmp_path / "plan.xyz", out, work, deadline=900.0, grace_s=grace, clock=lambda now=now: now[0],
+                          log=messages.append, step_level=True)
+        assert finished_ids(out) == {"big"}  # its steps' costs were unknown: each started before 480 s / 900 s
+        assert not (work / "small" / PARTIAL_WFK).exists() and not any("cut" in m for m in messages)
+        if grace < dft_abinit.GS_TIMELIMIT_MARGIN_S:
+            assert ("small", "gs") not in calls and counts["deferred"] == 1
+            assert any(m.startswith("defer small: its next step (gs) needs ~") and m.endswith(
+                "1m00s left before its ABINIT time limit (grace < 10 min)") for m in messages), messages
+        else:
+            assert calls[-1] == ("small", "gs") and (work / "small" / "gs.done").is_file()
+            assert any(m.startswith("pause small before ddk1: needs ~") and "1m40s left before the deadline" in m
+                       for m in messages), [m for m in messages if "small" in m]
+
+
 @needs_psp
 def test_a_failed_continuation_of_a_cut_ground_state_starts_afresh(tmp_path, monkeypatch):
     """Kept wavefunctions that ABINIT cannot continue from (a failed try) are dropped, so the
@@ -1349,7 +1378,7 @@ def _eps_run(tmp_path, monkeypatch, deadline, cost, step_level):
     _carry_direction_1(out.parent / "partial" / "big")
     messages = []
     run_plan(tmp_path / "plan.xyz", out, tmp_path / f"runs{int(deadline)}{step_level}",
-             settings=AbinitSettings(ecut_Ha=12.0), deadline=deadline, clock=lambda: now[0],
+             settings=AbinitSettings(ecut_Ha=12.0), deadline=deadline, grace_s=GRACE, clock=lambda: now[0],
              log=messages.append, step_level=step_level)
     return [s for _, s in calls], out, messages
 
@@ -1411,7 +1440,7 @@ def test_admission_scales_estimates_by_the_load_of_the_latest_step(tmp_path, mon
     _carry_direction_1(out.parent / "partial" / "big", times=(200.0, 200.0, 300.0))
     messages = []
     run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=AbinitSettings(ecut_Ha=12.0),
-             deadline=700.0, clock=lambda: now[0], log=messages.append, step_level=True, complete_epsilon=False)
+             deadline=700.0, grace_s=GRACE, clock=lambda: now[0], log=messages.append, step_level=True, complete_epsilon=False)
     assert [s for _, s in calls] == ["gs"]
     assert any(m.startswith("pause big before ddk2: needs ~8m00s (x1.2 margin, x2.00 load now)") for m in messages)
     run = tmp_path / "runs" / "big"
@@ -1509,7 +1538,7 @@ def test_step_level_starts_a_structure_whose_ground_state_alone_fits(tmp_path):
     for step_level, expected in ((False, []), (True, ["s0"])):
         messages, fake = [], FakeAbinit()
         run_plan(plan, tmp_path / "data.xyz", tmp_path / "runs", runner=fake, log=messages.append,
-                 deadline=200.0, clock=lambda: 0.0, step_level=step_level)  # GS 120 s fits, GS + direction 720 s not
+                 deadline=200.0, grace_s=GRACE, clock=lambda: 0.0, step_level=step_level)  # GS 120 s fits, GS + direction 720 s not
         assert fake.calls == expected
         if not step_level:
             assert any(m.startswith("defer s0: its next field direction") for m in messages)
@@ -2348,7 +2377,7 @@ def test_machine_speed_scales_the_model_after_a_cheap_first_structure(tmp_path, 
     runner, messages = Runner(tilt10_s=500.0), []  # each structure 500 s: half the model's cubic5
     # big: GS + direction 1 = 0.5 x 4000 s x 1.2 = 2400 s > 2000 s; at speed 0.5: 1200 s < 1500 s
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", runner=runner, log=messages.append,
-                      deadline=2000.0, clock=lambda: now[0], machine_speed=machine_speed)
+                      deadline=2000.0, grace_s=GRACE, clock=lambda: now[0], machine_speed=machine_speed)
     text = "\n".join(messages)
     if machine_speed:
         assert runner.calls == ["small", "big"] and counts["finished"] == 2
@@ -2373,7 +2402,7 @@ def test_machine_speed_carries_over_to_a_later_call_on_the_same_work_directory(t
     # 0.5 x 4000 s x 0.5 x 1.2 = 1200 s > 200 s left, and small2 (300 s) too
     runner, messages = Runner(), []
     run_plan(tmp_path / "plan.xyz", out, work, runner=runner, log=messages.append,
-             deadline=700.0, clock=lambda: now[0], machine_speed=True)
+             deadline=700.0, grace_s=GRACE, clock=lambda: now[0], machine_speed=True)
     assert runner.calls == ["small"]
     calls = json.loads((work / CALLS_FILE).read_text())
     assert len(calls) == 1 and calls[0]["frames"] == ["small"]
@@ -2381,7 +2410,7 @@ def test_machine_speed_carries_over_to_a_later_call_on_the_same_work_directory(t
     # call 2, 2600 s: the speed is known at once; big (needs 1200 s) starts first, in plan order
     runner, messages = Runner(), []
     run_plan(tmp_path / "plan.xyz", out, work, runner=runner, log=messages.append,
-             deadline=now[0] + 2600.0, clock=lambda: now[0], machine_speed=True)
+             deadline=now[0] + 2600.0, grace_s=GRACE, clock=lambda: now[0], machine_speed=True)
     text = "\n".join(messages)
     assert runner.calls == ["big", "small2"]
     assert "machine speed from 1 frame made here in earlier calls (small): estimates x0.50" in text
