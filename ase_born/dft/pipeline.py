@@ -121,6 +121,11 @@ def carry_directory(output: str | os.PathLike) -> Path:
 #: and these only while fewer than :data:`MIN_SHARE_FRAMES` frames record their step times
 F_GS, F_DIRECTION = 0.2, 0.3
 
+#: least share of its estimate that a ground state continued from the wavefunctions of a cut
+#: one (:data:`~ase_born.dft.abinit.PARTIAL_WFK`) is expected to need, whatever the cut try
+#: spent: the last SCF iterations, forces, stress and the wavefunctions written again
+GS_CONTINUE_MIN_SHARE = 0.25
+
 #: frames with step times (``wall_s_steps``) a kind needs before its own step shares are
 #: used (else those of all kinds together, else :data:`F_GS` / :data:`F_DIRECTION`)
 MIN_SHARE_FRAMES = 3
@@ -1369,7 +1374,23 @@ def _run_plan(
         if own is not None:
             return own
         est = estimates.estimate_s(s.info.get("kind"), units[s.info["structure_id"]], len(s))
-        return None if est is None else est * speed() * estimates.step_share(s.info.get("kind"), step)
+        if est is None:
+            return None
+        est *= speed() * estimates.step_share(s.info.get("kind"), step)
+        return continued_gs_s(s, est) if step == "gs" else est
+
+    def continued_gs_s(s: Atoms, est: float) -> float:
+        """Estimate ``est`` of the ground state of ``s``, less the seconds a cut try spent
+        when the next try continues from its kept wavefunctions (at least
+        :data:`GS_CONTINUE_MIN_SHARE` of it)."""
+        directory = workdir / s.info["structure_id"]
+        if not (directory / PARTIAL_WFK).is_file():
+            return est
+        try:
+            spent = read_marker(directory / PARTIAL_SECONDS)
+        except (OSError, ValueError):
+            return est
+        return max(est - spent, GS_CONTINUE_MIN_SHARE * est)
 
     def total_s(s: Atoms, names: list[str]) -> float | None:
         """Expected wall seconds of steps ``names`` of ``s`` (:func:`step_s`); None if one is unknown."""

@@ -20,6 +20,7 @@ from ase.neighborlist import neighbor_list
 from ase_born.conventions import BOHR_A
 from ase_born.dft import abinit as dft_abinit
 from ase_born.dft.abinit import (
+    PARTIAL_SECONDS,
     PARTIAL_WFK,
     AbinitError,
     AbinitSettings,
@@ -805,6 +806,49 @@ def test_admission_uses_the_measured_step_shares(tmp_path, with_steps):
     else:
         assert fake.calls == [] and counts["deferred"] == 1
         assert any(m.startswith("defer s3:") for m in messages)
+
+
+@pytest.mark.parametrize("partial", [None, 60.0, 95.0, "no_wfk"])
+def test_a_cut_ground_state_is_admitted_with_the_time_it_still_needs(tmp_path, partial):
+    """Three frames give a cubic5 ground state 100 s (10 % of 1000 s).  Continued from the
+    wavefunctions of a try cut after 60 s it needs 40 s (x1.2 = 48 s) and starts with 50 s left;
+    a fresh one (no cut try, or a marker without its wavefunctions: the next try starts afresh)
+    needs 120 s and is deferred; after 95 s it still needs GS_CONTINUE_MIN_SHARE of the estimate
+    (25 s x 1.2 = 30 s)."""
+    from ase_born.dft.pipeline import GS_CONTINUE_MIN_SHARE
+
+    base = read_abinit_output(DATA / "gs.abo")
+    settings = AbinitSettings()
+    plan = []
+    for i in range(4):
+        a = base.copy()
+        a.info.update(structure_id=f"s{i}", kind="cubic5", split="train")
+        plan.append(a)
+    write_frames(tmp_path / "plan.xyz", plan)
+    out = tmp_path / "data.xyz"
+    for a in plan[:3]:
+        done = a.copy()
+        done.info.update(wall_s=1000.0, mpi_ranks=2, kpts=np.array(settings.kmesh(base)),
+                         wall_s_steps=json.dumps({"gs": 100.0, "ddk": 300.0, "efield": 600.0}))
+        write_frames(out, done, append=True)
+    run = tmp_path / "runs" / "s3"
+    run.mkdir(parents=True)
+    if partial is not None:
+        (run / PARTIAL_SECONDS).write_text(f"{60.0 if partial == 'no_wfk' else partial}\n")
+        if partial != "no_wfk":
+            (run / PARTIAL_WFK).write_text("wfk")
+    fake, messages = FakeAbinit(), []
+    run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=settings, runner=fake, log=messages.append,
+             deadline=50.0, grace_s=GRACE, clock=lambda: 0.0, step_level=True)
+    if partial in (60.0, 95.0):
+        assert fake.calls == ["s3"]
+        gs = max(100.0 - partial, GS_CONTINUE_MIN_SHARE * 100.0)  # 40 s, 25 s; each direction 300 s
+        start = next(m for m in messages if m.startswith("start s3 (cubic5, 5 atoms, estimated "))
+        minutes, seconds = start.split("estimated ")[1].rstrip("s)").split("m")
+        assert 60 * int(minutes) + int(seconds) == pytest.approx(gs + 900.0, abs=1.0)  # printed to the second
+    else:
+        assert fake.calls == []
+        assert any(m.startswith("defer s3: its next step (gs) needs ~2m00s") for m in messages), messages
 
 
 def test_complete_by_symmetry_fills_what_the_point_group_fixes():
