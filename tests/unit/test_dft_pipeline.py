@@ -811,11 +811,11 @@ def test_admission_uses_the_measured_step_shares(tmp_path, with_steps):
 @pytest.mark.parametrize("partial", [None, 60.0, 95.0, "no_wfk"])
 def test_a_cut_ground_state_is_admitted_with_the_time_it_still_needs(tmp_path, partial):
     """Three frames give a cubic5 ground state 100 s (10 % of 1000 s).  Continued from the
-    wavefunctions of a try cut after 60 s it needs 40 s (x1.2 = 48 s) and starts with 50 s left;
-    a fresh one (no cut try, or a marker without its wavefunctions: the next try starts afresh)
-    needs 120 s and is deferred; after 95 s it still needs GS_CONTINUE_MIN_SHARE of the estimate
-    (25 s x 1.2 = 30 s)."""
-    from ase_born.dft.pipeline import GS_CONTINUE_MIN_SHARE
+    wavefunctions of a try cut after 60 s it needs 40 s + GS_CONTINUE_EXTRA_SHARE (12.5 s),
+    x1.2 = 63 s, and starts with 70 s left; a fresh one (no cut try, or a marker without its
+    wavefunctions: the next try starts afresh) needs 120 s and is deferred; after 95 s it still
+    needs GS_CONTINUE_MIN_SHARE of the estimate (25 s x 1.2 = 30 s)."""
+    from ase_born.dft.pipeline import GS_CONTINUE_EXTRA_SHARE, GS_CONTINUE_MIN_SHARE
 
     base = read_abinit_output(DATA / "gs.abo")
     settings = AbinitSettings()
@@ -839,10 +839,10 @@ def test_a_cut_ground_state_is_admitted_with_the_time_it_still_needs(tmp_path, p
             (run / PARTIAL_WFK).write_text("wfk")
     fake, messages = FakeAbinit(), []
     run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=settings, runner=fake, log=messages.append,
-             deadline=50.0, grace_s=GRACE, clock=lambda: 0.0, step_level=True)
+             deadline=70.0, grace_s=GRACE, clock=lambda: 0.0, step_level=True)
     if partial in (60.0, 95.0):
         assert fake.calls == ["s3"]
-        gs = max(100.0 - partial, GS_CONTINUE_MIN_SHARE * 100.0)  # 40 s, 25 s; each direction 300 s
+        gs = max(100.0 - partial + GS_CONTINUE_EXTRA_SHARE * 100.0, GS_CONTINUE_MIN_SHARE * 100.0)  # 52.5, 25 s
         start = next(m for m in messages if m.startswith("start s3 (cubic5, 5 atoms, estimated "))
         minutes, seconds = start.split("estimated ")[1].rstrip("s)").split("m")
         assert 60 * int(minutes) + int(seconds) == pytest.approx(gs + 900.0, abs=1.0)  # printed to the second
