@@ -778,13 +778,11 @@ def test_step_shares_are_measured_on_frames_with_step_times():
     assert len(fresh.rates["cubic5"]) == 4 and len(fresh.shares["cubic5"]["gs"]) == 3
 
 
-@pytest.mark.parametrize("with_steps", [True, False])
-def test_admission_uses_the_measured_step_shares(tmp_path, with_steps):
-    """Three finished frames whose ground state and one direction took 40 % of them: a fourth
-    structure of their kind (estimate 1000 s) needs 1.2 x 400 s = 480 s to start, and starts with
-    540 s left; without step times the fixed shares (50 %: 600 s) defer it."""
+def _three_cubic5_frames(tmp_path, with_steps=True):
+    """A plan of four cubic5 structures s0-s3 (plan.xyz) whose first three are finished frames
+    of 1000 s wall (with step times: GS 10 %, a direction 10 % ddk + 20 % efield); the
+    dataset's path."""
     base = read_abinit_output(DATA / "gs.abo")
-    settings = AbinitSettings()
     plan = []
     for i in range(4):
         a = base.copy()
@@ -794,10 +792,19 @@ def test_admission_uses_the_measured_step_shares(tmp_path, with_steps):
     out = tmp_path / "data.xyz"
     for a in plan[:3]:
         done = a.copy()
-        done.info.update(wall_s=1000.0, mpi_ranks=2, kpts=np.array(settings.kmesh(base)))
-        if with_steps:  # GS 10 %, a direction 10 % ddk + 20 % efield
+        done.info.update(wall_s=1000.0, mpi_ranks=2, kpts=np.array(AbinitSettings().kmesh(base)))
+        if with_steps:
             done.info["wall_s_steps"] = json.dumps({"gs": 100.0, "ddk": 300.0, "efield": 600.0})
         write_frames(out, done, append=True)
+    return out
+
+
+@pytest.mark.parametrize("with_steps", [True, False])
+def test_admission_uses_the_measured_step_shares(tmp_path, with_steps):
+    """Three finished frames whose ground state and one direction took 40 % of them: a fourth
+    structure of their kind (estimate 1000 s) needs 1.2 x 400 s = 480 s to start, and starts with
+    540 s left; without step times the fixed shares (50 %: 600 s) defer it."""
+    settings, out = AbinitSettings(), _three_cubic5_frames(tmp_path, with_steps)
     fake, messages = FakeAbinit(), []
     counts = run_plan(tmp_path / "plan.xyz", out, tmp_path / "runs", settings=settings, runner=fake,
                       log=messages.append, deadline=540.0, grace_s=GRACE, clock=lambda: 0.0)
@@ -817,20 +824,7 @@ def test_a_cut_ground_state_is_admitted_with_the_time_it_still_needs(tmp_path, p
     needs GS_CONTINUE_MIN_SHARE of the estimate (25 s x 1.2 = 30 s)."""
     from ase_born.dft.pipeline import GS_CONTINUE_EXTRA_SHARE, GS_CONTINUE_MIN_SHARE
 
-    base = read_abinit_output(DATA / "gs.abo")
-    settings = AbinitSettings()
-    plan = []
-    for i in range(4):
-        a = base.copy()
-        a.info.update(structure_id=f"s{i}", kind="cubic5", split="train")
-        plan.append(a)
-    write_frames(tmp_path / "plan.xyz", plan)
-    out = tmp_path / "data.xyz"
-    for a in plan[:3]:
-        done = a.copy()
-        done.info.update(wall_s=1000.0, mpi_ranks=2, kpts=np.array(settings.kmesh(base)),
-                         wall_s_steps=json.dumps({"gs": 100.0, "ddk": 300.0, "efield": 600.0}))
-        write_frames(out, done, append=True)
+    settings, out = AbinitSettings(), _three_cubic5_frames(tmp_path)
     run = tmp_path / "runs" / "s3"
     run.mkdir(parents=True)
     if partial is not None:
