@@ -107,6 +107,12 @@ GS_EXIT_WAIT_S = 600.0
 #: gets a few SCF iterations rather than none)
 GS_TIMELIMIT_MIN_S = 60.0
 
+
+def gs_timelimit_s(left: float) -> float:
+    """ABINIT ``--timelimit`` (seconds) of a ground state started ``left`` seconds before its
+    kill: :data:`GS_TIMELIMIT_MARGIN_S` earlier, at least :data:`GS_TIMELIMIT_MIN_S`."""
+    return max(left - GS_TIMELIMIT_MARGIN_S, GS_TIMELIMIT_MIN_S)
+
 #: field (and ddk) directions, reduced coordinates; runs: gs, ddk1, efield1, ddk2, efield2, ddk3, efield3
 DIRECTIONS = (1, 2, 3)
 
@@ -686,7 +692,7 @@ def run_structure(
             stale.unlink()
         (directory / EXIT_FILE).unlink(missing_ok=True)  # a stop request of an earlier try
         left = time_left() if name == "gs" and time_left is not None else None
-        extra = {} if left is None else {"timelimit_s": max(left - GS_TIMELIMIT_MARGIN_S, GS_TIMELIMIT_MIN_S)}
+        extra = {} if left is None else {"timelimit_s": gs_timelimit_s(left)}
         if graceful is not None:
             extra["graceful"] = graceful
         spent = directory / PARTIAL_SECONDS

@@ -83,7 +83,6 @@ from ase_born.dft.abinit import (
     DIRECTIONS,
     GS_EXIT_WAIT_S,
     GS_TIMELIMIT_MARGIN_S,
-    GS_TIMELIMIT_MIN_S,
     PARTIAL_SECONDS,
     PARTIAL_WFK,
     TOLERANCE_KEYS,
@@ -92,6 +91,7 @@ from ase_born.dft.abinit import (
     StepInterrupted,
     StructurePaused,
     check_environment,
+    gs_timelimit_s,
     read_marker,
     run_structure,
 )
@@ -299,6 +299,14 @@ def abinit_directories() -> set[Path] | None:
     return found
 
 
+def cut_gs_seconds(directory: Path) -> float | None:
+    """Wall seconds that the cut tries of the ground state in run ``directory`` spent
+    (:data:`~ase_born.dft.abinit.PARTIAL_SECONDS`), when its wavefunctions are kept to
+    continue from (:data:`~ase_born.dft.abinit.PARTIAL_WFK`); else None."""
+    spent = directory / PARTIAL_SECONDS
+    return read_marker(spent) if spent.is_file() and (directory / PARTIAL_WFK).is_file() else None
+
+
 def run_progress(directory: Path, live: set[Path] | None) -> dict:
     """Steps of an unfinished structure's run directory: ``done_steps`` (``<step>.done``
     markers, in the order they finished) and ``open_step``, the step started last that has
@@ -309,8 +317,7 @@ def run_progress(directory: Path, live: set[Path] | None) -> dict:
     step, or None), and ``gs_cut_s``: the seconds of a ground state cut early (ABINIT's time
     limit or a graceful stop) whose wavefunctions are kept to continue from (else None)."""
     markers = sorted(directory.glob("*.done"), key=lambda f: f.stat().st_mtime)
-    spent = directory / PARTIAL_SECONDS
-    cut_s = read_marker(spent) if spent.is_file() and (directory / PARTIAL_WFK).is_file() else None
+    cut_s = cut_gs_seconds(directory)
     started = [f for f in directory.glob("*.abi") if not (directory / f"{f.stem}.done").is_file()]
     last = max(started, key=lambda f: f.stat().st_mtime, default=None)
     return {
@@ -1389,12 +1396,11 @@ def _run_plan(
         the kept wavefunctions of a cut one: the seconds left of it after those the cut tries
         spent, plus :data:`GS_CONTINUE_EXTRA_SHARE` of it, at least
         :data:`GS_CONTINUE_MIN_SHARE` of it."""
-        directory = workdir / s.info["structure_id"]
-        if not (directory / PARTIAL_WFK).is_file():
-            return est
         try:
-            spent = read_marker(directory / PARTIAL_SECONDS)
+            spent = cut_gs_seconds(workdir / s.info["structure_id"])
         except (OSError, ValueError):
+            spent = None
+        if spent is None:
             return est
         return max(est - spent + GS_CONTINUE_EXTRA_SHARE * est, GS_CONTINUE_MIN_SHARE * est)
 
@@ -1440,14 +1446,13 @@ def _run_plan(
 
     def end_s(name: str) -> float:
         """Clock time by which step ``name`` must end: the deadline; for a ground state the
-        earlier ``--timelimit`` it would get when started now (:func:`~ase_born.dft.abinit.run_structure`:
-        ``deadline + grace_s`` minus :data:`~ase_born.dft.abinit.GS_TIMELIMIT_MARGIN_S`, at
-        least :data:`~ase_born.dft.abinit.GS_TIMELIMIT_MIN_S` ahead), so that a ground state
-        is not admitted to be cut at once (grace shorter than the margin)."""
+        earlier ``--timelimit`` it would get when started now
+        (:func:`~ase_born.dft.abinit.gs_timelimit_s` of the time to ``deadline + grace_s``),
+        so that a ground state is not admitted to be cut at once (grace shorter than the margin)."""
         if name != "gs":
             return deadline
         now = clock()
-        return min(deadline, now + max(deadline + grace_s - now - GS_TIMELIMIT_MARGIN_S, GS_TIMELIMIT_MIN_S))
+        return min(deadline, now + gs_timelimit_s(deadline + grace_s - now))
 
     def end_words(name: str) -> str:
         """What :func:`end_s` of ``name`` is, for the log."""
