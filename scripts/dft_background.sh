@@ -25,6 +25,8 @@
 # steps of unfinished structures, or an earlier call ran to its deadline there (a kept machine).
 # DFT_MAX_ATOMS (default: none): leave larger structures for a later run (10: no 20-atom cell,
 # for a session whose machine may not be kept, where a 20-atom cell's steps left cannot finish).
+# DFT_FIRST (default: none): structure IDs (space-separated) started first, in this order, then
+# the plan's order (carried-over structures and those with finished steps kept still go before).
 # DFT_COMMIT (default 0): 1 commits data/dft (finished frames, carried directions, failures.json)
 # to git every 15 min while the pipeline runs and once when it stops, so the data land even when
 # the work session ends without a hand-made commit.  Only data/dft goes into these commits.
@@ -100,7 +102,8 @@ run_child ase-born dft converge --ranks 2
 status=$?
 if [ "$stopping" = 0 ]; then
     run_child ase-born dft run --ranks 2 --hours "${DFT_HOURS:-2.6}" --step-level "${DFT_STEP_LEVEL:-auto}" \
-        --grace-minutes "${DFT_GRACE_MIN:-0}" ${DFT_MAX_ATOMS:+--max-atoms "$DFT_MAX_ATOMS"}
+        --grace-minutes "${DFT_GRACE_MIN:-0}" ${DFT_MAX_ATOMS:+--max-atoms "$DFT_MAX_ATOMS"} \
+        ${DFT_FIRST:+--first $DFT_FIRST}
     status=$?
 fi
 commit_data

@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "--output, so across sessions)")
     pr.add_argument("--max-structures", type=positive_int, default=None, help="stop after this many finished structures")
     pr.add_argument("--only", nargs="*", default=None, help="restrict to these structure IDs")
+    pr.add_argument("--first", nargs="+", default=None, metavar="ID",
+                    help="start these structures first, in this order, then the rest in plan order "
+                         "(structures with carried directions or finished steps kept in their run "
+                         "directory still come before them)")
     pr.add_argument("--max-atoms", type=positive_int, default=None,
                     help="leave structures with more atoms for a later run (e.g. 20-atom cells whose "
                          "steps left cannot finish before --hours on a machine that will not be kept)")
@@ -150,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         max_structures=args.max_structures,
         only_ids=args.only,
         max_atoms=args.max_atoms,
+        first_ids=args.first,
         nice=args.nice,
         log=lambda m: print(m, flush=True),
         deadline=None if args.hours is None else time.time() + 3600.0 * args.hours,

@@ -818,6 +818,16 @@ def ground_state_kept(directory: Path) -> bool:
     return (directory / "gs.done").is_file() and (directory / "gs_o_WFK").is_file()
 
 
+def kept_steps(directory: Path) -> list[str]:
+    """The finished ABINIT steps a run directory keeps for a structure to continue on (its
+    ground state with wavefunctions, then the ddk and field steps done on it), in run order;
+    empty without a kept ground state (the later steps continue from its wavefunctions)."""
+    if not ground_state_kept(directory):
+        return []
+    return ["gs"] + [f"{step}{d}" for d in DIRECTIONS for step in ("ddk", "efield")
+                     if (directory / f"{step}{d}.done").is_file()]
+
+
 #: calls with a deadline made on a work directory: ``[{"start": epoch, "end": epoch,
 #: "frames": [structure IDs that measured the machine's speed]}, ...]``
 CALLS_FILE = "calls.json"
@@ -984,6 +994,7 @@ def run_plan(
     max_structures: int | None = None,
     only_ids: Sequence[str] | None = None,
     max_atoms: int | None = None,
+    first_ids: Sequence[str] | None = None,
     nice: int = 19,
     log: Callable[[str], None] = print,
     install_signal_handlers: bool = True,
@@ -1023,6 +1034,12 @@ def run_plan(
         Leave structures with more atoms for a later call (their carried directions stay
         in ``data/dft/partial/``): on a machine that will not survive the session, a 20-atom
         cell whose steps left take longer than the call only costs time the small cells could use.
+    first_ids : sequence of str, optional
+        Start these structures first, in this order, then the rest in plan order; structures
+        with finished field directions carried over, then those whose run directory keeps
+        finished steps (:func:`kept_steps`), still come before them (their work is the closest
+        to a frame).  Session 40: the hot 20-atom Pnma cells, where the default Born model is
+        weakest, put ahead of the 10-atom cells.
     runner : callable
         ``run_structure``-compatible function (tests substitute a fake ABINIT).
     deadline : float, optional
@@ -1108,8 +1125,8 @@ def run_plan(
     settings = settings or AbinitSettings()
     workdir, output = Path(workdir), Path(output)
     plan = load_plan(plan_path)  # before anything is written into workdir
-    if only_ids is not None:
-        unknown = sorted(set(only_ids) - {str(a.info["structure_id"]) for a in plan})
+    for ids in (only_ids, first_ids):
+        unknown = sorted(set(ids or ()) - {str(a.info["structure_id"]) for a in plan})
         if unknown:
             raise ValueError(f"structure IDs not in the plan {plan_path}: {', '.join(unknown)}")
     if runner is run_structure:  # a missing ABINIT/mpirun/pseudopotential is no structure's failure
@@ -1118,7 +1135,7 @@ def run_plan(
         return _run_plan(
             plan, plan_path, output, workdir, settings, ranks=ranks, jobs=jobs, timeout_s=timeout_s,
             max_attempts=max_attempts, max_structures=max_structures, only_ids=only_ids, max_atoms=max_atoms,
-            nice=nice, log=log, install_signal_handlers=install_signal_handlers, runner=runner,
+            first_ids=first_ids, nice=nice, log=log, install_signal_handlers=install_signal_handlers, runner=runner,
             deadline=deadline, grace_s=grace_s, safety=safety, clock=clock, carry=carry, step_level=step_level,
             complete_epsilon=complete_epsilon, machine_speed=machine_speed,
         )
@@ -1148,6 +1165,7 @@ def _run_plan(
     max_structures: int | None,
     only_ids: Sequence[str] | None,
     max_atoms: int | None,
+    first_ids: Sequence[str] | None,
     nice: int,
     log: Callable[[str], None],
     install_signal_handlers: bool,
@@ -1520,8 +1538,22 @@ def _run_plan(
         return None
 
     # Carried-over structures first: each session redoes their ground state, and they are the
-    # closest to a finished frame.  Plan order otherwise (stable sort).
-    pending = sorted(todo, key=lambda s: not carried.get(s.info["structure_id"]))
+    # closest to a finished frame; then those with finished steps kept in their run directory
+    # (a kept machine), then first_ids in their order; plan order otherwise (stable sort).
+    rank = {sid: i for i, sid in enumerate(dict.fromkeys(first_ids or ()))}
+    kept = {a.info["structure_id"] for a in todo if not carried.get(a.info["structure_id"])
+            and kept_steps(workdir / a.info["structure_id"])}
+    if kept:
+        log("finished steps kept in their run directories, continued first: " + ", ".join(
+            f"{sid} ({', '.join(kept_steps(workdir / sid))})" for sid in sorted(kept)))
+
+    def precedence(s: Atoms) -> tuple[bool, bool, int]:
+        sid = s.info["structure_id"]
+        return not carried.get(sid), sid not in kept, rank.get(sid, len(rank))
+
+    pending = sorted(todo, key=precedence)
+    if rank and (ahead := [s.info["structure_id"] for s in pending if s.info["structure_id"] in rank]):
+        log(f"first (requested): {', '.join(ahead)}")
     streak: list[str] = []  # structures failing fast in a row with the same reason
     streak_reason: str | None = None
     systematic: str | None = None

@@ -100,6 +100,8 @@ def test_cli_input_errors_are_one_line(tmp_path, capsys, monkeypatch):
          "unknown torch device 'gpu'"),
         (["dft", "run", "plan.extxyz", "--output", "o.extxyz", "--workdir", "w", "--only", "p0", "NOSUCH"],
          "structure IDs not in the plan plan.extxyz: NOSUCH"),
+        (["dft", "run", "plan.extxyz", "--output", "o.extxyz", "--workdir", "w", "--first", "p1"],
+         "structure IDs not in the plan plan.extxyz: p1"),
         (["dft", "plan", "--out", "junk.txt/p.extxyz"], "File exists"),
     ]
     for argv, message in cases:

@@ -34,6 +34,7 @@ from ase_born.dft.pipeline import (
     CostModel,
     check_settings,
     finished_ids,
+    kept_steps,
     machine_frames,
     machine_kept,
     print_status,
@@ -1048,6 +1049,38 @@ def test_carried_structures_run_before_plan_order(tmp_path):
     fake = FakeAbinit()
     run_plan(plan, out, tmp_path / "runs", runner=fake, log=lambda m: None)
     assert fake.calls == ["s2", "s0", "s1", "s3"]
+
+
+def test_first_ids_run_first_after_carried_and_kept_steps(tmp_path):
+    """``first_ids`` puts structures ahead of plan order, in the order given; carried-over
+    structures, then those whose run directory keeps finished steps, still come before them."""
+    plan = _fake_plan(tmp_path, n=5)
+    out = tmp_path / "data.xyz"
+    fake = FakeAbinit()
+    messages = []
+    run_plan(plan, out, tmp_path / "runs", runner=fake, first_ids=["s3", "s1"], log=messages.append)
+    assert fake.calls == ["s3", "s1", "s0", "s2", "s4"]
+    assert "first (requested): s3, s1" in messages
+    # carried directions (s4), kept ground state + ddk1 (s2), then first_ids (s3), then plan order
+    out.unlink()
+    carry = tmp_path / "partial" / "s4"
+    carry.mkdir(parents=True)
+    for name in ("efield1.ddb", "efield1.done"):
+        (carry / name).write_text("x")
+    work = tmp_path / "runs2"
+    (work / "s2").mkdir(parents=True)
+    for name in ("gs.done", "gs_o_WFK", "ddk1.done"):
+        (work / "s2" / name).write_text("1\n")
+    (work / "s0").mkdir()
+    (work / "s0" / "ddk1.done").write_text("1\n")  # no kept ground state: nothing to continue on
+    fake = FakeAbinit()
+    messages.clear()
+    run_plan(plan, out, work, runner=fake, first_ids=["s3"], log=messages.append)
+    assert fake.calls == ["s4", "s2", "s3", "s0", "s1"]
+    assert "finished steps kept in their run directories, continued first: s2 (gs, ddk1)" in messages
+    assert kept_steps(work / "s0") == []
+    with pytest.raises(ValueError, match="not in the plan.*nope"):
+        run_plan(plan, out, work, runner=fake, first_ids=["nope"], log=messages.append)
 
 
 def test_deadline_check_counts_only_the_work_left(tmp_path):
