@@ -30,6 +30,14 @@ While ``pnma_eq`` is unfinished, the field directions carried over in
 Cartesian row of each finished direction in the orthorhombic cell); the same check runs on
 those elements only and is reported as partial.
 
+``--detail ID ...`` adds, for the named frames, whether an error is a bias or a missed
+variation between atoms (:func:`deviation_detail`): the mean diagonal Z* per species,
+predicted and DFPT, and how each atom's deviation from its species mean compares (spread,
+correlation, the model's amplitude as a least-squares slope).  Session 40: on the hot
+`pnma20_0002` (unseen, MAE 0.164 e) the species means agree within 0.09 e and the
+deviations correlate 0.96 with an amplitude of 0.90, against 1.00 / 1.00 on the fitted
+`pnma20_0000`.
+
 Exit status 1 when the (complete) ``pnma_eq`` check fails, 0 otherwise.
 """
 
@@ -78,6 +86,29 @@ def check_partial(calc: EquivarCalculator, carry_dir: Path, plan: Path) -> dict 
     return {"directions": dirs, **equilibrium_check(pred, ref, structure.numbers)}
 
 
+def deviation_detail(pred: np.ndarray, ref: np.ndarray, symbols) -> dict:
+    """Bias against missed variation, for one structure's Z* (both ``shape=(n, 3, 3)``, sum
+    rule applied): ``mean_diag`` per species ``{"pred": ..., "dft": ...}``; over all tensor
+    elements of every atom, the deviation from its species' mean tensor: ``std_dft``,
+    ``std_pred``, their correlation ``corr`` and ``slope``, the least-squares amplitude of
+    the predicted deviations on the DFPT ones (1: the model varies from atom to atom as much
+    as DFPT; ``nan`` when DFPT has no variation)."""
+    symbols = np.asarray(symbols)
+    means, dp, dr = {}, [], []
+    for el in sorted(set(symbols.tolist())):
+        p, r = pred[symbols == el], ref[symbols == el]
+        means[el] = {"pred": float(np.mean(np.diagonal(p, axis1=1, axis2=2))),
+                     "dft": float(np.mean(np.diagonal(r, axis1=1, axis2=2)))}
+        dp.append((p - p.mean(axis=0)).ravel())
+        dr.append((r - r.mean(axis=0)).ravel())
+    dp, dr = np.concatenate(dp), np.concatenate(dr)
+    norm = float(np.dot(dr, dr))
+    varied = norm > 0 and float(np.dot(dp, dp)) > 0
+    return {"mean_diag": means, "std_dft": float(dr.std()), "std_pred": float(dp.std()),
+            "corr": float(np.corrcoef(dp, dr)[0, 1]) if varied else float("nan"),
+            "slope": float(np.dot(dp, dr) / norm) if norm > 0 else float("nan")}
+
+
 def unseen_frames(frames: list, fitted: set[str]) -> list:
     """Training-split frames whose structure ID is not in ``fitted`` (the model's fit)."""
     return training_frames(frames, fitted, exclude=True)
@@ -107,13 +138,28 @@ def frame_metrics(calc: EquivarCalculator, frames: list) -> dict:
 
 
 def check(model_path: Path, frames: list, device: str = "cpu", carry_dir: Path | None = None,
-          plan: Path | None = None, fitted: set[str] | None = None) -> dict:
+          plan: Path | None = None, fitted: set[str] | None = None, detail: list[str] | None = None) -> dict:
     """The report; ``fitted`` (structure IDs of the model's training set, from its card) adds
     ``unseen``: the same metrics on training-split frames the model was not fitted to (DFPT
     finished after it was trained), an out-of-sample view between retrains that leaves the
-    TEST split alone."""
+    TEST split alone; ``detail`` (structure IDs) adds :func:`deviation_detail` of those frames.
+
+    Raises
+    ------
+    ValueError
+        When a ``detail`` ID has no frame in ``frames``.
+    """
     calc = EquivarCalculator(str(model_path), device=device, dtype="float64", asr=False)
     report: dict = {"model": str(model_path), "sha256": defaults.sha256(model_path)}
+    if detail:
+        by_id = {str(f.info.get("structure_id")): f for f in frames}
+        missing = [sid for sid in detail if sid not in by_id]
+        if missing:
+            raise ValueError(f"no DFPT frame for {', '.join(missing)}")
+        report["detail"] = {
+            sid: deviation_detail(correct_asr(raw_prediction(calc, by_id[sid])),
+                                  correct_asr(get_born_charges(by_id[sid])), by_id[sid].get_chemical_symbols())
+            for sid in detail}
     test = [f for f in frames if split_tag(f) == "test"]
     if test:
         report["test"] = frame_metrics(calc, test)
@@ -187,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plan", type=Path, default=REPO / "data" / "dft" / "plan_catio3.extxyz")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--set-epsilon", action="store_true", help=f"ship the DFPT ε∞ of {REFERENCE_ID}")
+    ap.add_argument("--detail", nargs="+", default=None, metavar="ID",
+                    help="per named frame: species means and atom-to-atom deviations, predicted vs DFPT")
     args = ap.parse_args(argv)
     model, fitted = args.model, None
     if model is None:
@@ -196,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         model = defaults.checked_file(entry)  # refuses a file whose SHA-256 is not the card's
         fitted = set(entry["training_structures"]) if "training_structures" in entry else None
     frames = read_frames(args.data)
-    report = check(model, frames, args.device, args.partial, args.plan, fitted)
+    try:
+        report = check(model, frames, args.device, args.partial, args.plan, fitted, args.detail)
+    except ValueError as exc:
+        raise SystemExit(f"check_born_default.py: {exc}") from None
     if "test" in report:
         t = report["test"]
         print_metrics(f"TEST ({len(t['structure_ids'])} structures {t['kinds']})", t)
@@ -226,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"(atom {r['max_abs_offdiag_atom']}), {r['n_atoms_failing']} of {len(r['atoms'])} atoms outside")
     else:
         print(f"{REFERENCE_ID}: not in the dataset yet")
+    for sid, d in report.get("detail", {}).items():
+        print(f"detail {sid}: mean diagonal Z* pred / DFPT "
+              + ", ".join(f"{el} {m['pred']:+.3f} / {m['dft']:+.3f}" for el, m in d["mean_diag"].items())
+              + f" e; deviations from the species mean: std DFPT {d['std_dft']:.3f} e, model {d['std_pred']:.3f} e, "
+              f"correlation {d['corr']:.3f}, model amplitude (slope) {d['slope']:.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -131,6 +131,32 @@ def test_script_on_a_pnma_eq_frame(tmp_path, monkeypatch, capsys, load_script):
     assert len(read_frames(data)) == 2
 
 
+def test_deviation_detail_tells_a_bias_from_a_missed_variation(load_script):
+    """A model that shifts every species' tensor and varies from atom to atom at 0.9 of DFPT's
+    amplitude: the species means show the shift, the deviations correlation 1 and slope 0.9."""
+    mod = load_script("check_born_default")
+    rng = np.random.default_rng(4)
+    symbols = np.array(["Ca"] * 4 + ["Ti"] * 4 + ["O"] * 12)
+    ref = rng.normal(size=(20, 3, 3))
+    mean = {el: ref[symbols == el].mean(axis=0) for el in ("Ca", "Ti", "O")}
+    bias = {"Ca": 0.1, "Ti": -0.2, "O": 0.0}
+    pred = np.stack([mean[el] + bias[el] * np.eye(3) + 0.9 * (z - mean[el]) for el, z in zip(symbols, ref)])
+    d = mod.deviation_detail(pred, ref, symbols)
+    for el in ("Ca", "Ti", "O"):
+        m = d["mean_diag"][el]
+        assert m["pred"] - m["dft"] == pytest.approx(bias[el], abs=1e-12)
+        assert m["dft"] == pytest.approx(np.trace(mean[el]) / 3, abs=1e-12)
+    assert d["corr"] == pytest.approx(1.0, abs=1e-12) and d["slope"] == pytest.approx(0.9, abs=1e-12)
+    assert d["std_pred"] == pytest.approx(0.9 * d["std_dft"], rel=1e-12)
+    # an unrelated variation: no correlation to speak of, the slope near 0
+    noise = np.stack([mean[el] for el in symbols]) + rng.normal(size=(20, 3, 3))
+    d = mod.deviation_detail(noise, ref, symbols)
+    assert abs(d["corr"]) < 0.3 and abs(d["slope"]) < 0.3
+    # no atom-to-atom variation in DFPT (one atom per species): no slope, no correlation
+    d = mod.deviation_detail(pred[[0, 4, 8]], ref[[0, 4, 8]], symbols[[0, 4, 8]])
+    assert np.isnan(d["slope"]) and np.isnan(d["corr"]) and d["std_dft"] == 0.0
+
+
 @pytest.mark.skipif(not defaults.available(), reason="no default models shipped")
 def test_unseen_reports_only_training_frames_the_shipped_fit_never_saw(
         tmp_path, capsys, load_script, frames_off_the_shipped_born_model):
@@ -151,6 +177,17 @@ def test_unseen_reports_only_training_frames_the_shipped_fit_never_saw(
     assert u["mae_per_kind"]["tilt10"] == pytest.approx(0.04 / 18, rel=1e-6)
     assert u["mae"] == pytest.approx(0.05 / 36, rel=1e-6)
     assert "unseen training-split structures (2" in capsys.readouterr().out
+    # --detail: the model against frames made from its own prediction, Z*(0,1) moved by
+    # ±shift/2 alternately (the sum rule applied): no bias on the diagonal, and the
+    # deviations are the model's plus that alternation
+    mod.main(["--data", str(data), "--out", str(out), "--detail", "new_b"])
+    d = json.loads(out.read_text())["detail"]["new_b"]
+    for m in d["mean_diag"].values():
+        assert m["pred"] == pytest.approx(m["dft"], abs=1e-9)
+    assert 0.99 < d["corr"] < 1.0 and d["slope"] == pytest.approx(1.0, abs=0.01)
+    assert "detail new_b: mean diagonal Z* pred / DFPT" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no DFPT frame for nope"):
+        mod.main(["--data", str(data), "--detail", "nope"])
     # a model passed by file has no card, so no training set to compare with: no unseen block
     report = mod.check(defaults.checked_file(entry), frames)
     assert "unseen" not in report and report["test"]["structure_ids"] == ["held"]
