@@ -1541,11 +1541,11 @@ def _run_plan(
     # closest to a finished frame; then those with finished steps kept in their run directory
     # (a kept machine), then first_ids in their order; plan order otherwise (stable sort).
     rank = {sid: i for i, sid in enumerate(dict.fromkeys(first_ids or ()))}
-    kept = {a.info["structure_id"] for a in todo if not carried.get(a.info["structure_id"])
-            and kept_steps(workdir / a.info["structure_id"])}
+    kept = {sid: steps for a in todo if not carried.get(sid := a.info["structure_id"])
+            and (steps := kept_steps(workdir / sid))}
     if kept:
         log("finished steps kept in their run directories, continued first: " + ", ".join(
-            f"{sid} ({', '.join(kept_steps(workdir / sid))})" for sid in sorted(kept)))
+            f"{sid} ({', '.join(kept[sid])})" for sid in sorted(kept)))
 
     def precedence(s: Atoms) -> tuple[bool, bool, int]:
         sid = s.info["structure_id"]
