@@ -22,6 +22,7 @@ from ase_born.dft import abinit as dft_abinit
 from ase_born.dft.abinit import (
     PARTIAL_SECONDS,
     PARTIAL_WFK,
+    TOLERANCE_KEYS,
     AbinitError,
     AbinitSettings,
     make_inputs,
@@ -100,6 +101,9 @@ def test_inputs_for_each_structure_type(kind):
         assert "rfelfd 2" in ddk and "iscf -3" in ddk and "kptopt 2" in ddk
         assert f"rfdir {rfdir}" in ddk and f'outdata_prefix "ddk{d + 1}_o"' in ddk
     assert "rfelfd 3" in inp["efield"] and "rfphon 0" in inp["efield"] and "kptopt 2" in inp["efield"]
+    # E-field tolerance per 5 atoms (vres2 is a sum over the FFT grid): 1e-6 / 2e-6 / 4e-6
+    for step in ("efield1", "efield2", "efield3", "efield"):
+        assert float(_var(inp[step], "tolvrs")[0][0]) == pytest.approx(1e-6 * nfu)
     typat = [int(x) for x in _var(inp["gs"], "typat")[0]]
     znucl = [int(x) for x in _var(inp["gs"], "znucl")[0]]
     assert [znucl[t - 1] for t in typat] == list(atoms.numbers)
@@ -114,6 +118,23 @@ def test_kmesh_and_bands():
     assert n_occupied_bands(pnma_catio3(), s) == 80
     with pytest.raises(ValueError, match="no pseudopotential"):
         make_inputs(__import__("ase.build", fromlist=["bulk"]).bulk("Cu"), s)
+
+
+def test_efield_tolerance_scales_with_the_cell():
+    s = AbinitSettings()
+    assert s.tolvrs_efield_atoms == 5
+    assert [s.efield_tolvrs(n) for n in (2, 5, 10, 20, 40)] == pytest.approx([1e-6, 1e-6, 2e-6, 4e-6, 8e-6])
+    assert AbinitSettings(tolvrs_efield_atoms=0).efield_tolvrs(20) == 1e-6
+    assert AbinitSettings(tolvrs_efield=1e-8, tolvrs_efield_atoms=10).efield_tolvrs(20) == pytest.approx(2e-8)
+    # round trip; a record from before the key existed ran unscaled and reads so
+    assert AbinitSettings.from_dict(s.to_dict()) == s
+    old = s.to_dict()
+    del old["tolvrs_efield_atoms"]
+    assert AbinitSettings.from_dict(old).efield_tolvrs(20) == 1e-6
+    assert "tolvrs_efield_atoms" in TOLERANCE_KEYS  # may change between structures of a dataset
+    for bad in (-1, 2.5, None):
+        with pytest.raises(ValueError, match="tolvrs_efield_atoms"):
+            AbinitSettings(tolvrs_efield_atoms=bad)
 
 
 def test_sampler_structures():
