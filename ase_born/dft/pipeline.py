@@ -21,9 +21,10 @@ Layout
     against the ``dft_settings`` of every frame already in ``<output>``
     (:func:`check_output_settings`).
 ``<workdir>/<structure_id>/settings.json``
-    The settings a structure started with; it finishes with them even when a
-    later run has other tolerances, so each frame's ``dft_settings`` is what
-    every one of its steps used.
+    The settings a structure started with; it finishes with them when a later run asks
+    for tighter tolerances, and takes the later run's when they are looser or equal
+    (:func:`structure_settings`), so every one of its steps met the tolerances of the
+    frame's ``dft_settings`` (exactly what each step used unless they were loosened).
 ``failures.json`` beside ``<output>`` (:func:`failures_file`; ``data/dft/failures.json``)
     ``{structure_id: [{"reason": ..., "type": ..., "time": ..., "output": ...}, ...]}``; a
     structure that failed ``max_attempts`` times is skipped, not retried forever.  Kept (and
@@ -540,12 +541,24 @@ def check_output_settings(output: str | os.PathLike, settings: AbinitSettings,
             )
 
 
-def structure_settings(directory: Path, settings: AbinitSettings) -> AbinitSettings:
+def no_tighter(new: AbinitSettings, old: AbinitSettings, natoms: int) -> bool:
+    """Whether every tolerance of ``new`` is at least as loose as ``old``'s for a cell of
+    ``natoms`` atoms (and ``nstep`` no smaller): steps run under ``old`` then meet ``new``."""
+    return (new.tolvrs_gs >= old.tolvrs_gs and new.tolwfr_ddk >= old.tolwfr_ddk
+            and new.efield_tolvrs(natoms) >= old.efield_tolvrs(natoms) and new.nstep >= old.nstep)
+
+
+def structure_settings(directory: Path, settings: AbinitSettings, natoms: int | None = None,
+                       log: Callable[[str], None] | None = None) -> AbinitSettings:
     """The settings a structure runs with: those it started with, recorded in its directory.
 
     A structure with finished steps keeps its recorded settings (physics settings other
-    than ``settings``'s are refused); one with no finished step (new, or failed before
-    its first step ended) gets ``settings``, so a larger ``nstep`` reaches a retry.
+    than ``settings``'s are refused), unless ``settings``' tolerances are no tighter for
+    its ``natoms`` atoms (:func:`no_tighter`): then its remaining steps take them and the
+    record is replaced, since the finished steps met them too (session 41: the E-field
+    ``tolvrs`` per 5 atoms reaches a 20-atom cell started under the fixed 1e-6).  One with
+    no finished step (new, or failed before its first step ended) gets ``settings``, so a
+    larger ``nstep`` reaches a retry.
     """
     path = directory / "settings.json"
     if path.is_file() and any(directory.glob("*.done")):
@@ -553,7 +566,13 @@ def structure_settings(directory: Path, settings: AbinitSettings) -> AbinitSetti
         diff = _physics_diff(recorded, settings.to_dict())
         if diff:
             raise ValueError(f"{directory} was started with different ABINIT settings {diff} (recorded, requested)")
-        return AbinitSettings.from_dict(recorded)
+        own = AbinitSettings.from_dict(recorded)
+        if own == settings or natoms is None or not no_tighter(settings, own, natoms):
+            return own
+        if log is not None:
+            changed = {k: (v, settings.to_dict()[k]) for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
+            log(f"{directory.name}: its remaining steps take the requested tolerances, no tighter than "
+                f"those it started with {changed} (recorded, requested)")
     directory.mkdir(parents=True, exist_ok=True)
     _dump_json(path, settings.to_dict())
     return settings
@@ -1294,7 +1313,7 @@ def _run_plan(
             restore_carried(carry_root / sid, directory)
         with lock:
             ran[directory] = time.time()  # markers written from now on are this call's
-        own = structure_settings(directory, settings)
+        own = structure_settings(directory, settings, len(structure), log)
         if own != settings:
             diff = {k: v for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
             log(f"{sid}: finishing with the tolerances it started with {diff}")

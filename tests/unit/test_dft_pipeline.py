@@ -310,10 +310,10 @@ def test_settings_mismatch_refused(tmp_path):
 
 
 def test_structure_finishes_with_the_tolerances_it_started_with(tmp_path):
-    """A run with new tolerances finishes a half-done structure with its old ones."""
+    """A run with tighter tolerances finishes a half-done structure with its old ones."""
     plan = _fake_plan(tmp_path, n=4)
     out, work = tmp_path / "data.xyz", tmp_path / "runs"
-    old, new = AbinitSettings(tolwfr_ddk=1e-16, tolvrs_efield=1e-8), AbinitSettings(tolwfr_ddk=1e-12)
+    old, new = AbinitSettings(tolwfr_ddk=1e-12), AbinitSettings(tolwfr_ddk=1e-16, tolvrs_efield=1e-8)
     run_plan(plan, out, work, settings=old, max_structures=1, runner=FakeAbinit(), log=lambda m: None)
     # s1 was interrupted after its ground state, with a settings record
     (work / "s1").mkdir(parents=True)
@@ -348,13 +348,41 @@ def test_structure_finishes_with_the_tolerances_it_started_with(tmp_path):
     seen.clear()
     run_plan(plan6, out, work, settings=new, runner=Recording(), log=lambda m: None)
     assert seen == {"s4": new, "s5": new}
-    assert json.loads(read_frames(out)[-1].info["dft_settings"])["tolwfr_ddk"] == 1e-12
+    assert json.loads(read_frames(out)[-1].info["dft_settings"])["tolwfr_ddk"] == 1e-16
     # a recorded structure with other physics settings is refused (recorded as a failure)
     (work / "s6").mkdir()
     (work / "s6" / "settings.json").write_text(json.dumps(AbinitSettings(tolwfr_ddk=1e-12, ecut_Ha=40.0).to_dict()))
     (work / "s6" / "gs.done").write_text("1.0\n")
     with pytest.raises(ValueError, match="ecut_Ha"):
         structure_settings(work / "s6", new)
+
+
+def test_started_structure_takes_looser_tolerances(tmp_path):
+    """Tolerances no tighter than those a structure started with reach its remaining steps
+    (the finished ones met them too) and replace its record; a tighter one does not."""
+    d = tmp_path / "s"
+    d.mkdir()
+    before = AbinitSettings().to_dict()
+    del before["tolvrs_efield_atoms"]  # a record from before session 41: E-field tolvrs 1e-6 unscaled
+    (d / "settings.json").write_text(json.dumps(before))
+    (d / "gs.done").write_text("1.0\n")
+    messages = []
+    # 5 atoms: 1e-6 either way (no tighter), the record gains the key
+    assert structure_settings(d, AbinitSettings(), 5, messages.append) == AbinitSettings()
+    assert json.loads((d / "settings.json").read_text())["tolvrs_efield_atoms"] == 5
+    assert "remaining steps take the requested tolerances" in messages[0] and "tolvrs_efield_atoms" in messages[0]
+    # 20 atoms: 4e-6 instead of 1e-6 is looser: taken
+    (d / "settings.json").write_text(json.dumps(before))
+    own = structure_settings(d, AbinitSettings(), 20)
+    assert own == AbinitSettings() and own.efield_tolvrs(20) == pytest.approx(4e-6)
+    # tighter in one tolerance (or a smaller nstep): the recorded settings stay, untouched
+    for tighter in (AbinitSettings(tolwfr_ddk=1e-16), AbinitSettings(nstep=40),
+                    AbinitSettings(tolvrs_efield=1e-7)):
+        (d / "settings.json").write_text(json.dumps(before))
+        assert structure_settings(d, tighter, 20) == AbinitSettings.from_dict(before)
+        assert json.loads((d / "settings.json").read_text()) == before
+    # without natoms (the old call) the recorded settings stay
+    assert structure_settings(d, AbinitSettings()) == AbinitSettings.from_dict(before)
 
 
 def test_run_structure_resumes_at_first_unfinished_step(tmp_path, monkeypatch):
