@@ -541,6 +541,12 @@ def check_output_settings(output: str | os.PathLike, settings: AbinitSettings,
             )
 
 
+def settings_changes(old: AbinitSettings, new: AbinitSettings) -> dict[str, tuple]:
+    """``{key: (old value, new value)}`` of the settings that differ."""
+    a, b = old.to_dict(), new.to_dict()
+    return {k: (v, b[k]) for k, v in a.items() if v != b[k]}
+
+
 def no_tighter(new: AbinitSettings, old: AbinitSettings, natoms: int) -> bool:
     """Whether every tolerance of ``new`` is at least as loose as ``old``'s for a cell of
     ``natoms`` atoms (and ``nstep`` no smaller): steps run under ``old`` then meet ``new``."""
@@ -570,9 +576,8 @@ def structure_settings(directory: Path, settings: AbinitSettings, natoms: int | 
         if own == settings or natoms is None or not no_tighter(settings, own, natoms):
             return own
         if log is not None:
-            changed = {k: (v, settings.to_dict()[k]) for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
             log(f"{directory.name}: its remaining steps take the requested tolerances, no tighter than "
-                f"those it started with {changed} (recorded, requested)")
+                f"those it started with {settings_changes(own, settings)} (recorded, requested)")
     directory.mkdir(parents=True, exist_ok=True)
     _dump_json(path, settings.to_dict())
     return settings
@@ -1315,8 +1320,8 @@ def _run_plan(
             ran[directory] = time.time()  # markers written from now on are this call's
         own = structure_settings(directory, settings, len(structure), log)
         if own != settings:
-            diff = {k: v for k, v in own.to_dict().items() if v != settings.to_dict()[k]}
-            log(f"{sid}: finishing with the tolerances it started with {diff}")
+            log(f"{sid}: finishing with the tolerances it started with {settings_changes(own, settings)} "
+                "(recorded, requested)")
 
         kwargs = {"ranks": ranks, "timeout_s": timeout_s, "nice": nice, "stop_event": stop,
                   "log": lambda m: log(f"{sid}: {m}")}
