@@ -116,9 +116,13 @@ def gs_timelimit_s(left: float) -> float:
 #: field (and ddk) directions, reduced coordinates; runs: gs, ddk1, efield1, ddk2, efield2, ddk3, efield3
 DIRECTIONS = (1, 2, 3)
 
-#: settings that only set how tightly a step converges: they may change between
-#: structures of one dataset (each frame records its own), unlike the physics ones
-TOLERANCE_KEYS = ("tolvrs_gs", "tolwfr_ddk", "tolvrs_efield", "tolvrs_efield_atoms", "nstep")
+#: settings that only set how tightly (or by which path) a step converges: they may change
+#: between structures of one dataset (each frame records its own), unlike the physics ones
+TOLERANCE_KEYS = ("tolvrs_gs", "tolwfr_ddk", "tolvrs_efield", "tolvrs_efield_atoms", "nstep", "diemac")
+
+#: ABINIT's own default of ``diemac`` (a metal's model dielectric constant), which every
+#: frame made before ``AbinitSettings.diemac`` existed ran with
+ABINIT_DEFAULT_DIEMAC = 1.0e6
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,12 @@ class AbinitSettings:
         this key reads as 0).
     nstep : int
         Maximum SCF iterations per step.
+    diemac : float
+        ABINIT ``diemac``: the macroscopic dielectric constant of the model that
+        preconditions the SCF residual (ground state and E-field steps).  It sets how fast
+        the SCF converges, not what it converges to.  ABINIT's default (1e6,
+        :data:`ABINIT_DEFAULT_DIEMAC`) is a metal's; a record without this key (every
+        frame made before session 42) ran with it.
     psp_dir : str
         Pseudopotential directory.
     pseudopotentials : dict
@@ -173,14 +183,17 @@ class AbinitSettings:
     # (1.7 min each) short of 1e-6, a 4x stricter target per volume than a 5-atom cell's
     tolvrs_efield_atoms: int = 5
     nstep: int = 80
+    diemac: float = ABINIT_DEFAULT_DIEMAC
     psp_dir: str = str(DEFAULT_PSP_DIR)
     pseudopotentials: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PSEUDOPOTENTIALS))
 
     def __post_init__(self) -> None:
-        for name in ("ecut_Ha", "kpt_density", "tolvrs_gs", "tolwfr_ddk", "tolvrs_efield"):
+        for name in ("ecut_Ha", "kpt_density", "tolvrs_gs", "tolwfr_ddk", "tolvrs_efield", "diemac"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"ABINIT setting {name} must be a positive number, got {value!r}")
+        if self.diemac < 1.0:
+            raise ValueError(f"ABINIT setting diemac (a dielectric constant) must be >= 1, got {self.diemac!r}")
         if not (isinstance(self.nstep, int) and self.nstep >= 1):
             raise ValueError(f"ABINIT setting nstep must be a positive integer, got {self.nstep!r}")
         if not (isinstance(self.tolvrs_efield_atoms, int) and self.tolvrs_efield_atoms >= 0):
@@ -196,9 +209,11 @@ class AbinitSettings:
     @classmethod
     def from_dict(cls, d: Mapping) -> AbinitSettings:
         """Settings from :meth:`to_dict`'s form; a record without ``tolvrs_efield_atoms``
-        (written before it existed) ran its E-field steps unscaled and reads as 0."""
+        (written before it existed) ran its E-field steps unscaled and reads as 0, one
+        without ``diemac`` ran with ABINIT's default (:data:`ABINIT_DEFAULT_DIEMAC`)."""
         d = dict(d)
         d.setdefault("tolvrs_efield_atoms", 0)
+        d.setdefault("diemac", ABINIT_DEFAULT_DIEMAC)
         if "kshift" in d:
             d["kshift"] = tuple(d["kshift"])
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
@@ -300,6 +315,7 @@ shiftk {' '.join(f'{s:g}' for s in settings.kshift)}
 tolsym 1.0e-8
 chksymbreak 0
 nstep {settings.nstep}
+diemac {float(settings.diemac)!r}
 """
     gs = common + f"""
 # step 1: ground state

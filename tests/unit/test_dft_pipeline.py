@@ -20,6 +20,7 @@ from ase.neighborlist import neighbor_list
 from ase_born.conventions import BOHR_A
 from ase_born.dft import abinit as dft_abinit
 from ase_born.dft.abinit import (
+    ABINIT_DEFAULT_DIEMAC,
     PARTIAL_SECONDS,
     PARTIAL_WFK,
     TOLERANCE_KEYS,
@@ -135,6 +136,25 @@ def test_efield_tolerance_scales_with_the_cell():
     for bad in (-1, 2.5, None):
         with pytest.raises(ValueError, match="tolvrs_efield_atoms"):
             AbinitSettings(tolvrs_efield_atoms=bad)
+
+
+@needs_psp
+def test_diemac_reaches_the_scf_steps_and_old_records_read_abinit_default():
+    atoms = make_structure("cubic5", 0)
+    inp = make_inputs(atoms, AbinitSettings(diemac=6.0))
+    for step in ("gs", "efield1", "efield2", "efield3", "efield", "ddk1"):
+        assert [float(x) for x in _var(inp[step], "diemac")[0]] == [6.0]
+    # ABINIT's default written out, in a form ABINIT reads (no Python "1e+06")
+    assert "diemac 1000000.0\n" in make_inputs(atoms, AbinitSettings(diemac=ABINIT_DEFAULT_DIEMAC))["gs"]
+    s = AbinitSettings(diemac=6.0)
+    assert AbinitSettings.from_dict(s.to_dict()) == s
+    old = s.to_dict()
+    del old["diemac"]  # frames and run directories from before session 42
+    assert AbinitSettings.from_dict(old).diemac == ABINIT_DEFAULT_DIEMAC
+    assert "diemac" in TOLERANCE_KEYS  # the SCF path, not its result: may change within a dataset
+    for bad in (0.5, 0.0, -6.0, float("nan")):
+        with pytest.raises(ValueError, match="diemac"):
+            AbinitSettings(diemac=bad)
 
 
 def test_sampler_structures():
